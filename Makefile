@@ -1,0 +1,32 @@
+# Entry points for newcomers and CI. `make demo` runs the local stack; `make test` passes the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTOS := $(wildcard proto/splitserve/rpc/*.proto)
+
+.PHONY: setup demo test test-fast protos bench-cpu clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: on our CPU machines pip takes the local CPU wheel; a bare
+# `torch` requirement would otherwise pull the CUDA build and its gigabytes.
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[dev,k8s]'
+	touch $@
+
+# Start kvstore + 1 prefill + 1 decode worker + router with a tiny random demo model,
+# send one chat completion, print the answer, keep serving until Ctrl-C.
+demo: setup
+	$(BIN)/splitserve up --demo-request
+
+test: setup
+	$(BIN)/pytest -q -p no:cacheprovider
+
+protos: setup
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The model executor shared by prefill and decode workers."""

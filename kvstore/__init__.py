@@ -1,0 +1,1 @@
+"""Distributed, content-addressed KV-block store: master, storage nodes, client."""

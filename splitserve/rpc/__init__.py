@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the .proto sources in proto/ (regenerate with `make protos`)."""
