@@ -1,0 +1,1 @@
+"""The router: OpenAI gateway, KV-aware scheduler, global prefix index, discovery, failover."""

@@ -1,0 +1,65 @@
+"""Prefix index: per-publisher longest held prefix of a block-key chain."""
+
+from kvstore.block_key import block_keys
+from router.prefix_index import PrefixIndex
+
+FP = "test-model"
+
+
+def chain(tokens: list[int]) -> list[bytes]:
+    return block_keys(tokens, FP, block_size=4)
+
+
+def test_match_returns_each_publishers_longest_held_prefix():
+    keys = chain(list(range(40)))  # 10 blocks
+    index = PrefixIndex()
+    index.store("w1", keys[:10])
+    index.store("w2", keys[:3])
+    index.store("kvstore", keys[:6], medium="cpu")
+    assert index.match(keys) == {"w1": 10, "w2": 3, "kvstore": 6}
+
+
+def test_a_hole_in_the_chain_ends_the_prefix_even_if_later_blocks_are_held():
+    keys = chain(list(range(32)))
+    index = PrefixIndex()
+    index.store("w1", keys[:2] + keys[3:])
+    assert index.match(keys) == {"w1": 2}
+    assert index.match(keys[1:]) == {"w1": 1}  # chain not starting at the root still walks
+
+
+def test_removed_and_cleared_blocks_stop_matching():
+    keys = chain(list(range(32)))
+    index = PrefixIndex()
+    index.store("w1", keys)
+    index.store("w2", keys)
+    index.remove("w1", keys[4:])
+    index.clear("w2")
+    assert index.match(keys) == {"w1": 4}
+    assert index.num_blocks() == 4
+
+
+def test_a_block_held_on_two_media_stays_until_removed_from_both():
+    keys = chain(list(range(8)))
+    index = PrefixIndex()
+    index.store("w1", keys, medium="gpu")
+    index.store("w1", keys, medium="cpu")
+    index.remove("w1", keys, medium="gpu")
+    assert index.match(keys) == {"w1": 2}
+    index.remove("w1", keys, medium="cpu")
+    assert index.match(keys) == {}
+
+
+def test_snapshot_replaces_the_publishers_whole_state():
+    keys = chain(list(range(32)))
+    index = PrefixIndex()
+    index.store("w1", keys)
+    index.replace("w1", {"gpu": keys[:1], "cpu": keys[1:3]})
+    assert index.match(keys) == {"w1": 3}
+    assert index.keys_of("w1") == set(keys[:3])
+
+
+def test_unrelated_prompt_matches_nothing():
+    index = PrefixIndex()
+    index.store("w1", chain(list(range(16))))
+    assert index.match(chain(list(range(100, 116)))) == {}
+    assert index.match([]) == {}
