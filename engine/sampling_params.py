@@ -1,0 +1,121 @@
+"""Per-request sampling parameters (OpenAI / vLLM conventions) and their validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+GREEDY_TEMPERATURE = 1e-5  # below this a request is sampled greedily (argmax)
+MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+MAX_STOP_STRINGS = 16
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class InvalidSamplingParams(ValueError):
+    """A sampling parameter is out of range; the message names the field and its allowed range."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: disabled
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    max_tokens: int = 16
+    min_tokens: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; n: sampled token's logprob + top n
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise InvalidSamplingParams naming the first field that is out of range."""
+        self._check_float("temperature", self.temperature, 0.0 <= self.temperature, ">= 0")
+        self._check_float("top_p", self.top_p, 0.0 < self.top_p <= 1.0, "in (0, 1]")
+        if not _is_int(self.top_k) or not (self.top_k in (-1, 0) or self.top_k >= 1):
+            raise InvalidSamplingParams(
+                f"top_k={self.top_k!r} is invalid: allowed -1 or 0 (disabled) or an integer >= 1"
+            )
+        self._check_float("min_p", self.min_p, 0.0 <= self.min_p <= 1.0, "in [0, 1]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            self._check_float(name, value, -2.0 <= value <= 2.0, "in [-2, 2]")
+        self._check_float(
+            "repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "> 0"
+        )
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise InvalidSamplingParams(
+                f"max_tokens={self.max_tokens!r} is invalid: allowed an integer >= 1"
+            )
+        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidSamplingParams(
+                f"min_tokens={self.min_tokens!r} is invalid: allowed an integer in "
+                f"[0, max_tokens={self.max_tokens}]"
+            )
+        for token_id in self.stop_token_ids:
+            if not _is_int(token_id) or not 0 <= token_id < vocab_size:
+                raise InvalidSamplingParams(
+                    f"stop_token_ids contains {token_id!r}: allowed token ids in [0, {vocab_size})"
+                )
+        if self.logprobs is not None and (
+            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
+        ):
+            raise InvalidSamplingParams(
+                f"logprobs={self.logprobs!r} is invalid: allowed None or an integer in "
+                f"[0, {MAX_LOGPROBS}]"
+            )
+        if self.seed is not None and (
+            not _is_int(self.seed) or not _INT64_MIN <= self.seed <= _INT64_MAX
+        ):
+            raise InvalidSamplingParams(
+                f"seed={self.seed!r} is invalid: allowed None or an integer in "
+                f"[{_INT64_MIN}, {_INT64_MAX}]"
+            )
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise InvalidSamplingParams(
+                f"stop has {len(self.stop)} strings: allowed at most {MAX_STOP_STRINGS}"
+            )
+        for stop in self.stop:
+            if not isinstance(stop, str) or not stop:
+                raise InvalidSamplingParams(
+                    f"stop contains {stop!r}: allowed non-empty strings only"
+                )
+
+    @staticmethod
+    def _check_float(name: str, value: Any, in_range: bool, allowed: str) -> None:
+        # NaN fails every comparison, so it lands here too.
+        if not _is_number(value) or not in_range:
+            raise InvalidSamplingParams(f"{name}={value!r} is invalid: allowed a number {allowed}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
+        """Build from a plain dict (e.g. a protobuf message as dict); None means the default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidSamplingParams(
+                f"unknown sampling parameter(s) {unknown}: allowed {sorted(known)}"
+            )
+        kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                  for k, v in d.items() if v is not None}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
+                for f in fields(self)}
