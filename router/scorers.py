@@ -1,0 +1,107 @@
+"""Cost terms for choosing a worker; lower is better. A policy sums ``weight * score``.
+
+Every score is expressed in prefill-token equivalents so that weights stay readable:
+the default cost of a prefill candidate is `uncached_prefill_tokens + queued tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.workers import Worker
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One worker evaluated for one request."""
+
+    worker: Worker
+    prompt_tokens: int
+    hit_tokens: int  # prompt tokens whose KV this worker has or can pull from the store
+
+    @property
+    def uncached_tokens(self) -> int:
+        return max(self.prompt_tokens - self.hit_tokens, 0)
+
+    @property
+    def queued_prefill_tokens(self) -> int:
+        return self.worker.load.queued_prefill_tokens + self.worker.pending_prefill_tokens
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, candidate: Candidate) -> float: ...
+
+
+@dataclass(slots=True)
+class UncachedPrefillScorer:
+    """Work this request adds: prompt tokens the worker would have to compute."""
+
+    name: str = "uncached_prefill_tokens"
+
+    def score(self, candidate: Candidate) -> float:
+        return float(candidate.uncached_tokens)
+
+
+@dataclass(slots=True)
+class QueuedPrefillScorer:
+    """Work already ahead of this request on the worker."""
+
+    name: str = "queued_prefill_tokens"
+
+    def score(self, candidate: Candidate) -> float:
+        return float(candidate.queued_prefill_tokens)
+
+
+@dataclass(slots=True)
+class KVUsageScorer:
+    """Memory pressure: a full cache means preemption and evicted prefixes."""
+
+    name: str = "kv_usage"
+
+    def score(self, candidate: Candidate) -> float:
+        load = candidate.worker.load
+        if load.total_kv_blocks:
+            return load.active_kv_blocks / load.total_kv_blocks
+        return float(load.kv_usage)
+
+
+@dataclass(slots=True)
+class RunningRequestsScorer:
+    """Batch size: more running sequences mean slower steps for everyone."""
+
+    name: str = "running_requests"
+
+    def score(self, candidate: Candidate) -> float:
+        w = candidate.worker
+        return float(w.load.running_requests + w.load.waiting_requests + w.pending_requests)
+
+
+@dataclass(slots=True)
+class WeightedScorer:
+    scorer: Scorer
+    weight: float
+
+
+def default_prefill_scorers(prefix_weight: float = 1.0) -> list[WeightedScorer]:
+    return [
+        WeightedScorer(UncachedPrefillScorer(), prefix_weight),
+        WeightedScorer(QueuedPrefillScorer(), 1.0),
+        WeightedScorer(RunningRequestsScorer(), 16.0),
+    ]
+
+
+def default_decode_scorers() -> list[WeightedScorer]:
+    # A full KV cache is worth ~4k queued tokens; each running sequence ~64.
+    return [WeightedScorer(KVUsageScorer(), 4096.0), WeightedScorer(RunningRequestsScorer(), 64.0)]
+
+
+def default_colocated_scorers(prefix_weight: float = 1.0) -> list[WeightedScorer]:
+    """The decode worker prefills too: both the prefill and the decode terms apply."""
+    return default_prefill_scorers(prefix_weight) + default_decode_scorers()
+
+
+def total_cost(candidate: Candidate, scorers: list[WeightedScorer]) -> float:
+    return sum(ws.weight * ws.scorer.score(candidate) for ws in scorers)

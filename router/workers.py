@@ -1,0 +1,72 @@
+"""The router's view of one worker: address, role, health, last polled load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Role(str, Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    """Mirror of worker_pb2.WorkerLoad (what GetLoad returns)."""
+
+    worker_id: str = ""
+    role: str = ""
+    running_requests: int = 0
+    waiting_requests: int = 0
+    kv_usage: float = 0.0
+    queued_prefill_tokens: int = 0
+    active_kv_blocks: int = 0
+    total_kv_blocks: int = 0
+    block_size: int = 16
+    kv_events_endpoint: str = ""
+    kv_snapshot_endpoint: str = ""
+    model_fingerprint: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: object) -> "WorkerLoad":
+        return cls(**{name: getattr(msg, name) for name in cls.__slots__})  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Worker:
+    """A worker as the scheduler sees it.
+
+    ``pending_prefill_tokens`` / ``pending_requests`` count work this router sent
+    since the last load poll, so that a burst of requests between two polls does not
+    all land on the worker that looked idle.
+    """
+
+    address: str
+    role: Role
+    load: WorkerLoad = field(default_factory=WorkerLoad)
+    healthy: bool = True
+    ready: bool = True
+    prefill_rate_tps: float | None = None  # measured, EWMA of computed tokens / second
+    pending_prefill_tokens: int = 0
+    pending_requests: int = 0
+
+    @property
+    def worker_id(self) -> str:
+        """Id used by the prefix index (the worker's KV-event topic); the address until known."""
+        return self.load.worker_id or self.address
+
+    @property
+    def available(self) -> bool:
+        return self.healthy and self.ready
+
+    def update_load(self, load: WorkerLoad) -> None:
+        self.load = load
+        self.pending_prefill_tokens = 0
+        self.pending_requests = 0
+
+    def record_prefill(self, computed_tokens: int, seconds: float, alpha: float = 0.2) -> None:
+        if computed_tokens <= 0 or seconds <= 0:
+            return
+        rate = computed_tokens / seconds
+        self.prefill_rate_tps = rate if self.prefill_rate_tps is None else (1 - alpha) * self.prefill_rate_tps + alpha * rate

@@ -1,0 +1,146 @@
+"""Scheduler decisions on hand-built worker loads and a hand-fed prefix index."""
+
+import pytest
+
+from kvstore.block_key import block_keys
+from router.prefix_index import PrefixIndex
+from router.scheduler import (
+    AdmissionRejected,
+    Mode,
+    NoWorkersAvailable,
+    Policy,
+    Scheduler,
+    SchedulerConfig,
+    ScheduleRequest,
+)
+from router.workers import Role, Worker, WorkerLoad
+
+BS = 16
+
+
+def worker(addr: str, role: Role, **load) -> Worker:
+    return Worker(addr, role, WorkerLoad(worker_id=addr, role=role.value, total_kv_blocks=1000, **load))
+
+
+def request(tokens: list[int]) -> ScheduleRequest:
+    return ScheduleRequest(len(tokens), block_keys(tokens, "fp", BS), BS)
+
+
+PROMPT = list(range(2048))
+
+
+def test_picks_the_prefill_worker_that_holds_the_prompt_prefix():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("p2", req.block_keys[:100])
+    index.store("p1", req.block_keys[:10])
+    sched = Scheduler(SchedulerConfig(), index)
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL), worker("p3", Role.PREFILL)]
+    d = sched.decide(req, prefill, [worker("d1", Role.DECODE)])
+    assert (d.mode, d.prefill_worker, d.decode_worker) == (Mode.DISAGGREGATED, "p2", "d1")
+    assert d.predicted_hit_tokens == 100 * BS
+
+
+def test_avoids_an_overloaded_worker_even_if_it_holds_some_prefix():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("p1", req.block_keys[:8])  # 128 tokens cached, but 50k tokens queued
+    sched = Scheduler(SchedulerConfig(), index)
+    prefill = [worker("p1", Role.PREFILL, queued_prefill_tokens=50_000), worker("p2", Role.PREFILL)]
+    assert sched.decide(req, prefill, [worker("d1", Role.DECODE)]).prefill_worker == "p2"
+
+
+def test_picks_the_least_loaded_decode_worker():
+    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    decode = [
+        worker("d1", Role.DECODE, active_kv_blocks=900, running_requests=40),
+        worker("d2", Role.DECODE, active_kv_blocks=100, running_requests=4),
+    ]
+    assert sched.decide(request(PROMPT), [worker("p1", Role.PREFILL)], decode).decode_worker == "d2"
+
+
+def test_colocates_short_prompts_and_prompts_whose_uncached_part_is_short():
+    index = PrefixIndex()
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=256), index)
+    prefill, decode = [worker("p1", Role.PREFILL)], [worker("d1", Role.DECODE)]
+    short = sched.decide(request(list(range(100))), prefill, decode)
+    assert (short.mode, short.prefill_worker, short.decode_worker) == (Mode.COLOCATED, None, "d1")
+    req = request(PROMPT)
+    index.store("d1", req.block_keys[:120])  # only 128 of 2048 tokens left to compute
+    assert sched.decide(req, prefill, decode).mode is Mode.COLOCATED
+
+
+def test_colocates_when_there_is_no_prefill_worker_or_the_pool_is_saturated():
+    sched = Scheduler(SchedulerConfig(prefill_saturation_tokens=10_000), PrefixIndex())
+    decode = [worker("d1", Role.DECODE)]
+    assert sched.decide(request(PROMPT), [], decode).mode is Mode.COLOCATED
+    busy = [worker("p1", Role.PREFILL, queued_prefill_tokens=20_000)]
+    assert sched.decide(request(PROMPT), busy, decode).mode is Mode.COLOCATED
+
+
+def test_long_uncached_prompts_are_disaggregated():
+    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    d = sched.decide(request(PROMPT), [worker("p1", Role.PREFILL)], [worker("d1", Role.DECODE)])
+    assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "p1")
+
+
+def test_rejects_with_retry_after_when_no_placement_meets_the_ttft_slo():
+    config = SchedulerConfig(ttft_slo_ms=500, default_prefill_rate_tps=10_000)
+    sched = Scheduler(config, PrefixIndex())
+    prefill = [worker("p1", Role.PREFILL, queued_prefill_tokens=40_000)]
+    decode = [worker("d1", Role.DECODE, queued_prefill_tokens=30_000)]
+    with pytest.raises(AdmissionRejected) as exc:
+        sched.decide(request(PROMPT), prefill, decode)
+    # best choice: (30000 + 2048) / 10000 = 3.2 s against 0.5 s -> retry in 3 s
+    assert exc.value.retry_after_s == 3
+    assert exc.value.predicted_ttft_s == pytest.approx(3.2048)
+
+
+def test_slo_prefers_a_placement_that_meets_it_over_a_cheaper_one_that_does_not():
+    config = SchedulerConfig(ttft_slo_ms=1000, default_prefill_rate_tps=10_000)
+    sched = Scheduler(config, PrefixIndex())
+    fast = worker("p2", Role.PREFILL, queued_prefill_tokens=2_000)
+    fast.prefill_rate_tps = 20_000.0
+    slow = worker("p1", Role.PREFILL, queued_prefill_tokens=1_000)
+    slow.prefill_rate_tps = 1_000.0
+    d = sched.decide(request(PROMPT), [slow, fast], [worker("d1", Role.DECODE)])
+    assert d.prefill_worker == "p2" and d.predicted_ttft_s <= 1.0
+
+
+def test_requests_between_load_polls_spread_over_equal_workers():
+    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
+    decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
+    picks = [sched.decide(request(PROMPT), prefill, decode) for _ in range(4)]
+    assert sorted(d.prefill_worker for d in picks) == ["p1", "p1", "p2", "p2"]
+    assert sorted(d.decode_worker for d in picks) == ["d1", "d1", "d2", "d2"]
+
+
+def test_round_robin_cycles_through_workers_and_ignores_the_index():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("p2", req.block_keys)
+    sched = Scheduler(SchedulerConfig(policy=Policy.ROUND_ROBIN), index)
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL), worker("p3", Role.PREFILL)]
+    decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
+    picks = [sched.decide(req, prefill, decode) for _ in range(6)]
+    assert [d.prefill_worker for d in picks] == ["p1", "p2", "p3", "p1", "p2", "p3"]
+    assert [d.decode_worker for d in picks] == ["d1", "d2", "d1", "d2", "d1", "d2"]
+
+
+def test_random_policy_only_picks_available_workers():
+    sched = Scheduler(SchedulerConfig(policy=Policy.RANDOM, seed=0), PrefixIndex())
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
+    prefill[0].healthy = False
+    decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
+    picks = {sched.decide(request(PROMPT), prefill, decode, exclude={"d1"}).decode_worker for _ in range(20)}
+    assert picks == {"d2"}
+    assert {sched.decide(request(PROMPT), prefill, decode).prefill_worker for _ in range(20)} == {"p2"}
+
+
+def test_unhealthy_and_excluded_workers_are_never_chosen():
+    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
+    decode[0].healthy = False
+    with pytest.raises(NoWorkersAvailable):
+        sched.decide(request(PROMPT), [], decode, exclude={"d2"})
