@@ -2,7 +2,7 @@
 
 Llama-3.1-8B attention shapes (32 query heads, 8 KV heads, head_dim 128, bf16,
 cache blocks of 16 tokens, shuffled block ids). Decode reports GB/s (KV bytes read
-plus q and o; the rate uses the CUDA-graph time when there is one), prefill reports TFLOP/s (causal FLOPs actually needed). Every case is
+plus q and o; eager and replayed from a CUDA graph), prefill reports TFLOP/s (causal FLOPs actually needed). Every case is
 checked against ``paged_attention_reference`` before it is timed.
 
     python bench/attention_bench.py --out attn.json          # on a CUDA GPU
@@ -33,7 +33,8 @@ class Result:
     triton_graph_ms: float | None  # decode only: the launch replayed from a CUDA graph
     sdpa_ms: float | None
     sdpa_backend: str
-    triton_rate: float  # GB/s (decode) or TFLOP/s (prefill)
+    triton_rate: float  # GB/s (decode) or TFLOP/s (prefill), eager launch
+    triton_graph_rate: float | None
     sdpa_rate: float | None
     max_abs_err: float
 
@@ -159,7 +160,7 @@ def run_case(kind: str, batch_size: int, q_len: int, kv_len: int, dtype: torch.d
         work = batch_size * 4 * head_dim * num_heads * visible / 1e12  # TFLOP
     return Result(
         kind, batch_size, q_len, kv_len, triton_ms, graph_ms, sdpa_ms, backend,
-        work / ((graph_ms or triton_ms) / 1e3), None if sdpa_ms is None else work / (sdpa_ms / 1e3), err,
+        work / (triton_ms / 1e3), None if graph_ms is None else work / (graph_ms / 1e3), None if sdpa_ms is None else work / (sdpa_ms / 1e3), err,
     )
 
 
@@ -187,13 +188,14 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)"
     print(f"paged attention, {device_name}, heads {heads[0]}/{heads[1]}, d={heads[2]}, {dtype}, block {BLOCK_SIZE}")
-    print(f"{'kind':8} {'B':>3} {'q_len':>6} {'kv_len':>6} {'triton ms':>10} {'graph ms':>9} {'sdpa ms':>9} {'triton':>9} {'sdpa':>9} unit     sdpa backend")
+    print(f"{'kind':8} {'B':>3} {'q_len':>6} {'kv_len':>6} {'triton ms':>10} {'graph ms':>9} {'sdpa ms':>9} {'triton':>9} {'graph':>9} {'sdpa':>9} unit     sdpa backend")
     for r in results:
         unit = "GB/s" if r.kind == "decode" else "TFLOP/s"
         sdpa_ms = f"{r.sdpa_ms:9.3f}" if r.sdpa_ms is not None else f"{'-':>9}"
         sdpa_rate = f"{r.sdpa_rate:9.1f}" if r.sdpa_rate is not None else f"{'-':>9}"
+        graph_rate = f"{r.triton_graph_rate:9.1f}" if r.triton_graph_rate is not None else f"{'-':>9}"
         graph_ms = f"{r.triton_graph_ms:9.3f}" if r.triton_graph_ms is not None else f"{'-':>9}"
-        print(f"{r.kind:8} {r.batch:3d} {r.q_len:6d} {r.kv_len:6d} {r.triton_ms:10.3f} {graph_ms} {sdpa_ms} {r.triton_rate:9.1f} {sdpa_rate} {unit:8} {r.sdpa_backend}")
+        print(f"{r.kind:8} {r.batch:3d} {r.q_len:6d} {r.kv_len:6d} {r.triton_ms:10.3f} {graph_ms} {sdpa_ms} {r.triton_rate:9.1f} {graph_rate} {sdpa_rate} {unit:8} {r.sdpa_backend}")
     with open(args.out, "w") as f:
         json.dump({"device": device_name, "dtype": str(dtype), "heads": heads, "block_size": BLOCK_SIZE,
                    "results": [asdict(r) for r in results]}, f, indent=2)

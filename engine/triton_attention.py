@@ -35,8 +35,10 @@ _NEG_BIG = -1.0e30
 @triton.jit
 def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
     """Largest i with cu_seqlens_q[i] // BLOCK_Q + i <= tile."""
-    lo = 0
-    hi = num_seqs
+    # explicit int32 tensors: a literal 0 (or num_seqs == 1, which Triton
+    # specialises to a constant) would not be a valid loop-carried value
+    lo = tl.full([], 0, tl.int32)
+    hi = tl.full([], 0, tl.int32) + num_seqs
     while lo < hi:
         mid = (lo + hi) // 2
         first_tile = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q + mid

@@ -144,3 +144,19 @@ def test_strided_query_view_matches_reference() -> None:
     qkv = torch.cat([batch["q"], batch["q"]], dim=1)  # [T, 2*Hq, D]: q is a non-contiguous view
     batch["q"] = qkv[:, : batch["q"].shape[1]]
     assert_matches_reference(batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_decode_replayed_from_cuda_graph_follows_new_seq_lens() -> None:
+    batch = make_batch([1, 1, 1], [20, 33, 47], seed=11)
+    out = torch.empty_like(batch["q"])
+    seq_lens = batch["seq_lens"]
+    paged_attention_triton(**batch, max_q_len=1, out=out)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        paged_attention_triton(**batch, max_q_len=1, out=out)
+    seq_lens.copy_(torch.tensor([21, 34, 48], dtype=torch.int32))  # the next decode step, in place
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, reference_fp32(batch), rtol=1e-5, atol=1e-5)
