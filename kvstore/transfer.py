@@ -1,0 +1,220 @@
+"""Client data plane: moving object bytes to and from storage nodes.
+
+Three paths, chosen per replica:
+- same host: copy straight into / out of the node's shared-memory segment, then
+  (for writes) ask the node to seal (verify) the bytes — only metadata on gRPC;
+- small objects over gRPC: many per unary BatchWrite / BatchRead call;
+- large objects over gRPC: client-streaming Write / server-streaming Read in chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import xxhash
+
+from kvstore.errors import ChecksumMismatch, StoreError, error_from_code
+from kvstore.master import GRPC_OPTIONS
+from kvstore.segment import SharedSegment, host_identity
+from splitserve.rpc import kvstore_pb2 as pb
+from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+
+
+@dataclass(slots=True)
+class WriteJob:
+    replica: pb.Replica
+    data: memoryview
+    checksum: int
+    error: StoreError | None = None
+
+
+@dataclass(slots=True)
+class ReadJob:
+    replica: pb.Replica
+    size: int
+    checksum: int
+    dest: memoryview | None  # None: keep the bytes in ``data``
+    data: bytes | None = None
+    ok: bool = False
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
+    return error_from_code(exc.code().value[0], f"{exc.code().name}: {exc.details()}")
+
+
+class NodeTransport:
+    def __init__(self, chunk_size: int = 1 << 20, batch_bytes: int = 4 << 20, max_inflight: int = 16, use_shm: bool = True) -> None:
+        self.chunk_size = chunk_size
+        self.batch_bytes = batch_bytes
+        self.use_shm = use_shm
+        self._host = host_identity()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.StorageNodeStub] = {}
+        self._segments: dict[str, SharedSegment | None] = {}
+        self._limit = asyncio.Semaphore(max_inflight)
+
+    # ------------------------------------------------------------ routing
+
+    def stub(self, address: str) -> pb_grpc.StorageNodeStub:
+        if address not in self._stubs:
+            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            self._stubs[address] = pb_grpc.StorageNodeStub(self._channels[address])
+        return self._stubs[address]
+
+    def local_segment(self, replica: pb.Replica) -> SharedSegment | None:
+        """The node's segment when it is mapped into this host's memory, else None."""
+        if not self.use_shm or not replica.shm_name or (replica.hostname, replica.boot_id) != self._host:
+            return None
+        if replica.shm_name not in self._segments:
+            try:
+                self._segments[replica.shm_name] = SharedSegment.attach(replica.shm_name)
+            except OSError:
+                self._segments[replica.shm_name] = None  # e.g. another container with the same boot id
+        return self._segments[replica.shm_name]
+
+    def is_local(self, replica: pb.Replica) -> bool:
+        return self.local_segment(replica) is not None
+
+    # ------------------------------------------------------------ writes
+
+    async def write(self, jobs: list[WriteJob]) -> None:
+        """Write every job; failures land in ``job.error``."""
+        by_node: dict[str, list[WriteJob]] = {}
+        tasks = []
+        for job in jobs:
+            segment = self.local_segment(job.replica)
+            if segment is not None:
+                np.copyto(segment.array[job.replica.offset : job.replica.offset + len(job.data)], np.frombuffer(job.data, np.uint8))
+                by_node.setdefault("shm:" + job.replica.address, []).append(job)
+            elif len(job.data) > self.chunk_size:
+                tasks.append(self._stream_write(job))
+            else:
+                by_node.setdefault(job.replica.address, []).append(job)
+        for key, group in by_node.items():
+            for batch in self._batches(group, lambda j: len(j.data)):
+                tasks.append(self._seal(batch) if key.startswith("shm:") else self._batch_write(batch))
+        await asyncio.gather(*tasks)
+
+    def _batches(self, jobs: list, size_of) -> list[list]:  # type: ignore[no-untyped-def]
+        batches, current, total = [], [], 0
+        for job in jobs:
+            if current and total + size_of(job) > self.batch_bytes:
+                batches.append(current)
+                current, total = [], 0
+            current.append(job)
+            total += size_of(job)
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _batch_write(self, jobs: list[WriteJob]) -> None:
+        items = [pb.WriteItem(offset=j.replica.offset, checksum=j.checksum, data=bytes(j.data)) for j in jobs]
+        await self._apply(jobs, self.stub(jobs[0].replica.address).BatchWrite, pb.BatchWriteRequest(items=items))
+
+    async def _seal(self, jobs: list[WriteJob]) -> None:
+        items = [pb.SealItem(offset=j.replica.offset, size=len(j.data), checksum=j.checksum) for j in jobs]
+        await self._apply(jobs, self.stub(jobs[0].replica.address).Seal, pb.SealRequest(items=items))
+
+    async def _apply(self, jobs: list[WriteJob], call, request) -> None:  # type: ignore[no-untyped-def]
+        async with self._limit:
+            try:
+                reply = await call(request)
+            except grpc.aio.AioRpcError as exc:
+                for j in jobs:
+                    j.error = _rpc_error(exc)
+                return
+        for job, result in zip(jobs, reply.results):
+            if not result.ok:
+                job.error = error_from_code(result.code, result.message)
+
+    async def _stream_write(self, job: WriteJob) -> None:
+        async def chunks() -> AsyncIterator[pb.WriteChunk]:
+            data, step = job.data, self.chunk_size
+            for start in range(0, len(data), step):
+                piece = bytes(data[start : start + step])
+                header = dict(offset=job.replica.offset, size=len(data), checksum=job.checksum) if start == 0 else {}
+                yield pb.WriteChunk(data=piece, chunk_checksum=xxhash.xxh3_64_intdigest(piece), **header)
+
+        async with self._limit:
+            try:
+                await self.stub(job.replica.address).Write(chunks())
+            except grpc.aio.AioRpcError as exc:
+                job.error = _rpc_error(exc)
+
+    # ------------------------------------------------------------ reads
+
+    async def read(self, jobs: list[ReadJob]) -> None:
+        """Read every job and verify its checksum; ``job.ok`` says which arrived intact."""
+        by_node: dict[str, list[ReadJob]] = {}
+        tasks = []
+        for job in jobs:
+            segment = self.local_segment(job.replica)
+            if segment is not None:
+                src = segment.array[job.replica.offset : job.replica.offset + job.size]
+                if job.dest is None:
+                    job.data = src.tobytes()
+                else:
+                    np.copyto(np.frombuffer(job.dest, np.uint8)[: job.size], src)
+                self._verify(job)
+            elif job.size > self.chunk_size:
+                tasks.append(self._stream_read(job))
+            else:
+                by_node.setdefault(job.replica.address, []).append(job)
+        for group in by_node.values():
+            for batch in self._batches(group, lambda j: j.size):
+                tasks.append(self._batch_read(batch))
+        await asyncio.gather(*tasks)
+
+    def _verify(self, job: ReadJob) -> None:
+        view = job.data if job.dest is None else job.dest[: job.size]
+        job.ok = view is not None and len(view) == job.size and xxhash.xxh3_64_intdigest(view) == job.checksum
+
+    def _land(self, job: ReadJob, data: bytes) -> None:
+        if job.dest is None:
+            job.data = data
+        elif len(data) == job.size:
+            job.dest[: job.size] = data
+        self._verify(job)
+
+    async def _batch_read(self, jobs: list[ReadJob]) -> None:
+        request = pb.BatchReadRequest(items=[pb.ReadRequest(offset=j.replica.offset, size=j.size) for j in jobs])
+        async with self._limit:
+            try:
+                reply = await self.stub(jobs[0].replica.address).BatchRead(request)
+            except grpc.aio.AioRpcError:
+                return  # node gone: these stay not ok, the caller tries another replica or misses
+        for job, data in zip(jobs, reply.data):
+            self._land(job, data)
+
+    async def _stream_read(self, job: ReadJob) -> None:
+        request = pb.ReadRequest(offset=job.replica.offset, size=job.size, chunk_size=self.chunk_size)
+        buffer = bytearray(job.size) if job.dest is None else job.dest
+        pos = 0
+        async with self._limit:
+            try:
+                async for chunk in self.stub(job.replica.address).Read(request):
+                    n = len(chunk.data)
+                    if pos + n > job.size:
+                        return
+                    buffer[pos : pos + n] = chunk.data
+                    pos += n
+            except grpc.aio.AioRpcError:
+                return
+        if pos == job.size:
+            if job.dest is None:
+                job.data = bytes(buffer)
+            self._verify(job)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        for segment in self._segments.values():
+            if segment is not None:
+                segment.close()
+
+
+__all__ = ["ChecksumMismatch", "NodeTransport", "ReadJob", "WriteJob"]
