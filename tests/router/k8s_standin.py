@@ -25,6 +25,8 @@ class FakePodAPI:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # chunked watch streams, as the real API server sends
+
             def log_message(self, *args) -> None:
                 pass
 
@@ -83,6 +85,7 @@ class FakePodAPI:
         url = urlparse(req.path)
         if url.path != f"/api/v1/namespaces/{self.namespace}/pods":
             req.send_response(404)
+            req.send_header("Content-Length", "0")
             req.end_headers()
             return
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -107,8 +110,13 @@ class FakePodAPI:
         deadline = time.monotonic() + float(query.get("timeoutSeconds", 30))
         req.send_response(200)
         req.send_header("Content-Type", "application/json")
-        req.send_header("Connection", "close")
+        req.send_header("Transfer-Encoding", "chunked")
         req.end_headers()
+
+        def chunk(data: bytes) -> None:
+            req.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            req.wfile.flush()
+
         try:
             while True:
                 with self.cond:
@@ -116,12 +124,12 @@ class FakePodAPI:
                     if not pending:
                         left = deadline - time.monotonic()
                         if left <= 0 or self.closed:
+                            chunk(b"")
                             return
                         self.cond.wait(min(left, 0.1))
                         continue
                 for v, kind, pod in pending:
-                    req.wfile.write(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                    chunk(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
                     since = v
-                req.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             return
