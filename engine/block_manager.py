@@ -1,0 +1,164 @@
+"""Ref-counted KV blocks with a content-addressed prefix cache and LRU reuse.
+
+A block is *cached* once it is full and its key (kvstore.block_key chain) is
+registered; a cached block whose last user finished stays in the free list and
+can be reused by a later request with the same prefix until it is evicted,
+oldest first. Every registration / eviction is recorded as a KV event.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from engine.sequence import Sequence
+from kvstore.block_key import BlockKey, chain_key, root_key
+from kvstore.events import BlockRemoved, BlockStored, KVEvent
+
+
+@dataclass(slots=True)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    key: BlockKey | None = None  # set while the block is registered in the prefix cache
+
+
+@dataclass(slots=True)
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # prompt tokens found cached
+
+
+@dataclass(slots=True)
+class BlockManager:
+    num_blocks: int
+    block_size: int
+    fingerprint: str
+    enable_prefix_caching: bool = True
+    medium: str = "gpu"
+    blocks: list[Block] = field(init=False)
+    free: OrderedDict[int, None] = field(init=False)  # ref_count == 0, eviction order first
+    cached: dict[BlockKey, int] = field(init=False)
+    events: list[KVEvent] = field(init=False)
+    stats: PrefixCacheStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.blocks = [Block(i) for i in range(self.num_blocks)]
+        self.free = OrderedDict((i, None) for i in range(self.num_blocks))
+        self.cached = {}
+        self.events = []
+        self.stats = PrefixCacheStats()
+
+    # ---- queries -------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    @property
+    def num_active(self) -> int:
+        return self.num_blocks - len(self.free)
+
+    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        """New blocks ``seq`` needs to hold ``num_tokens`` tokens."""
+        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
+
+    def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.blocks_needed(seq, num_tokens) <= self.num_free
+
+    # ---- prefix cache ----------------------------------------------------------------------
+    def match_prefix(self, seq: Sequence, max_tokens: int) -> int:
+        """Attach cached leading blocks of ``seq`` (at most ``max_tokens`` tokens); returns tokens matched."""
+        if not self.enable_prefix_caching or seq.block_table:
+            return 0
+        parent = root_key(self.fingerprint, seq.cache_salt)
+        hits: list[tuple[int, BlockKey]] = []
+        for start in range(0, max_tokens - self.block_size + 1, self.block_size):
+            parent = chain_key(parent, seq.token_ids[start : start + self.block_size])
+            block_id = self.cached.get(parent)
+            if block_id is None:
+                break
+            hits.append((block_id, parent))
+        for block_id, key in hits:
+            self._acquire(block_id)
+            seq.block_table.append(block_id)
+            seq.block_keys.append(key)
+        return len(hits) * self.block_size
+
+    def record_query(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
+        self.stats.queries += num_prompt_tokens
+        self.stats.hits += num_hit_tokens
+
+    def commit_full_blocks(self, seq: Sequence) -> None:
+        """Register every newly full, computed block of ``seq`` in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size
+        if num_full <= len(seq.block_keys):
+            return
+        stored: list[BlockKey] = []
+        first_parent = seq.block_keys[-1] if seq.block_keys else None
+        parent = first_parent if first_parent is not None else root_key(self.fingerprint, seq.cache_salt)
+        first_new = len(seq.block_keys)
+        for i in range(first_new, num_full):
+            tokens = seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
+            parent = chain_key(parent, tokens)
+            seq.block_keys.append(parent)
+            block = self.blocks[seq.block_table[i]]
+            if block.key is None and parent not in self.cached:
+                block.key = parent
+                self.cached[parent] = block.block_id
+                stored.append(parent)
+        if stored:
+            token_ids = seq.token_ids[first_new * self.block_size : num_full * self.block_size]
+            self.events.append(BlockStored(stored, first_parent, self.medium, token_ids, self.block_size))
+
+    # ---- allocation ------------------------------------------------------------------------
+    def allocate(self, seq: Sequence, num_tokens: int) -> None:
+        """Grow ``seq``'s block table to hold ``num_tokens`` tokens (caller checked can_allocate)."""
+        for _ in range(self.blocks_needed(seq, num_tokens)):
+            block_id, _ = self.free.popitem(last=False)
+            self._evict(block_id)
+            self.blocks[block_id].ref_count = 1
+            seq.block_table.append(block_id)
+
+    def release(self, seq: Sequence) -> None:
+        """Drop ``seq``'s references; its cached blocks stay reusable until evicted."""
+        # tail blocks first, so that shared prefix heads are evicted last
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None
+                if block.key is None:  # nothing to reuse: hand it out before cached blocks
+                    self.free.move_to_end(block_id, last=False)
+        seq.block_table.clear()
+        seq.block_keys.clear()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block no request uses; False if some are still in use."""
+        if self.num_active:
+            return False
+        removed = list(self.cached)
+        for block in self.blocks:
+            block.key = None
+        self.cached.clear()
+        if removed:
+            self.events.append(BlockRemoved(removed, self.medium))
+        return True
+
+    def take_events(self) -> list[KVEvent]:
+        events, self.events = self.events, []
+        return events
+
+    def _acquire(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free[block_id]
+        block.ref_count += 1
+
+    def _evict(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.key is not None:
+            del self.cached[block.key]
+            self.events.append(BlockRemoved([block.key], self.medium))
+            block.key = None

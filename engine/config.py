@@ -1,0 +1,31 @@
+"""EngineConfig: the one configuration object of the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str  # HF checkpoint directory
+    dtype: str = "auto"  # "auto" (checkpoint dtype; float32 on CPU for half checkpoints), "float32", "bfloat16", "float16"
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    block_size: int = 16
+    kv_cache_bytes: int | None = None  # CPU pool budget; default DEFAULT_CPU_KV_CACHE_BYTES
+    gpu_memory_utilization: float = 0.9  # GPU: fraction of total memory the engine may use after warm-up
+    num_kv_blocks: int | None = None  # exact pool size; overrides both budgets
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048  # per-step token budget (decodes + prefill chunks)
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    kv_events_medium: str = "gpu"  # medium named in published KV events
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {self.block_size}")
+        if self.max_num_batched_tokens <= 0 or self.max_num_seqs <= 0:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

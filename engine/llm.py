@@ -1,0 +1,40 @@
+"""Offline batch API: ``LLM(model_dir).generate(prompts, params) -> [RequestOutput]``."""
+
+from __future__ import annotations
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str, **config) -> None:
+        self.engine = LLMEngine(EngineConfig(model=str(model), **config))
+        self.tokenizer = self.engine.tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        return self.engine.fingerprint
+
+    def generate(
+        self,
+        prompts: list[str] | list[list[int]],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in prompt order."""
+        if isinstance(sampling_params, list) and len(sampling_params) != len(prompts):
+            raise ValueError(f"got {len(sampling_params)} sampling params for {len(prompts)} prompts; pass one or one each")
+        ids = []
+        for i, prompt in enumerate(prompts):
+            tokens = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            params = sampling_params[i] if isinstance(sampling_params, list) else sampling_params
+            request_id = f"generate-{id(self)}-{i}"
+            self.engine.add_request(request_id, tokens, params)
+            ids.append(request_id)
+        final: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished():
+            for out in self.engine.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[i] for i in ids]

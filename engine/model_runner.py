@@ -1,0 +1,147 @@
+"""Loads the model, owns the KV pool, turns a step plan into StepMetadata, runs and samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import load_hf_config, load_weights
+from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
+from engine.models.decoder import DecoderForCausalLM, head_dim_of
+from engine.models.registry import arch_features
+from engine.sampler import Sampler, SamplerOutput, SamplingBatch
+from engine.sequence import Sequence
+from engine.step_metadata import StepMetadata
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    ckpt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None) or torch.float32
+    ckpt = _DTYPES.get(ckpt, torch.float32) if isinstance(ckpt, str) else ckpt
+    if device.type == "cpu" and ckpt != torch.float32:
+        return torch.float32  # half-precision matmuls are slow or missing on CPU
+    return ckpt
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, eos_token_ids: set[int]) -> None:
+        self.config = config
+        model_dir = Path(config.model)
+        self.hf_config = load_hf_config(model_dir)
+        self.arch, features = arch_features(getattr(self.hf_config, "architectures", None))
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.hf_config, self.device)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                self.model = DecoderForCausalLM(self.hf_config, features)
+        finally:
+            torch.set_default_dtype(previous)
+        load_weights(self.model, model_dir)
+        self.model.eval()
+        self.vocab_size = self.hf_config.vocab_size
+        self.sampler = Sampler(eos_token_ids=eos_token_ids)
+        attn = self.model.attention_layers()
+        self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
+        self.kv = KVCache(self.kv_spec, self._num_blocks(), self.device)
+        for layer, k, v in zip(attn, self.kv.k, self.kv.v):
+            layer.k_cache, layer.v_cache = k, v
+
+    def _num_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.device.type == "cuda":
+            self._warm_up()
+            budget = gpu_kv_budget(self.device, self.config.gpu_memory_utilization)
+        else:
+            budget = self.config.kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+        return num_blocks_for_budget(self.kv_spec, budget)
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One full-budget prefill without a cache, to measure peak activation memory."""
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = min(self.config.max_num_batched_tokens, self.hf_config.max_position_embeddings)
+        dev = self.device
+        meta = StepMetadata(
+            input_ids=torch.zeros(n, dtype=torch.long, device=dev),
+            positions=torch.arange(n, device=dev),
+            slot_mapping=torch.zeros(n, dtype=torch.long, device=dev),
+            cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
+            block_tables=torch.zeros(1, 1, dtype=torch.int32, device=dev),
+            logits_indices=torch.tensor([n - 1], device=dev),
+            max_q_len=n,
+        )
+        # no cache bound yet: attention over a 1-block dummy cache is enough for a memory peak
+        dummy = torch.zeros(max(1, -(-n // self.config.block_size)), self.config.block_size,
+                            self.kv_spec.num_kv_heads, self.kv_spec.head_dim, dtype=self.dtype, device=dev)
+        meta.block_tables = torch.arange(dummy.shape[0], dtype=torch.int32, device=dev)[None]
+        meta.slot_mapping = torch.arange(n, device=dev)
+        for layer in self.model.attention_layers():
+            layer.k_cache, layer.v_cache = dummy, dummy.clone()
+        self.model.compute_logits(self.model(meta)[meta.logits_indices])
+        torch.cuda.synchronize(self.device)
+
+    def prepare(self, plan: dict[Sequence, int]) -> tuple[StepMetadata, list[Sequence]]:
+        """Flat metadata of a step, and the sequences that get a new token this step."""
+        block_size = self.config.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu = [0]
+        seq_lens: list[int] = []
+        logits_rows: list[int] = []
+        sampled: list[Sequence] = []
+        for seq, n in plan.items():
+            start = seq.num_computed_tokens
+            end = start + n
+            input_ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            table = seq.block_table
+            slots += [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+            cu.append(cu[-1] + n)
+            seq_lens.append(end)
+            if end == seq.num_tokens:  # the chunk reaches the last token: sample the next one
+                logits_rows.append(cu[-1] - 1)
+                sampled.append(seq)
+        max_blocks = max(len(seq.block_table) for seq in plan)
+        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in plan]
+        dev = self.device
+        meta = StepMetadata(
+            input_ids=torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True),
+            positions=torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True),
+            slot_mapping=torch.tensor(slots, dtype=torch.long).to(dev, non_blocking=True),
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(dev, non_blocking=True),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
+            block_tables=torch.tensor(tables, dtype=torch.int32).to(dev, non_blocking=True),
+            logits_indices=torch.tensor(logits_rows, dtype=torch.long).to(dev, non_blocking=True),
+            max_q_len=max(plan.values()),
+        )
+        return meta, sampled
+
+    @torch.inference_mode()
+    def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
+        meta, sampled = self.prepare(plan)
+        hidden = self.model(meta)  # [T, H]
+        if not sampled:
+            return sampled, None
+        logits = self.model.compute_logits(hidden[meta.logits_indices])  # [S, V]
+        batch = SamplingBatch(
+            params=[s.params for s in sampled],
+            prompt_token_ids=[s.prompt_token_ids for s in sampled],
+            output_token_ids=[s.output_token_ids for s in sampled],
+        )
+        return sampled, self.sampler(logits, batch)

@@ -1,0 +1,1 @@
+"""Model definitions: one decoder covers the supported Llama-family architectures."""

@@ -1,0 +1,51 @@
+"""What the engine hands back per request and step, and its load report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token_id, logprob), best first
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    new_token_ids: list[int]  # tokens produced by this step
+    output_token_ids: list[int]  # all output tokens so far
+    text: str  # output text so far (final text on the finishing step)
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort" | None
+    num_cached_tokens: int  # prompt tokens not computed here (prefix hit or imported)
+    new_logprobs: list[TokenLogprob] | None = None  # one per new token when params.logprobs is set
+
+
+@dataclass(slots=True)
+class PrefillProgress:
+    """A prompt's KV is final for tokens [0, num_computed_tokens): blocks up to
+    num_computed_tokens // block_size are full and immutable (plus the partial tail
+    once ``done``)."""
+
+    request_id: str
+    num_computed_tokens: int
+    num_prompt_tokens: int
+    done: bool
+
+
+@dataclass(slots=True)
+class EngineLoad:
+    running: int
+    waiting: int
+    held: int  # prefill_only requests holding blocks for export
+    kv_usage: float  # active blocks / total blocks
+    queued_prefill_tokens: int
+    active_blocks: int
+    total_blocks: int
+    block_size: int
+    prefix_cache_queries: int  # prompt tokens looked up
+    prefix_cache_hits: int  # prompt tokens found cached

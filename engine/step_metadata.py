@@ -1,0 +1,19 @@
+"""The flat per-step input of the model: one record, built once per step by the model runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class StepMetadata:
+    input_ids: torch.Tensor  # [T] int64, new tokens of every scheduled sequence, packed
+    positions: torch.Tensor  # [T] int64
+    slot_mapping: torch.Tensor  # [T] int64, block_id * block_size + offset
+    cu_seqlens_q: torch.Tensor  # [S+1] int32
+    seq_lens: torch.Tensor  # [S] int32, KV length after this step
+    block_tables: torch.Tensor  # [S, max_blocks] int32, padded with 0
+    logits_indices: torch.Tensor  # [S'] int64, rows of hidden states that get logits
+    max_q_len: int
