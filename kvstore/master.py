@@ -55,7 +55,7 @@ class MasterServicer(pb_grpc.MasterServicer):
         except StoreError as exc:
             await context.abort(exc.code, str(exc))
         log.info("storage node %s registered at %s (%d bytes)", node_id, request.address, request.capacity)
-        self._update_gauges()
+        self.update_gauges()
         return pb.RegisterNodeReply(node_id=node_id, heartbeat_interval_s=self.state.config.heartbeat_timeout_s / 4)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext) -> pb.HeartbeatReply:
@@ -73,7 +73,7 @@ class MasterServicer(pb_grpc.MasterServicer):
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
             reply = pb.PutStartReply(results=[self._put_start(item) for item in request.items])
-            self._update_gauges()
+            self.update_gauges()
             return reply
 
     async def BatchPutCommit(self, request: pb.PutCommitRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
@@ -86,7 +86,7 @@ class MasterServicer(pb_grpc.MasterServicer):
                     results.append(pb.KeyResult(key=put_id, ok=True))
                 except StoreError as exc:
                     results.append(_failed(put_id, exc))
-            self._update_gauges()
+            self.update_gauges()
             return pb.KeyResults(results=results)
 
     async def BatchPutAbort(self, request: pb.PutAbortRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
@@ -97,7 +97,7 @@ class MasterServicer(pb_grpc.MasterServicer):
                 results.append(pb.KeyResult(key=put_id, ok=True))
             except StoreError as exc:
                 results.append(_failed(put_id, exc))
-        self._update_gauges()
+        self.update_gauges()
         return pb.KeyResults(results=results)
 
     async def BatchGet(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.GetReply:
@@ -123,7 +123,7 @@ class MasterServicer(pb_grpc.MasterServicer):
     async def BatchRemove(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
         with _timed("remove"):
             reply = pb.KeyResults(results=[self._per_key(k, self.state.remove, k) for k in request.keys])
-            self._update_gauges()
+            self.update_gauges()
             return reply
 
     async def BatchPin(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
@@ -136,7 +136,7 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def PutStart(self, request: pb.PutStartItem, context: grpc.aio.ServicerContext) -> pb.PutStartResult:
         result = self._put_start(request)
-        self._update_gauges()
+        self.update_gauges()
         if result.state == pb.PUT_STATE_FAILED:
             await context.abort(grpc.StatusCode(_status(result.code)), result.message)
         return result
@@ -211,7 +211,7 @@ class MasterServicer(pb_grpc.MasterServicer):
             lease_ttl_s=self.state.config.lease_ttl_s,
         )
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         nodes = self.state.nodes.values()
         metrics.CAPACITY.labels("master").set(sum(n.allocator.capacity for n in nodes))
         metrics.USED.labels("master").set(sum(n.allocator.used for n in nodes))
@@ -232,7 +232,7 @@ class MasterServer:
         self.publisher: KVEventPublisher | None = None
         self.state = MasterState(config)
         self.servicer = MasterServicer(self.state)
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server: grpc.aio.Server | None = None  # made in start(): it binds to the running loop
         self.address = ""
         self._tick_task: asyncio.Task[None] | None = None
 
@@ -244,6 +244,7 @@ class MasterServer:
             snap = f"tcp://{host}:{cfg.events_port + 1}" if cfg.events_port else f"tcp://{host}:*"
             self.publisher = KVEventPublisher(pub, snap, "kvstore", self.state.snapshot)
             self.state.emit = self.publisher.publish
+        self.server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_MasterServicer_to_server(self.servicer, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -260,11 +261,12 @@ class MasterServer:
         while True:
             await asyncio.sleep(self.config.tick_interval_s)
             self.state.tick()
-            self.servicer._update_gauges()
+            self.servicer.update_gauges()
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
-        await self.server.stop(grace_s)
+        if self.server is not None:
+            await self.server.stop(grace_s)
         if self.publisher is not None:
             self.publisher.close()

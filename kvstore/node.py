@@ -131,7 +131,7 @@ class NodeServer:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.segment = SharedSegment.create(config.capacity)
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server: grpc.aio.Server | None = None  # made in start(): it binds to the running loop
         self.node_id = ""
         self.address = ""
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -139,6 +139,7 @@ class NodeServer:
 
     async def start(self) -> str:
         cfg = self.config
+        self.server = grpc.aio.server(options=GRPC_OPTIONS)
         pb_grpc.add_StorageNodeServicer_to_server(StorageNodeServicer(self.segment, cfg.read_chunk_size), self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -179,7 +180,8 @@ class NodeServer:
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
-        await self.server.stop(grace_s)
+        if self.server is not None:
+            await self.server.stop(grace_s)
         if self._channel is not None:
             await self._channel.close()
         self.segment.close()
