@@ -184,7 +184,13 @@ def main() -> None:
         cases += [("prefill", 1, 4096, 4096), ("prefill", 1, 4096, 8192)]
 
     torch.manual_seed(0)
-    results = [run_case(*case, dtype=dtype, device=device, heads=heads) for case in cases]
+    results, failures = [], []
+    for case in cases:
+        try:
+            results.append(run_case(*case, dtype=dtype, device=device, heads=heads))
+        except (AssertionError, RuntimeError) as exc:  # report the case, keep measuring the others
+            failures.append(f"{case}: {exc}")
+            print(f"FAILED {case}: {exc}", file=sys.stderr)
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)"
     print(f"paged attention, {device_name}, heads {heads[0]}/{heads[1]}, d={heads[2]}, {dtype}, block {BLOCK_SIZE}")
@@ -198,7 +204,7 @@ def main() -> None:
         print(f"{r.kind:8} {r.batch:3d} {r.q_len:6d} {r.kv_len:6d} {r.triton_ms:10.3f} {graph_ms} {sdpa_ms} {r.triton_rate:9.1f} {graph_rate} {sdpa_rate} {unit:8} {r.sdpa_backend}")
     with open(args.out, "w") as f:
         json.dump({"device": device_name, "dtype": str(dtype), "heads": heads, "block_size": BLOCK_SIZE,
-                   "results": [asdict(r) for r in results]}, f, indent=2)
+                   "results": [asdict(r) for r in results], "failures": failures}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import triton.language as tl
 _LOG2E = 1.4426950408889634
 # Finite stand-in for -inf as the running max: a row that saw no key yet keeps
 # exp2(s - m) == 0 and alpha == 1 instead of NaN from (-inf) - (-inf).
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
