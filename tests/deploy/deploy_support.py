@@ -105,6 +105,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\{[^}]*\}", "", text)
     text = re.sub(r"\[[^\]]*\]", "", text)
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\b(\d+(ms|s|m|h|d|w|y))+\b", " ", text)  # durations (offset 5m, @ modifiers)
     text = re.sub(r"\b\d+(\.\d+)?([eE][+-]?\d+)?\b", " ", text)
     names = set()
     for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
