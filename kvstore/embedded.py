@@ -18,10 +18,8 @@ from kvstore.node_config import NodeConfig
 
 class EmbeddedStore:
     def __init__(self, capacity: int = 1 << 30, master: MasterConfig | None = None) -> None:
-        base = master or MasterConfig()
-        self.master_config = replace(base, host="127.0.0.1", port=base.port if master else 0, metrics_port=None)
-        if master is None:
-            self.master_config.events_port = 0  # any free port; see events_endpoint
+        base = master or MasterConfig(events_port=0)  # 0: any free port; see events_endpoint
+        self.master_config = replace(base, host="127.0.0.1", port=0, metrics_port=None)
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kvstore-embedded", daemon=True)
