@@ -1,0 +1,179 @@
+"""Router -> workers: run one request on the workers a Decision names, with failover.
+
+Disaggregated: PrefillService.Prefill, then DecodeService.Generate (stream) with the
+KV handle and the first token. Colocated: Generate without a KV handle.
+Failover: a failed prefill retries on another prefill worker (or colocates, as the
+scheduler decides); a decode that fails before its first token retries on another
+decode worker (the prompt KV stays in the store); a failure after tokens were
+streamed raises WorkerStreamError so that the API ends the stream with an error
+event. Every RPC has a deadline and every stream read an idle timeout, so a stream
+never hangs. Closing the generator early (client gone) sends Abort to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from router.scheduler import Decision, Mode
+from router.worker_pool import WorkerPool
+from splitserve.rpc import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Redecide = Callable[[frozenset[str]], Decision]  # exclude these addresses, decide again
+
+
+class WorkerStreamError(RuntimeError):
+    """The request failed after output was already streamed, or every retry failed."""
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: worker_pb2.SamplingParams
+    cache_salt: str = ""
+
+
+@dataclass(slots=True)
+class TokenChunk:
+    token_ids: list[int]
+    logprobs: list[worker_pb2.TokenLogprob] = field(default_factory=list)
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    num_cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class WorkerBackend:
+    pool: WorkerPool
+    prefill_timeout_s: float = 120.0
+    chunk_timeout_s: float = 60.0  # longest silence tolerated inside a Generate stream
+    max_attempts: int = 3
+
+    async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+        excluded: set[str] = set()
+        prefill: worker_pb2.PrefillResponse | None = None
+        for _ in range(self.max_attempts * 2):
+            if decision.mode is Mode.DISAGGREGATED and prefill is None:
+                assert decision.prefill_worker is not None
+                try:
+                    prefill = await self._prefill(decision.prefill_worker, request)
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                    log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
+                    excluded.add(decision.prefill_worker)
+                    decision = self._retry(redecide, excluded)
+                    continue
+                yield TokenChunk(
+                    [prefill.first_token_id],
+                    [prefill.first_logprob] if prefill.HasField("first_logprob") else [],
+                    prefill.finish_reason,
+                    len(request.prompt_token_ids),
+                    1,
+                    prefill.num_cached_tokens,
+                )
+                if prefill.finish_reason:
+                    return
+            streamed = False
+            try:
+                async for chunk in self._decode(decision.decode_worker, request, prefill):
+                    streamed = True
+                    yield chunk
+                return
+            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
+                if streamed:
+                    raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
+                excluded.add(decision.decode_worker)
+                retry = self._retry(redecide, excluded)
+                if prefill is None:
+                    decision = retry
+                else:  # the prompt KV is in the store: only the decode worker changes
+                    decision = Decision(Mode.DISAGGREGATED, decision.prefill_worker, retry.decode_worker)
+        raise WorkerStreamError(f"request {request.request_id} failed on every worker tried: {sorted(excluded)}")
+
+    def _retry(self, redecide: Redecide, excluded: set[str]) -> Decision:
+        if len(excluded) >= self.max_attempts:
+            raise WorkerStreamError(f"gave up after failures on {sorted(excluded)}")
+        try:
+            return redecide(frozenset(excluded))
+        except Exception as exc:  # NoWorkersAvailable, AdmissionRejected
+            raise WorkerStreamError(f"no worker left to retry on: {exc}") from exc
+
+    async def _prefill(self, address: str, request: GenerationRequest) -> worker_pb2.PrefillResponse:
+        stub = worker_pb2_grpc.PrefillServiceStub(self.pool.channel(address))
+        message = worker_pb2.PrefillRequest(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling=request.sampling,
+            cache_salt=request.cache_salt,
+        )
+        start = time.monotonic()
+        call = stub.Prefill(message, timeout=self.prefill_timeout_s)
+        try:
+            response = await call
+        except asyncio.CancelledError:
+            call.cancel()
+            await self.abort(address, request.request_id, prefill=True)
+            raise
+        worker = self.pool.workers.get(address)
+        if worker is not None:
+            worker.record_prefill(response.num_computed_tokens, time.monotonic() - start)
+        return response
+
+    async def _decode(
+        self, address: str, request: GenerationRequest, prefill: worker_pb2.PrefillResponse | None
+    ) -> AsyncIterator[TokenChunk]:
+        stub = worker_pb2_grpc.DecodeServiceStub(self.pool.channel(address))
+        message = worker_pb2.GenerateRequest(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling=request.sampling,
+            cache_salt=request.cache_salt,
+        )
+        if prefill is not None:
+            message.kv_handle.CopyFrom(prefill.kv_handle)
+            message.first_token_id = prefill.first_token_id
+        call = stub.Generate(message)
+        finished = False
+        try:
+            while True:
+                chunk = await asyncio.wait_for(call.read(), timeout=self.chunk_timeout_s)
+                if chunk is grpc.aio.EOF:
+                    if not finished:
+                        raise WorkerStreamError(f"decode worker {address} ended the stream without a finish reason")
+                    return
+                finished = bool(chunk.finish_reason)
+                yield TokenChunk(
+                    list(chunk.token_ids),
+                    list(chunk.logprobs),
+                    chunk.finish_reason,
+                    chunk.prompt_tokens,
+                    chunk.completion_tokens,
+                    chunk.num_cached_tokens,
+                )
+        finally:
+            if not finished:
+                call.cancel()
+                await self.abort(address, request.request_id, prefill=False)
+
+    async def abort(self, address: str, request_id: str, prefill: bool) -> None:
+        """Best effort: the worker frees the request's slots now rather than at its deadline."""
+        stub_cls = worker_pb2_grpc.PrefillServiceStub if prefill else worker_pb2_grpc.DecodeServiceStub
+        try:
+            await stub_cls(self.pool.channel(address)).Abort(worker_pb2.AbortRequest(request_id=request_id), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return type(exc).__name__

@@ -1,0 +1,25 @@
+"""The router's one config object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.scheduler import SchedulerConfig
+
+
+@dataclass(slots=True)
+class RouterConfig:
+    model_dir: str
+    served_model_name: str | None = None  # default: the model directory's name
+    prefill: list[str] = field(default_factory=list)
+    decode: list[str] = field(default_factory=list)
+    discovery: str | None = None  # "k8s:namespace=NS,prefill-selector=SEL,decode-selector=SEL"
+    api_keys: list[str] = field(default_factory=list)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    model_fingerprint: str | None = None  # default: what the workers report
+    block_size: int = 16
+    max_n: int = 16
+    max_body_bytes: int = 8 << 20
+    health_interval_s: float = 1.0
+    prefill_timeout_s: float = 120.0
+    chunk_timeout_s: float = 60.0

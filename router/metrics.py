@@ -1,0 +1,28 @@
+"""Prometheus metrics of the router (names as docs/interfaces.md lists them)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class RouterMetrics:
+    """One registry per app, so that several apps (tests, replicas) never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        p, r = "splitserve_router_", self.registry
+        self.requests = Counter(p + "requests_total", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(p + "inter_token_latency_seconds", "Time between streamed tokens", buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram(p + "e2e_request_latency_seconds", "Request latency", buckets=_LATENCY_BUCKETS, registry=r)
+        self.scheduling = Histogram(p + "scheduling_latency_seconds", "Time to decide placement", buckets=_FAST_BUCKETS, registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens_total", "Prompt tokens", registry=r)
+        self.generation_tokens = Counter(p + "generation_tokens_total", "Generated tokens", registry=r)
+        self.predicted_hits = Counter(p + "predicted_prefix_hit_tokens_total", "Prefix-hit tokens the scheduler expected", registry=r)
+        self.realised_hits = Counter(p + "realised_prefix_hit_tokens_total", "Prefix-hit tokens the workers reported", registry=r)
+        self.decisions = Counter(p + "decisions_total", "Placement decisions", ["role", "worker", "mode"], registry=r)
+        self.index_blocks = Gauge(p + "index_blocks", "Distinct KV blocks in the prefix index", registry=r)
+        self.ready_workers = Gauge(p + "ready_workers", "Workers in the pool", ["role"], registry=r)

@@ -1,0 +1,275 @@
+"""The router's HTTP edge: OpenAI-compatible API, /tokenize, /detokenize, /health, /metrics.
+
+`create_app(RouterConfig)` builds the app; its lifespan starts discovery, the worker
+pool's health/load loop and the KV-event subscriber. Every failure answers an
+OpenAI-shaped error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kvstore.block_key import block_keys
+from router import protocol as p
+from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError
+from router.body_limit import BodySizeLimit
+from router.config import RouterConfig
+from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
+from router.errors import APIError, error_response, install_error_handlers, sse_error
+from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
+from router.kv_events import KVEventSubscriber
+from router.metrics import RouterMetrics
+from router.prefix_index import PrefixIndex
+from router.scheduler import AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
+from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
+from router.worker_pool import WorkerPool
+from router.workers import Role
+
+
+class RouterState:
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.model_name = config.served_model_name or Path(config.model_dir).name
+        self.tokenizer = PromptTokenizer.from_dir(config.model_dir)
+        self.metrics = RouterMetrics()
+        self.index = PrefixIndex()
+        self.subscriber = KVEventSubscriber(self.index)
+        self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
+        self.scheduler = Scheduler(config.scheduler, self.index)
+        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
+
+    def discovery(self) -> Discovery:
+        if self.config.discovery:
+            from router.k8s_discovery import KubernetesDiscovery
+
+            spec = parse_discovery_spec(self.config.discovery)
+            selectors = {Role.PREFILL: spec["prefill-selector"], Role.DECODE: spec["decode-selector"]}
+            return KubernetesDiscovery(spec["namespace"], selectors)
+        return StaticDiscovery(self.config.prefill, self.config.decode)
+
+    def _gauges(self) -> None:
+        for role in Role:
+            self.metrics.ready_workers.labels(role.value).set(self.pool.ready_count(role))
+        self.metrics.index_blocks.set(self.index.num_blocks())
+
+    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset()) -> Decision:
+        fingerprint = self.config.model_fingerprint or self.pool.model_fingerprint()
+        keys = block_keys(prompt_ids, fingerprint, self.config.block_size) if fingerprint else []
+        start = time.monotonic()
+        decision = self.scheduler.decide(
+            ScheduleRequest(len(prompt_ids), keys, self.config.block_size),
+            self.pool.role_workers(Role.PREFILL),
+            self.pool.role_workers(Role.DECODE),
+            exclude,
+        )
+        self.metrics.scheduling.observe(time.monotonic() - start)
+        return decision
+
+
+def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
+    state = RouterState(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        tasks: list[asyncio.Task] = []
+        if start_workers:
+            state.subscriber.start()
+            tasks = [asyncio.create_task(state.discovery().run(state.pool.apply)), asyncio.create_task(state.pool.run())]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        state.subscriber.close()
+        await state.pool.close()
+
+    app = FastAPI(title="splitserve router", version="0.1.0", lifespan=lifespan)
+    app.state.router = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+
+    async def check_api_key(request: Request) -> None:
+        if not config.api_keys:
+            return
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
+            raise APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", type="authentication_error", code="invalid_api_key")
+
+    def check_model(model: str | None) -> None:
+        if model is not None and model != state.model_name:
+            raise APIError(404, f"the model {model!r} does not exist; this router serves {state.model_name!r}", param="model", code="model_not_found")
+
+    auth = [Depends(check_api_key)]
+    errors = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        state.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "ready_workers": {r.value: state.pool.ready_count(r) for r in Role}}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        state._gauges()
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", response_model=p.ModelList, dependencies=auth, responses=errors)
+    async def models() -> p.ModelList:
+        return p.ModelList(data=[p.ModelCard(id=state.model_name, max_model_len=state.tokenizer.max_model_len)])
+
+    @app.post("/tokenize", response_model=p.TokenizeResponse, dependencies=auth, responses=errors)
+    async def tokenize(req: p.TokenizeRequest) -> p.TokenizeResponse:
+        check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
+        if req.messages is not None:
+            ids = _chat_ids(state, req.messages, req.add_generation_prompt, None)
+        else:
+            ids = state.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+        return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.tokenizer.max_model_len)
+
+    @app.post("/detokenize", response_model=p.DetokenizeResponse, dependencies=auth, responses=errors)
+    async def detokenize(req: p.DetokenizeRequest) -> p.DetokenizeResponse:
+        check_model(req.model)
+        bad = [t for t in req.tokens if not 0 <= t < state.tokenizer.vocab_size]
+        if bad:
+            raise APIError(400, f"token ids out of range [0, {state.tokenizer.vocab_size}): {bad[:5]}", param="tokens")
+        return p.DetokenizeResponse(prompt=state.tokenizer.decode(req.tokens))
+
+    @app.post("/v1/completions", response_model=p.CompletionResponse, dependencies=auth, responses=errors)
+    async def completions(req: p.CompletionRequest, request: Request):
+        check_model(req.model)
+        if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str):
+            if len(req.prompt) != 1:
+                raise APIError(400, "one prompt per request is supported", param="prompt")
+            req.prompt = req.prompt[0]
+        if isinstance(req.prompt, str):
+            prompt_ids = state.tokenizer.encode(req.prompt)
+        else:
+            prompt_ids = list(req.prompt)
+            if any(not 0 <= t < state.tokenizer.vocab_size for t in prompt_ids):
+                raise APIError(400, "prompt token ids out of the vocabulary", param="prompt")
+        if not prompt_ids:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        return await _run(state, req, prompt_ids, request, chat=False)
+
+    @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)
+    async def chat_completions(req: p.ChatCompletionRequest, request: Request):
+        check_model(req.model)
+        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
+        return await _run(state, req, prompt_ids, request, chat=True)
+
+    return app
+
+
+def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+    try:
+        return state.tokenizer.apply_chat_template(messages_as_dicts(messages), add_generation_prompt, **(kwargs or {}))
+    except ChatTemplateError as exc:
+        raise APIError(400, str(exc), param="messages") from exc
+
+
+async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool):
+    tok = state.tokenizer
+    params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n)
+    try:
+        decision = state.decide(prompt_ids)
+    except NoWorkersAvailable as exc:
+        raise APIError(503, str(exc), type="service_unavailable", code="no_workers") from exc
+    except AdmissionRejected as exc:
+        raise APIError(429, str(exc), type="rate_limit_error", code="slo_unattainable",
+                       headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    metrics = state.metrics
+    metrics.prompt_tokens.inc(len(prompt_ids))
+    metrics.predicted_hits.inc(decision.predicted_hit_tokens)
+    if decision.prefill_worker:
+        metrics.decisions.labels("prefill", decision.prefill_worker, decision.mode.value).inc()
+    metrics.decisions.labels("decode", decision.decode_worker, decision.mode.value).inc()
+    request_id = p.new_id("chatcmpl" if chat else "cmpl")
+    from router.responses import ResponseBuilder
+
+    builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok)
+    start = time.monotonic()
+    queue: asyncio.Queue = asyncio.Queue()
+    states = [ChoiceState() for _ in range(req.n)]
+    last_token = [start]
+
+    def on_token() -> None:
+        now = time.monotonic()
+        if last_token[0] == start:
+            metrics.ttft.observe(now - start)
+        else:
+            metrics.itl.observe(now - last_token[0])
+        last_token[0] = now
+
+    async def run_choice(i: int) -> None:
+        gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i))
+        first = decision if i == 0 else state.decide(prompt_ids)
+        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex))
+        try:
+            async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
+                await queue.put(event)
+        finally:
+            await chunks.aclose()
+
+    async def events() -> AsyncIterator:
+        tasks = [asyncio.create_task(run_choice(i)) for i in range(req.n)]
+        pending = set(tasks)
+        getter: asyncio.Task | None = None
+        try:
+            while pending or not queue.empty():
+                getter = getter or asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait(pending | {getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    getter = None
+                for task in done & pending:
+                    pending.discard(task)
+                    task.result()  # re-raise a failed choice
+        finally:
+            for task in tasks:
+                task.cancel()  # client gone or a choice failed: abort the others
+            if getter:
+                getter.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            metrics.e2e.observe(time.monotonic() - start)
+            generated = sum(len(s.token_ids) for s in states)
+            metrics.generation_tokens.inc(generated)
+            metrics.realised_hits.inc(max((s.num_cached_tokens for s in states), default=0))
+
+    if req.stream:
+        return StreamingResponse(_sse(builder, events(), states, req), media_type="text/event-stream")
+    try:
+        async for event in events():
+            builder.add(event)
+    except WorkerStreamError as exc:
+        raise APIError(502, str(exc), type="server_error", code="worker_failed") from exc
+    return JSONResponse(builder.final(states).model_dump(exclude_none=True))
+
+
+async def _sse(builder, events: AsyncIterator, states: list[ChoiceState], req) -> AsyncIterator[str]:
+    try:
+        for first in builder.stream_start():
+            yield f"data: {first}\n\n"
+        async for event in events:
+            yield f"data: {builder.stream_chunk(event)}\n\n"
+        if req.stream_options and req.stream_options.include_usage:
+            yield f"data: {builder.stream_usage(states)}\n\n"
+    except (WorkerStreamError, NoWorkersAvailable, AdmissionRejected) as exc:
+        yield sse_error(APIError(502, str(exc), type="server_error", code="worker_failed"))
+    yield "data: [DONE]\n\n"
+
+
+__all__ = ["create_app", "RouterState", "json", "error_response"]

@@ -1,0 +1,109 @@
+"""Build OpenAI response bodies and SSE chunks from detokenized token events."""
+
+from __future__ import annotations
+
+import time
+
+from router import protocol as p
+from router.generation import ChoiceState, TokenEvent
+from router.tokenization import PromptTokenizer
+
+
+class ResponseBuilder:
+    def __init__(self, request_id: str, model: str, chat: bool, req, prompt_tokens: int, tokenizer: PromptTokenizer) -> None:
+        self.id, self.model, self.chat, self.req = request_id, model, chat, req
+        self.prompt_tokens = prompt_tokens
+        self.tok = tokenizer
+        self.created = int(time.time())
+        self.wants_logprobs = bool(req.logprobs) if chat else req.logprobs is not None
+        self.logprobs: dict[int, list] = {}
+
+    # -- logprobs ---------------------------------------------------------------
+
+    def _chat_logprobs(self, event: TokenEvent) -> p.ChatLogprobs | None:
+        if not self.wants_logprobs:
+            return None
+        content = []
+        for lp in event.logprobs:
+            token = self.tok.token_str(lp.token_id)
+            top = [p.TopLogprob(token=self.tok.token_str(t.token_id), logprob=t.logprob) for t in lp.top]
+            content.append(p.ChatTokenLogprob(token=token, logprob=lp.logprob, bytes=list(token.encode()), top_logprobs=top))
+        return p.ChatLogprobs(content=content)
+
+    def _completion_logprobs(self, event: TokenEvent, offset: int) -> p.CompletionLogprobs | None:
+        if not self.wants_logprobs:
+            return None
+        out = p.CompletionLogprobs()
+        for lp in event.logprobs:
+            token = self.tok.token_str(lp.token_id)
+            out.tokens.append(token)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({self.tok.token_str(t.token_id): t.logprob for t in lp.top})
+            out.text_offset.append(offset)
+            offset += len(token)
+        return out
+
+    def _usage(self, states: list[ChoiceState]) -> p.Usage:
+        completion = sum(len(s.token_ids) for s in states)
+        cached = max((s.num_cached_tokens for s in states), default=0)
+        return p.Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+            prompt_tokens_details={"cached_tokens": cached},
+        )
+
+    # -- non-streaming ----------------------------------------------------------
+
+    def add(self, event: TokenEvent) -> None:
+        self.logprobs.setdefault(event.index, []).append(event)
+
+    def final(self, states: list[ChoiceState]) -> p.ChatCompletionResponse | p.CompletionResponse:
+        if self.chat:
+            choices = []
+            for i, s in enumerate(states):
+                lps = None
+                if self.wants_logprobs:
+                    lps = p.ChatLogprobs(content=[c for e in self.logprobs.get(i, []) for c in (self._chat_logprobs(e).content or [])])
+                choices.append(p.ChatChoice(index=i, message=p.ChatMessageOut(content=s.text), logprobs=lps, finish_reason=s.finish_reason))
+            return p.ChatCompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
+        choices = []
+        for i, s in enumerate(states):
+            lps = None
+            if self.wants_logprobs:
+                lps = p.CompletionLogprobs()
+                offset = 0
+                for e in self.logprobs.get(i, []):
+                    part = self._completion_logprobs(e, offset)
+                    for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+                        getattr(lps, name).extend(getattr(part, name))
+                    offset += len(e.text)
+            choices.append(p.CompletionChoice(index=i, text=s.text, logprobs=lps, finish_reason=s.finish_reason))
+        return p.CompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
+
+    # -- streaming --------------------------------------------------------------
+
+    def stream_start(self) -> list[str]:
+        if not self.chat:
+            return []
+        return [
+            p.ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model,
+                choices=[p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content="")) for i in range(self.req.n)],
+            ).model_dump_json(exclude_none=True)
+        ]
+
+    def stream_chunk(self, event: TokenEvent) -> str:
+        if self.chat:
+            choice = p.ChatChunkChoice(
+                index=event.index, delta=p.ChatDelta(content=event.text), logprobs=self._chat_logprobs(event), finish_reason=event.finish_reason
+            )
+            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(exclude_none=True)
+        choice = p.CompletionChoice(index=event.index, text=event.text, logprobs=self._completion_logprobs(event, 0), finish_reason=event.finish_reason)
+        return p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(exclude_none=True)
+
+    def stream_usage(self, states: list[ChoiceState]) -> str:
+        usage = self._usage(states)
+        if self.chat:
+            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[], usage=usage).model_dump_json()
+        return p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[], usage=usage).model_dump_json()

@@ -1,0 +1,84 @@
+"""Tokenizer, chat template and model limits from a local checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class TokenizerLoadError(RuntimeError):
+    """The model directory lacks a usable tokenizer."""
+
+
+class ChatTemplateError(ValueError):
+    """The messages could not be rendered with the model's chat template."""
+
+
+@dataclass(slots=True)
+class PromptTokenizer:
+    tokenizer: Any  # transformers PreTrainedTokenizerFast
+    max_model_len: int
+    vocab_size: int
+    eos_token_ids: set[int]
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "PromptTokenizer":
+        model_dir = Path(model_dir)
+        if not (model_dir / "tokenizer.json").is_file():
+            raise TokenizerLoadError(f"no tokenizer.json in {model_dir}")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        config = _read_json(model_dir / "config.json")
+        max_len = int(config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", 0) or 4096)
+        vocab = int(config.get("vocab_size") or len(tokenizer))
+        return cls(tokenizer, max_len, vocab, _eos_ids(model_dir, config, tokenizer))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    def token_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ChatTemplateError("this model has no chat template; use /v1/completions")
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        except Exception as exc:  # jinja2 errors and template-raised exceptions
+            raise ChatTemplateError(f"chat template failed: {exc}") from exc
+        # The template already holds any BOS token: do not add special tokens again.
+        return self.encode(text, add_special_tokens=False)
+
+
+def messages_as_dicts(messages: list[Any]) -> list[dict]:
+    """Pydantic chat messages -> template input (text parts joined)."""
+    out = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        item = {"role": m.role, "content": content or ""}
+        if m.name:
+            item["name"] = m.name
+        out.append(item)
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _eos_ids(model_dir: Path, config: dict, tokenizer: Any) -> set[int]:
+    for source in (_read_json(model_dir / "generation_config.json"), config):
+        value = source.get("eos_token_id")
+        if value is not None:
+            return {int(v) for v in value} if isinstance(value, list) else {int(value)}
+    return {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
