@@ -1,0 +1,47 @@
+"""`splitserve router`: the OpenAI gateway in front of the prefill and decode pools."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("router", help="OpenAI-compatible router (KV-aware P/D scheduling)")
+    p.add_argument("--model", required=True, help="checkpoint directory (tokenizer, chat template, config)")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--prefill", default="", help="prefill workers host:port,...")
+    p.add_argument("--decode", default="", help="decode workers host:port,...")
+    p.add_argument("--discovery", default=None, help="k8s:namespace=NS,prefill-selector=SEL,decode-selector=SEL")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--policy", choices=["kv-aware", "round-robin", "random"], default="kv-aware")
+    p.add_argument("--api-key", action="append", default=[], help="accepted Bearer key (repeatable)")
+    p.add_argument("--ttft-slo-ms", type=float, default=None)
+    p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
+    p.add_argument("--block-size", type=int, default=16)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from router.config import RouterConfig
+    from router.openai_api import create_app
+    from router.scheduler import Policy, SchedulerConfig
+
+    if not args.discovery and not args.decode:
+        raise SystemExit("splitserve router: give --decode (and --prefill) addresses, or --discovery")
+    config = RouterConfig(
+        model_dir=args.model,
+        served_model_name=args.served_model_name,
+        prefill=[a for a in args.prefill.split(",") if a],
+        decode=[a for a in args.decode.split(",") if a],
+        discovery=args.discovery,
+        api_keys=args.api_key,
+        block_size=args.block_size,
+        scheduler=SchedulerConfig(
+            policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms
+        ),
+    )
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    return 0
