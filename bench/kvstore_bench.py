@@ -1,0 +1,184 @@
+"""KV store throughput and latency beside raw memcpy and a plain TCP copy.
+
+Starts a master and one storage node as processes (python -m kvstore) on
+127.0.0.1, then for each object size measures, side by side in one run:
+- put / get over loopback gRPC (client with use_shm=False),
+- put / get over the same-host shared-memory path (use_shm=True),
+- numpy copy (memcpy bandwidth) and a TCP socket copy over loopback.
+Throughput uses batched calls (``--batch`` objects per call); latency is one
+object per call. Prints a table and writes JSON (--out).
+
+    python bench/kvstore_bench.py --total-mib 64 --out kvstore_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from kvstore.sync_client import KVStoreClient  # noqa: E402
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "kvstore", *args, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return proc, proc.stdout.readline().rsplit(" ", 1)[-1].strip()
+
+
+def pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples), q)) * 1e3  # ms
+
+
+def bench_store(client: KVStoreClient, size: int, total: int, batch: int, latency_ops: int) -> dict:
+    run = uuid.uuid4().hex[:8]
+    payloads = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(batch)]
+    n_batches = max(1, total // (size * batch))
+    keys_all: list[str] = []
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        keys = [f"{run}/t{b}/{i}" for i in range(batch)]
+        client.put(dict(zip(keys, payloads)))
+        keys_all.append(keys)
+    put_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for keys in keys_all:
+        got = client.get(keys)
+    get_s = time.perf_counter() - t0
+    assert all(v is not None for v in got.values())
+    for keys in keys_all:
+        client.remove(keys)
+    put_lat, get_lat = [], []
+    for i in range(latency_ops):
+        key = f"{run}/l{i}"
+        t = time.perf_counter()
+        client.put({key: payloads[i % batch]})
+        put_lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        client.get([key])
+        get_lat.append(time.perf_counter() - t)
+        client.remove([key])
+    moved = n_batches * batch * size
+    return {
+        "put_GBps": moved / put_s / 1e9,
+        "get_GBps": moved / get_s / 1e9,
+        "put_p50_ms": pct(put_lat, 50),
+        "put_p99_ms": pct(put_lat, 99),
+        "get_p50_ms": pct(get_lat, 50),
+        "get_p99_ms": pct(get_lat, 99),
+    }
+
+
+def bench_memcpy(size: int, total: int, latency_ops: int) -> dict:
+    src, dst = np.random.randint(0, 255, size, dtype=np.uint8), np.empty(size, dtype=np.uint8)
+    n = max(1, total // size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        np.copyto(dst, src)
+    gbps = n * size / (time.perf_counter() - t0) / 1e9
+    lat = []
+    for _ in range(latency_ops):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        lat.append(time.perf_counter() - t)
+    return {"put_GBps": gbps, "get_GBps": gbps, "put_p50_ms": pct(lat, 50), "put_p99_ms": pct(lat, 99), "get_p50_ms": pct(lat, 50), "get_p99_ms": pct(lat, 99)}
+
+
+def bench_tcp(size: int, total: int, latency_ops: int) -> dict:
+    """One-way copies of ``size`` bytes over a loopback TCP connection, acknowledged per message."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    n = max(1, total // size)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        buf = bytearray(size)
+        view = memoryview(buf)
+        for _ in range(n + latency_ops):
+            got = 0
+            while got < size:
+                got += conn.recv_into(view[got:], size - got)
+            conn.sendall(b"k")
+        conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    data = os.urandom(size)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sock.sendall(data)
+        sock.recv(1)
+    gbps = n * size / (time.perf_counter() - t0) / 1e9
+    lat = []
+    for _ in range(latency_ops):
+        t = time.perf_counter()
+        sock.sendall(data)
+        sock.recv(1)
+        lat.append(time.perf_counter() - t)
+    sock.close()
+    thread.join()
+    server.close()
+    return {"put_GBps": gbps, "get_GBps": gbps, "put_p50_ms": pct(lat, 50), "put_p99_ms": pct(lat, 99), "get_p50_ms": pct(lat, 50), "get_p99_ms": pct(lat, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-kib", default="64,2048")
+    parser.add_argument("--total-mib", type=int, default=64, help="bytes moved per throughput measurement")
+    parser.add_argument("--batch", type=int, default=16, help="objects per put/get call for throughput")
+    parser.add_argument("--latency-ops", type=int, default=100)
+    parser.add_argument("--capacity", default="1GiB")
+    parser.add_argument("--out", default="kvstore_bench.json")
+    args = parser.parse_args()
+
+    master, master_addr = start(["kvstore-master", "--events-port", "0"])
+    node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
+    rows = []
+    try:
+        time.sleep(0.5)
+        clients = {"grpc": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
+        for size in [int(s) * 1024 for s in args.sizes_kib.split(",")]:
+            total = args.total_mib << 20
+            rows.append({"path": "memcpy (numpy)", "size": size, **bench_memcpy(size, total, args.latency_ops)})
+            rows.append({"path": "tcp socket", "size": size, **bench_tcp(size, total, args.latency_ops)})
+            for name, client in clients.items():
+                result = bench_store(client, size, total, args.batch, args.latency_ops)
+                rows.append({"path": f"kvstore {name}", "size": size, **result})
+        for client in clients.values():
+            client.close()
+    finally:
+        for proc in (node, master):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    header = f"| path | object | put GB/s | get GB/s | put p50 ms | put p99 ms | get p50 ms | get p99 ms |"
+    print(header)
+    print("|" + " --- |" * 8)
+    for r in rows:
+        size = f"{r['size'] // 1024} KiB" if r["size"] < 1 << 20 else f"{r['size'] >> 20} MiB"
+        print(
+            f"| {r['path']} | {size} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['put_p50_ms']:.3f} | "
+            f"{r['put_p99_ms']:.3f} | {r['get_p50_ms']:.3f} | {r['get_p99_ms']:.3f} |"
+        )
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "args": vars(args)}
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
