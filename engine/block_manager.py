@@ -62,6 +62,10 @@ class BlockManager:
         """New blocks ``seq`` needs to hold ``num_tokens`` tokens."""
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
 
+    def room(self, seq: Sequence) -> int:
+        """Tokens ``seq`` could add now: its own free slots plus every free block."""
+        return (len(seq.block_table) + len(self.free)) * self.block_size - seq.num_computed_tokens
+
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_needed(seq, num_tokens) <= self.num_free
 

@@ -44,14 +44,15 @@ class Scheduler:
         queue = list(self.running)
         while queue and budget > 0:
             seq = queue.pop(0)
-            n = min(seq.num_uncomputed, budget)
-            while not self.blocks.can_allocate(seq, seq.num_computed_tokens + n):
+            while self.blocks.room(seq) < 1:
                 victim = queue.pop() if queue else seq
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
                     break
             else:
+                # a prefill chunk shrinks to the free blocks rather than preempting others
+                n = min(seq.num_uncomputed, budget, self.blocks.room(seq))
                 self.blocks.allocate(seq, seq.num_computed_tokens + n)
                 out.plan[seq] = n
                 budget -= n
@@ -64,7 +65,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            n = min(seq.num_uncomputed, budget)
+            n = min(seq.num_uncomputed, budget, self.blocks.room(seq))
             self.blocks.allocate(seq, seq.num_computed_tokens + n)
             out.plan[seq] = n
             budget -= n
