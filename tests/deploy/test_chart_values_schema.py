@@ -20,6 +20,7 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("port out of range", {"router": {"port": 70000}}, ["/router/port", "maximum"]),
     ("store capacity 0", {"kvstore": {"nodes": {"capacityGiB": 0}}}, ["/kvstore/nodes/capacityGiB"]),
     ("external store without a port", {"externalKvstore": {"address": "kv-master"}}, ["/externalKvstore/address"]),
+    ("HTTPRoute without a Gateway", {"router": {"httpRoute": {"enabled": True}}}, ["/router/httpRoute/parentRefs"]),
     ("malformed quantity", {"prefill": {"shmSizeLimit": "lots"}}, ["/prefill/shmSizeLimit"]),
 ]
 

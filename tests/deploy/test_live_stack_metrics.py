@@ -29,7 +29,8 @@ from deploy_support import ALERT_RULES, RATE_INTERVAL, alert_rules, dashboard_qu
 
 pytestmark = pytest.mark.slow
 
-STACK_COMMANDS = ("up", "kvstore-master", "kvstore-node", "prefill", "decode", "router")
+# `up` launches these, and `make-model` writes its default tiny demo model.
+STACK_COMMANDS = ("up", "make-model", "kvstore-master", "kvstore-node", "prefill", "decode", "router")
 SCRAPE_INTERVAL_S = 1
 QUERY_WINDOW = "60s"  # stands in for Grafana's $__rate_interval; spans the whole traffic burst
 READY_TIMEOUT_S = 240
@@ -50,13 +51,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition: Any, timeout_s: float, what: str, process: subprocess.Popen | None = None) -> None:
+def wait_for(
+    condition: Any, timeout_s: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process is not None and process.poll() is not None:
-            pytest.fail(f"{what}: process exited with code {process.returncode}")
+            pytest.fail(f"{what}: process exited with code {process.returncode}\n{log_tail(log) if log else ''}")
         if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not after {timeout_s:.0f}s")
+            pytest.fail(f"{what}: not after {timeout_s:.0f}s\n{log_tail(log) if log else ''}")
         time.sleep(0.3)
 
 
@@ -71,7 +74,7 @@ def stop(process: subprocess.Popen, grace_s: float) -> None:
             process.wait()
 
 
-def log_tail(path: Path, chars: int = 3000) -> str:
+def log_tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
@@ -111,7 +114,7 @@ def start_prometheus(targets: dict[str, str], workdir: Path) -> tuple[subprocess
         except httpx.HTTPError:
             return False
 
-    wait_for(ready, 30, f"prometheus ready ({log_tail(log)})", process)
+    wait_for(ready, 30, "prometheus ready", process, log)
     return process, url
 
 
@@ -143,7 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(state_file.exists, READY_TIMEOUT_S + 30, f"splitserve up ready ({log_tail(log)})", process)
+        wait_for(state_file.exists, READY_TIMEOUT_S + 30, "splitserve up ready", process, log)
         yield json.loads(state_file.read_text())
     finally:
         stop(process, grace_s=30)
