@@ -1,0 +1,1 @@
+"""Decode worker: gRPC DecodeService around an engine core (engine/server/)."""

@@ -1,0 +1,84 @@
+"""DecodeService: import a prefilled request's KV (or prefill locally) and stream tokens.
+
+With a KV handle the engine core checks the handle against its own layout and the
+prompt, reuses its local prefix cache, reads the remaining blocks from the store into
+one buffer on a transfer thread, then ``import_request``s it into the running batch.
+A block missing from the store -> NOT_FOUND, so the router can fall back to colocated.
+Abort and client cancellation free the request's blocks at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from engine.server import wire
+from engine.server.engine_client import RequestFailed
+from engine.server.protocol import ErrorKind, record
+from engine.server.worker_options import WorkerOptions
+from engine.server.worker_runtime import WorkerRuntime, run_worker
+from splitserve.rpc import worker_pb2 as pb
+from splitserve.rpc import worker_pb2_grpc as pb_grpc
+
+
+class DecodeService(pb_grpc.DecodeServiceServicer):
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.rt = runtime
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateChunk]:
+        rt = self.rt
+        async with rt.rpc(context):
+            rid = request.request_id or f"generate-{uuid.uuid4().hex}"
+            params = wire.sampling_params(request.sampling, request.HasField("sampling"))
+            prompt = list(request.prompt_token_ids)
+            q = rt.client.open(rid)
+            finished = False
+            try:
+                if request.HasField("kv_handle"):
+                    if not request.HasField("first_token_id"):
+                        raise RequestFailed(ErrorKind.INVALID_ARGUMENT, "a request with kv_handle needs first_token_id")
+                    handle = record(wire.handle_from_proto(request.kv_handle))
+                    await rt.client.send("import", rid, prompt, params.to_dict(), request.cache_salt, handle,
+                                         request.first_token_id)
+                else:
+                    await rt.client.send("add", rid, prompt, params.to_dict(), request.cache_salt, False)
+                start = last = rt.now()
+                while not finished:
+                    kind, body = await rt.next_message(q)
+                    if kind == "aborted":
+                        finished = True
+                        yield pb.GenerateChunk(finish_reason="abort", prompt_tokens=len(prompt))
+                        return
+                    _, new, lps, finished, reason, cached, n_prompt, n_out = body
+                    now = rt.now()
+                    if last == start:
+                        rt.metrics.first_token(now - start)
+                    else:
+                        rt.metrics.inter_token(now - last)
+                    last = now
+                    chunk = pb.GenerateChunk(token_ids=new, logprobs=[wire.token_logprob(lp) for lp in lps or []])
+                    if finished:
+                        chunk.finish_reason = reason or "stop"
+                        chunk.prompt_tokens, chunk.completion_tokens, chunk.num_cached_tokens = n_prompt, n_out, cached
+                        rt.metrics.finished(n_prompt, n_out)
+                    yield chunk
+            finally:
+                if not finished:
+                    rt.client.abort_nowait(rid)  # error, Abort RPC or client cancellation: free the blocks now
+                rt.client.close(rid)
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        found = request.request_id in self.rt.client.open_requests()
+        self.rt.client.abort_nowait(request.request_id)
+        return pb.AbortResponse(found=found)
+
+    async def GetLoad(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
+        async with self.rt.rpc(context, admit_while_draining=True):
+            return await self.rt.worker_load()
+
+
+def serve(options: WorkerOptions) -> int:
+    runtime = WorkerRuntime(options, "splitserve.worker.DecodeService")
+    return run_worker(runtime, lambda server: pb_grpc.add_DecodeServiceServicer_to_server(DecodeService(runtime), server))

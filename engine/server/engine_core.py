@@ -1,0 +1,267 @@
+"""The engine-core process: a busy loop around LLMEngine.step() fed over ZMQ.
+
+Loop: take every queued message -> take finished KV transfers -> step the engine ->
+send its outputs. When there is nothing to compute it sleeps on the ZMQ poller
+(short timeouts only while a KV transfer is in flight), so an idle worker uses no CPU.
+KV moves between engine blocks and the store on a thread pool (kv_transfer.py);
+prefill requests stream their blocks to the store as chunks finish (prefill_jobs.py).
+The core exits when its parent (the gRPC server process) dies or asks it to.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+import zmq
+
+from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong, UnknownRequest
+from engine.llm_engine import LLMEngine
+from engine.outputs import PrefillProgress, RequestOutput
+from engine.sampling_params import InvalidSamplingParams, SamplingParams
+from engine.server.core_config import CoreConfig
+from engine.server.kv_transfer import BlocksMissing, KVTransfer, StorePutFailed, dtype_name
+from engine.server.prefill_jobs import PrefillJobs
+from engine.server.protocol import CoreInfo, ErrorKind, handle_from, pack, record, unpack
+from kvstore.block_key import KVLayout, block_keys
+from kvstore.events import KVEvent, KVEventPublisher, BlockRemoved, BlockStored, AllBlocksCleared
+
+IDLE_POLL_MS = 500  # also how often an idle core checks that its parent lives
+TRANSFER_POLL_MS = 2
+WARMUP_ID = "__warmup__"
+
+
+def run_engine_core(config: CoreConfig) -> None:
+    """multiprocessing entry point."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    EngineCore(config).run()
+
+
+def error_kind(exc: Exception) -> ErrorKind:
+    if isinstance(exc, BlocksMissing):
+        return ErrorKind.NOT_FOUND
+    if isinstance(exc, (InvalidSamplingParams, PromptTooLong, OutOfKVBlocks, ValueError, TypeError)):
+        return ErrorKind.INVALID_ARGUMENT
+    if isinstance(exc, (StorePutFailed, ConnectionError, OSError)):
+        return ErrorKind.UNAVAILABLE
+    return ErrorKind.INTERNAL
+
+
+class EngineCore:
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        ctx = zmq.Context.instance()
+        self.inbox = ctx.socket(zmq.PULL)
+        self.inbox.connect(config.input_endpoint)
+        self.outbox = ctx.socket(zmq.PUSH)
+        self.outbox.setsockopt(zmq.LINGER, 1000)
+        self.outbox.connect(config.output_endpoint)
+        config.engine.kv_events_medium = "gpu" if torch.cuda.is_available() else "cpu"
+        self.medium = config.engine.kv_events_medium
+        self._cached_keys: set[bytes] = set()
+        self._keys_lock = threading.Lock()
+        self.engine = LLMEngine(config.engine, on_kv_events=self._on_kv_events, on_prefill_progress=self._on_progress)
+        self.block_size = config.engine.block_size
+        self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, config.tp_size)
+        self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
+        self.transfer = (
+            KVTransfer.connect(config.kvstore, self.layout, self.engine.runner.kv_spec, self._observe_transfer)
+            if config.kvstore else None
+        )
+        self.jobs = PrefillJobs(self.engine, self.transfer, self.done, self.send) if self.transfer else None
+        self.fetching: set[str] = set()  # decode imports waiting for their KV
+        self.publisher = KVEventPublisher(
+            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
+        )
+        self._warm_up()
+        self.send(
+            "ready",
+            record(CoreInfo(
+                config.worker_id, self.engine.fingerprint, self.layout.dtype, self.block_size, config.tp_size,
+                self.engine.blocks.num_blocks, self._advertised(self.publisher.pub_endpoint),
+                self._advertised(self.publisher.snapshot_endpoint),
+            )),
+        )
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+    def send(self, *parts: object) -> None:
+        self.outbox.send(pack(*parts))
+
+    def _advertised(self, endpoint: str) -> str:
+        for wildcard in ("0.0.0.0", "*", "[::]"):
+            endpoint = endpoint.replace(f"//{wildcard}:", f"//{self.config.advertise_host}:")
+        return endpoint
+
+    def _observe_transfer(self, direction: str, nbytes: int, seconds: float) -> None:
+        self.done.put(lambda: self.send("transfer", direction, nbytes, seconds))
+
+    def _on_kv_events(self, events: list[KVEvent]) -> None:
+        with self._keys_lock:
+            for e in events:
+                if isinstance(e, BlockStored):
+                    self._cached_keys.update(e.keys)
+                elif isinstance(e, BlockRemoved):
+                    self._cached_keys.difference_update(e.keys)
+                elif isinstance(e, AllBlocksCleared):
+                    self._cached_keys.clear()
+        self.publisher.publish(events)
+
+    def _snapshot(self) -> dict[str, list[bytes]]:
+        with self._keys_lock:
+            return {self.medium: list(self._cached_keys)}
+
+    def _on_progress(self, progress: PrefillProgress) -> None:
+        if self.jobs is not None:
+            self.jobs.on_progress(progress)
+
+    def _warm_up(self) -> None:
+        """One tiny request through prefill and decode, so that the first real one is not slow."""
+        self.engine.add_request(WARMUP_ID, [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=2))
+        while self.engine.has_unfinished():
+            self.engine.step()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        parent = multiprocessing.parent_process()
+        poller = zmq.Poller()
+        poller.register(self.inbox, zmq.POLLIN)
+        try:
+            while parent is None or parent.is_alive():
+                if self.engine.has_unfinished():
+                    timeout = 0
+                elif self.fetching or (self.jobs is not None and self.jobs.busy()):
+                    timeout = TRANSFER_POLL_MS
+                else:
+                    timeout = IDLE_POLL_MS
+                if poller.poll(timeout) and not self._take_messages():
+                    return
+                self._take_completions()
+                if self.jobs is not None:
+                    self.jobs.finish_ready()
+                if self.engine.has_unfinished():
+                    self._step()
+        finally:
+            self.publisher.close()
+            if self.transfer is not None:
+                self.transfer.close()
+
+    def _step(self) -> None:
+        batch = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
+        start = time.perf_counter()
+        outputs = self.engine.step()
+        elapsed = time.perf_counter() - start
+        sent = []
+        for out in outputs:
+            if self.jobs is not None and self.jobs.owns(out.request_id):
+                self.jobs.on_output(out)
+            else:
+                sent.append(_wire_output(out))
+        if sent or outputs:
+            self.send("out", sent, elapsed, batch)
+
+    def _take_messages(self) -> bool:
+        """Handle every queued message; False on shutdown."""
+        while True:
+            try:
+                msg = unpack(self.inbox.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return True
+            kind = msg[0]
+            if kind == "shutdown":
+                return False
+            try:
+                self._handle(kind, msg)
+            except (EngineError, ValueError, TypeError, KeyError) as exc:
+                self.send("error", msg[1], error_kind(exc).value, str(exc))
+
+    def _handle(self, kind: str, msg: list) -> None:
+        if kind == "add":
+            _, rid, prompt, params, salt, prefill_only = msg
+            sp = SamplingParams.from_dict(params)
+            if prefill_only and self.jobs is not None:
+                self.jobs.start(rid, prompt, sp, salt)
+            else:
+                self.engine.add_request(rid, prompt, sp, prefill_only=prefill_only, cache_salt=salt)
+        elif kind == "import":
+            self._start_import(*msg[1:])
+        elif kind == "abort":
+            rid = msg[1]
+            self.fetching.discard(rid)
+            if self.jobs is not None:
+                self.jobs.abort(rid)
+            self.engine.abort(rid)
+        elif kind == "load":
+            load = self.engine.load()
+            self.send("load", msg[1], {
+                "running": load.running, "waiting": load.waiting + len(self.fetching)
+                + (self.jobs.num_fetching() if self.jobs else 0),
+                "held": load.held, "kv_usage": load.kv_usage, "queued_prefill_tokens": load.queued_prefill_tokens,
+                "active_blocks": load.active_blocks, "total_blocks": load.total_blocks,
+                "prefix_cache_queries": load.prefix_cache_queries, "prefix_cache_hits": load.prefix_cache_hits,
+            })
+        else:
+            raise ValueError(f"unknown core message {kind!r}")
+
+    def _take_completions(self) -> None:
+        while True:
+            try:
+                self.done.get_nowait()()
+            except queue.Empty:
+                return
+
+    # ---- decode: import a prefilled request ---------------------------------------------------------
+    def _start_import(self, rid: str, prompt: list[int], params: dict, salt: str, handle: dict, first: int) -> None:
+        if self.transfer is None:
+            raise ValueError("this worker has no --kvstore; it cannot import a KV handle")
+        h = handle_from(handle)
+        mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.config.tp_size)
+        theirs = (h.model_fingerprint, h.dtype, h.block_size, h.tp_size)
+        if mine != theirs:
+            raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {theirs} does not match this worker's {mine}")
+        if h.num_tokens != len(prompt):
+            raise ValueError(f"KV handle covers {h.num_tokens} tokens but the prompt has {len(prompt)}")
+        keys = block_keys(prompt, self.engine.fingerprint, self.block_size, salt)
+        if keys != list(h.block_keys) or bool(h.tail_key) != bool(len(prompt) % self.block_size):
+            raise ValueError("KV handle block keys do not match the prompt (other tokens, cache salt or model)")
+        sp = SamplingParams.from_dict(params)
+        sp.validate(self.engine.runner.vocab_size)
+        local = self.engine.cached_prefix_blocks(prompt, salt)
+        wanted = keys[local:] + ([h.tail_key] if h.tail_key else [])
+        self.fetching.add(rid)
+
+        def fetch() -> None:
+            try:
+                rows = self.transfer.fetch(wanted)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller as a status
+                self.done.put(lambda: self._import_failed(rid, exc))
+                return
+            self.done.put(lambda: self._import_ready(rid, prompt, sp, salt, rows, first, local))
+
+        self.transfer.submit(fetch)
+
+    def _import_failed(self, rid: str, exc: Exception) -> None:
+        if rid in self.fetching:
+            self.fetching.discard(rid)
+            message = f"unknown KV handle / blocks evicted: {exc}" if isinstance(exc, BlocksMissing) else str(exc)
+            self.send("error", rid, error_kind(exc).value, message)
+
+    def _import_ready(self, rid, prompt, sp, salt, rows, first, local) -> None:  # type: ignore[no-untyped-def]
+        if rid not in self.fetching:
+            return  # aborted while its KV was in flight
+        self.fetching.discard(rid)
+        try:
+            self.engine.import_request(rid, prompt, sp, rows, len(prompt), first, start_block=local, cache_salt=salt)
+        except (EngineError, ValueError, UnknownRequest) as exc:
+            self.send("error", rid, error_kind(exc).value, str(exc))
+
+
+def _wire_output(out: RequestOutput) -> list:
+    lps = None
+    if out.new_logprobs is not None:
+        lps = [[lp.token_id, lp.logprob, [list(t) for t in lp.top]] for lp in out.new_logprobs]
+    return [out.request_id, out.new_token_ids, lps, out.finished, out.finish_reason, out.num_cached_tokens,
+            len(out.prompt_token_ids), len(out.output_token_ids)]

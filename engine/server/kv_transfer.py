@@ -1,0 +1,125 @@
+"""KV transfer between engine blocks and the KV store, off the core's step loop.
+
+A store object is one block for all layers of one TP shard: a row
+[num_layers, 2, block_size, num_kv_heads, head_dim] (engine/kv_cache.py), named with
+kvstore.block_key.store_key(layout, key). Reads land in one preallocated tensor
+[n, L, 2, B, Hkv, D] (get_blocks_into, no extra copy); writes send rows the engine
+gathered. Both run on a small thread pool so transfer overlaps the engine's compute.
+
+The partial last block of a prompt is stored under its ``tail_key``:
+chain_key(parent, tail_token_ids) with parent = the key of the last full block (or
+the root key for prompts shorter than one block). The key names the content (same
+prefix, same tail tokens -> same key) and cannot equal a full block's key, whose
+hashed data is block_size tokens long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from engine.kv_cache import KVCacheSpec
+from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
+from kvstore.client import PutStatus
+from kvstore.sync_client import KVStoreClient
+
+TransferObserver = Callable[[str, int, float], None]  # (direction "in" | "out", bytes, seconds)
+
+
+class BlocksMissing(LookupError):
+    """The store no longer holds a block the request needs (evicted or never written)."""
+
+
+class StorePutFailed(RuntimeError):
+    """The store refused or failed a block write."""
+
+
+def tail_key(parent: BlockKey | None, model_fingerprint: str, cache_salt: str, tail_tokens: list[int]) -> BlockKey:
+    """Content key of a prompt's partial last block (see module docstring)."""
+    return chain_key(parent if parent is not None else root_key(model_fingerprint, cache_salt), tail_tokens)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(slots=True)
+class KVTransfer:
+    address: str  # kvstore master host:port
+    client: KVStoreClient
+    layout: KVLayout
+    spec: KVCacheSpec
+    observe: TransferObserver
+    pool: ThreadPoolExecutor
+
+    @classmethod
+    def connect(cls, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver) -> KVTransfer:
+        return cls(address, KVStoreClient(address), layout, spec, observe, ThreadPoolExecutor(4, thread_name_prefix="kv-transfer"))
+
+    def empty_rows(self, n: int) -> torch.Tensor:  # [n, L, 2, B, Hkv, D]
+        s = self.spec
+        return torch.empty((n, s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim), dtype=s.dtype)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def leading_hits(self, keys: list[BlockKey]) -> int:
+        """How many of ``keys``, from the first, the store holds now (no lease taken)."""
+        if not keys:
+            return 0
+        found = self.client.blocks_exist(self.layout, keys)
+        return next((i for i, ok in enumerate(found) if not ok), len(found))
+
+    def fetch(self, keys: list[BlockKey]) -> torch.Tensor:
+        """All ``keys`` as rows [n, L, 2, B, Hkv, D]; raises BlocksMissing on any miss."""
+        rows = self.empty_rows(len(keys))
+        if not keys:
+            return rows
+        start = time.perf_counter()
+        found = self.client.get_blocks_into(self.layout, keys, [rows[i] for i in range(len(keys))])
+        if not all(found):
+            missing = sum(1 for ok in found if not ok)
+            raise BlocksMissing(f"{missing} of {len(keys)} KV blocks are not in the store (evicted or never written)")
+        self.observe("in", rows.numel() * rows.element_size(), time.perf_counter() - start)
+        return rows
+
+    def fetch_prefix(self, keys: list[BlockKey]) -> torch.Tensor:
+        """The longest leading run of ``keys`` the store can deliver now, as rows."""
+        n = self.leading_hits(keys)
+        try:
+            return self.fetch(keys[:n])
+        except BlocksMissing:
+            return self.empty_rows(0)  # evicted between the check and the read: recompute instead
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def put(self, keys: list[BlockKey], rows: torch.Tensor) -> None:
+        """Store rows [n, L, 2, B, Hkv, D] under ``keys``; raises StorePutFailed."""
+        rows = rows.to("cpu").contiguous()
+        start = time.perf_counter()
+        results = self.client.put_blocks(self.layout, {k: rows[i] for i, k in enumerate(keys)})
+        failed = [r.error for r in results.values() if not r.ok]
+        if failed:
+            raise StorePutFailed(f"{len(failed)} of {len(keys)} KV block writes failed: {failed[0]}")
+        in_flight = [k for k, r in results.items() if r.status is PutStatus.IN_FLIGHT]
+        self._await_commit(in_flight)
+        self.observe("out", rows.numel() * rows.element_size(), time.perf_counter() - start)
+
+    def _await_commit(self, keys: list[BlockKey], timeout_s: float = 5.0) -> None:
+        """Another writer is putting the same content: wait until it is readable."""
+        deadline = time.monotonic() + timeout_s
+        while keys:
+            found = self.client.blocks_exist(self.layout, keys)
+            keys = [k for k, ok in zip(keys, found) if not ok]
+            if keys and time.monotonic() > deadline:
+                raise StorePutFailed(f"{len(keys)} KV blocks written concurrently by another worker never committed")
+            if keys:
+                time.sleep(0.01)
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future:
+        return self.pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

@@ -1,0 +1,73 @@
+"""Command-line flags shared by `splitserve prefill` and `splitserve decode` (docs/interfaces.md)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class WorkerOptions:
+    role: str  # "prefill" | "decode"
+    model: str
+    kvstore: str
+    host: str = "0.0.0.0"
+    port: int = 50071
+    advertise_host: str = ""
+    metrics_port: int = 9102
+    kv_events_port: int = 5557  # PUB; snapshots on kv_events_port + 1
+    worker_id: str = ""
+    tensor_parallel_size: int = 1
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    kv_cache_bytes: int | None = None
+    drain_timeout: float = 30.0
+    block_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size != 1:
+            raise NotImplementedError(
+                f"--tensor-parallel-size {self.tensor_parallel_size} is not supported by the workers yet; use 1"
+            )
+        self.advertise_host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
+        self.worker_id = self.worker_id or f"{self.role}-{self.advertise_host}-{self.port}"
+
+
+DEFAULT_PORTS = {"prefill": (50071, 9102, 5557), "decode": (50081, 9103, 5558)}
+
+
+def parse_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
+    port, metrics, events = DEFAULT_PORTS[role]
+    p.add_argument("--model", required=True, help="HF checkpoint directory")
+    p.add_argument("--kvstore", required=role == "prefill", default="", help="kvstore master HOST:PORT")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--advertise-host", default="", help="host name others use to reach this worker")
+    p.add_argument("--metrics-port", type=int, default=metrics, help="Prometheus /metrics port (0 = off)")
+    p.add_argument("--kv-events-port", type=int, default=events, help="ZMQ PUB port of KV events (snapshots on +1)")
+    p.add_argument("--worker-id", default="", help="topic of the KV events and id in GetLoad")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+
+
+def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
+    return WorkerOptions(
+        role=role, model=args.model, kvstore=args.kvstore, host=args.host, port=args.port,
+        advertise_host=args.advertise_host, metrics_port=args.metrics_port, kv_events_port=args.kv_events_port,
+        worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
+        drain_timeout=args.drain_timeout, block_size=args.block_size,
+    )

@@ -1,0 +1,1 @@
+"""Prefill worker: gRPC PrefillService around an engine core (engine/server/)."""

@@ -1,0 +1,71 @@
+"""PrefillService: prompt in, first token + KV handle out (the KV is in the store by then).
+
+The engine-core side (engine/server/prefill_jobs.py) reuses the local prefix cache,
+imports further prefix blocks from the store, streams the request's blocks to the
+store chunk by chunk, and only answers once every write has committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from engine.server import wire
+from engine.server.engine_client import RequestFailed
+from engine.server.protocol import ErrorKind, prefill_from
+from engine.server.worker_options import WorkerOptions
+from engine.server.worker_runtime import WorkerRuntime, run_worker
+from splitserve.rpc import worker_pb2 as pb
+from splitserve.rpc import worker_pb2_grpc as pb_grpc
+
+
+class PrefillService(pb_grpc.PrefillServiceServicer):
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.rt = runtime
+
+    async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.PrefillResponse:
+        rt = self.rt
+        async with rt.rpc(context):
+            start = rt.now()
+            rid = request.request_id or f"prefill-{uuid.uuid4().hex}"
+            params = wire.sampling_params(request.sampling, request.HasField("sampling"))
+            q = rt.client.open(rid)
+            answered = False
+            try:
+                await rt.client.send("add", rid, list(request.prompt_token_ids), params.to_dict(), request.cache_salt, True)
+                kind, body = await rt.next_message(q)
+                if kind == "aborted":
+                    raise RequestFailed(ErrorKind.CANCELLED, f"request {rid!r} was aborted")
+                if kind != "prefilled":
+                    raise RequestFailed(ErrorKind.INTERNAL, f"unexpected engine message {kind!r} for a prefill")
+                answered = True
+            finally:
+                if not answered:
+                    rt.client.abort_nowait(rid)  # error or client cancellation: free the blocks now
+                rt.client.close(rid)
+            res = prefill_from(body[0])
+            elapsed = rt.now() - start
+            rt.metrics.first_token(elapsed)
+            rt.metrics.prefill(elapsed)
+            rt.metrics.finished(len(request.prompt_token_ids), 1)
+            return pb.PrefillResponse(
+                request_id=rid, first_token_id=res.first_token_id, first_logprob=wire.token_logprob(res.first_logprob),
+                kv_handle=wire.handle_to_proto(res.handle, rt.options.worker_id),
+                num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
+                finish_reason=res.finish_reason or "",
+            )
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        found = request.request_id in self.rt.client.open_requests()
+        self.rt.client.abort_nowait(request.request_id)
+        return pb.AbortResponse(found=found)
+
+    async def GetLoad(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
+        async with self.rt.rpc(context, admit_while_draining=True):
+            return await self.rt.worker_load()
+
+
+def serve(options: WorkerOptions) -> int:
+    runtime = WorkerRuntime(options, "splitserve.worker.PrefillService")
+    return run_worker(runtime, lambda server: pb_grpc.add_PrefillServiceServicer_to_server(PrefillService(runtime), server))
