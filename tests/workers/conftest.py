@@ -1,0 +1,60 @@
+"""Session stack on loopback: embedded kvstore, prefill workers A and B, one decode worker,
+and an in-process colocated reference engine with the same model and block size."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.make_model import make_model
+from engine.sampling_params import SamplingParams
+from kvstore.embedded import EmbeddedStore
+from worker_processes import WorkerProcess, start_worker, wait_serving
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_model("llama", tmp_path_factory.mktemp("worker-model") / "tiny", "tiny"))
+
+
+@pytest.fixture(scope="session")
+def store() -> Iterator[EmbeddedStore]:
+    s = EmbeddedStore(capacity=256 << 20)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(model_dir: str, store: EmbeddedStore) -> Iterator[dict[str, WorkerProcess]]:
+    workers = {
+        "prefill_a": start_worker("prefill", model_dir, store.address, "prefill-a"),
+        "prefill_b": start_worker("prefill", model_dir, store.address, "prefill-b"),
+        "decode": start_worker("decode", model_dir, store.address, "decode-0"),
+    }
+    try:
+        wait_serving(list(workers.values()))
+        yield workers
+    finally:
+        for w in workers.values():
+            w.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(model_dir: str) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=model_dir, num_kv_blocks=4096))
+
+
+def colocated(engine: LLMEngine, requests: list[tuple[str, list[int], SamplingParams]]) -> dict[str, list[int]]:
+    """Output tokens of each request, run to completion on the in-process reference engine."""
+    for rid, prompt, params in requests:
+        engine.add_request(rid, prompt, params)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.output_token_ids)
+    return done

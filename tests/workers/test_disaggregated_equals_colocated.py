@@ -1,0 +1,75 @@
+"""Prefill worker -> store -> decode worker gives exactly the colocated engine's tokens."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import colocated
+from engine.sampling_params import SamplingParams
+from splitserve.rpc import worker_pb2 as pb
+from worker_processes import WorkerProcess
+
+
+def disaggregated(prefill: WorkerProcess, decode: WorkerProcess, rid: str, prompt: list[int],
+                  sp: pb.SamplingParams) -> tuple[list[int], pb.PrefillResponse, pb.GenerateChunk]:
+    with prefill.channel() as pc, decode.channel() as dc:
+        first = prefill.stub(pc).Prefill(pb.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp), timeout=60)
+        tokens = [first.first_token_id]
+        last = None
+        if not first.finish_reason:
+            request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp,
+                                         kv_handle=first.kv_handle, first_token_id=first.first_token_id)
+            for last in decode.stub(dc).Generate(request, timeout=60):
+                tokens += list(last.token_ids)
+        return tokens, first, last
+
+
+def mixed_requests(tag: str, n: int, temperature: float) -> list[tuple[str, list[int], pb.SamplingParams, SamplingParams]]:
+    rng = random.Random(f"{tag}-{n}")
+    lengths = [1, 5, 15, 16, 17, 31, 32, 33, 47, 64, 65, 100, 130]
+    out = []
+    for i in range(n):
+        prompt = [rng.randrange(3, 384) for _ in range(lengths[i % len(lengths)] + (i // len(lengths)) * 3)]
+        max_tokens = rng.randrange(2, 12)
+        seed = 1000 + i if temperature > 0 else None
+        wire = pb.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_tokens, ignore_eos=True,
+                                 **({"seed": seed} if seed is not None else {}))
+        params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed, ignore_eos=True)
+        out.append((f"{tag}-{i}", prompt, wire, params))
+    return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "seeded"])
+def test_disaggregated_output_equals_colocated_output(stack, reference, temperature: float) -> None:
+    requests = mixed_requests(f"eq{temperature}", 50, temperature)
+    expected = colocated(reference, [(rid, prompt, params) for rid, prompt, _, params in requests])
+    prefills = [stack["prefill_a"], stack["prefill_b"]]
+    with ThreadPoolExecutor(8) as pool:
+        futures = {rid: pool.submit(disaggregated, prefills[i % 2], stack["decode"], rid, prompt, wire)
+                   for i, (rid, prompt, wire, _) in enumerate(requests)}
+        got = {rid: f.result() for rid, f in futures.items()}
+    for rid, prompt, wire, _ in requests:
+        tokens, first, last = got[rid]
+        assert tokens == expected[rid], f"{rid} (prompt of {len(prompt)} tokens) diverged"
+        assert first.kv_handle.num_tokens == len(prompt)
+        assert len(first.kv_handle.block_keys) == len(prompt) // 16
+        assert bool(first.kv_handle.tail_key) == bool(len(prompt) % 16)
+        assert last.finish_reason == "length" and last.completion_tokens == wire.max_tokens
+        assert last.num_cached_tokens == len(prompt)  # the decode worker computed no prompt token
+
+
+def test_prefix_prefilled_on_worker_a_is_reused_by_worker_b_through_store(stack, reference) -> None:
+    rng = random.Random(5)
+    shared = [rng.randrange(3, 384) for _ in range(70)]  # 4 full blocks + a tail of 6
+    suffix = [rng.randrange(3, 384) for _ in range(20)]
+    sp = pb.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    _, on_a, _ = disaggregated(stack["prefill_a"], stack["decode"], "reuse-a", shared, sp)
+    assert on_a.num_computed_tokens == 70 and on_a.num_cached_tokens == 0
+    tokens, on_b, _ = disaggregated(stack["prefill_b"], stack["decode"], "reuse-b", shared + suffix, sp)
+    assert on_b.num_cached_tokens == 64  # the 4 full blocks came from the store
+    assert on_b.num_computed_tokens == 90 - 64
+    expected = colocated(reference, [("reuse-ref", shared + suffix, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))])
+    assert tokens == expected["reuse-ref"]
