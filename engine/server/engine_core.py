@@ -237,7 +237,8 @@ class EngineCore:
             try:
                 rows = self.transfer.fetch(wanted)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as a status
-                self.done.put(lambda: self._import_failed(rid, exc))
+                failure = exc  # `exc` is unbound once the except block ends
+                self.done.put(lambda: self._import_failed(rid, failure))
                 return
             self.done.put(lambda: self._import_ready(rid, prompt, sp, salt, rows, first, local))
 
