@@ -132,10 +132,13 @@ class LLMEngine:
                 f"prompt has {len(prompt)} tokens but the context holds {self.max_model_len} "
                 "(including at least one new token); shorten the prompt"
             )
-        if -(-(len(prompt) + 1) // self.config.block_size) > self.blocks.num_blocks:
+        # a request must be able to finish alone, or preemption could never make room for it
+        longest = min(len(prompt) + params.max_tokens, self.max_model_len)
+        if -(-longest // self.config.block_size) > self.blocks.num_blocks:
             raise OutOfKVBlocks(
-                f"prompt of {len(prompt)} tokens needs more than the {self.blocks.num_blocks} KV blocks of the pool; "
-                "raise kv_cache_bytes / num_kv_blocks or shorten the prompt"
+                f"prompt of {len(prompt)} tokens plus max_tokens={params.max_tokens} needs more than the "
+                f"{self.blocks.num_blocks} KV blocks of the pool; raise kv_cache_bytes / num_kv_blocks, "
+                "or lower max_tokens or the prompt length"
             )
         seq = Sequence(request_id, list(prompt), len(prompt), params, cache_salt, prefill_only)
         self.requests[request_id] = _Request(
