@@ -1,0 +1,55 @@
+"""`splitserve generate` and `splitserve make-model` (heavy imports happen inside the commands)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser("generate", help="generate text from a prompt with the engine (offline)")
+    gen.add_argument("--model", required=True, help="HF checkpoint directory")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=32)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
+    gen.set_defaults(func=_generate)
+
+    make = subparsers.add_parser("make-model", help="write a random-weight HF checkpoint (for tests and demos)")
+    make.add_argument("--arch", required=True, choices=["llama", "mistral", "qwen2", "qwen3", "qwen3-moe"])
+    make.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("dir")
+    make.set_defaults(func=_make_model)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    llm = LLM(args.model)
+    params = SamplingParams(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens)
+    out = llm.generate([args.prompt], params)[0]
+    if args.json:
+        print(json.dumps({
+            "prompt_token_ids": out.prompt_token_ids,
+            "output_token_ids": out.output_token_ids,
+            "text": out.text,
+            "finish_reason": out.finish_reason,
+        }))
+    else:
+        print(out.text)
+    return 0
+
+
+def _make_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.make_model import checkpoint_summary, make_model
+
+    dtype = torch.float32 if args.size == "tiny" else torch.bfloat16
+    path = make_model(args.arch, args.dir, size=args.size, seed=args.seed, dtype=dtype)
+    info = checkpoint_summary(path)
+    print(f"wrote {args.arch} ({args.size}) to {path}: {info['weights_bytes']} bytes of RANDOM weights (not a trained model)")
+    return 0
