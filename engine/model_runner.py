@@ -71,29 +71,30 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
-        """One full-budget prefill without a cache, to measure peak activation memory."""
+        """One full-budget prefill over a throwaway cache, to measure peak activation memory."""
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.hf_config.max_position_embeddings)
-        dev = self.device
+        block_size, dev = self.config.block_size, self.device
+        num_blocks = -(-n // block_size)
+        shape = (num_blocks, block_size, self.kv_spec.num_kv_heads, self.kv_spec.head_dim)  # [N, B, Hkv, D]
+        for layer in self.model.attention_layers():
+            layer.k_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
+            layer.v_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
         meta = StepMetadata(
             input_ids=torch.zeros(n, dtype=torch.long, device=dev),
             positions=torch.arange(n, device=dev),
-            slot_mapping=torch.zeros(n, dtype=torch.long, device=dev),
+            slot_mapping=torch.arange(n, device=dev),
             cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32, device=dev),
             seq_lens=torch.tensor([n], dtype=torch.int32, device=dev),
-            block_tables=torch.zeros(1, 1, dtype=torch.int32, device=dev),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
             logits_indices=torch.tensor([n - 1], device=dev),
             max_q_len=n,
         )
-        # no cache bound yet: attention over a 1-block dummy cache is enough for a memory peak
-        dummy = torch.zeros(max(1, -(-n // self.config.block_size)), self.config.block_size,
-                            self.kv_spec.num_kv_heads, self.kv_spec.head_dim, dtype=self.dtype, device=dev)
-        meta.block_tables = torch.arange(dummy.shape[0], dtype=torch.int32, device=dev)[None]
-        meta.slot_mapping = torch.arange(n, device=dev)
-        for layer in self.model.attention_layers():
-            layer.k_cache, layer.v_cache = dummy, dummy.clone()
         self.model.compute_logits(self.model(meta)[meta.logits_indices])
         torch.cuda.synchronize(self.device)
+        for layer in self.model.attention_layers():
+            layer.k_cache = layer.v_cache = torch.empty(0)
+        torch.cuda.empty_cache()
 
     def prepare(self, plan: dict[Sequence, int]) -> tuple[StepMetadata, list[Sequence]]:
         """Flat metadata of a step, and the sequences that get a new token this step."""
