@@ -1,9 +1,12 @@
-"""Offline engine throughput: prefill and decode tokens/s on a checkpoint (random weights are fine).
+"""Offline engine throughput and batch-1 decode latency.
 
-    python -m bench.engine_bench --model DIR [--batch 16 --prompt-len 128 --output-len 64] [--json out.json]
+    python -m bench.engine_bench --model DIR [--cases 1x512x128,32x512x128] [--json out.json]
+    python -m bench.engine_bench --preset llama-3.1-8b   # real shapes, random weights (GPU)
 
-Prints a table and writes JSON. Decode GB/s = weight bytes read per step x steps/s
-(a lower bound on the memory traffic, KV reads excluded).
+A case BxPxO runs B requests of P prompt tokens and O output tokens. Decode GB/s
+counts the bytes a step must read at least (all weights + the KV of every running
+sequence) over the step time; on CUDA it is also shown as a fraction of the
+measured device copy bandwidth (bytes read + written by a 1 GiB copy).
 """
 
 from __future__ import annotations
@@ -11,59 +14,118 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--json", default=None, help="write results here")
-    args = parser.parse_args(argv)
+def copy_bandwidth_gbps(torch) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / 20
+    return 2 * src.numel() / seconds / 1e9
 
-    import torch
 
-    from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
+def sync(torch) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight_bytes: int) -> dict:
     from engine.sampling_params import SamplingParams
 
-    engine = LLMEngine(EngineConfig(model=args.model, dtype=args.dtype, enable_prefix_caching=False,
-                                    max_num_batched_tokens=max(2048, args.batch * args.prompt_len)))
     vocab = engine.runner.vocab_size
-    rng = random.Random(0)
-    params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
-    for i in range(args.batch):
-        engine.add_request(f"b{i}", [rng.randrange(vocab) for _ in range(args.prompt_len)], params)
+    rng = random.Random(batch * 7919 + prompt_len)
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"b{batch}-{prompt_len}-{i}", [rng.randrange(vocab) for _ in range(prompt_len)], params)
+    sync(torch)
     t0 = time.perf_counter()
-    engine.step()  # the whole batch's prefill (+ first token)
+    while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+        engine.step()  # prefill (chunked under the token budget) + first tokens
+    sync(torch)
     t1 = time.perf_counter()
     steps = 0
     while engine.has_unfinished():
         engine.step()
         steps += 1
+    sync(torch)
     t2 = time.perf_counter()
+    spec = engine.runner.kv_spec
+    kv_bytes_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.tensor([], dtype=spec.dtype).element_size()
+    mean_context = prompt_len + output_len / 2
+    step_s = (t2 - t1) / max(steps, 1)
+    bytes_per_step = weight_bytes + batch * mean_context * kv_bytes_per_token
+    return {
+        "case": f"{batch}x{prompt_len}x{output_len}",
+        "prefill_tok_s": batch * prompt_len / (t1 - t0),
+        "decode_tok_s": batch * steps / max(t2 - t1, 1e-9),
+        "decode_step_ms": 1000 * step_s,
+        "decode_GB_s": bytes_per_step / step_s / 1e9,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="HF checkpoint directory")
+    parser.add_argument("--preset", help="real model shapes with random weights (bench/model_presets.py)")
+    parser.add_argument("--cases", default="1x128x64,16x128x64", help="comma-separated BxPxO cases")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--json", default=None, help="write results here")
+    args = parser.parse_args(argv)
+    if not args.model and not args.preset:
+        parser.error("give --model DIR or --preset NAME")
+
+    import torch
+
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    model, load_format = args.model, "safetensors"
+    if args.preset:
+        from bench.model_presets import write_preset
+
+        model, load_format = str(write_preset(args.preset, tempfile.mkdtemp(prefix="preset-"))), "dummy"
+    engine = LLMEngine(EngineConfig(model=model, dtype=args.dtype, enable_prefix_caching=False, load_format=load_format,
+                                    max_num_batched_tokens=args.max_num_batched_tokens))
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
-    result = {
-        "device": str(engine.runner.device),
+    copy_gbps = copy_bandwidth_gbps(torch)
+    run_case(engine, torch, 1, 16, 4, weight_bytes)  # warm-up: kernels compiled, allocator primed
+    rows = []
+    for case in args.cases.split(","):
+        b, p, o = (int(x) for x in case.split("x"))
+        row = run_case(engine, torch, b, p, o, weight_bytes)
+        if copy_gbps:
+            row["decode_bw_fraction"] = row["decode_GB_s"] / copy_gbps
+        rows.append(row)
+    header = {
+        "model": args.preset or args.model,
+        "weights": "random" if load_format == "dummy" else "checkpoint",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
-        "batch": args.batch,
-        "prompt_len": args.prompt_len,
-        "output_len": args.output_len,
-        "prefill_tokens_per_s": args.batch * args.prompt_len / (t1 - t0),
-        "decode_tokens_per_s": args.batch * steps / (t2 - t1),
-        "decode_step_ms": 1000 * (t2 - t1) / max(steps, 1),
-        "decode_weight_GB_per_s": weight_bytes * steps / (t2 - t1) / 1e9,
+        "weight_GB": weight_bytes / 1e9,
+        "copy_GB_s": copy_gbps,
         "torch": torch.__version__,
     }
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value:.1f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    print(json.dumps(header))
+    cols = list(rows[0])
+    print(" | ".join(f"{c:>16}" for c in cols))
+    for row in rows:
+        print(" | ".join(f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({"header": header, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

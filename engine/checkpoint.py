@@ -45,13 +45,33 @@ def load_hf_config(model_dir: Path):
     return AutoConfig.from_pretrained(model_dir)
 
 
-def fingerprint(model_dir: Path) -> str:
-    """Stable model identity: xxh3 of config.json plus the weight files' names and sizes."""
+def fingerprint(model_dir: Path, load_format: str = "safetensors") -> str:
+    """Stable model identity: xxh3 of config.json plus the weight files' names and sizes.
+
+    Random ("dummy") weights differ per process, so their fingerprint says so and
+    never matches a real checkpoint's.
+    """
     h = xxhash.xxh3_128()
     h.update(_require(model_dir, "config.json").read_bytes())
+    if load_format == "dummy":
+        h.update(b"\0dummy-weights")
+        return h.hexdigest()
     for path in weight_files(model_dir):
         h.update(f"\0{path.name}:{path.stat().st_size}".encode())
     return h.hexdigest()
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Fill every parameter with seeded random values on its own device (no checkpoint read)."""
+    gen = None
+    for name, param in model.named_parameters():
+        if gen is None or gen.device != param.device:
+            gen = torch.Generator(device=param.device).manual_seed(seed)
+        if name.endswith("norm.weight") or param.dim() == 1 and "norm" in name:
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
 
 
 def _tensors(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -49,7 +49,7 @@ class LLMEngine:
     ) -> None:
         self.config = config
         model_dir = Path(config.model)
-        self.fingerprint = checkpoint_fingerprint(model_dir)
+        self.fingerprint = checkpoint_fingerprint(model_dir, config.load_format)
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.tokenizer)
         self.runner = ModelRunner(config, self.eos_token_ids)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_hf_config, load_weights
+from engine.checkpoint import init_dummy_weights, load_hf_config, load_weights
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
 from engine.models.decoder import DecoderForCausalLM, head_dim_of
@@ -49,7 +49,10 @@ class ModelRunner:
                 self.model = DecoderForCausalLM(self.hf_config, features)
         finally:
             torch.set_default_dtype(previous)
-        load_weights(self.model, model_dir)
+        if config.load_format == "dummy":
+            init_dummy_weights(self.model)
+        else:
+            load_weights(self.model, model_dir)
         self.model.eval()
         self.vocab_size = self.hf_config.vocab_size
         self.sampler = Sampler(eos_token_ids=eos_token_ids)
