@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
-import zmq
 
 from kvstore.block_key import BlockKey
 
@@ -113,6 +112,8 @@ class KVEventPublisher:
         topic: str,
         snapshot: Callable[[], dict[str, list[BlockKey]]],
     ) -> None:
+        import zmq  # imported here so that the event records need no ZMQ (engine-only installs)
+
         self.topic = topic
         self._snapshot = snapshot
         self._ctx = zmq.Context.instance()
@@ -142,6 +143,8 @@ class KVEventPublisher:
             self._pub.send_multipart(encode_batch(self.topic, self._seq, events))
 
     def _serve_snapshots(self) -> None:
+        import zmq
+
         poller = zmq.Poller()
         poller.register(self._rep, zmq.POLLIN)
         while not self._closed.is_set():
@@ -166,6 +169,8 @@ class KVEventPublisher:
 
 def request_snapshot(endpoint: str, timeout_s: float = 2.0) -> tuple[int, dict[str, list[BlockKey]]]:
     """Ask a publisher's snapshot socket for its full state; raises TimeoutError."""
+    import zmq
+
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
