@@ -85,6 +85,9 @@ class WorkerBackend:
             try:
                 async for chunk in self._decode(decision.decode_worker, request, prefill):
                     streamed = True
+                    if prefill is not None:
+                        # decode counts the imported prompt as cached; the realised prefix hit is prefill's
+                        chunk.num_cached_tokens = prefill.num_cached_tokens
                     yield chunk
                 return
             except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:

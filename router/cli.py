@@ -12,6 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill", default="", help="prefill workers host:port,...")
     p.add_argument("--decode", default="", help="decode workers host:port,...")
     p.add_argument("--discovery", default=None, help="k8s:namespace=NS,prefill-selector=SEL,decode-selector=SEL")
+    p.add_argument("--kvstore-events", default=None,
+                   help="kvstore master's KV-event endpoint tcp://HOST:PORT (snapshots on PORT+1): index store-held blocks")
+    p.add_argument("--kvstore-snapshot", default=None, help="snapshot endpoint when it is not the events port + 1")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--policy", choices=["kv-aware", "round-robin", "random"], default="kv-aware")
@@ -37,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         prefill=[a for a in args.prefill.split(",") if a],
         decode=[a for a in args.decode.split(",") if a],
         discovery=args.discovery,
+        kvstore_events=args.kvstore_events,
+        kvstore_snapshot=args.kvstore_snapshot,
         api_keys=args.api_key,
         block_size=args.block_size,
         scheduler=SchedulerConfig(

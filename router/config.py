@@ -14,6 +14,8 @@ class RouterConfig:
     prefill: list[str] = field(default_factory=list)
     decode: list[str] = field(default_factory=list)
     discovery: str | None = None  # "k8s:namespace=NS,prefill-selector=SEL,decode-selector=SEL"
+    kvstore_events: str | None = None  # the kvstore master's KV-event PUB endpoint, tcp://HOST:PORT
+    kvstore_snapshot: str | None = None  # its snapshot REP endpoint (default: the events port + 1)
     api_keys: list[str] = field(default_factory=list)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     model_fingerprint: str | None = None  # default: what the workers report

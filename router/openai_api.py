@@ -29,7 +29,7 @@ from router.generation import ChoiceState, detokenize_stream, sampling_params, t
 from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
-from router.scheduler import AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
+from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
 from router.worker_pool import WorkerPool
 from router.workers import Role
@@ -83,6 +83,9 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         tasks: list[asyncio.Task] = []
         if start_workers:
             state.subscriber.start()
+            if config.kvstore_events:
+                snapshot = config.kvstore_snapshot or snapshot_endpoint_of(config.kvstore_events)
+                state.subscriber.add_publisher(STORE_PUBLISHER, config.kvstore_events, snapshot)
             tasks = [asyncio.create_task(state.discovery().run(state.pool.apply)), asyncio.create_task(state.pool.run())]
         yield
         for task in tasks:
@@ -172,6 +175,14 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         return await _run(state, req, prompt_ids, request, chat=True)
 
     return app
+
+
+def snapshot_endpoint_of(events_endpoint: str) -> str:
+    """The KV-event convention: snapshots are served on the events port + 1."""
+    base, _, port = events_endpoint.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"KV-event endpoint {events_endpoint!r} has no port; expected tcp://HOST:PORT")
+    return f"{base}:{int(port) + 1}"
 
 
 def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
