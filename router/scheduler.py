@@ -137,7 +137,7 @@ class Scheduler:
             local = matches.get(worker.worker_id, 0) * request.block_size
             # The last prompt token is always computed: it yields the first sampled token.
             hit = min(max(local, store_hit), max(request.prompt_tokens - 1, 0))
-            return Candidate(worker, request.prompt_tokens, hit)
+            return Candidate(worker, request.prompt_tokens, hit, max(hit - local, 0))
 
         colocated = [self._option(Mode.COLOCATED, candidate(w), self.colocated_scorers) for w in decode]
         disagg = [self._option(Mode.DISAGGREGATED, candidate(w), self.prefill_scorers) for w in prefill]

@@ -19,6 +19,7 @@ class Candidate:
     worker: Worker
     prompt_tokens: int
     hit_tokens: int  # prompt tokens whose KV this worker has or can pull from the store
+    store_tokens: int = 0  # of those, the ones it must pull from the store (not in its own cache)
 
     @property
     def uncached_tokens(self) -> int:
@@ -37,12 +38,14 @@ class Scorer(Protocol):
 
 @dataclass(slots=True)
 class UncachedPrefillScorer:
-    """Work this request adds: prompt tokens the worker would have to compute."""
+    """Work this request adds: prompt tokens the worker would have to compute, plus the
+    cheaper but not free work of pulling store-held blocks (so a local hit wins a tie)."""
 
     name: str = "uncached_prefill_tokens"
+    store_token_cost: float = 0.25  # a pulled token, in computed-token equivalents
 
     def score(self, candidate: Candidate) -> float:
-        return float(candidate.uncached_tokens)
+        return float(candidate.uncached_tokens) + self.store_token_cost * candidate.store_tokens
 
 
 @dataclass(slots=True)

@@ -144,3 +144,16 @@ def test_unhealthy_and_excluded_workers_are_never_chosen():
     decode[0].healthy = False
     with pytest.raises(NoWorkersAvailable):
         sched.decide(request(PROMPT), [], decode, exclude={"d2"})
+
+
+def test_prefers_the_worker_holding_the_prefix_locally_over_one_that_would_pull_it_from_the_store():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("kvstore", req.block_keys, "store")  # every worker could pull the whole prefix
+    index.store("p2", req.block_keys[:100])  # but p2 already has most of it in its own cache
+    sched = Scheduler(SchedulerConfig(), index)
+    for order in (["p1", "p2"], ["p2", "p1"]):
+        prefill = [worker(a, Role.PREFILL) for a in order]
+        d = sched.decide(req, prefill, [worker("d1", Role.DECODE)])
+        assert d.prefill_worker == "p2"
+        assert d.predicted_hit_tokens == len(PROMPT) - 1  # the store supplies the rest of the chain
