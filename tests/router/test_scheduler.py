@@ -151,7 +151,7 @@ def test_prefers_the_worker_holding_the_prefix_locally_over_one_that_would_pull_
     req = request(PROMPT)
     index.store("kvstore", req.block_keys, "store")  # every worker could pull the whole prefix
     index.store("p2", req.block_keys[:100])  # but p2 already has most of it in its own cache
-    sched = Scheduler(SchedulerConfig(), index)
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
     for order in (["p1", "p2"], ["p2", "p1"]):
         prefill = [worker(a, Role.PREFILL) for a in order]
         d = sched.decide(req, prefill, [worker("d1", Role.DECODE)])
