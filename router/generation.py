@@ -140,7 +140,9 @@ async def detokenize_stream(
             detok.add([token_id])
             finish, truncate_at = checker.check(state.token_ids, detok.text)
             if finish is not None:
-                state.text = detok.text if truncate_at is None else detok.text[:truncate_at]
+                # flush held-back bytes as the engine does (incomplete UTF-8 becomes U+FFFD), then cut at the stop string
+                text = detok.text + detok.finish()
+                state.text = text if truncate_at is None else text[:truncate_at]
                 break
         if finish is None and chunk.finish_reason:
             finish = "stop" if chunk.finish_reason == "abort" else chunk.finish_reason

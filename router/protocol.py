@@ -39,6 +39,7 @@ class _SamplingRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    return_tokens_as_token_ids: bool = False  # vLLM extension: logprob tokens as "token_id:ID"
     user: str | None = None
 
 

@@ -20,13 +20,18 @@ class ResponseBuilder:
 
     # -- logprobs ---------------------------------------------------------------
 
+    def _token(self, token_id: int) -> str:
+        if self.req.return_tokens_as_token_ids:
+            return f"token_id:{token_id}"
+        return self.tok.token_str(token_id)
+
     def _chat_logprobs(self, event: TokenEvent) -> p.ChatLogprobs | None:
         if not self.wants_logprobs:
             return None
         content = []
         for lp in event.logprobs:
-            token = self.tok.token_str(lp.token_id)
-            top = [p.TopLogprob(token=self.tok.token_str(t.token_id), logprob=t.logprob) for t in lp.top]
+            token = self._token(lp.token_id)
+            top = [p.TopLogprob(token=self._token(t.token_id), logprob=t.logprob) for t in lp.top]
             content.append(p.ChatTokenLogprob(token=token, logprob=lp.logprob, bytes=list(token.encode()), top_logprobs=top))
         return p.ChatLogprobs(content=content)
 
@@ -35,10 +40,10 @@ class ResponseBuilder:
             return None
         out = p.CompletionLogprobs()
         for lp in event.logprobs:
-            token = self.tok.token_str(lp.token_id)
+            token = self._token(lp.token_id)
             out.tokens.append(token)
             out.token_logprobs.append(lp.logprob)
-            out.top_logprobs.append({self.tok.token_str(t.token_id): t.logprob for t in lp.top})
+            out.top_logprobs.append({self._token(t.token_id): t.logprob for t in lp.top})
             out.text_offset.append(offset)
             offset += len(token)
         return out
