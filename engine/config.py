@@ -22,6 +22,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_events_medium: str = "gpu"  # medium named in published KV events
     load_format: str = "safetensors"  # "dummy": random weights made on the device (real-shape benchmarks)
+    tensor_parallel_size: int = 1  # rank processes, one device each (engine/executor.py)
+    expert_parallel: bool = False  # MoE: whole experts split over the ranks instead of TP-sharding each expert
+    distributed_executor: str = "mp"  # "mp" (multiprocessing spawn) or "ray" (actors in a placement group)
+    distributed_timeout_s: float = 60.0  # a collective waiting longer than this fails instead of hanging
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:
@@ -30,5 +34,9 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be positive")
         if self.load_format not in ("safetensors", "dummy"):
             raise ValueError(f"load_format must be safetensors or dummy, got {self.load_format!r}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.distributed_executor not in ("mp", "ray"):
+            raise ValueError(f"distributed_executor must be mp or ray, got {self.distributed_executor!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

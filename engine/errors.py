@@ -25,3 +25,7 @@ class UnknownRequest(EngineError, KeyError):
 
 class OutOfKVBlocks(EngineError, RuntimeError):
     """The KV pool cannot hold a single request; raise the budget or shorten it."""
+
+
+class RankDied(EngineError, RuntimeError):
+    """A tensor/expert-parallel rank process of the engine exited; the engine cannot continue and must be restarted."""

@@ -22,7 +22,7 @@ from engine.checkpoint import fingerprint as checkpoint_fingerprint
 from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
-from engine.model_runner import ModelRunner
+from engine.executor import make_runner
 from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
 from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
@@ -52,7 +52,7 @@ class LLMEngine:
         self.fingerprint = checkpoint_fingerprint(model_dir, config.load_format)
         self.tokenizer = load_tokenizer(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.tokenizer)
-        self.runner = ModelRunner(config, self.eos_token_ids)
+        self.runner = make_runner(config, self.eos_token_ids)  # ModelRunner, or rank 0 of a TP/EP group
         self.max_model_len = config.max_model_len or self.runner.hf_config.max_position_embeddings
         if self.runner.kv.num_blocks == 0:
             raise OutOfKVBlocks("the KV budget holds no block; raise kv_cache_bytes / gpu_memory_utilization")
@@ -170,7 +170,10 @@ class LLMEngine:
 
     # ---- KV transfer ----------------------------------------------------------------------------
     def export_blocks(self, request_id: str, start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
-        """KV rows [n, L, 2, B, Hkv, D] of a request's computed blocks (the last may be partial)."""
+        """KV rows [n, L, 2, B, Hkv, D] of a request's computed blocks (the last may be partial).
+
+        Rows always hold all KV heads (gathered from the TP ranks), so any TP size can import them.
+        """
         req = self.requests.get(request_id)
         if req is None or req.seq.status not in (SequenceStatus.RUNNING, SequenceStatus.HELD):
             raise UnknownRequest(f"request {request_id!r} holds no KV blocks (unknown, waiting or finished)")
@@ -179,7 +182,7 @@ class LLMEngine:
         end = computed_blocks if end_block is None else end_block
         if not 0 <= start_block <= end <= computed_blocks:
             raise ValueError(f"block range [{start_block}, {end}) is outside the {computed_blocks} computed blocks")
-        return self.runner.kv.gather(seq.block_table[start_block:end])
+        return self.runner.export_kv(seq.block_table[start_block:end])
 
     def cached_prefix_blocks(self, prompt_token_ids: list[int], cache_salt: str = "") -> int:
         """How many leading full blocks of a prompt are in the local prefix cache now."""
@@ -221,7 +224,7 @@ class LLMEngine:
         end = -(-seq.num_computed_tokens // block_size)
         if end > have_blocks:
             rows = seq.pending_kv[have_blocks - start : end - start]  # [n, L, 2, B, Hkv, D]
-            self.runner.kv.scatter(seq.block_table[have_blocks:end], rows)
+            self.runner.import_kv(seq.block_table[have_blocks:end], rows)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
 
@@ -291,6 +294,10 @@ class LLMEngine:
     def _publish_events(self) -> None:
         if self.on_kv_events is not None and self.blocks.events:
             self.on_kv_events(self.blocks.take_events())
+
+    def shutdown(self) -> None:
+        """Stop the rank processes of a parallel engine (a no-op at TP 1)."""
+        self.runner.shutdown()
 
     # ---- load ----------------------------------------------------------------------------------
     def load(self) -> EngineLoad:

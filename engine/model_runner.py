@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from engine import distributed
 from engine.checkpoint import init_dummy_weights, load_hf_config, load_weights
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
@@ -41,6 +42,10 @@ class ModelRunner:
         self.hf_config = load_hf_config(model_dir)
         self.arch, features = arch_features(getattr(self.hf_config, "architectures", None))
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", distributed.tp_rank() % torch.cuda.device_count())  # one GPU per rank
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.dtype = resolve_dtype(config.dtype, self.hf_config, self.device)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
@@ -70,7 +75,8 @@ class ModelRunner:
             budget = gpu_kv_budget(self.device, self.config.gpu_memory_utilization)
         else:
             budget = self.config.kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES
-        return num_blocks_for_budget(self.kv_spec, budget)
+        # every rank must hold the same blocks: take the smallest pool any rank can afford
+        return distributed.all_reduce_min(num_blocks_for_budget(self.kv_spec, budget), self.device)
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
@@ -100,7 +106,25 @@ class ModelRunner:
         torch.cuda.empty_cache()
 
     def prepare(self, plan: dict[Sequence, int]) -> tuple[StepMetadata, list[Sequence]]:
-        """Flat metadata of a step, and the sequences that get a new token this step."""
+        """Flat metadata of a step (on the device), and the sequences that get a new token this step."""
+        host, sampled = self.prepare_host(plan)
+        return self.to_device(host), sampled
+
+    def to_device(self, host: StepMetadata) -> StepMetadata:
+        dev = self.device
+        return StepMetadata(
+            input_ids=host.input_ids.to(dev, non_blocking=True),
+            positions=host.positions.to(dev, non_blocking=True),
+            slot_mapping=host.slot_mapping.to(dev, non_blocking=True),
+            cu_seqlens_q=host.cu_seqlens_q.to(dev, non_blocking=True),
+            seq_lens=host.seq_lens.to(dev, non_blocking=True),
+            block_tables=host.block_tables.to(dev, non_blocking=True),
+            logits_indices=host.logits_indices.to(dev, non_blocking=True),
+            max_q_len=host.max_q_len,
+        )
+
+    def prepare_host(self, plan: dict[Sequence, int]) -> tuple[StepMetadata, list[Sequence]]:
+        """Like ``prepare`` with CPU tensors (what rank 0 sends to the other ranks)."""
         block_size = self.config.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -123,29 +147,51 @@ class ModelRunner:
                 sampled.append(seq)
         max_blocks = max(len(seq.block_table) for seq in plan)
         tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in plan]
-        dev = self.device
         meta = StepMetadata(
-            input_ids=torch.tensor(input_ids, dtype=torch.long).to(dev, non_blocking=True),
-            positions=torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True),
-            slot_mapping=torch.tensor(slots, dtype=torch.long).to(dev, non_blocking=True),
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-            block_tables=torch.tensor(tables, dtype=torch.int32).to(dev, non_blocking=True),
-            logits_indices=torch.tensor(logits_rows, dtype=torch.long).to(dev, non_blocking=True),
+            input_ids=torch.tensor(input_ids, dtype=torch.long),
+            positions=torch.tensor(positions, dtype=torch.long),
+            slot_mapping=torch.tensor(slots, dtype=torch.long),
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+            block_tables=torch.tensor(tables, dtype=torch.int32),
+            logits_indices=torch.tensor(logits_rows, dtype=torch.long),
             max_q_len=max(plan.values()),
         )
         return meta, sampled
 
     @torch.inference_mode()
+    def forward(self, meta: StepMetadata) -> torch.Tensor | None:
+        """Logits [S, V] of the sampled rows (None if none); every TP rank runs this on the same meta."""
+        hidden = self.model(meta)  # [T, H]
+        if meta.logits_indices.numel() == 0:
+            return None
+        return self.model.compute_logits(hidden[meta.logits_indices])  # [S, V], all-gathered vocab shards
+
+    @torch.inference_mode()
     def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
         meta, sampled = self.prepare(plan)
-        hidden = self.model(meta)  # [T, H]
-        if not sampled:
-            return sampled, None
-        logits = self.model.compute_logits(hidden[meta.logits_indices])  # [S, V]
+        return sampled, self.sample(self.forward(meta), sampled)
+
+    def sample(self, logits: torch.Tensor | None, sampled: list[Sequence]) -> SamplerOutput | None:
+        if logits is None:
+            return None
         batch = SamplingBatch(
             params=[s.params for s in sampled],
             prompt_token_ids=[s.prompt_token_ids for s in sampled],
             output_token_ids=[s.output_token_ids for s in sampled],
         )
-        return sampled, self.sampler(logits, batch)
+        return self.sampler(logits, batch)
+
+    # ---- KV transfer rows [n, L, 2, B, Hkv, D]: at TP 1 the local pool is all the heads ----
+    @property
+    def transfer_spec(self) -> KVCacheSpec:
+        return self.kv_spec
+
+    def export_kv(self, block_ids: list[int]) -> torch.Tensor:
+        return self.kv.gather(block_ids)
+
+    def import_kv(self, block_ids: list[int], rows: torch.Tensor) -> None:
+        self.kv.scatter(block_ids, rows)
+
+    def shutdown(self) -> None:
+        pass

@@ -1,9 +1,11 @@
 """Sparse mixture-of-experts block (Qwen3-MoE): top-k softmax routing, no shared expert.
 
-Experts live in a ModuleDict keyed by their global index, so expert parallelism
-can later hold only a subset per rank. Each expert is itself TP-sharded over its
-intermediate size; its down projection skips the all-reduce and the block
-reduces once after summing the experts.
+Experts live in a ModuleDict keyed by their global index. Under tensor
+parallelism each expert is TP-sharded over its intermediate size; under expert
+parallelism rank r holds whole experts e with e % world == r. Either way the
+gate is replicated (every rank routes identically), each rank adds up the
+partial outputs it can compute for all tokens, and one all-reduce per block
+combines them: the dispatch/combine of EP expressed with a collective gloo has.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from engine.parallel_linear import MergedColumnParallelLinear, ReplicatedLinear,
 
 
 class Expert(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, parallel: bool = True) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, parallel=parallel)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size, parallel=parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [t, H] -> [t, H], partial sum under TP
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -42,8 +44,11 @@ class SparseMoE(nn.Module):
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
         self.gate = ReplicatedLinear(hidden_size, num_experts)
-        ids = range(num_experts) if expert_ids is None else expert_ids
-        self.experts = nn.ModuleDict({str(e): Expert(hidden_size, moe_intermediate_size) for e in ids})
+        ep = distributed.expert_parallel()
+        if expert_ids is None:
+            rank, world = distributed.tp_rank(), distributed.tp_size()
+            expert_ids = [e for e in range(num_experts) if e % world == rank] if ep else list(range(num_experts))
+        self.experts = nn.ModuleDict({str(e): Expert(hidden_size, moe_intermediate_size, parallel=not ep) for e in expert_ids})
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, k] in x.dtype, expert ids [T, k])."""

@@ -14,6 +14,10 @@ from torch import nn
 from engine import distributed
 
 
+def _tp_size(parallel: bool) -> int:
+    return distributed.tp_size() if parallel else 1
+
+
 def _divide(n: int, d: int, what: str) -> int:
     if n % d:
         raise ValueError(f"{what}={n} is not divisible by tensor-parallel size {d}; choose a TP size that divides it")
@@ -21,10 +25,11 @@ def _divide(n: int, d: int, what: str) -> int:
 
 
 class LinearBase(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp_dim: int | None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, tp_dim: int | None, parallel: bool = True) -> None:
         super().__init__()
-        self.tp_rank = distributed.tp_rank()
-        self.tp_size = distributed.tp_size()
+        # parallel=False: a whole layer on this rank (an expert owned by one expert-parallel rank)
+        self.tp_rank = distributed.tp_rank() if parallel else 0
+        self.tp_size = _tp_size(parallel)
         self.tp_dim = tp_dim
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
@@ -52,9 +57,9 @@ class ReplicatedLinear(LinearBase):
 class ColumnParallelLinear(LinearBase):
     """y = x W^T with W split by output rows; the output stays sharded."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        tp = distributed.tp_size()
-        super().__init__(in_features, _divide(out_features, tp, "out_features"), bias, tp_dim=0)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, parallel: bool = True) -> None:
+        tp = _tp_size(parallel)
+        super().__init__(in_features, _divide(out_features, tp, "out_features"), bias, tp_dim=0, parallel=parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -63,9 +68,9 @@ class ColumnParallelLinear(LinearBase):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs fused into one matmul (e.g. gate_proj + up_proj)."""
 
-    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False, parallel: bool = True) -> None:
         self.output_sizes = output_sizes
-        super().__init__(in_features, sum(output_sizes), bias)
+        super().__init__(in_features, sum(output_sizes), bias, parallel)
 
     def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: int) -> None:
         size = self.output_sizes[shard_id] // self.tp_size
@@ -104,9 +109,9 @@ class QKVParallelLinear(ColumnParallelLinear):
 class RowParallelLinear(LinearBase):
     """y = x W^T with W split by input columns; partial sums are all-reduced."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        tp = distributed.tp_size()
-        super().__init__(_divide(in_features, tp, "in_features"), out_features, bias, tp_dim=1)
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, parallel: bool = True) -> None:
+        tp = _tp_size(parallel)
+        super().__init__(_divide(in_features, tp, "in_features"), out_features, bias, tp_dim=1, parallel=parallel)
 
     def weight_loader(self, param: nn.Parameter, full: torch.Tensor) -> None:
         if param.dim() == 1:  # bias: added once, on rank 0 only
