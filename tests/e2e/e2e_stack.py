@@ -86,13 +86,13 @@ def start_up(model: str, log_dir: Path, *flags: str, timeout_s: float = 240.0) -
     return proc, json.loads(state_file.read_text())
 
 
-def start_worker(role: str, model: str, kvstore: str, worker_id: str, log_dir: Path) -> tuple[Proc, str]:
-    """One more `splitserve prefill|decode` on the stack's kvstore; returns it and its gRPC address."""
-    port = free_port()
+def start_worker(role: str, model: str, kvstore: str, worker_id: str, log_dir: Path) -> tuple[Proc, str, str]:
+    """One more `splitserve prefill|decode` on the stack's kvstore; returns it, its gRPC and its metrics address."""
+    port, metrics = free_port(), free_port()
     argv = [role, "--model", model, "--kvstore", kvstore, "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", str(free_port()), "--kv-events-port", str(free_port_pair()), "--worker-id", worker_id,
+            "--metrics-port", str(metrics), "--kv-events-port", str(free_port_pair()), "--worker-id", worker_id,
             "--kv-cache-bytes", "32MiB", "--drain-timeout", "5"]  # fmt: skip
-    return spawn(worker_id, argv, log_dir), f"127.0.0.1:{port}"
+    return spawn(worker_id, argv, log_dir), f"127.0.0.1:{port}", f"127.0.0.1:{metrics}"
 
 
 def start_router(
