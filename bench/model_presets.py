@@ -34,6 +34,7 @@ def write_preset(name: str, model_dir: str | Path, **overrides) -> Path:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     cfg = hf_config(arch, "tiny", **{**shape, **overrides})
+    cfg.architectures = [type(cfg).__name__.replace("Config", "ForCausalLM")]
     cfg.eos_token_id = write_tokenizer(model_dir, 1024)
     cfg.save_pretrained(model_dir)
     (model_dir / "README.md").write_text(f"{name} shapes, config only: run with load_format=dummy (random weights).\n")

@@ -48,6 +48,7 @@ class ClientHooks:
 
     on_step: Callable[[StepStats], None] | None = None
     on_transfer: Callable[[str, int, float], None] | None = None
+    on_queued: Callable[[float], None] | None = None
 
 
 @dataclass(slots=True)
@@ -155,6 +156,8 @@ class AsyncEngineClient:
                 fut = self._load_waiters.get(msg[1])
                 if fut is not None and not fut.done():
                     fut.set_result(msg[2])
+            elif kind == "queued" and self.hooks.on_queued is not None:
+                self.hooks.on_queued(msg[1])
             elif kind == "transfer" and self.hooks.on_transfer is not None:
                 self.hooks.on_transfer(msg[1], msg[2], msg[3])
             elif kind == "ready" and not self._ready.done():

@@ -64,12 +64,15 @@ class EngineCore:
         self.medium = config.engine.kv_events_medium
         self._cached_keys: set[bytes] = set()
         self._keys_lock = threading.Lock()
+        self._arrivals: dict[str, float] = {}  # request id -> arrival time, until first scheduled
+        self._step_start = time.perf_counter()
         self.engine = LLMEngine(config.engine, on_kv_events=self._on_kv_events, on_prefill_progress=self._on_progress)
         self.block_size = config.engine.block_size
-        self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, config.tp_size)
+        # exported rows hold all KV heads at any engine TP size (engine/executor.py), so store keys name tp 0 of 1
+        self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, 1)
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
         self.transfer = (
-            KVTransfer.connect(config.kvstore, self.layout, self.engine.runner.kv_spec, self._observe_transfer)
+            KVTransfer.connect(config.kvstore, self.layout, self.engine.runner.transfer_spec, self._observe_transfer)
             if config.kvstore else None
         )
         self.jobs = PrefillJobs(self.engine, self.transfer, self.done, self.send) if self.transfer else None
@@ -115,6 +118,7 @@ class EngineCore:
             return {self.medium: list(self._cached_keys)}
 
     def _on_progress(self, progress: PrefillProgress) -> None:
+        self._mark_scheduled(progress.request_id)
         if self.jobs is not None:
             self.jobs.on_progress(progress)
 
@@ -148,14 +152,22 @@ class EngineCore:
             self.publisher.close()
             if self.transfer is not None:
                 self.transfer.close()
+            self.engine.shutdown()
+
+    def _mark_scheduled(self, rid: str) -> None:
+        """Queue time = arrival at the core until the start of the first step that computes the request."""
+        arrived = self._arrivals.pop(rid, None)
+        if arrived is not None:
+            self.send("queued", max(0.0, self._step_start - arrived))
 
     def _step(self) -> None:
         batch = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
-        start = time.perf_counter()
+        start = self._step_start = time.perf_counter()
         outputs = self.engine.step()
         elapsed = time.perf_counter() - start
         sent = []
         for out in outputs:
+            self._mark_scheduled(out.request_id)
             if self.jobs is not None and self.jobs.owns(out.request_id):
                 self.jobs.on_output(out)
             else:
@@ -176,20 +188,24 @@ class EngineCore:
             try:
                 self._handle(kind, msg)
             except (EngineError, ValueError, TypeError, KeyError) as exc:
+                self._arrivals.pop(msg[1], None)
                 self.send("error", msg[1], error_kind(exc).value, str(exc))
 
     def _handle(self, kind: str, msg: list) -> None:
         if kind == "add":
             _, rid, prompt, params, salt, prefill_only = msg
+            self._arrivals[rid] = time.perf_counter()
             sp = SamplingParams.from_dict(params)
             if prefill_only and self.jobs is not None:
                 self.jobs.start(rid, prompt, sp, salt)
             else:
                 self.engine.add_request(rid, prompt, sp, prefill_only=prefill_only, cache_salt=salt)
         elif kind == "import":
+            self._arrivals[msg[1]] = time.perf_counter()
             self._start_import(*msg[1:])
         elif kind == "abort":
             rid = msg[1]
+            self._arrivals.pop(rid, None)
             self.fetching.discard(rid)
             if self.jobs is not None:
                 self.jobs.abort(rid)
@@ -218,7 +234,7 @@ class EngineCore:
         if self.transfer is None:
             raise ValueError("this worker has no --kvstore; it cannot import a KV handle")
         h = handle_from(handle)
-        mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.config.tp_size)
+        mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
         theirs = (h.model_fingerprint, h.dtype, h.block_size, h.tp_size)
         if mine != theirs:
             raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {theirs} does not match this worker's {mine}")

@@ -48,7 +48,8 @@ class WorkerRuntime:
         self.client = AsyncEngineClient(
             CoreConfig(engine, o.role, o.worker_id, o.kvstore, "", "", events, snapshot, o.advertise_host,
                        o.tensor_parallel_size),
-            ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer),
+            ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer,
+                        on_queued=self.metrics.queued),
         )
         self.health = health.HealthServicer()
         self.server: grpc.aio.Server | None = None
