@@ -110,6 +110,8 @@ class MasterServicer(pb_grpc.MasterServicer):
             hits = sum(o is not None for o in found)
             metrics.HITS.labels("master").inc(hits)
             metrics.MISSES.labels("master").inc(len(found) - hits)
+            # every read (gRPC or shared memory) takes a lease here, so the master sees all bytes served
+            metrics.SENT.labels("master").inc(sum(o.size for o in found if o is not None))
             return pb.GetReply(objects=[self._location(k, o) for k, o in zip(request.keys, found)])
 
     async def BatchExists(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.ExistsReply:

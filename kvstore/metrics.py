@@ -15,8 +15,16 @@ OBJECTS = Gauge(_P + "objects", "Committed objects", ["component"])
 HITS = Counter(_P + "hits_total", "Keys found by get", ["component"])
 MISSES = Counter(_P + "misses_total", "Keys not found by get", ["component"])
 EVICTIONS = Counter(_P + "evictions_total", "Objects evicted to stay under the watermark", ["component"])
-RECEIVED = Counter(_P + "received_bytes_total", "Object bytes received", ["component"])
-SENT = Counter(_P + "sent_bytes_total", "Object bytes sent", ["component"])
+RECEIVED = Counter(
+    _P + "received_bytes_total",
+    "Object bytes stored: component=master counts every commit (gRPC and shared memory), node only gRPC",
+    ["component"],
+)
+SENT = Counter(
+    _P + "sent_bytes_total",
+    "Object bytes served to readers: component=master counts every read (gRPC and shared memory), node only gRPC",
+    ["component"],
+)
 OPERATION_SECONDS = Histogram(
     _P + "operation_seconds",
     "Latency of one store operation (a batch counts once)",

@@ -47,6 +47,9 @@ def quantiles(histogram: str, by: str = "", selector: str = "") -> list[tuple[st
     ]
 
 
+MASTER = '{component="master"}'  # the master counts every transfer, shared-memory ones included
+
+
 def rate(counter: str, by: str = "", selector: str = "") -> str:
     grouping = f" by ({by})" if by else ""
     return f"sum{grouping} (rate({counter}{selector}[{RATE}]))"
@@ -192,8 +195,8 @@ KVSTORE = Dashboard(
         Panel(
             "Store transfer (GB/s)",
             [
-                (f'{rate("splitserve_kvstore_received_bytes_total")} / 1e9', "received"),
-                (f'{rate("splitserve_kvstore_sent_bytes_total")} / 1e9', "sent"),
+                (rate("splitserve_kvstore_received_bytes_total", selector=MASTER) + " / 1e9", "received"),
+                (rate("splitserve_kvstore_sent_bytes_total", selector=MASTER) + " / 1e9", "sent"),
             ],
             "short",
         ),
