@@ -1,35 +1,42 @@
-"""Prefix-index lookup latency: a 64-block chain against many workers and many keys.
+"""Router benchmarks: prefix-index lookups, per-request overhead and saturation.
 
     .venv/bin/python bench/router_bench.py --workers 64 --keys 1000000 --holders 8
 
-Every worker holds the request's whole chain (the worst case for the walk); the index
-also holds `--keys` other blocks, each on `--holders` random workers. Prints a table,
-writes JSON (--out).
+1. Prefix-index lookup latency: a 64-block chain against many workers and many keys.
+   Every worker holds the request's whole chain (the worst case for the walk); the index
+   also holds `--keys` other blocks, each on `--holders` random workers.
+2. Router overhead (unless --no-stack): starts `splitserve up --prefill 0 --decode 1`
+   and sends the same small request (`--prompt-len` token ids, max_tokens=1, greedy)
+   `--requests` times, alternating (a) straight to the decode worker over gRPC and
+   (b) through the router's /v1/completions; reports p50/p99 each way and the difference.
+3. Saturation: through the router, max_tokens=1, closed-loop clients at each of
+   `--concurrency` for `--duration` seconds; reports requests/s and the CPU% (100 = one
+   core; /proc utime+stime, process plus descendants) of the router, the decode worker
+   (incl. its engine-core child) and this client.
+The stack is always stopped (SIGTERM to `up`). Prints tables, writes JSON (--out).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workers", type=int, default=64)
-    ap.add_argument("--keys", type=int, default=1_000_000)
-    ap.add_argument("--holders", type=int, default=8)
-    ap.add_argument("--chain", type=int, default=64)
-    ap.add_argument("--lookups", type=int, default=2000)
-    ap.add_argument("--out", default="router_bench.json")
-    args = ap.parse_args()
-
+def index_bench(args: argparse.Namespace) -> dict:
     rng = random.Random(0)
     index = PrefixIndex()
     workers = [f"w{i}" for i in range(args.workers)]
@@ -59,9 +66,246 @@ def main() -> None:
         results[name] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6}
     report = {"workers": args.workers, "keys": args.keys, "holders": args.holders, "chain": args.chain,
               "index_blocks": index.num_blocks(), "build_s": build_s, **results}
-    print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {index.num_blocks():,} blocks, {args.workers} workers")
+    return report
+
+
+# ---------------------------------------------------------------- live stack
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (the decode worker runs its engine core in a child process)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for p in pids:
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass
+    return total
+
+
+def pct(times: list[float], q: float) -> float:
+    times = sorted(times)
+    return times[min(len(times) - 1, int(len(times) * q))]
+
+
+def start_stack(log_dir: Path, timeout_s: float) -> tuple[subprocess.Popen, dict]:
+    state_file = log_dir / "state.json"
+    argv = [sys.executable, "-m", "splitserve.cli", "up", "--prefill", "0", "--decode", "1",
+            "--port", str(free_port()), "--state-file", str(state_file), "--log-dir", str(log_dir / "components"),
+            "--kv-cache-bytes", "32MiB"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    with (log_dir / "up.log").open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not state_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"splitserve up exited with {proc.returncode}; see {log_dir / 'up.log'}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"splitserve up not ready after {timeout_s:.0f}s; see {log_dir / 'up.log'}")
+        time.sleep(0.3)
+    return proc, json.loads(state_file.read_text())
+
+
+def stop_stack(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # `up` stops its components itself
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
+    import grpc
+    import httpx
+
+    from splitserve.rpc import worker_pb2, worker_pb2_grpc
+
+    prompt = list(range(100, 100 + args.prompt_len))
+    channel = grpc.insecure_channel(state["decode"][0])
+    stub = worker_pb2_grpc.DecodeServiceStub(channel)
+    client = httpx.Client(base_url=state["url"], timeout=30)
+    body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
+
+    def direct(i: int) -> None:
+        req = worker_pb2.GenerateRequest(request_id=f"direct-{i}", prompt_token_ids=prompt,
+                                         sampling=worker_pb2.SamplingParams(temperature=0, top_p=1.0, max_tokens=1,
+                                                                            repetition_penalty=1.0))
+        chunks = list(stub.Generate(req, timeout=30))
+        assert chunks and chunks[-1].finish_reason, chunks
+
+    def routed(i: int) -> None:
+        reply = client.post("/v1/completions", json=body)
+        reply.raise_for_status()
+        assert reply.json()["choices"][0]["finish_reason"], reply.text
+
+    try:
+        for i in range(args.warmup):
+            direct(-i - 1)
+            routed(-i - 1)
+        times: dict[str, list[float]] = {"direct": [], "router": []}
+        for i in range(args.requests):  # alternate, so drift on the shared VM hits both alike
+            for name, fn in (("direct", direct), ("router", routed)):
+                t = time.perf_counter()
+                fn(i)
+                times[name].append(time.perf_counter() - t)
+    finally:
+        client.close()
+        channel.close()
+    out = {name: {"p50_ms": statistics.median(ts) * 1e3, "p99_ms": pct(ts, 0.99) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3}
+           for name, ts in times.items()}
+    out["added"] = {k: out["router"][k] - out["direct"][k] for k in ("p50_ms", "p99_ms", "mean_ms")}
+    out["requests"] = args.requests
+    out["prompt_len"] = args.prompt_len
+    return out
+
+
+async def saturation_level(state: dict, concurrency: int, duration_s: float) -> dict:
+    import httpx
+
+    prompt = list(range(100, 100 + 16))
+    body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    pids = {"router": process_tree(state["pids"]["router"]), "worker": process_tree(state["pids"]["decode-0"]),
+            "client": [os.getpid()]}
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=state["url"], timeout=60, limits=limits) as client:
+        for _ in range(concurrency):  # open the connections before the clock starts
+            (await client.post("/v1/completions", json=body)).raise_for_status()
+
+        async def loop(deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                try:
+                    reply = await client.post("/v1/completions", json=body)
+                    reply.raise_for_status()
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t)
+
+        cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop(t0 + duration_s) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "wall_s": wall,
+            "rps": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3,
+            "p99_ms": pct(latencies, 0.99) * 1e3,
+            "processes": {k: len(p) for k, p in pids.items()},
+            **{f"{k}_cpu_pct": (cpu1[k] - cpu0[k]) / wall * 100 for k in pids}}
+
+
+def print_tables(report: dict) -> None:
+    idx = report["index"]
+    print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {idx['index_blocks']:,} blocks, {idx['workers']} workers")
     for name in ("hit", "miss"):
-        print(f"{name:<8}{results[name]['p50_us']:>12.1f}{results[name]['p99_us']:>12.1f}")
+        print(f"{name:<8}{idx[name]['p50_us']:>12.1f}{idx[name]['p99_us']:>12.1f}")
+    if "overhead" in report:
+        ov = report["overhead"]
+        print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "
+              f"{ov['prompt_len']} prompt tokens, max_tokens=1")
+        for name in ("direct", "router", "added"):
+            print(f"{name:<8}{ov[name]['p50_ms']:>12.2f}{ov[name]['p99_ms']:>12.2f}{ov[name]['mean_ms']:>12.2f}")
+    if "saturation" in report:
+        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'worker %':>10}{'client %':>10}{'errors':>8}")
+        for r in report["saturation"]:
+            print(f"{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['router_cpu_pct']:>10.0f}"
+                  f"{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}{r['errors']:>8}")
+        print(f"\n{report['saturation_verdict']}")
+
+
+def verdict(levels: list[dict]) -> str:
+    top = max(levels, key=lambda r: r["rps"])
+    router_sat = [r for r in levels if r["router_cpu_pct"] >= 90]
+    worker_sat = [r for r in levels if r["worker_cpu_pct"] >= 90]
+    if router_sat and (not worker_sat or router_sat[0]["concurrency"] <= worker_sat[0]["concurrency"]):
+        r = router_sat[0]
+        return (f"router saturates first: {r['router_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
+                f"(concurrency {r['concurrency']}); peak {top['rps']:.0f} req/s")
+    if worker_sat:
+        r = worker_sat[0]
+        return (f"decode worker saturates first: {r['worker_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
+                f"(concurrency {r['concurrency']}, router at {r['router_cpu_pct']:.0f}%); router saturation not reached")
+    total = sum(top[k] for k in ("router_cpu_pct", "worker_cpu_pct", "client_cpu_pct"))
+    return (f"no process reached ~100% of a core, so the router's saturation rate was not reached; peak "
+            f"{top['rps']:.0f} req/s at concurrency {top['concurrency']} (router {top['router_cpu_pct']:.0f}%, "
+            f"worker {top['worker_cpu_pct']:.0f}%, client {top['client_cpu_pct']:.0f}%; together {total:.0f}% of "
+            f"the machine's {os.cpu_count() * 100}%, load avg {os.getloadavg()[0]:.1f}): the shared cores are the limit")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=64)
+    ap.add_argument("--keys", type=int, default=1_000_000)
+    ap.add_argument("--holders", type=int, default=8)
+    ap.add_argument("--chain", type=int, default=64)
+    ap.add_argument("--lookups", type=int, default=2000)
+    ap.add_argument("--no-stack", action="store_true", help="only the prefix-index part")
+    ap.add_argument("--requests", type=int, default=200, help="overhead: requests per path")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--concurrency", default="1,4,16,32")
+    ap.add_argument("--duration", type=float, default=6.0, help="saturation: seconds per concurrency level")
+    ap.add_argument("--ready-timeout", type=float, default=240.0)
+    ap.add_argument("--log-dir", default=None, help="stack logs (default: a temporary directory)")
+    ap.add_argument("--out", default="router_bench.json")
+    args = ap.parse_args()
+
+    report: dict = {"index": index_bench(args)}
+    if not args.no_stack:
+        log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="router_bench-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        proc = None
+        try:
+            t = time.perf_counter()
+            proc, state = start_stack(log_dir, args.ready_timeout)
+            print(f"[router_bench] stack up in {time.perf_counter() - t:.1f}s ({state['url']}, logs {log_dir})", flush=True)
+            report["overhead"] = overhead_bench(state, args)
+            report["saturation"] = [asyncio.run(saturation_level(state, int(c), args.duration))
+                                    for c in args.concurrency.split(",")]
+            report["saturation_verdict"] = verdict(report["saturation"])
+        finally:
+            if proc is not None:
+                stop_stack(proc)
+    print_tables(report)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
 
