@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--json", action="store_true", help="print a JSON object instead of the text")
+    from engine.server.worker_options import add_parallel_flags
+
+    add_parallel_flags(gen)
     gen.set_defaults(func=_generate)
 
     make = subparsers.add_parser("make-model", help="write a random-weight HF checkpoint (for tests and demos)")
@@ -28,9 +31,13 @@ def _generate(args: argparse.Namespace) -> int:
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
 
-    llm = LLM(args.model)
+    llm = LLM(args.model, tensor_parallel_size=args.tensor_parallel_size, expert_parallel=args.expert_parallel,
+              distributed_executor=args.distributed_executor)
     params = SamplingParams(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens)
-    out = llm.generate([args.prompt], params)[0]
+    try:
+        out = llm.generate([args.prompt], params)[0]
+    finally:
+        llm.engine.shutdown()
     if args.json:
         print(json.dumps({
             "prompt_token_ids": out.prompt_token_ids,

@@ -8,22 +8,36 @@ no-ops, so single-device code pays nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 _expert_parallel = False
+_single_rank = False
 
 
 def _active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return not _single_rank and dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def single_rank() -> Iterator[None]:
+    """Build a TP=1 model in a process that also hosts a parallel engine's rank 0: layers see rank 0 of 1."""
+    global _single_rank
+    previous, _single_rank = _single_rank, True
+    try:
+        yield
+    finally:
+        _single_rank = previous
 
 
 def init(rank: int, world_size: int, port: int, device: torch.device, expert_parallel: bool, timeout_s: float) -> None:
     """Join the engine's group over TCP on 127.0.0.1:``port``; collectives fail after ``timeout_s``."""
     global _expert_parallel
-    if _active():
+    if dist.is_available() and dist.is_initialized():
         raise RuntimeError("this process already belongs to a process group; shut the other parallel engine down first")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
@@ -35,7 +49,7 @@ def init(rank: int, world_size: int, port: int, device: torch.device, expert_par
 
 def shutdown() -> None:
     global _expert_parallel
-    if _active():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _expert_parallel = False
 

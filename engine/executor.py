@@ -3,7 +3,7 @@
 With ``tensor_parallel_size`` N > 1 this process is rank 0: it keeps the
 scheduler and sampler (the LLMEngine as at N = 1) and starts ranks 1..N-1, one
 process per device (multiprocessing spawn, or Ray actors). Each step rank 0
-pushes a compact encoding of the step's metadata to every rank over ZMQ
+writes a compact encoding of the step's metadata to a pipe per rank
 (engine/step_codec.py), then all ranks run the same forward and meet in the
 collectives; only rank 0 samples.
 
@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 
 import torch
-import zmq
 
 from engine import distributed
 from engine.config import EngineConfig
@@ -36,9 +35,8 @@ from engine.model_runner import ModelRunner, resolve_device
 from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
-from engine.step_codec import encode_command, encode_step
+from engine.step_codec import EXPORT, IMPORT, STOP, encode_command, encode_step
 
-SEND_TIMEOUT_MS = 5000
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
 
 
@@ -52,34 +50,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _allow_children() -> Iterator[None]:
+    """The worker's engine core is a daemonic process, and those may not start children.
+
+    The ranks do not need daemon cleanup: each one exits when its parent is gone
+    (engine/rank_worker.py), so lift the flag while starting them.
+    """
+    config = multiprocessing.current_process()._config  # noqa: SLF001
+    was = config.get("daemon", False)
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        config["daemon"] = was
+
+
 class ParallelExecutor:
     """Rank 0 of N: the ModelRunner's interface, backed by N rank processes."""
 
     def __init__(self, config: EngineConfig, eos: set[int]) -> None:
         self.world = config.tensor_parallel_size
         port = free_port()
-        ctx = zmq.Context.instance()
-        self.pushes: list[zmq.Socket] = []
-        endpoints = []
-        for _ in range(1, self.world):
-            sock = ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-            sock.setsockopt(zmq.LINGER, 0)
-            endpoints.append(f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
-            self.pushes.append(sock)
+        mp = multiprocessing.get_context("spawn")
+        pipes = [mp.Pipe(duplex=False) for _ in range(1, self.world)]  # (reader for rank r, writer for rank 0)
+        self.plans = [writer for _, writer in pipes]
         if config.distributed_executor == "ray":
             from engine.ray_ranks import start_ray_ranks
 
-            self.ranks = start_ray_ranks(config, self.world, port, endpoints, eos)
+            self.ranks = start_ray_ranks(config, self.world, port, [reader for reader, _ in pipes], eos)
         else:
-            mp = multiprocessing.get_context("spawn")
             self.ranks = [
-                mp.Process(target=run_rank, args=(config, r, self.world, port, endpoints[r - 1], eos), daemon=True,
+                mp.Process(target=run_rank, args=(config, r, self.world, port, pipes[r - 1][0], eos), daemon=True,
                            name=f"splitserve-rank{r}")
                 for r in range(1, self.world)
             ]
-            for p in self.ranks:
-                p.start()
+            with _allow_children():
+                for p in self.ranks:
+                    p.start()
         self._closed = False
         try:
             with self._guard():
@@ -131,12 +139,8 @@ class ParallelExecutor:
 
     def _send(self, frame: bytes) -> None:
         self.check_ranks()
-        for rank, sock in enumerate(self.pushes, start=1):
-            try:
-                sock.send(frame)
-            except zmq.Again:
-                self.check_ranks()
-                raise RankDied(f"tensor-parallel rank {rank} took no step plan for {SEND_TIMEOUT_MS} ms; it is hung") from None
+        for pipe in self.plans:
+            pipe.send_bytes(frame)  # a dead reader breaks the pipe: _guard turns that into RankDied
 
     # ---- the ModelRunner interface -------------------------------------------------------------
     def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
@@ -149,7 +153,7 @@ class ParallelExecutor:
     def export_kv(self, block_ids: list[int]) -> torch.Tensor:
         """Full-head rows [n, L, 2, B, Hkv, D]: each rank's head shard, gathered."""
         with self._guard():
-            self._send(encode_command("export", block_ids))
+            self._send(encode_command(EXPORT, block_ids))
             parts = distributed.gather_list(self.kv.gather(block_ids))  # world x [n, L, 2, B, Hkv/world, D]
         return torch.cat(parts[:: self.replicas], dim=4)  # replicated heads once
 
@@ -162,7 +166,7 @@ class ParallelExecutor:
                              "export and import engines must share model and block size")
         rows = rows.to(device=self.device, dtype=self.dtype).contiguous()
         with self._guard():
-            self._send(encode_command("import", block_ids))
+            self._send(encode_command(IMPORT, block_ids))
             distributed.broadcast(rows)
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
 
@@ -170,16 +174,16 @@ class ParallelExecutor:
         if self._closed:
             return
         self._closed = True
-        for sock in self.pushes:
-            with contextlib.suppress(zmq.ZMQError):
-                sock.send(encode_command("stop"), zmq.NOBLOCK)
+        for pipe in self.plans:
+            with contextlib.suppress(OSError):
+                pipe.send_bytes(encode_command(STOP))
         for p in self.ranks:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
-        for sock in self.pushes:
-            sock.close(linger=0)
+        for pipe in self.plans:
+            pipe.close()
         distributed.shutdown()
 
     def __del__(self) -> None:

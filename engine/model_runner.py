@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -37,6 +38,11 @@ def resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, config: EngineConfig, eos_token_ids: set[int]) -> None:
+        # at TP 1 ignore a process group that a parallel engine in this process may hold
+        with distributed.single_rank() if config.tensor_parallel_size == 1 else contextlib.nullcontext():
+            self._build(config, eos_token_ids)
+
+    def _build(self, config: EngineConfig, eos_token_ids: set[int]) -> None:
         self.config = config
         model_dir = Path(config.model)
         self.hf_config = load_hf_config(model_dir)

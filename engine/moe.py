@@ -45,6 +45,7 @@ class SparseMoE(nn.Module):
         self.norm_topk_prob = norm_topk_prob
         self.gate = ReplicatedLinear(hidden_size, num_experts)
         ep = distributed.expert_parallel()
+        self.tp_size = distributed.tp_size()
         if expert_ids is None:
             rank, world = distributed.tp_rank(), distributed.tp_size()
             expert_ids = [e for e in range(num_experts) if e % world == rank] if ep else list(range(num_experts))
@@ -69,4 +70,4 @@ class SparseMoE(nn.Module):
             tok, slot = torch.where(ids == e)
             y = expert(x[tok]) * weights[tok, slot, None]
             out.index_add_(0, tok, y)
-        return distributed.all_reduce(out) if distributed.tp_size() > 1 else out
+        return distributed.all_reduce(out) if self.tp_size > 1 else out

@@ -10,44 +10,45 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+from multiprocessing.connection import Connection
 
 import torch
-import zmq
 
 from engine import distributed
 from engine.config import EngineConfig
-from engine.step_codec import decode, step_from_message
+from engine.step_codec import EXPORT, IMPORT, STEP, STOP, block_ids_of, decode, step_from_message
 
-POLL_MS = 500
+POLL_S = 0.5
 
 
-def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, plan_endpoint: str, eos: set[int]) -> None:
+def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, inbox: Connection, eos: set[int]) -> None:
     from engine.model_runner import ModelRunner, resolve_device
 
-    inbox = zmq.Context.instance().socket(zmq.PULL)
-    inbox.connect(plan_endpoint)
     device = resolve_device(config.device)
     distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s)
     runner = ModelRunner(config, eos)
     parent = multiprocessing.parent_process()
     try:
         while True:
-            if not inbox.poll(POLL_MS):
+            if not inbox.poll(POLL_S):
                 if parent is not None and not parent.is_alive():
                     return
                 continue
-            msg = decode(inbox.recv())
-            kind = msg[0]
-            if kind == "step":
+            try:
+                msg = decode(inbox.recv_bytes())
+            except EOFError:  # rank 0 closed the pipe
+                return
+            kind = int(msg[0])
+            if kind == STEP:
                 runner.forward(step_from_message(msg, runner.device))
-            elif kind == "export":
-                distributed.gather_list(runner.kv.gather(msg[1]))
-            elif kind == "import":
-                _import_shard(runner, msg[1])
-            elif kind == "stop":
+            elif kind == EXPORT:
+                distributed.gather_list(runner.kv.gather(block_ids_of(msg)))
+            elif kind == IMPORT:
+                _import_shard(runner, block_ids_of(msg))
+            elif kind == STOP:
                 return
     finally:
-        inbox.close(linger=0)
+        inbox.close()
         distributed.shutdown()
 
 

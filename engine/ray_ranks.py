@@ -3,7 +3,8 @@
 UNTESTED here: ray is not installed in this project's environment. Rank 0 stays
 in the calling process (it must share a host with the ranks: the rendezvous and
 plan channel use 127.0.0.1), so the placement group packs one GPU per rank on
-this node (STRICT_PACK).
+this node (STRICT_PACK). The plan pipes are handed to the actors like to
+processes, which only works for actors on this host.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class RayRank:
         self._ray.kill(self._actor)
 
 
-def start_ray_ranks(config: EngineConfig, world: int, port: int, endpoints: list[str], eos: set[int]) -> list[RayRank]:
+def start_ray_ranks(config: EngineConfig, world: int, port: int, inboxes: list, eos: set[int]) -> list[RayRank]:  # type: ignore[type-arg]
     try:
         import ray
         from ray.util.placement_group import placement_group
@@ -56,7 +57,7 @@ def start_ray_ranks(config: EngineConfig, world: int, port: int, endpoints: list
     @ray.remote(num_gpus=gpus, num_cpus=1)
     class Rank:
         def run(self, rank: int) -> None:
-            run_rank(config, rank, world, port, endpoints[rank - 1], eos)
+            run_rank(config, rank, world, port, inboxes[rank - 1], eos)
 
     ranks = []
     for r in range(1, world):

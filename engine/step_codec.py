@@ -1,41 +1,53 @@
-"""Compact wire form of a step plan for the non-zero ranks: msgpack of raw int arrays, no pickle.
+"""Compact wire form of a step plan for the non-zero ranks: one int64 array per message, no pickle.
 
-Rank 0 encodes the host-side StepMetadata it built anyway; a frame is
-``["step", max_q_len, S, [7 little-endian int buffers]]`` (a few bytes per token).
-KV transfer commands ride the same channel: ``["export", block_ids]``,
-``["import", block_ids]`` (the rows follow as a broadcast), ``["stop"]``.
+Rank 0 encodes the host-side StepMetadata it built anyway, as
+``[STEP, max_q_len, S, len_1..len_7, field_1..field_7]`` (8 bytes per token and
+per block-table entry), and sends it over a pipe per rank. KV transfer commands
+ride the same channel: ``[EXPORT, n, block_ids...]``, ``[IMPORT, n, block_ids...]``
+(the rows follow as a broadcast), ``[STOP]``.
 """
 
 from __future__ import annotations
 
-import msgpack
 import numpy as np
 import torch
 
 from engine.step_metadata import StepMetadata
 
+STEP, EXPORT, IMPORT, STOP = 0, 1, 2, 3
 _FIELDS = ("input_ids", "positions", "slot_mapping", "cu_seqlens_q", "seq_lens", "block_tables", "logits_indices")
-_DTYPES = {"input_ids": np.int64, "positions": np.int64, "slot_mapping": np.int64, "cu_seqlens_q": np.int32,
-           "seq_lens": np.int32, "block_tables": np.int32, "logits_indices": np.int64}
+_DTYPES = {"input_ids": torch.long, "positions": torch.long, "slot_mapping": torch.long, "cu_seqlens_q": torch.int32,
+           "seq_lens": torch.int32, "block_tables": torch.int32, "logits_indices": torch.long}
 
 
 def encode_step(meta: StepMetadata) -> bytes:
     """``meta`` must hold CPU tensors (the runner's host copy)."""
-    bufs = [getattr(meta, f).numpy().astype(_DTYPES[f], copy=False).tobytes() for f in _FIELDS]
-    return msgpack.packb(["step", meta.max_q_len, int(meta.seq_lens.shape[0]), bufs])
+    arrays = [getattr(meta, f).numpy().reshape(-1).astype(np.int64) for f in _FIELDS]
+    head = [STEP, meta.max_q_len, int(meta.seq_lens.shape[0])] + [a.size for a in arrays]
+    return np.concatenate([np.array(head, dtype=np.int64), *arrays]).tobytes()
 
 
-def decode(frame: bytes) -> list:
-    return msgpack.unpackb(frame)
+def decode(frame: bytes) -> np.ndarray:
+    return np.frombuffer(frame, dtype=np.int64)
 
 
-def step_from_message(msg: list, device: torch.device) -> StepMetadata:
-    _, max_q_len, num_seqs, bufs = msg
-    arrays = {f: np.frombuffer(b, dtype=_DTYPES[f]) for f, b in zip(_FIELDS, bufs)}
-    arrays["block_tables"] = arrays["block_tables"].reshape(num_seqs, -1)  # [S, max_blocks]
-    tensors = {f: torch.from_numpy(a.copy()).to(device, non_blocking=True) for f, a in arrays.items()}
+def step_from_message(msg: np.ndarray, device: torch.device) -> StepMetadata:
+    max_q_len, num_seqs = int(msg[1]), int(msg[2])
+    lengths = msg[3 : 3 + len(_FIELDS)].tolist()
+    offset = 3 + len(_FIELDS)
+    tensors = {}
+    for field, n in zip(_FIELDS, lengths):
+        t = torch.from_numpy(msg[offset : offset + n].copy()).to(_DTYPES[field])
+        tensors[field] = t.to(device, non_blocking=True)
+        offset += n
+    tensors["block_tables"] = tensors["block_tables"].reshape(num_seqs, -1)  # [S, max_blocks]
     return StepMetadata(max_q_len=max_q_len, **tensors)
 
 
-def encode_command(kind: str, block_ids: list[int] | None = None) -> bytes:
-    return msgpack.packb([kind] if block_ids is None else [kind, block_ids])
+def encode_command(kind: int, block_ids: list[int] | None = None) -> bytes:
+    ids = block_ids or []
+    return np.array([kind, len(ids), *ids], dtype=np.int64).tobytes()
+
+
+def block_ids_of(msg: np.ndarray) -> list[int]:
+    return msg[2 : 2 + int(msg[1])].tolist()

@@ -19,6 +19,8 @@ class WorkerOptions:
     kv_events_port: int = 5557  # PUB; snapshots on kv_events_port + 1
     worker_id: str = ""
     tensor_parallel_size: int = 1
+    expert_parallel: bool = False
+    distributed_executor: str = "mp"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     kv_cache_bytes: int | None = None
@@ -26,10 +28,8 @@ class WorkerOptions:
     block_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.tensor_parallel_size != 1:
-            raise NotImplementedError(
-                f"--tensor-parallel-size {self.tensor_parallel_size} is not supported by the workers yet; use 1"
-            )
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
         self.advertise_host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
         self.worker_id = self.worker_id or f"{self.role}-{self.advertise_host}-{self.port}"
 
@@ -55,7 +55,7 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--metrics-port", type=int, default=metrics, help="Prometheus /metrics port (0 = off)")
     p.add_argument("--kv-events-port", type=int, default=events, help="ZMQ PUB port of KV events (snapshots on +1)")
     p.add_argument("--worker-id", default="", help="topic of the KV events and id in GetLoad")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    add_parallel_flags(p)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
@@ -63,11 +63,20 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
 
 
+def add_parallel_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared with `splitserve generate`."""
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="rank processes, one GPU each")
+    p.add_argument("--expert-parallel", action="store_true", help="MoE: split whole experts over the ranks")
+    p.add_argument("--distributed-executor", choices=["mp", "ray"], default="mp",
+                   help="start ranks as processes (mp) or Ray actors (ray; needs ray installed)")
+
+
 def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
     return WorkerOptions(
         role=role, model=args.model, kvstore=args.kvstore, host=args.host, port=args.port,
         advertise_host=args.advertise_host, metrics_port=args.metrics_port, kv_events_port=args.kv_events_port,
-        worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size, max_num_seqs=args.max_num_seqs,
+        worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size,
+        expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout, block_size=args.block_size,
     )
