@@ -301,6 +301,12 @@ def test_external_kvstore_address_replaces_the_in_chart_store(render: Render) ->
     for role in ("prefill", "decode"):
         args = containers(docs)[f"{FULL}-{role}"]["args"]
         assert arg_value(args, "--kvstore") == "mooncake-master.kv.svc:50051"
+    assert "--kvstore-events" not in containers(docs)[f"{FULL}-router"]["args"]
+
+
+def test_router_indexes_the_in_chart_store_through_its_kv_events(render: Render) -> None:
+    args = containers(render())[f"{FULL}-router"]["args"]
+    assert arg_value(args, "--kvstore-events") == f"tcp://{FULL}-kvstore-master:5560"
 
 
 # --- availability and network ---------------------------------------------------------
