@@ -58,15 +58,16 @@ async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingPara
     return ttft, n, handoff
 
 
-async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_addr: str, seed: int) -> Result:
+async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_addr: str, seed: int,
+                   prompt_len: tuple[int, int] = (64, 256), max_tokens: int = 32) -> Result:
     rng = random.Random(seed)
     async with grpc.aio.insecure_channel(prefill_addr) as pc, grpc.aio.insecure_channel(decode_addr) as dc:
         prefill, decode = pb_grpc.PrefillServiceStub(pc), pb_grpc.DecodeServiceStub(dc)
         tasks = []
         start = time.perf_counter()
         for _ in range(n):
-            prompt = [rng.randrange(3, 384) for _ in range(rng.randrange(64, 256))]
-            sp = pb.SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+            prompt = [rng.randrange(3, 384) for _ in range(rng.randrange(*prompt_len))]
+            sp = pb.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
             tasks.append(asyncio.create_task(one(mode, prefill, decode, prompt, sp)))
             await asyncio.sleep(rng.expovariate(rate))
         done = await asyncio.gather(*tasks)
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="2,8", help="requests/s, comma separated")
     p.add_argument("--requests", type=int, default=24, help="requests per rate and mode")
     p.add_argument("--model", default="", help="checkpoint dir (default: a tiny random llama)")
+    p.add_argument("--preset", default="", help="real shapes with random weights (bench/model_presets.py), e.g. llama-3.1-8b")
+    p.add_argument("--prompt-len", default="64:256", help="MIN:MAX prompt tokens")
+    p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.4,
+                   help="per worker; prefill and decode share one GPU")
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "workers"))
@@ -89,17 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     from kvstore.embedded import EmbeddedStore
     from worker_processes import start_worker, wait_serving
 
-    model = args.model or str(make_model("llama", Path(tempfile.mkdtemp()) / "tiny", "tiny"))
-    store = EmbeddedStore(capacity=512 << 20)
+    extra: list[str] = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    if args.preset:
+        from bench.model_presets import write_preset
+
+        model = str(write_preset(args.preset, Path(tempfile.mkdtemp()) / args.preset))
+        extra += ["--load-format", "dummy", "--kv-cache-bytes", "4GiB"]
+    else:
+        model = args.model or str(make_model("llama", Path(tempfile.mkdtemp()) / "tiny", "tiny"))
+    lo, hi = (int(x) for x in args.prompt_len.split(":"))
+    store = EmbeddedStore(capacity=(8 << 30) if args.preset else (512 << 20))
     store.start()
-    prefill = start_worker("prefill", model, store.address, "bench-prefill")
-    decode = start_worker("decode", model, store.address, "bench-decode")
+    prefill = start_worker("prefill", model, store.address, "bench-prefill", *extra)
+    decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     results = []
     try:
         wait_serving([prefill, decode])
         for rate in [float(r) for r in args.rates.split(",")]:
             for mode in ("colocated", "disaggregated"):
-                results.append(asyncio.run(run_rate(mode, rate, args.requests, prefill.address, decode.address, int(rate * 100))))
+                results.append(asyncio.run(run_rate(mode, rate, args.requests, prefill.address, decode.address,
+                                                    int(rate * 100), (lo, hi), args.max_tokens)))
     finally:
         prefill.stop()
         decode.stop()

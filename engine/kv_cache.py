@@ -60,8 +60,9 @@ def num_blocks_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:
 
 
 def gpu_kv_budget(device: torch.device, utilization: float) -> int:
-    """Bytes left for KV after weights and a warm-up forward, within ``utilization`` of the GPU."""
+    """Bytes for KV: this engine may use ``utilization`` of the card in all (weights, the warm-up
+    peak and KV), and never more than is free now, so engines sharing a GPU each get their share."""
     free, total = torch.cuda.mem_get_info(device)
-    used_by_others = total - free - torch.cuda.memory_reserved(device)
     peak = torch.cuda.max_memory_allocated(device)
-    return int(total * utilization - used_by_others - peak)
+    headroom = 512 << 20  # CUDA context, graphs and allocator slack outside PyTorch's accounting
+    return max(0, min(int(total * utilization) - peak, free - headroom))

@@ -24,6 +24,8 @@ class WorkerOptions:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     kv_cache_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
+    load_format: str = "safetensors"
     drain_timeout: float = 30.0
     block_size: int = 16
 
@@ -60,6 +62,10 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="GPU: fraction of the card this worker may use (lower it when workers share a GPU)")
+    p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
+                   help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
 
 
@@ -79,4 +85,5 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout, block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
     )

@@ -61,7 +61,7 @@ def start_worker(role: str, model: str, kvstore: str, worker_id: str, *extra: st
             "--worker-id", worker_id, "--kv-cache-bytes", "16MiB", "--drain-timeout", "10", *extra]
     if kvstore:
         argv += ["--kvstore", kvstore]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(argv, cwd=REPO, env=env)
     return WorkerProcess(role, worker_id, f"127.0.0.1:{port}", metrics, proc)
 
