@@ -4,6 +4,12 @@ The file lives in /dev/shm (tmpfs), so a client on the same host (same hostname 
 boot id) can map it and copy bytes straight in and out, exchanging only metadata
 with the node. With CUDA present the mapping is also registered as pinned memory,
 so host <-> device copies from it run at full speed.
+
+Both sides fault the whole mapping in up front (MAP_POPULATE), and the node
+allocates the file's pages at creation: a first touch of a tmpfs page costs a page
+allocation plus a fault per 4 KiB, which held copies into fresh offsets to ~0.3 GB/s
+(against ~3 GB/s into mapped pages) on the dev VM. Allocating up front also makes a
+node that /dev/shm cannot hold fail at start instead of SIGBUS on a later write.
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux; elsewhere pages fault in lazily
+
+
+def _allocate_pages(fd: int, size: int) -> None:
+    """Back the whole file with memory now; OSError (ENOSPC) when the filesystem cannot."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
 
 
 def host_identity() -> tuple[str, str]:
@@ -44,7 +57,11 @@ class SharedSegment:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, capacity)
-            mapping = mmap.mmap(fd, capacity)
+            _allocate_pages(fd, capacity)
+            mapping = mmap.mmap(fd, capacity, flags=_MAP_FLAGS)
+        except OSError as exc:
+            os.unlink(path)
+            raise OSError(exc.errno, f"cannot back a {capacity}-byte segment in {SHM_DIR} ({exc.strerror}); lower --capacity") from exc
         finally:
             os.close(fd)
         segment = cls(path, capacity, mapping, np.frombuffer(mapping, dtype=np.uint8), owner=True)
@@ -57,7 +74,7 @@ class SharedSegment:
         fd = os.open(path, os.O_RDWR)
         try:
             capacity = os.fstat(fd).st_size
-            mapping = mmap.mmap(fd, capacity)
+            mapping = mmap.mmap(fd, capacity, flags=_MAP_FLAGS)
         finally:
             os.close(fd)
         return cls(path, capacity, mapping, np.frombuffer(mapping, dtype=np.uint8), owner=False)
