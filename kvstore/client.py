@@ -46,8 +46,8 @@ class AsyncKVStoreClient:
         master_addr: str,
         *,
         replicas: int = 1,
-        chunk_size: int = 1 << 20,
-        batch_bytes: int = 4 << 20,
+        chunk_size: int = 4 << 20,
+        batch_bytes: int = 8 << 20,
         use_shm: bool = True,
         timeout_s: float = 30.0,
     ) -> None:

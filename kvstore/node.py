@@ -16,15 +16,17 @@ import grpc
 import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from kvstore import metrics
+from kvstore import metrics, wire
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
 from kvstore.master import GRPC_OPTIONS
 from kvstore.node_config import NodeConfig
 from kvstore.segment import SharedSegment, host_identity
+from kvstore.wire import WriteChunkView, WriteItemView
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+STORAGE_NODE_SERVICE = "splitserve.kvstore.StorageNode"
 
 
 @contextlib.contextmanager
@@ -48,7 +50,7 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
         if actual != checksum:
             raise ChecksumMismatch(f"object at offset {offset} ({size} bytes): xxh3_64 is {actual:#x}, expected {checksum:#x}; write rejected")
 
-    async def Write(self, request_iterator: AsyncIterator[pb.WriteChunk], context: grpc.aio.ServicerContext) -> pb.WriteReply:
+    async def Write(self, request_iterator: AsyncIterator[WriteChunkView], context: grpc.aio.ServicerContext) -> pb.WriteReply:
         with _timed("write"):
             try:
                 offset = size = checksum = written = 0
@@ -57,25 +59,25 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
                     if index == 0:
                         offset, size, checksum = chunk.offset, chunk.size, chunk.checksum
                         self._check_range(offset, size)
-                    n = len(chunk.data)
+                    data, n = chunk.data, len(chunk.data)
                     if written + n > size:
                         raise InvalidRequest(f"chunk {index} overruns the declared object size of {size} bytes")
-                    if chunk.chunk_checksum and xxhash.xxh3_64_intdigest(chunk.data) != chunk.chunk_checksum:
+                    if chunk.chunk_checksum and xxhash.xxh3_64_intdigest(data) != chunk.chunk_checksum:
                         raise ChecksumMismatch(f"chunk {index} (bytes {written}..{written + n}) is corrupted: checksum mismatch; write rejected")
-                    self.segment.array[offset + written : offset + written + n] = memoryview(chunk.data)
+                    self.segment.array[offset + written : offset + written + n] = data
                     written += n
                     index += 1
                 if index == 0:
                     raise InvalidRequest("Write stream carried no chunk")
                 if written != size:
                     raise InvalidRequest(f"Write stream ended after {written} of {size} bytes")
-                self._verify(offset, size, checksum)
+                self._verify(offset, size, checksum)  # covers every chunk, whether or not it carried its own checksum
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
             metrics.RECEIVED.labels("node").inc(size)
             return pb.WriteReply(bytes_written=written)
 
-    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReadChunk]:
+    async def Read(self, request: pb.ReadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[memoryview]:
         try:
             self._check_range(request.offset, request.size)
         except StoreError as exc:
@@ -83,34 +85,35 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
         step = request.chunk_size or self.read_chunk_size
         end = request.offset + request.size
         for start in range(request.offset, end, step):
-            yield pb.ReadChunk(data=self.segment.array[start : min(start + step, end)].tobytes())
+            yield self.segment.view(start, min(step, end - start))
         metrics.SENT.labels("node").inc(request.size)
 
-    async def BatchWrite(self, request: pb.BatchWriteRequest, context: grpc.aio.ServicerContext) -> pb.ItemResults:
+    async def BatchWrite(self, items: list[WriteItemView], context: grpc.aio.ServicerContext) -> pb.ItemResults:
         with _timed("batch_write"):
             results = []
-            for i, item in enumerate(request.items):
+            for i, item in enumerate(items):
                 try:
-                    self._check_range(item.offset, len(item.data))
+                    n = len(item.data)
+                    self._check_range(item.offset, n)
                     if xxhash.xxh3_64_intdigest(item.data) != item.checksum:
                         raise ChecksumMismatch(f"item {i} at offset {item.offset}: checksum mismatch; write rejected")
-                    self.segment.array[item.offset : item.offset + len(item.data)] = memoryview(item.data)
-                    metrics.RECEIVED.labels("node").inc(len(item.data))
+                    self.segment.array[item.offset : item.offset + n] = item.data
+                    metrics.RECEIVED.labels("node").inc(n)
                     results.append(pb.KeyResult(key=str(i), ok=True))
                 except StoreError as exc:
                     results.append(pb.KeyResult(key=str(i), ok=False, code=code_number(exc.code), message=str(exc)))
             return pb.ItemResults(results=results)
 
-    async def BatchRead(self, request: pb.BatchReadRequest, context: grpc.aio.ServicerContext) -> pb.BatchReadReply:
+    async def BatchRead(self, request: pb.BatchReadRequest, context: grpc.aio.ServicerContext) -> list[memoryview]:
         with _timed("batch_read"):
             try:
                 for item in request.items:
                     self._check_range(item.offset, item.size)
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
-            data = [self.segment.array[i.offset : i.offset + i.size].tobytes() for i in request.items]
+            data = [self.segment.view(i.offset, i.size) for i in request.items]
             metrics.SENT.labels("node").inc(sum(len(d) for d in data))
-            return pb.BatchReadReply(data=data)
+            return data
 
     async def Seal(self, request: pb.SealRequest, context: grpc.aio.ServicerContext) -> pb.ItemResults:
         with _timed("seal"):
@@ -123,6 +126,28 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
                 except StoreError as exc:
                     results.append(pb.KeyResult(key=str(i), ok=False, code=code_number(exc.code), message=str(exc)))
             return pb.ItemResults(results=results)
+
+
+def storage_node_handler(servicer: StorageNodeServicer) -> grpc.GenericRpcHandler:
+    """The StorageNode service, with object bytes through kvstore.wire instead of generated messages."""
+    handlers = {
+        "Write": grpc.stream_unary_rpc_method_handler(
+            servicer.Write, request_deserializer=wire.decode_write_chunk, response_serializer=pb.WriteReply.SerializeToString
+        ),
+        "Read": grpc.unary_stream_rpc_method_handler(
+            servicer.Read, request_deserializer=pb.ReadRequest.FromString, response_serializer=wire.encode_read_chunk
+        ),
+        "BatchWrite": grpc.unary_unary_rpc_method_handler(
+            servicer.BatchWrite, request_deserializer=wire.decode_batch_write, response_serializer=pb.ItemResults.SerializeToString
+        ),
+        "BatchRead": grpc.unary_unary_rpc_method_handler(
+            servicer.BatchRead, request_deserializer=pb.BatchReadRequest.FromString, response_serializer=wire.encode_batch_read
+        ),
+        "Seal": grpc.unary_unary_rpc_method_handler(
+            servicer.Seal, request_deserializer=pb.SealRequest.FromString, response_serializer=pb.ItemResults.SerializeToString
+        ),
+    }
+    return grpc.method_handlers_generic_handler(STORAGE_NODE_SERVICE, handlers)
 
 
 class NodeServer:
@@ -140,7 +165,7 @@ class NodeServer:
     async def start(self) -> str:
         cfg = self.config
         self.server = grpc.aio.server(options=GRPC_OPTIONS)
-        pb_grpc.add_StorageNodeServicer_to_server(StorageNodeServicer(self.segment, cfg.read_chunk_size), self.server)
+        self.server.add_generic_rpc_handlers((storage_node_handler(StorageNodeServicer(self.segment, cfg.read_chunk_size)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
