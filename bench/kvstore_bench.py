@@ -5,8 +5,15 @@ Starts a master and one storage node as processes (python -m kvstore) on
 - put / get over loopback gRPC (client with use_shm=False),
 - put / get over the same-host shared-memory path (use_shm=True),
 - numpy copy (memcpy bandwidth) and a TCP socket copy over loopback.
-Throughput uses batched calls (``--batch`` objects per call); latency is one
-object per call. Prints a table and writes JSON (--out).
+Two tables:
+- single object per call (``--sizes-kib``): throughput from ``--batch``-object
+  calls, latency p50/p99 from one-object calls through the synchronous client;
+- batched (``--batches``, N x KiB, e.g. 32 x 2048 = one request's KV blocks): one
+  put / get / get_into call carries the whole batch, as engine/server/kv_transfer.py
+  does; median of ``--repeats`` calls after a warm-up call, and each figure as a
+  fraction of memcpy moving the same batch (N distinct buffers, best call) in the
+  same run.
+Prints the tables and writes JSON (--out).
 
     python bench/kvstore_bench.py --total-mib 64 --out kvstore_bench.json
 """
@@ -135,19 +142,78 @@ def bench_tcp(size: int, total: int, latency_ops: int) -> dict:
     return {"put_GBps": gbps, "get_GBps": gbps, "put_p50_ms": pct(lat, 50), "put_p99_ms": pct(lat, 99), "get_p50_ms": pct(lat, 50), "get_p99_ms": pct(lat, 99)}
 
 
+def parse_batches(spec: str) -> list[tuple[int, int]]:
+    """"64x64,32x2048" -> [(64, 65536), (32, 2097152)]: (objects per call, bytes per object)."""
+    out = []
+    for item in spec.split(","):
+        n, kib = item.lower().split("x")
+        out.append((int(n), int(kib) * 1024))
+    return out
+
+
+def bench_memcpy_batch(n: int, size: int, repeats: int) -> float:
+    """GB/s of copying a batch of n distinct objects into n distinct buffers.
+
+    Best call of 3 x ``repeats``: the ceiling the store is compared with, so that
+    other jobs on a shared machine do not lower it.
+    """
+    src = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(n)]
+    dst = [np.empty(size, dtype=np.uint8) for _ in range(n)]
+    times = []
+    for _ in range(3 * repeats + 1):
+        t = time.perf_counter()
+        for d, s in zip(dst, src):
+            np.copyto(d, s)
+        times.append(time.perf_counter() - t)
+    return n * size / min(times[1:]) / 1e9
+
+
+def bench_store_batch(client: KVStoreClient, n: int, size: int, repeats: int) -> dict:
+    """GB/s of one put / get / get_into call carrying n objects of ``size`` bytes (median call)."""
+    run = uuid.uuid4().hex[:8]
+    payloads = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(n)]
+    buffers = [np.empty(size, dtype=np.uint8) for _ in range(n)]
+    times: dict[str, list[float]] = {"put": [], "get": [], "get_into": []}
+    for r in range(repeats + 1):  # call 0 warms up (connections, segment mapping)
+        keys = [f"{run}/b{r}/{i}" for i in range(n)]
+        t = time.perf_counter()
+        results = client.put(dict(zip(keys, payloads)))
+        put_s = time.perf_counter() - t
+        t = time.perf_counter()
+        got = client.get(keys)
+        get_s = time.perf_counter() - t
+        t = time.perf_counter()
+        found = client.get_into(keys, buffers)
+        into_s = time.perf_counter() - t
+        assert all(res.ok for res in results.values()) and all(found) and all(v is not None for v in got.values())
+        assert np.array_equal(buffers[-1], payloads[-1])
+        client.remove(keys)
+        if r:
+            times["put"].append(put_s)
+            times["get"].append(get_s)
+            times["get_into"].append(into_s)
+    return {f"{op}_GBps": n * size / float(np.median(ts)) / 1e9 for op, ts in times.items()}
+
+
+def size_name(size: int) -> str:
+    return f"{size // 1024} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-kib", default="64,2048")
     parser.add_argument("--total-mib", type=int, default=64, help="bytes moved per throughput measurement")
     parser.add_argument("--batch", type=int, default=16, help="objects per put/get call for throughput")
     parser.add_argument("--latency-ops", type=int, default=100)
+    parser.add_argument("--batches", default="64x64,32x2048", help="batched case: objects x KiB per call, comma-separated")
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls per batched measurement (median reported)")
     parser.add_argument("--capacity", default="1GiB")
     parser.add_argument("--out", default="kvstore_bench.json")
     args = parser.parse_args()
 
     master, master_addr = start(["kvstore-master", "--events-port", "0"])
     node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
-    rows = []
+    rows, batch_rows = [], []
     try:
         time.sleep(0.5)
         clients = {"grpc": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
@@ -158,6 +224,12 @@ def main() -> None:
             for name, client in clients.items():
                 result = bench_store(client, size, total, args.batch, args.latency_ops)
                 rows.append({"path": f"kvstore {name}", "size": size, **result})
+        for n, size in parse_batches(args.batches):
+            memcpy = bench_memcpy_batch(n, size, args.repeats)
+            batch_rows.append({"path": "memcpy (numpy)", "n": n, "size": size, "put_GBps": memcpy, "get_GBps": memcpy, "get_into_GBps": memcpy, "memcpy_GBps": memcpy})
+            for name, client in clients.items():
+                result = bench_store_batch(client, n, size, args.repeats)
+                batch_rows.append({"path": f"kvstore {name}", "n": n, "size": size, **result, "memcpy_GBps": memcpy})
         for client in clients.values():
             client.close()
     finally:
@@ -165,18 +237,27 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=10)
 
-    header = f"| path | object | put GB/s | get GB/s | put p50 ms | put p99 ms | get p50 ms | get p99 ms |"
-    print(header)
+    print(f"single object per call (throughput from {args.batch}-object calls)")
+    print("| path | object | put GB/s | get GB/s | put p50 ms | put p99 ms | get p50 ms | get p99 ms |")
     print("|" + " --- |" * 8)
     for r in rows:
-        size = f"{r['size'] // 1024} KiB" if r["size"] < 1 << 20 else f"{r['size'] >> 20} MiB"
+        size = size_name(r["size"])
         print(
             f"| {r['path']} | {size} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['put_p50_ms']:.3f} | "
             f"{r['put_p99_ms']:.3f} | {r['get_p50_ms']:.3f} | {r['get_p99_ms']:.3f} |"
         )
+    print("\nbatched: one call per batch (median GB/s; % of the best memcpy of the same batch)")
+    print("| path | batch | put GB/s | get GB/s | get_into GB/s | put % | get % | get_into % |")
+    print("|" + " --- |" * 8)
+    for r in batch_rows:
+        frac = [100 * r[f"{op}_GBps"] / r["memcpy_GBps"] for op in ("put", "get", "get_into")]
+        print(
+            f"| {r['path']} | {r['n']} x {size_name(r['size'])} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['get_into_GBps']:.2f} | "
+            f"{frac[0]:.0f}% | {frac[1]:.0f}% | {frac[2]:.0f}% |"
+        )
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "args": vars(args)}
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        json.dump({"meta": meta, "rows": rows, "batched": batch_rows}, f, indent=2)
     print(f"wrote {args.out}")
 
 

@@ -47,7 +47,7 @@ class AsyncKVStoreClient:
         *,
         replicas: int = 1,
         chunk_size: int = 4 << 20,
-        batch_bytes: int = 8 << 20,
+        batch_bytes: int = 4 << 20,
         use_shm: bool = True,
         timeout_s: float = 30.0,
     ) -> None:

@@ -9,7 +9,7 @@ Three paths, chosen per replica:
 
 Object bytes on gRPC go through kvstore.wire (one copy into the message, memoryviews
 out of it) rather than the generated messages, which copy them four times or more.
-Sizes: messages past ~4-8 MiB got slower on the dev VM (each one is a fresh
+Sizes: messages past ~4 MiB got slower on the dev VM (each one is a fresh
 allocation, and first-touch page faults cost more than the copy).
 """
 
@@ -80,7 +80,7 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
 
 
 class NodeTransport:
-    def __init__(self, chunk_size: int = 4 << 20, batch_bytes: int = 8 << 20, max_inflight: int = 16, use_shm: bool = True) -> None:
+    def __init__(self, chunk_size: int = 4 << 20, batch_bytes: int = 4 << 20, max_inflight: int = 16, use_shm: bool = True) -> None:
         self.chunk_size = chunk_size
         self.batch_bytes = batch_bytes
         self.use_shm = use_shm
