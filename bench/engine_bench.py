@@ -2,17 +2,24 @@
 
     python -m bench.engine_bench --model DIR [--cases 1x512x128,32x512x128] [--json out.json]
     python -m bench.engine_bench --preset llama-3.1-8b   # real shapes, random weights (GPU)
+    python -m bench.engine_bench --preset llama-3.1-8b --check-graphs   # first: CUDA-graph decode == eager?
 
 A case BxPxO runs B requests of P prompt tokens and O output tokens. Decode GB/s
 counts the bytes a step must read at least (all weights + the KV of every running
 sequence) over the step time; on CUDA it is also shown as a fraction of the
 measured device copy bandwidth (bytes read + written by a 1 GiB copy).
+
+On CUDA, decode steps replay captured CUDA graphs unless --enforce-eager.
+--check-graphs first runs the same greedy requests with eager decode steps and with
+graph replays, in the same engine (same weights), and prints whether the tokens are
+identical and how far one decode step's logits differ between the two paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import tempfile
 import time
@@ -75,6 +82,68 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
     }
 
 
+def _generate(engine, prompts: list[list[int]], params, tag: str) -> list[list[int]]:
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"{tag}-{i}", prompt, params)
+    outs: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            if o.finished:
+                outs[o.request_id] = o.output_token_ids
+    return [outs[f"{tag}-{i}"] for i in range(len(prompts))]
+
+
+def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[float, float]:
+    """(max |eager - graph| logit, max |logit|) over one decode step of ``prompts``, same metadata."""
+    runner = engine.runner
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"logits-{i}", prompt, params)
+    while any(s.num_computed_tokens < s.num_tokens - 1 for s in engine.scheduler.running) or engine.scheduler.waiting:
+        engine.step()  # prefill and first tokens: every sequence now needs exactly one decode token
+    plan = engine.scheduler.schedule().plan
+    eager = runner.forward(runner.prepare(plan)[0])  # [S, V]
+    graph, _ = runner.graphs.run(plan)
+    diff, scale = (eager - graph).abs().max().item(), eager.abs().max().item()
+    for i in range(len(prompts)):
+        engine.abort(f"logits-{i}")
+    return diff, scale
+
+
+def check_graphs(engine, torch, output_len: int = 32) -> dict:
+    """Greedy tokens with eager decode steps vs graph replays (batches 1, 5 and 19: exact and padded buckets)."""
+    from engine.sampling_params import SamplingParams
+
+    runner = engine.runner
+    if runner.graphs is None:
+        print("check-graphs: no CUDA graphs here (CPU, --enforce-eager, TP > 1, or capture failed: see the log)")
+        return {"graphs": False}
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    rng = random.Random(11)
+    vocab = runner.vocab_size
+    total = same = 0
+    report: dict = {"graphs": True, "buckets": runner.graphs.buckets, "batches": []}
+    for batch in (1, 5, 19):
+        prompts = [[rng.randrange(vocab) for _ in range(rng.randrange(8, 300))] for _ in range(batch)]
+        runs = {}
+        for use_graphs in (False, True):
+            runner.use_graphs = use_graphs
+            runs[use_graphs] = _generate(engine, prompts, params, f"check{batch}-{int(use_graphs)}")
+        runner.use_graphs = True
+        firsts = [next((j for j, (a, b) in enumerate(zip(e, g)) if a != b), None) for e, g in zip(runs[False], runs[True])]
+        diverged = [j for j in firsts if j is not None]
+        diff, scale = _step_logits_diff(engine, torch, prompts, params)
+        total += batch
+        same += batch - len(diverged)
+        report["batches"].append({"batch": batch, "identical": batch - len(diverged), "first_divergence": min(diverged, default=None),
+                                  "logits_max_abs_diff": diff, "logits_max_abs": scale})
+        print(f"check-graphs: batch {batch:>2}: {batch - len(diverged)}/{batch} requests identical over {output_len} tokens"
+              + (f" (earliest divergence at output token {min(diverged)})" if diverged else "")
+              + f"; one decode step: max |eager - graph| logit {diff:.3g} (max |logit| {scale:.3g})")
+    report["identical"] = same == total
+    print(f"check-graphs: {'IDENTICAL' if same == total else 'DIFFERENT'}: {same}/{total} requests produce the same tokens")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF checkpoint directory")
@@ -83,10 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs: every step runs eagerly")
+    parser.add_argument("--check-graphs", action="store_true", help="first compare graph and eager decode tokens")
     args = parser.parse_args(argv)
     if not args.model and not args.preset:
         parser.error("give --model DIR or --preset NAME")
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     from engine.config import EngineConfig
@@ -98,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
 
         model, load_format = str(write_preset(args.preset, tempfile.mkdtemp(prefix="preset-"))), "dummy"
     engine = LLMEngine(EngineConfig(model=model, dtype=args.dtype, enable_prefix_caching=False, load_format=load_format,
-                                    max_num_batched_tokens=args.max_num_batched_tokens))
+                                    max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager))
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    checked = check_graphs(engine, torch) if args.check_graphs else None
     copy_gbps = copy_bandwidth_gbps(torch)
     run_case(engine, torch, 1, 16, 4, weight_bytes)  # warm-up: kernels compiled, allocator primed
     rows = []
@@ -117,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         "weight_GB": weight_bytes / 1e9,
         "copy_GB_s": copy_gbps,
         "torch": torch.__version__,
+        "cuda_graphs": engine.runner.graphs is not None,
     }
     print(json.dumps(header))
     cols = list(rows[0])
@@ -125,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         print(" | ".join(f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"header": header, "rows": rows}, f, indent=2)
+            json.dump({"header": header, "rows": rows, "check_graphs": checked}, f, indent=2)
 
 
 if __name__ == "__main__":

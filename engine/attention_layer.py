@@ -46,10 +46,8 @@ class PagedAttention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(meta.positions, q, k)
+        q, k = self.rotary(meta.positions, q, k, meta.rope)
         if self.k_cache.numel():
             write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-        o = paged_attention(
-            q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, self.scale, meta.max_q_len
-        )
+        o = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)  # [T, Hq, D]
         return self.o_proj(o.reshape(-1, self.num_heads * self.head_dim))

@@ -26,6 +26,7 @@ class EngineConfig:
     expert_parallel: bool = False  # MoE: whole experts split over the ranks instead of TP-sharding each expert
     distributed_executor: str = "mp"  # "mp" (multiprocessing spawn) or "ray" (actors in a placement group)
     distributed_timeout_s: float = 60.0  # a collective waiting longer than this fails instead of hanging
+    enforce_eager: bool = False  # True: never capture CUDA graphs (decode steps run eagerly, as prefill does)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:

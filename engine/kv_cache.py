@@ -27,10 +27,13 @@ class KVCacheSpec:
 
 
 class KVCache:
-    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device) -> None:
+    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device, scratch_block: bool = False) -> None:
         self.spec = spec
-        self.num_blocks = num_blocks
-        shape = (num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+        self.num_blocks = num_blocks  # blocks the block manager hands out: 0 .. num_blocks - 1
+        # scratch_block: one more block, owned by no sequence, where padded rows of a
+        # CUDA-graph decode batch write their K/V
+        self.scratch_block: int | None = num_blocks if scratch_block else None
+        shape = (num_blocks + int(scratch_block), spec.block_size, spec.num_kv_heads, spec.head_dim)
         self.k = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
         self.v = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine import distributed
+from engine.attention import use_triton
 from engine.checkpoint import init_dummy_weights, load_hf_config, load_weights
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
 from engine.models.decoder import DecoderForCausalLM, head_dim_of
 from engine.models.registry import arch_features
+from engine.moe import SparseMoE, grouped_mm_works
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch
 from engine.sequence import Sequence
 from engine.step_metadata import StepMetadata
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -65,15 +72,65 @@ class ModelRunner:
         else:
             load_weights(self.model, model_dir)
         self.model.eval()
+        self._fuse_experts()
         self.vocab_size = self.hf_config.vocab_size
         self.sampler = Sampler(eos_token_ids=eos_token_ids)
         attn = self.model.attention_layers()
         self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
-        self.kv = KVCache(self.kv_spec, self._num_blocks(), self.device)
+        wants_graphs = self._wants_graphs()
+        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs)
         for layer, k, v in zip(attn, self.kv.k, self.kv.v):
             layer.k_cache, layer.v_cache = k, v
+        self.graphs = self._capture_graphs() if wants_graphs else None
+        self.use_graphs = True  # bench --check-graphs turns it off to compare with eager steps
 
-    def _num_blocks(self) -> int:
+    def _fuse_experts(self) -> None:
+        """CUDA bf16: stack expert weights for the grouped-GEMM MoE path (else MoE falls back, still sync-free)."""
+        moes = [m for m in self.model.modules() if isinstance(m, SparseMoE)]
+        if not moes or self.device.type != "cuda" or self.dtype != torch.bfloat16:
+            return
+        if not grouped_mm_works(self.device):
+            log.warning("torch._grouped_mm is not usable on %s; MoE layers run every expert densely", self.device)
+            return
+        for moe in moes:
+            moe.fuse_experts()
+
+    def _wants_graphs(self) -> bool:
+        if self.config.enforce_eager or not self._graph_device():
+            return False
+        if self.config.tensor_parallel_size > 1:
+            log.info("CUDA graphs are not used under tensor parallelism yet; decode runs eagerly")
+            return False
+        return True
+
+    def _graph_device(self) -> bool:
+        """Whether decode graphs can run here: CUDA with the Triton attention (no host lists in the layers)."""
+        if self.device.type != "cuda":
+            return False
+        if not use_triton(self.device):
+            log.info("CUDA graphs need the Triton attention (SPLITSERVE_ATTENTION=torch is set); decode runs eagerly")
+            return False
+        return True
+
+    def _capture_graphs(self) -> DecodeGraphs | None:
+        cfg = self.config
+        max_len = cfg.max_model_len or self.hf_config.max_position_embeddings
+        attn = self.model.attention_layers()[0]
+        graphs = DecodeGraphs(
+            self.model, min(cfg.max_num_seqs, cfg.max_num_batched_tokens), -(-max_len // cfg.block_size),
+            cfg.block_size, self.kv.scratch_block, attn.num_heads, attn.head_dim, self.dtype, self.device,
+        )
+        try:
+            graphs.capture()
+        except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly rather than not at all
+            log.warning("CUDA graph capture failed (%s: %s); decode runs eagerly (set enforce_eager to skip capture)",
+                        type(exc).__name__, exc)
+            torch.cuda.synchronize(self.device)
+            return None
+        return graphs
+
+    def _num_blocks(self, scratch_block: bool) -> int:
+        """Blocks the block manager may hand out (a scratch block, if any, comes on top of an exact count)."""
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         if self.device.type == "cuda":
@@ -82,7 +139,8 @@ class ModelRunner:
         else:
             budget = self.config.kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES
         # every rank must hold the same blocks: take the smallest pool any rank can afford
-        return distributed.all_reduce_min(num_blocks_for_budget(self.kv_spec, budget), self.device)
+        blocks = distributed.all_reduce_min(num_blocks_for_budget(self.kv_spec, budget), self.device)
+        return max(0, blocks - int(scratch_block))
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
@@ -127,6 +185,8 @@ class ModelRunner:
             block_tables=host.block_tables.to(dev, non_blocking=True),
             logits_indices=host.logits_indices.to(dev, non_blocking=True),
             max_q_len=host.max_q_len,
+            cu_seqlens_q_host=host.cu_seqlens_q_host,
+            seq_lens_host=host.seq_lens_host,
         )
 
     def prepare_host(self, plan: dict[Sequence, int]) -> tuple[StepMetadata, list[Sequence]]:
@@ -139,29 +199,40 @@ class ModelRunner:
         seq_lens: list[int] = []
         logits_rows: list[int] = []
         sampled: list[Sequence] = []
+        max_blocks = 0
         for seq, n in plan.items():
             start = seq.num_computed_tokens
             end = start + n
-            input_ids += seq.token_ids[start:end]
-            positions += range(start, end)
             table = seq.block_table
-            slots += [table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+            max_blocks = max(max_blocks, len(table))
+            if n == 1:  # decode: no slicing, no per-token loop
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // block_size] * block_size + start % block_size)
+            else:
+                input_ids += seq.token_ids[start:end]
+                positions += range(start, end)
+                pos = np.arange(start, end)  # [n]
+                slots += (np.asarray(table)[pos // block_size] * block_size + pos % block_size).tolist()
             cu.append(cu[-1] + n)
             seq_lens.append(end)
             if end == seq.num_tokens:  # the chunk reaches the last token: sample the next one
                 logits_rows.append(cu[-1] - 1)
                 sampled.append(seq)
-        max_blocks = max(len(seq.block_table) for seq in plan)
-        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in plan]
+        tables = np.zeros((len(plan), max_blocks), dtype=np.int32)  # [S, max_blocks], padded with 0
+        for i, seq in enumerate(plan):
+            tables[i, : len(seq.block_table)] = seq.block_table
         meta = StepMetadata(
             input_ids=torch.tensor(input_ids, dtype=torch.long),
             positions=torch.tensor(positions, dtype=torch.long),
             slot_mapping=torch.tensor(slots, dtype=torch.long),
             cu_seqlens_q=torch.tensor(cu, dtype=torch.int32),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            block_tables=torch.tensor(tables, dtype=torch.int32),
+            block_tables=torch.from_numpy(tables),
             logits_indices=torch.tensor(logits_rows, dtype=torch.long),
             max_q_len=max(plan.values()),
+            cu_seqlens_q_host=cu,
+            seq_lens_host=seq_lens,
         )
         return meta, sampled
 
@@ -175,14 +246,20 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
+        if self.graphs is not None and self.use_graphs and self.graphs.fits(plan):
+            logits, sampled = self.graphs.run(plan)  # decode step: replay a captured graph
+            return sampled, self.sample(logits if sampled else None, sampled)
         meta, sampled = self.prepare(plan)
         return sampled, self.sample(self.forward(meta), sampled)
 
     def sample(self, logits: torch.Tensor | None, sampled: list[Sequence]) -> SamplerOutput | None:
         if logits is None:
             return None
+        params = [s.params for s in sampled]
+        if Sampler.argmax_suffices(params, [s.num_tokens - s.num_prompt_tokens for s in sampled]):
+            return Sampler.argmax(logits)  # greedy fast path: no prompt/output copies, no penalty work
         batch = SamplingBatch(
-            params=[s.params for s in sampled],
+            params=params,
             prompt_token_ids=[s.prompt_token_ids for s in sampled],
             output_token_ids=[s.output_token_ids for s in sampled],
         )

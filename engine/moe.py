@@ -6,6 +6,13 @@ parallelism rank r holds whole experts e with e % world == r. Either way the
 gate is replicated (every rank routes identically), each rank adds up the
 partial outputs it can compute for all tokens, and one all-reduce per block
 combines them: the dispatch/combine of EP expressed with a collective gloo has.
+
+Three ways to run the experts, all without a host sync except the CPU one:
+  * CPU: loop over the experts in use (one ``unique().tolist()``, free on CPU), exact.
+  * CUDA, bf16, ``torch._grouped_mm`` available: tokens sorted by expert, two grouped
+    GEMMs over expert weights stacked at load time (``fuse_experts``).
+  * CUDA otherwise: every local expert over every token, weighted by a device-side mask
+    (more arithmetic, but no sync, so it fits in a CUDA graph).
 """
 
 from __future__ import annotations
@@ -50,6 +57,28 @@ class SparseMoE(nn.Module):
             rank, world = distributed.tp_rank(), distributed.tp_size()
             expert_ids = [e for e in range(num_experts) if e % world == rank] if ep else list(range(num_experts))
         self.experts = nn.ModuleDict({str(e): Expert(hidden_size, moe_intermediate_size, parallel=not ep) for e in expert_ids})
+        self.expert_ids = list(expert_ids)
+        # set by fuse_experts: w13 [E_local, 2I, H] and w2 [E_local, H, I], the experts' weights as one tensor each
+        self.w13: torch.Tensor | None = None
+        self.w2: torch.Tensor | None = None
+        self.local_index: torch.Tensor | None = None  # [E] int64: global expert -> local, E_local if not here
+        self.local_range: torch.Tensor | None = None  # [E_local] int64
+
+    def fuse_experts(self) -> None:
+        """Stack the local experts' weights (the experts keep views into the stacks, no copy stays)."""
+        experts = [self.experts[str(e)] for e in self.expert_ids]
+        if not experts:
+            return
+        self.w13 = torch.stack([ex.gate_up_proj.weight.data for ex in experts])
+        self.w2 = torch.stack([ex.down_proj.weight.data for ex in experts])
+        for i, ex in enumerate(experts):
+            ex.gate_up_proj.weight.data = self.w13[i]
+            ex.down_proj.weight.data = self.w2[i]
+        device = self.w13.device
+        local = torch.full((self.num_experts,), len(experts), dtype=torch.long)
+        local[torch.tensor(self.expert_ids, dtype=torch.long)] = torch.arange(len(experts))
+        self.local_index = local.to(device)
+        self.local_range = torch.arange(len(experts), device=device)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, k] in x.dtype, expert ids [T, k])."""
@@ -61,13 +90,56 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H]
         weights, ids = self.route(x)
+        if not x.is_cuda:
+            out = self._forward_sparse(x, weights, ids)
+        elif self.w13 is not None:
+            out = self._forward_grouped(x, weights, ids)
+        else:
+            out = self._forward_dense(x, weights, ids)
+        return distributed.all_reduce(out) if self.tp_size > 1 else out
+
+    def _forward_sparse(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
-        # one host sync per layer to find the experts in use; a fused kernel replaces this on GPU
-        for e in torch.unique(ids).tolist():
+        for e in torch.unique(ids).tolist():  # one host sync: fine on CPU, not on a GPU
             expert = self.experts[str(e)] if str(e) in self.experts else None
             if expert is None:
                 continue  # owned by another expert-parallel rank
             tok, slot = torch.where(ids == e)
             y = expert(x[tok]) * weights[tok, slot, None]
             out.index_add_(0, tok, y)
-        return distributed.all_reduce(out) if self.tp_size > 1 else out
+        return out
+
+    def _forward_grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        num_tokens, k = ids.shape
+        local = self.local_index[ids.reshape(-1)]  # [T*k], E_local for experts of other ranks
+        order = torch.argsort(local, stable=True)  # [T*k], grouped by local expert, others last
+        offs = torch.searchsorted(local[order], self.local_range, right=True).to(torch.int32)  # [E_local] group ends
+        h = torch._grouped_mm(x[order // k], self.w13.transpose(1, 2), offs=offs)  # [T*k, 2I/tp]
+        gate, up = h.chunk(2, dim=-1)
+        y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offs)  # [T*k, H]
+        # rows past the last group (other ranks' experts) are not written by the GEMM: mask, do not multiply
+        y = torch.empty_like(y).index_copy_(0, order, y)  # back to (token, slot) order
+        keep = (local < self.local_range.numel())[:, None]
+        y = torch.where(keep, y * weights.reshape(-1, 1), torch.zeros((), dtype=y.dtype, device=y.device))
+        return y.view(num_tokens, k, -1).sum(dim=1)  # [T, H]
+
+    def _forward_dense(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in self.expert_ids:
+            w = (weights * (ids == e)).sum(dim=-1, keepdim=True)  # [T, 1], 0 where e was not chosen
+            out += self.experts[str(e)](x) * w
+        return out
+
+
+def grouped_mm_works(device: torch.device) -> bool:
+    """Whether ``torch._grouped_mm`` exists and runs for bf16 on ``device`` (it needs a recent GPU)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        a = torch.ones(32, 16, dtype=torch.bfloat16, device=device)
+        b = torch.ones(2, 16, 16, dtype=torch.bfloat16, device=device)
+        offs = torch.tensor([16, 32], dtype=torch.int32, device=device)
+        y = torch._grouped_mm(a, b.transpose(1, 2), offs=offs)
+        return bool((y == 16).all())
+    except Exception:  # noqa: BLE001 - any failure means: use the fallback
+        return False

@@ -66,7 +66,8 @@ class Sampler:
                 "pass one entry per logits row"
             )
         logits = logits.float()
-        raw_logprobs = torch.log_softmax(logits, dim=-1)  # [S, V]
+        wants_logprobs = any(p.logprobs is not None for p in batch.params)
+        raw_logprobs = torch.log_softmax(logits, dim=-1) if wants_logprobs else None  # [S, V]
         logits = self.process_logits(logits, batch)
 
         token_ids = logits.argmax(dim=-1)  # [S], greedy answer for every row
@@ -77,6 +78,21 @@ class Sampler:
                                    [len(batch.output_token_ids[i]) for i in random_rows])
             token_ids = token_ids.index_copy(0, rows, sampled)
         return self._logprobs(raw_logprobs, token_ids, batch.params)
+
+    @staticmethod
+    def argmax_suffices(params: list[SamplingParams], num_output_tokens: list[int]) -> bool:
+        """True when the argmax of the raw logits is the whole answer for every row:
+        greedy, no penalties, no min_tokens still to enforce, no logprobs."""
+        return all(
+            p.is_greedy and p.logprobs is None and n >= p.min_tokens and p.repetition_penalty == 1.0
+            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
+            for p, n in zip(params, num_output_tokens)
+        )
+
+    @staticmethod
+    def argmax(logits: Tensor) -> SamplerOutput:
+        """The output for a batch that ``argmax_suffices``: logits [S, V] -> token ids [S]."""
+        return SamplerOutput(logits.argmax(dim=-1), None, None, None)
 
     def process_logits(self, logits: Tensor, batch: SamplingBatch) -> Tensor:
         """Penalties and min_tokens masking, [S, V] -> [S, V]; never modifies `logits`."""
@@ -180,10 +196,10 @@ class Sampler:
         return gen
 
     @staticmethod
-    def _logprobs(raw_logprobs: Tensor, token_ids: Tensor,
+    def _logprobs(raw_logprobs: Tensor | None, token_ids: Tensor,
                   params: list[SamplingParams]) -> SamplerOutput:
         requested = [p.logprobs for p in params if p.logprobs is not None]
-        if not requested:
+        if not requested or raw_logprobs is None:
             return SamplerOutput(token_ids, None, None, None)
         sampled = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)  # [S]
         top_logprobs, top_ids = raw_logprobs.topk(max(requested), dim=-1)  # [S, k], sorted

@@ -36,12 +36,16 @@ def step_from_message(msg: np.ndarray, device: torch.device) -> StepMetadata:
     lengths = msg[3 : 3 + len(_FIELDS)].tolist()
     offset = 3 + len(_FIELDS)
     tensors = {}
+    host: dict[str, list[int]] = {}
     for field, n in zip(_FIELDS, lengths):
-        t = torch.from_numpy(msg[offset : offset + n].copy()).to(_DTYPES[field])
-        tensors[field] = t.to(device, non_blocking=True)
+        part = msg[offset : offset + n]
+        if field in ("cu_seqlens_q", "seq_lens"):
+            host[field] = part.tolist()
+        tensors[field] = torch.from_numpy(part.copy()).to(_DTYPES[field]).to(device, non_blocking=True)
         offset += n
     tensors["block_tables"] = tensors["block_tables"].reshape(num_seqs, -1)  # [S, max_blocks]
-    return StepMetadata(max_q_len=max_q_len, **tensors)
+    return StepMetadata(max_q_len=max_q_len, cu_seqlens_q_host=host["cu_seqlens_q"], seq_lens_host=host["seq_lens"],
+                        **tensors)
 
 
 def encode_command(kind: int, block_ids: list[int] | None = None) -> bytes:

@@ -17,3 +17,11 @@ class StepMetadata:
     block_tables: torch.Tensor  # [S, max_blocks] int32, padded with 0
     logits_indices: torch.Tensor  # [S'] int64, rows of hidden states that get logits
     max_q_len: int
+    # host copies of cu_seqlens_q / seq_lens for the torch reference attention, so that its
+    # per-sequence loop does not read them back from the device in every layer
+    cu_seqlens_q_host: list[int] | None = None
+    seq_lens_host: list[int] | None = None
+    # [T, Hq, D] buffer the attention writes into (a CUDA-graph static buffer), else None
+    attn_out: torch.Tensor | None = None
+    # rotary (cos, sin), each [T, 1, D]: computed once per forward by the decoder, shared by its layers
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -5,6 +5,8 @@ Input is the flat batch of a step (StepMetadata); output is hidden states [T, H]
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -61,12 +63,14 @@ class DecoderModel(nn.Module):
         super().__init__()
         theta, scaling = rope_parameters(cfg)
         rotary = RotaryEmbedding(head_dim_of(cfg), theta, scaling)
+        self.rotary = rotary  # shared by every layer's attention
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, features, i, rotary) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, meta: StepMetadata) -> torch.Tensor:  # [T, H]
         x = self.embed_tokens(meta.input_ids)
+        meta = dataclasses.replace(meta, rope=self.rotary.cos_sin(meta.positions, x.dtype))  # once, not per layer
         for layer in self.layers:
             x = layer(x, meta)
         return self.norm(x)
