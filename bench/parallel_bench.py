@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=".", help="directory for parallel_bench.json")
     parser.add_argument("--size", default="small", choices=["tiny", "small"], help="parity checkpoint size")
     parser.add_argument("--parity-only", action="store_true")
+    parser.add_argument("--allreduce-only", action="store_true",
+                        help="only time the all-reduces a TP=2 step makes (2 GPUs), per call and per step")
     parser.add_argument("--max-tokens", type=int, default=24)
     args = parser.parse_args(argv)
     out = Path(args.out) / "parallel_bench.json"
@@ -161,6 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:
         out.write_text(json.dumps(results, indent=1))
 
+    hidden = {"llama-3.1-8b": (4096, 32), "qwen3-30b-a3b": (2048, 48)}
+    if args.allreduce_only:
+        per_call = allreduce_ms(sorted({(t, h) for h, _ in hidden.values() for t in (1, 32, 2048)}))
+        results["allreduce_ms"] = per_call
+        save()
+        print("| model | tokens in step | all-reduce ms/call | calls/step (2 per layer + LM head) | all-reduce ms/step |")
+        print("|---|---:|---:|---:|---:|")
+        for preset, (h, layers) in hidden.items():
+            for t in (1, 32, 2048):
+                ms = per_call[f"{t}x{h}"]
+                print(f"| {preset} | {t} | {ms:.4f} | {2 * layers + 1} | {(2 * layers + 1) * ms:.2f} |")
+        return
     results["parity"] = parity(args.size, args.max_tokens)
     save()
     if args.parity_only:
@@ -171,7 +185,6 @@ def main(argv: list[str] | None = None) -> None:
         for kw in kws:
             results["timing"] += timing(preset, None, cases, **kw)
             save()
-    hidden = {"llama-3.1-8b": (4096, 32), "qwen3-30b-a3b": (2048, 48)}
     shapes = sorted({(t, h) for h, _ in hidden.values() for t in {b for b, _, _ in cases} | {2048}})
     per_call = allreduce_ms(shapes)
     for row in results["timing"]:
