@@ -13,6 +13,7 @@ never hangs. Closing the generator early (client gone) sends Abort to the worker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,50 +60,73 @@ class WorkerBackend:
     max_attempts: int = 3
 
     async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+        try:
+            async with contextlib.aclosing(self._generate(request, decision, redecide)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            release(decision)  # whatever the outcome, nothing of this request stays counted on a worker
+
+    async def _generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
-        for _ in range(self.max_attempts * 2):
-            if decision.mode is Mode.DISAGGREGATED and prefill is None:
-                assert decision.prefill_worker is not None
+        first = decision
+        try:
+            for _ in range(self.max_attempts * 2):
+                if decision.mode is Mode.DISAGGREGATED and prefill is None:
+                    assert decision.prefill_worker is not None
+                    try:
+                        prefill = await self._prefill(decision.prefill_worker, request)
+                    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                        log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
+                        excluded.add(decision.prefill_worker)
+                        decision = self._retry(redecide, excluded, decision)
+                        continue
+                    if decision.charge is not None:
+                        decision.charge.prompt_computed()
+                        decision.charge.finished(decision.prefill_worker)
+                    yield TokenChunk(
+                        [prefill.first_token_id],
+                        [prefill.first_logprob] if prefill.HasField("first_logprob") else [],
+                        prefill.finish_reason,
+                        len(request.prompt_token_ids),
+                        1,
+                        prefill.num_cached_tokens,
+                    )
+                    if prefill.finish_reason:
+                        return
+                streamed = False
                 try:
-                    prefill = await self._prefill(decision.prefill_worker, request)
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
-                    log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
-                    excluded.add(decision.prefill_worker)
-                    decision = self._retry(redecide, excluded)
-                    continue
-                yield TokenChunk(
-                    [prefill.first_token_id],
-                    [prefill.first_logprob] if prefill.HasField("first_logprob") else [],
-                    prefill.finish_reason,
-                    len(request.prompt_token_ids),
-                    1,
-                    prefill.num_cached_tokens,
-                )
-                if prefill.finish_reason:
+                    async for chunk in self._decode(decision.decode_worker, request, prefill):
+                        if not streamed and decision.charge is not None:
+                            decision.charge.prompt_computed()  # colocated: the decode worker computed the prompt
+                        streamed = True
+                        if prefill is not None:
+                            # decode counts the imported prompt as cached; the realised prefix hit is prefill's
+                            chunk.num_cached_tokens = prefill.num_cached_tokens
+                        yield chunk
                     return
-            streamed = False
-            try:
-                async for chunk in self._decode(decision.decode_worker, request, prefill):
-                    streamed = True
-                    if prefill is not None:
-                        # decode counts the imported prompt as cached; the realised prefix hit is prefill's
-                        chunk.num_cached_tokens = prefill.num_cached_tokens
-                    yield chunk
-                return
-            except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
-                log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
-                if streamed:
-                    raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
-                excluded.add(decision.decode_worker)
-                retry = self._retry(redecide, excluded)
-                if prefill is None:
-                    decision = retry
-                else:  # the prompt KV is in the store: only the decode worker changes
-                    decision = Decision(Mode.DISAGGREGATED, decision.prefill_worker, retry.decode_worker)
-        raise WorkerStreamError(f"request {request.request_id} failed on every worker tried: {sorted(excluded)}")
+                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                    log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
+                    if streamed:
+                        raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
+                    excluded.add(decision.decode_worker)
+                    retry = self._retry(redecide, excluded, decision)
+                    if prefill is None:
+                        decision = retry
+                    else:  # the prompt KV is in the store: only the decode worker changes
+                        if retry.charge is not None:
+                            retry.charge.prompt_computed()
+                            retry.charge.finished(retry.prefill_worker or "")
+                        decision = Decision(Mode.DISAGGREGATED, decision.prefill_worker, retry.decode_worker,
+                                            charge=retry.charge)  # fmt: skip
+            raise WorkerStreamError(f"request {request.request_id} failed on every worker tried: {sorted(excluded)}")
+        finally:
+            if decision is not first:
+                release(decision)
 
-    def _retry(self, redecide: Redecide, excluded: set[str]) -> Decision:
+    def _retry(self, redecide: Redecide, excluded: set[str], failed: Decision) -> Decision:
+        release(failed)
         if len(excluded) >= self.max_attempts:
             raise WorkerStreamError(f"gave up after failures on {sorted(excluded)}")
         try:
@@ -174,6 +198,12 @@ class WorkerBackend:
             await stub_cls(self.pool.channel(address)).Abort(worker_pb2.AbortRequest(request_id=request_id), timeout=1.0)
         except grpc.aio.AioRpcError:
             pass
+
+
+def release(decision: Decision) -> None:
+    """Release what the scheduler charged for ``decision`` (idempotent)."""
+    if decision.charge is not None:
+        decision.charge.release()
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,10 +17,11 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 
 from kvstore.block_key import block_keys
 from router import protocol as p
-from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError
+from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.body_limit import BodySizeLimit
 from router.config import RouterConfig
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
@@ -234,6 +235,7 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
                 await queue.put(event)
         finally:
             await chunks.aclose()
+            release(first)  # also when the generator never started (cancelled before its first step)
 
     async def events() -> AsyncIterator:
         tasks = [asyncio.create_task(run_choice(i)) for i in range(req.n)]
@@ -261,7 +263,9 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
             metrics.realised_hits.inc(max((s.num_cached_tokens for s in states), default=0))
 
     if req.stream:
-        return StreamingResponse(_sse(builder, events(), states, req), media_type="text/event-stream")
+        # the background task also runs when the client left before the stream began
+        return StreamingResponse(_sse(builder, events(), states, req), media_type="text/event-stream",
+                                 background=BackgroundTask(release, decision))
     try:
         async for event in events():
             builder.add(event)

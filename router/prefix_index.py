@@ -121,6 +121,10 @@ class PrefixIndex:
         with self._lock:
             return set(self._held.get(publisher, {}))
 
+    def num_blocks_of(self, publisher: str) -> int:
+        """Blocks one publisher holds (on any medium)."""
+        return len(self._held.get(publisher, ()))
+
     def num_blocks(self) -> int:
         """Distinct blocks in the index (the `index_blocks` gauge)."""
         return len(self._holders)

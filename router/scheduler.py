@@ -75,12 +75,41 @@ class ScheduleRequest:
 
 
 @dataclass(slots=True)
+class Charge:
+    """The in-flight work a Decision added to its workers (see Worker); released as it completes.
+
+    Every release is idempotent, so the backend may release on success, failure and
+    cancellation paths alike without double counting.
+    """
+
+    prefiller: Worker  # computes the prompt: the prefill worker, or the decode worker when colocated
+    prefill_tokens: int
+    holders: list[Worker]  # each holds one in-flight request of this decision
+
+    def prompt_computed(self) -> None:
+        self.prefiller.release(self.prefill_tokens, 0)
+        self.prefill_tokens = 0
+
+    def finished(self, address: str) -> None:
+        for worker in [w for w in self.holders if w.address == address]:
+            worker.release(0, 1)
+            self.holders.remove(worker)
+
+    def release(self) -> None:
+        self.prompt_computed()
+        for worker in self.holders:
+            worker.release(0, 1)
+        self.holders.clear()
+
+
+@dataclass(slots=True)
 class Decision:
     mode: Mode
     prefill_worker: str | None  # address; None when colocated
     decode_worker: str
     predicted_hit_tokens: int = 0
     predicted_ttft_s: float = 0.0
+    charge: Charge | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -89,6 +118,7 @@ class _Option:
     candidate: Candidate
     cost: float
     ttft_s: float
+    held_blocks: int  # blocks the worker holds in the index: breaks cost ties towards the emptier cache
 
 
 @dataclass(slots=True)
@@ -104,7 +134,7 @@ class Scheduler:
     def __post_init__(self) -> None:
         w = self.config.prefix_weight
         self.prefill_scorers = self.prefill_scorers or default_prefill_scorers(w)
-        self.decode_scorers = self.decode_scorers or default_decode_scorers()
+        self.decode_scorers = self.decode_scorers or default_decode_scorers(w)
         self.colocated_scorers = self.colocated_scorers or default_colocated_scorers(w)
         if self.config.seed is not None:
             self._rng.seed(self.config.seed)
@@ -124,24 +154,30 @@ class Scheduler:
             decision = self._kv_aware(request, prefill, decode)
         else:
             decision = self._baseline(request, prefill, decode)
-        self._account(decision, request, prefill + decode)
+        decision.charge = self._charge(decision, request, prefill + decode)
         return decision
 
     # -- kv-aware ---------------------------------------------------------------
 
     def _kv_aware(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
         matches = self.index.match(request.block_keys) if self.index is not None else {}
-        store_hit = matches.get(STORE_PUBLISHER, 0) * request.block_size
+        last = max(request.prompt_tokens - 1, 0)  # the last prompt token is always computed: it yields the first token
+        store_hit = min(matches.get(STORE_PUBLISHER, 0) * request.block_size, last)
 
-        def candidate(worker: Worker) -> Candidate:
-            local = matches.get(worker.worker_id, 0) * request.block_size
-            # The last prompt token is always computed: it yields the first sampled token.
-            hit = min(max(local, store_hit), max(request.prompt_tokens - 1, 0))
-            return Candidate(worker, request.prompt_tokens, hit, max(hit - local, 0))
+        def local(worker: Worker) -> Candidate:
+            """Only the worker's own cache counts: a decode worker neither prefills (colocated)
+            nor imports (disaggregated) from the store what it already holds."""
+            return Candidate(worker, request.prompt_tokens, min(matches.get(worker.worker_id, 0) * request.block_size, last))
 
-        colocated = [self._option(Mode.COLOCATED, candidate(w), self.colocated_scorers) for w in decode]
-        disagg = [self._option(Mode.DISAGGREGATED, candidate(w), self.prefill_scorers) for w in prefill]
-        best_colocated = min(colocated, key=lambda o: o.cost)
+        def with_store(worker: Worker) -> Candidate:
+            """A prefill worker pulls from the store the blocks that follow its own prefix."""
+            own = local(worker).hit_tokens
+            hit = max(own, store_hit)
+            return Candidate(worker, request.prompt_tokens, hit, hit - own)
+
+        colocated = [self._option(Mode.COLOCATED, local(w), self.colocated_scorers) for w in decode]
+        disagg = [self._option(Mode.DISAGGREGATED, with_store(w), self.prefill_scorers) for w in prefill]
+        best_colocated = min(colocated, key=_rank)
         preferred, fallback = (colocated, disagg) if self._prefer_colocated(best_colocated, prefill) else (disagg, colocated)
 
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
@@ -152,11 +188,11 @@ class Scheduler:
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
         if chosen.mode is Mode.COLOCATED:
             return Decision(Mode.COLOCATED, None, chosen.candidate.worker.address, chosen.candidate.hit_tokens, chosen.ttft_s)
-        decode_worker = min(decode, key=lambda w: total_cost(Candidate(w, request.prompt_tokens, 0), self.decode_scorers))
+        decode_worker = min((self._option(Mode.DISAGGREGATED, local(w), self.decode_scorers) for w in decode), key=_rank)
         return Decision(
             Mode.DISAGGREGATED,
             chosen.candidate.worker.address,
-            decode_worker.address,
+            decode_worker.candidate.worker.address,
             chosen.candidate.hit_tokens,
             chosen.ttft_s,
         )
@@ -167,17 +203,18 @@ class Scheduler:
         if best_colocated.candidate.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
         saturation = self.config.prefill_saturation_tokens
-        return all(Candidate(w, 0, 0).queued_prefill_tokens >= saturation for w in prefill)
+        return all(w.queued_prefill_tokens >= saturation for w in prefill)
 
     def _option(self, mode: Mode, candidate: Candidate, scorers: list[WeightedScorer]) -> _Option:
         rate = candidate.worker.prefill_rate_tps or self.config.default_prefill_rate_tps
         ttft = (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
-        return _Option(mode, candidate, total_cost(candidate, scorers), ttft)
+        held = self.index.num_blocks_of(candidate.worker.worker_id) if self.index is not None else 0
+        return _Option(mode, candidate, total_cost(candidate, scorers), ttft, held)
 
     @staticmethod
     def _cheapest_within_slo(options: list[_Option], slo_s: float | None) -> _Option | None:
         ok = [o for o in options if slo_s is None or o.ttft_s <= slo_s]
-        return min(ok, key=lambda o: o.cost) if ok else None
+        return min(ok, key=_rank) if ok else None
 
     # -- baselines --------------------------------------------------------------
 
@@ -198,12 +235,19 @@ class Scheduler:
     # -- accounting -------------------------------------------------------------
 
     @staticmethod
-    def _account(decision: Decision, request: ScheduleRequest, workers: list[Worker]) -> None:
-        """Charge the chosen workers until their next load poll (see Worker)."""
-        uncached = max(request.prompt_tokens - decision.predicted_hit_tokens, 0)
+    def _charge(decision: Decision, request: ScheduleRequest, workers: list[Worker]) -> Charge:
+        """Count the decision on its workers until the backend releases it (see Charge)."""
         by_address = {w.address: w for w in workers}
         prefiller = by_address[decision.prefill_worker or decision.decode_worker]
-        prefiller.pending_prefill_tokens += uncached
-        prefiller.pending_requests += 1
-        if decision.prefill_worker:
-            by_address[decision.decode_worker].pending_requests += 1
+        charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), [])
+        prefiller.inflight_prefill_tokens += charge.prefill_tokens
+        for address in filter(None, (decision.prefill_worker, decision.decode_worker)):
+            by_address[address].inflight_requests += 1
+            charge.holders.append(by_address[address])
+        return charge
+
+
+def _rank(option: _Option) -> tuple[float, int]:
+    """Cheapest first; among equals the worker holding fewer blocks, so that new prefixes
+    spread over the pool instead of all landing on the first worker listed."""
+    return option.cost, option.held_blocks

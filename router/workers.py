@@ -37,9 +37,11 @@ class WorkerLoad:
 class Worker:
     """A worker as the scheduler sees it.
 
-    ``pending_prefill_tokens`` / ``pending_requests`` count work this router sent
-    since the last load poll, so that a burst of requests between two polls does not
-    all land on the worker that looked idle.
+    ``inflight_prefill_tokens`` / ``inflight_requests`` count the work this router sent
+    that has not finished yet: charged when a request is placed, released as its prompt
+    is computed and as it ends (router/backend.py). The polled load lags by up to one
+    poll interval in both directions (a burst not seen yet, finished work still
+    counted), so the scheduler takes the larger of the two.
     """
 
     address: str
@@ -48,8 +50,8 @@ class Worker:
     healthy: bool = True
     ready: bool = True
     prefill_rate_tps: float | None = None  # measured, EWMA of computed tokens / second
-    pending_prefill_tokens: int = 0
-    pending_requests: int = 0
+    inflight_prefill_tokens: int = 0
+    inflight_requests: int = 0
 
     @property
     def worker_id(self) -> str:
@@ -60,10 +62,20 @@ class Worker:
     def available(self) -> bool:
         return self.healthy and self.ready
 
+    @property
+    def queued_prefill_tokens(self) -> int:
+        return max(self.load.queued_prefill_tokens, self.inflight_prefill_tokens)
+
+    @property
+    def active_requests(self) -> int:
+        return max(self.load.running_requests + self.load.waiting_requests, self.inflight_requests)
+
     def update_load(self, load: WorkerLoad) -> None:
         self.load = load
-        self.pending_prefill_tokens = 0
-        self.pending_requests = 0
+
+    def release(self, prefill_tokens: int, requests: int) -> None:
+        self.inflight_prefill_tokens = max(0, self.inflight_prefill_tokens - prefill_tokens)
+        self.inflight_requests = max(0, self.inflight_requests - requests)
 
     def record_prefill(self, computed_tokens: int, seconds: float, alpha: float = 0.2) -> None:
         if computed_tokens <= 0 or seconds <= 0:

@@ -157,3 +157,65 @@ def test_prefers_the_worker_holding_the_prefix_locally_over_one_that_would_pull_
         d = sched.decide(req, prefill, [worker("d1", Role.DECODE)])
         assert d.prefill_worker == "p2"
         assert d.predicted_hit_tokens == len(PROMPT) - 1  # the store supplies the rest of the chain
+
+
+def test_a_decode_worker_without_the_prefix_is_not_colocated_on_because_the_store_holds_it():
+    # colocated prefill on a decode worker reads only its own cache: a store hit does not make it cheap
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("kvstore", req.block_keys, "store")
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=256), index)
+    d = sched.decide(req, [worker("p1", Role.PREFILL)], [worker("d1", Role.DECODE)])
+    assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "p1")
+
+
+def test_colocates_on_the_decode_worker_that_holds_the_prefix():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("kvstore", req.block_keys, "store")
+    index.store("d2", req.block_keys[:120])
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=256), index)
+    for order in (["d1", "d2"], ["d2", "d1"]):
+        decode = [worker(a, Role.DECODE, running_requests=2 if a == "d2" else 0) for a in order]
+        d = sched.decide(req, [worker("p1", Role.PREFILL)], decode)
+        assert (d.mode, d.decode_worker) == (Mode.COLOCATED, "d2")
+        assert d.predicted_hit_tokens == 120 * BS
+
+
+def test_disaggregated_requests_decode_where_the_prompt_prefix_already_is():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("d1", req.block_keys[:64])  # d1 imports 1024 tokens less from the store
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    for order in (["d1", "d2"], ["d2", "d1"]):
+        d = sched.decide(req, [worker("p1", Role.PREFILL)], [worker(a, Role.DECODE) for a in order])
+        assert (d.mode, d.decode_worker) == (Mode.DISAGGREGATED, "d1")
+
+
+def test_finished_requests_stop_counting_so_a_sequential_stream_keeps_its_cache_affinity():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("kvstore", req.block_keys, "store")
+    index.store("p2", req.block_keys)
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
+    decode = [worker("d1", Role.DECODE)]
+    for _ in range(20):  # one at a time, all within one load-poll interval
+        d = sched.decide(req, prefill, decode)
+        assert d.prefill_worker == "p2"
+        d.charge.release()
+    assert all(w.inflight_requests == w.inflight_prefill_tokens == 0 for w in prefill + decode)
+
+
+def test_new_prefixes_spread_over_idle_workers():
+    index = PrefixIndex()
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
+    picks = []
+    for group in range(4):
+        req = request([group * 10_000 + t for t in range(512)])
+        d = sched.decide(req, prefill, [worker("d1", Role.DECODE)])
+        d.charge.release()
+        index.store(d.prefill_worker, req.block_keys)  # what the worker's KV events would report
+        picks.append(d.prefill_worker)
+    assert sorted(picks) == ["p1", "p1", "p2", "p2"]
