@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.model_presets import write_preset
 
         model = str(write_preset(args.preset, Path(tempfile.mkdtemp()) / args.preset))
-        extra += ["--load-format", "dummy", "--kv-cache-bytes", "4GiB"]
+        extra += ["--load-format", "dummy", "--kv-cache-bytes", "8GiB"]
     else:
         model = args.model or str(make_model("llama", Path(tempfile.mkdtemp()) / "tiny", "tiny"))
     lo, hi = (int(x) for x in args.prompt_len.split(":"))

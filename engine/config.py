@@ -13,7 +13,7 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" (checkpoint dtype; float32 on CPU for half checkpoints), "float32", "bfloat16", "float16"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     block_size: int = 16
-    kv_cache_bytes: int | None = None  # CPU pool budget; default DEFAULT_CPU_KV_CACHE_BYTES
+    kv_cache_bytes: int | None = None  # explicit KV pool budget (any device); default: CPU 512 MiB, GPU by utilization
     gpu_memory_utilization: float = 0.9  # GPU: fraction of total memory the engine may use after warm-up
     num_kv_blocks: int | None = None  # exact pool size; overrides both budgets
     max_num_seqs: int = 256

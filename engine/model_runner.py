@@ -133,11 +133,13 @@ class ModelRunner:
         """Blocks the block manager may hand out (a scratch block, if any, comes on top of an exact count)."""
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
-        if self.device.type == "cuda":
+        if self.config.kv_cache_bytes is not None:  # an explicit byte budget wins on any device
+            budget = self.config.kv_cache_bytes
+        elif self.device.type == "cuda":
             self._warm_up()
             budget = gpu_kv_budget(self.device, self.config.gpu_memory_utilization)
         else:
-            budget = self.config.kv_cache_bytes or DEFAULT_CPU_KV_CACHE_BYTES
+            budget = DEFAULT_CPU_KV_CACHE_BYTES
         # every rank must hold the same blocks: take the smallest pool any rank can afford
         blocks = distributed.all_reduce_min(num_blocks_for_budget(self.kv_spec, budget), self.device)
         return max(0, blocks - int(scratch_block))
