@@ -73,13 +73,13 @@ class ParallelExecutor:
         self.world = config.tensor_parallel_size
         port = free_port()
         mp = multiprocessing.get_context("spawn")
-        pipes = [mp.Pipe(duplex=False) for _ in range(1, self.world)]  # (reader for rank r, writer for rank 0)
-        self.plans = [writer for _, writer in pipes]
         if config.distributed_executor == "ray":
             from engine.ray_ranks import start_ray_ranks
 
-            self.ranks = start_ray_ranks(config, self.world, port, [reader for reader, _ in pipes], eos)
+            self.ranks, self.plans = start_ray_ranks(config, self.world, port, eos)  # plans over loopback sockets
         else:
+            pipes = [mp.Pipe(duplex=False) for _ in range(1, self.world)]  # (reader for rank r, writer for rank 0)
+            self.plans = [writer for _, writer in pipes]
             self.ranks = [
                 mp.Process(target=run_rank, args=(config, r, self.world, port, pipes[r - 1][0], eos), daemon=True,
                            name=f"splitserve-rank{r}")
@@ -184,6 +184,9 @@ class ParallelExecutor:
                 p.join(timeout=5)
         for pipe in self.plans:
             pipe.close()
+        for p in self.ranks:
+            if hasattr(p, "release"):  # a Ray actor outlives its run(): free it and its placement group
+                p.release()
         distributed.shutdown()
 
     def __del__(self) -> None:

@@ -306,5 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")
     p.add_argument("--demo-request", action="store_true", help="send one chat completion once ready and print it")
-    p.add_argument("--ray", action="store_true", help="place the components as Ray actors on a running Ray cluster (untested; needs `pip install ray`)")
+    p.add_argument("--ray", action="store_true",
+                   help="place the components as Ray actors on a running single-node Ray cluster "
+                        "(RAY_ADDRESS or `ray start --head`; needs `pip install ray`)")
     p.set_defaults(func=run_up)
