@@ -43,6 +43,7 @@ async def stream_request(
     """POST `payload` with stream=true to `url` and fill `record`; never raises on server errors."""
     payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     chunks: list[str] = []
+    last_choice_time: float | None = None  # of the last chunk that carried a choice, text or not
     record.send_time = time.perf_counter()
     try:
         async with session.post(url, json=payload) as response:
@@ -63,6 +64,7 @@ async def stream_request(
                     record.error = f"server error: {event['error']}"
                     break
                 for choice in event.get("choices") or []:
+                    last_choice_time = now
                     text = _chunk_text(choice)
                     if text:
                         record.first_token_time = record.first_token_time or now
@@ -79,6 +81,10 @@ async def stream_request(
     record.text = "".join(chunks)
     if not record.usage_reported:
         record.output_tokens = len(record.chunk_times)
+    if record.error is None and record.first_token_time is None and record.output_tokens > 0:
+        # every generated token decoded to no text of its own (e.g. one byte of a UTF-8 character):
+        # the answer did arrive, with the last chunk that carried a choice
+        record.first_token_time = last_choice_time
     if record.error is None and record.first_token_time is None:
         record.error = "stream ended without any output token"
     return record

@@ -31,19 +31,21 @@ def make_app(state: dict) -> web.Application:
         state["bodies"].append(body)
         if body.get("max_tokens") == 13:  # a request the test wants to fail
             return web.json_response({"error": {"message": "boom"}}, status=500)
+        chunks = 1 if body.get("max_tokens") == 1 else CHUNKS  # one token without text of its own
         chat = request.path.endswith("chat/completions")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await asyncio.sleep(FIRST_DELAY)
         if chat:  # a role-only first chunk carries no token and must not count as one
             await response.write(_sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}))
-        for i in range(CHUNKS):
+        for i in range(chunks):
             if i:
                 await asyncio.sleep(GAP)
-            choice = {"index": 0, "delta": {"content": f" t{i}"}} if chat else {"index": 0, "text": f" t{i}"}
+            text = f" t{i}" if chunks > 1 else ""
+            choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
             await response.write(_sse({"choices": [choice]}))
         prompt_tokens = len(body["prompt"]) if "prompt" in body else 7
-        await response.write(_sse({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": CHUNKS}}))
+        await response.write(_sse({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": chunks}}))
         await response.write(b"data: [DONE]\n\n")
         state["served"] += 1
         return response
@@ -128,6 +130,14 @@ async def test_server_errors_are_recorded_not_raised(server):
     result = await run_benchmark(_config(url, workload=workload, slo=SLO(ttft_s=1.0)))
     assert all(r.error and r.error.startswith("HTTP 500") for r in result.records)
     assert result.summary.failed == 3 and result.summary.slo_attainment == 0.0
+
+
+async def test_a_one_token_answer_without_text_is_a_success_not_a_failure(server):
+    url, _ = server
+    workload = WorkloadConfig(kind=WorkloadKind.RANDOM, num_requests=2, input_len=(4, 4), output_len=(1, 1))
+    result = await run_benchmark(_config(url, workload=workload))
+    assert [(r.success, r.output_tokens) for r in result.records] == [(True, 1), (True, 1)]
+    assert all(FIRST_DELAY <= r.first_token_time - r.send_time <= r.end_time - r.send_time for r in result.records)
 
 
 async def test_multi_turn_sends_growing_history_with_the_answers(server):

@@ -56,7 +56,16 @@ class Relay:
         for s in (xsub, xpub):
             s.setsockopt(zmq.LINGER, 0)
         xsub.connect(self.upstream)
-        xpub.bind(f"tcp://127.0.0.1:{self._port or '*'}")
+        # zmq closes sockets asynchronously: the port of the last start may still be bound for a moment
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                xpub.bind(f"tcp://127.0.0.1:{self._port or '*'}")
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.endpoint = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._port = int(self.endpoint.rsplit(":", 1)[1])
         self._stop.clear()
