@@ -18,12 +18,12 @@ from engine.server import wire
 from engine.server.engine_client import RequestFailed
 from engine.server.protocol import ErrorKind, record
 from engine.server.worker_options import WorkerOptions
-from engine.server.worker_runtime import WorkerRuntime, run_worker
+from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
 from splitserve.rpc import worker_pb2 as pb
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 
-class DecodeService(pb_grpc.DecodeServiceServicer):
+class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.rt = runtime
 
@@ -68,15 +68,6 @@ class DecodeService(pb_grpc.DecodeServiceServicer):
                 if not finished:
                     rt.client.abort_nowait(rid)  # error, Abort RPC or client cancellation: free the blocks now
                 rt.client.close(rid)
-
-    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
-        found = request.request_id in self.rt.client.open_requests()
-        self.rt.client.abort_nowait(request.request_id)
-        return pb.AbortResponse(found=found)
-
-    async def GetLoad(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
-        async with self.rt.rpc(context, admit_while_draining=True):
-            return await self.rt.worker_load()
 
 
 def serve(options: WorkerOptions) -> int:

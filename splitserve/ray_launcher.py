@@ -45,7 +45,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
     require_ray()
     import ray
 
-    from splitserve.up import healthy
+    from splitserve.up import StopRequested, healthy
 
     @ray.remote
     class ComponentActor:
@@ -76,14 +76,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
 
     # a namespace per stack: the actor names stay unique with several stacks on one cluster
     ray.init(address="auto", namespace=f"splitserve-up-{args.port}", log_to_driver=False)
-    stopping = False
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequested()
     log_dir = Path(args.log_dir) if args.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +91,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
             actors.append((comp, actor))
         deadline = time.monotonic() + args.ready_timeout
         pending = [comp for comp, _ in actors]
-        while pending and not stopping:
+        while pending and not stop.requested:
             for comp, actor in actors:
                 ref = actor.poll.remote()
                 started, _ = ray.wait([ref], timeout=1.0)  # an actor still waiting for a CPU is not started yet
@@ -110,10 +103,10 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
                 raise TimeoutError(f"not ready on Ray after {args.ready_timeout:.0f}s: {[c.name for c in pending]} "
                                    "(each component needs one free CPU on the cluster: `ray status`)")
             time.sleep(0.5)
-        if not stopping:
+        if not stop.requested:
             names = [c.name for c, _ in actors]
             print(f"[up] serving on http://127.0.0.1:{args.port} (Ray actors: {names})", flush=True)
-        while not stopping:
+        while not stop.requested:
             time.sleep(0.5)
         return 0
     finally:

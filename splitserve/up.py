@@ -47,6 +47,18 @@ class StackInfo:
     pids: dict[str, int]
 
 
+class StopRequested:
+    """Set by SIGTERM or Ctrl-C; the launch loops poll it and then stop the stack in order."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        self.requested = True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -246,14 +258,7 @@ def run_up(args: argparse.Namespace) -> int:
         return run_on_ray(plan_stack(args, str(model)), args)
     log_dir = Path(args.log_dir) if args.log_dir else Path.cwd() / "runs" / time.strftime("up-%Y%m%d-%H%M%S")
     stack = Stack(plan_stack(args, str(model)), log_dir)
-    stopping = False
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequested()
     url = f"http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
     print(f"[up] starting {len(stack.comps)} processes (logs in {log_dir})", flush=True)
     stack.start()
@@ -272,7 +277,7 @@ def run_up(args: argparse.Namespace) -> int:
         if args.demo_request and not demo_request(url, name):
             return 1
         reported: set[str] = set()
-        while not stopping:
+        while not stop.requested:
             for dead in stack.exited():
                 if dead.name in reported:
                     continue

@@ -159,6 +159,21 @@ class WorkerRuntime:
         return time.perf_counter()
 
 
+
+class CommonWorkerRPCs:
+    """Abort and GetLoad, the same on both worker services (mixed into their servicers)."""
+
+    rt: WorkerRuntime
+
+    async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortResponse:
+        found = request.request_id in self.rt.client.open_requests()
+        self.rt.client.abort_nowait(request.request_id)
+        return pb.AbortResponse(found=found)
+
+    async def GetLoad(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
+        async with self.rt.rpc(context, admit_while_draining=True):
+            return await self.rt.worker_load()
+
 def run_worker(runtime: WorkerRuntime, add_servicer) -> int:  # type: ignore[no-untyped-def]
     async def main() -> None:
         try:
