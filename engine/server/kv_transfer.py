@@ -55,14 +55,37 @@ class KVTransfer:
     spec: KVCacheSpec
     observe: TransferObserver
     pool: ThreadPoolExecutor
+    _stream: torch.cuda.Stream | None = None  # side stream for device->host staging (CUDA only)
 
     @classmethod
     def connect(cls, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver) -> KVTransfer:
         return cls(address, KVStoreClient(address), layout, spec, observe, ThreadPoolExecutor(4, thread_name_prefix="kv-transfer"))
 
     def empty_rows(self, n: int) -> torch.Tensor:  # [n, L, 2, B, Hkv, D]
+        """Host rows for reads; pinned on a GPU host so the import's host->device copy runs at full speed."""
         s = self.spec
-        return torch.empty((n, s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim), dtype=s.dtype)
+        shape = (n, s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim)
+        return torch.empty(shape, dtype=s.dtype, pin_memory=torch.cuda.is_available() and n > 0)
+
+    def stage(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Start moving exported rows to host memory without stalling the engine's stream.
+
+        On CUDA the copy goes to a pinned buffer on a side stream that waits only for the
+        export itself, not for the steps the engine queues after it; the returned event
+        marks when the host rows are valid. Call on the engine thread, right after export.
+        """
+        if rows.device.type != "cuda":
+            return rows, None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(rows.device)
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        self._stream.wait_stream(torch.cuda.current_stream(rows.device))
+        with torch.cuda.stream(self._stream):
+            host.copy_(rows, non_blocking=True)
+            rows.record_stream(self._stream)  # the export buffer must outlive the copy
+            ready = torch.cuda.Event()
+            ready.record(self._stream)
+        return host, ready
 
     # ---- reads ----------------------------------------------------------------------------------
     def leading_hits(self, keys: list[BlockKey]) -> int:
@@ -94,10 +117,12 @@ class KVTransfer:
             return self.empty_rows(0)  # evicted between the check and the read: recompute instead
 
     # ---- writes ---------------------------------------------------------------------------------
-    def put(self, keys: list[BlockKey], rows: torch.Tensor) -> None:
-        """Store rows [n, L, 2, B, Hkv, D] under ``keys``; raises StorePutFailed."""
-        rows = rows.to("cpu").contiguous()
+    def put(self, keys: list[BlockKey], rows: torch.Tensor, ready: torch.cuda.Event | None = None) -> None:
+        """Store rows [n, L, 2, B, Hkv, D] under ``keys`` (host rows from ``stage``); raises StorePutFailed."""
         start = time.perf_counter()
+        if ready is not None:
+            ready.synchronize()  # on this transfer thread: the engine keeps stepping meanwhile
+        rows = rows.to("cpu").contiguous()
         results = self.client.put_blocks(self.layout, {k: rows[i] for i, k in enumerate(keys)})
         failed = [r.error for r in results.values() if not r.ok]
         if failed:

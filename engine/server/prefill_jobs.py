@@ -121,10 +121,11 @@ class PrefillJobs:
         if todo:
             rows = self.engine.export_blocks(job.request_id, todo[0], todo[-1] + 1)  # [n, L, 2, B, Hkv, D]
             keep = [i - todo[0] for i in todo]
-            job.puts.append(self.transfer.submit(self.transfer.put, [job.keys[i] for i in todo], rows[keep]))
+            host, ready = self.transfer.stage(rows[keep])
+            job.puts.append(self.transfer.submit(self.transfer.put, [job.keys[i] for i in todo], host, ready))
         if p.done and job.tail:
-            rows = self.engine.export_blocks(job.request_id, full, full + 1)
-            job.puts.append(self.transfer.submit(self.transfer.put, [job.tail], rows))
+            host, ready = self.transfer.stage(self.engine.export_blocks(job.request_id, full, full + 1))
+            job.puts.append(self.transfer.submit(self.transfer.put, [job.tail], host, ready))
 
     def on_output(self, out: RequestOutput) -> None:
         job = self.jobs[out.request_id]
