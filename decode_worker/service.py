@@ -3,7 +3,10 @@
 With a KV handle the engine core checks the handle against its own layout and the
 prompt, reuses its local prefix cache, reads the remaining blocks from the store into
 one buffer on a transfer thread, then ``import_request``s it into the running batch.
-A block missing from the store -> NOT_FOUND, so the router can fall back to colocated.
+When the handle says blocks may still be in flight (the prefill worker answers at its
+first token), blocks not committed yet are waited for, up to --kv-wait-timeout.
+A block missing from the store (or still missing at the deadline) -> NOT_FOUND, so the
+router can retry elsewhere.
 Abort and client cancellation free the request's blocks at once.
 """
 
@@ -41,7 +44,7 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                         raise RequestFailed(ErrorKind.INVALID_ARGUMENT, "a request with kv_handle needs first_token_id")
                     handle = record(wire.handle_from_proto(request.kv_handle))
                     await rt.client.send("import", rid, prompt, params.to_dict(), request.cache_salt, handle,
-                                         request.first_token_id)
+                                         request.first_token_id, rt.options.kv_wait_timeout)
                 else:
                     await rt.client.send("add", rid, prompt, params.to_dict(), request.cache_salt, False)
                 start = last = rt.now()

@@ -1,8 +1,10 @@
-"""PrefillService: prompt in, first token + KV handle out (the KV is in the store by then).
+"""PrefillService: prompt in, first token + KV handle out.
 
 The engine-core side (engine/server/prefill_jobs.py) reuses the local prefix cache,
 imports further prefix blocks from the store, streams the request's blocks to the
-store chunk by chunk, and only answers once every write has committed.
+store chunk by chunk, and answers as soon as the first token is sampled: the last
+writes may still be in flight (KVHandle.blocks_pending; the decode worker waits for
+them). The engine keeps the request's blocks until every write has finished.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampling_params import InvalidSamplingParams, SamplingParams
 from engine.server.core_config import CoreConfig
-from engine.server.kv_transfer import BlocksMissing, KVTransfer, StorePutFailed, dtype_name
+from engine.server.kv_transfer import BlocksMissing, KVTransfer, PendingFetch, StorePutFailed, dtype_name
 from engine.server.prefill_jobs import PrefillJobs
 from engine.server.protocol import CoreInfo, ErrorKind, handle_from, pack, record, unpack
 from kvstore.block_key import KVLayout, block_keys
@@ -76,7 +76,8 @@ class EngineCore:
             if config.kvstore else None
         )
         self.jobs = PrefillJobs(self.engine, self.transfer, self.done, self.send) if self.transfer else None
-        self.fetching: set[str] = set()  # decode imports waiting for their KV
+        self.fetching: dict[str, PendingFetch] = {}  # decode imports waiting for their KV
+        self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending fetches
         self.publisher = KVEventPublisher(
             config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
         )
@@ -144,11 +145,14 @@ class EngineCore:
                 if poller.poll(timeout) and not self._take_messages():
                     return
                 self._take_completions()
+                self._run_due()
                 if self.jobs is not None:
                     self.jobs.finish_ready()
                 if self.engine.has_unfinished():
                     self._step()
         finally:
+            if self.jobs is not None:
+                self.jobs.drain()  # answered requests' blocks still on their way to the store
             self.publisher.close()
             if self.transfer is not None:
                 self.transfer.close()
@@ -206,10 +210,9 @@ class EngineCore:
         elif kind == "abort":
             rid = msg[1]
             self._arrivals.pop(rid, None)
-            self.fetching.discard(rid)
-            if self.jobs is not None:
-                self.jobs.abort(rid)
-            self.engine.abort(rid)
+            self.fetching.pop(rid, None)
+            if self.jobs is None or self.jobs.abort(rid):
+                self.engine.abort(rid)
         elif kind == "load":
             load = self.engine.load()
             self.send("load", msg[1], {
@@ -229,8 +232,18 @@ class EngineCore:
             except queue.Empty:
                 return
 
+    def _run_due(self) -> None:
+        if not self._later:
+            return
+        now = time.monotonic()
+        due = [fn for t, fn in self._later if t <= now]
+        self._later = [(t, fn) for t, fn in self._later if t > now]
+        for fn in due:
+            fn()
+
     # ---- decode: import a prefilled request ---------------------------------------------------------
-    def _start_import(self, rid: str, prompt: list[int], params: dict, salt: str, handle: dict, first: int) -> None:
+    def _start_import(self, rid: str, prompt: list[int], params: dict, salt: str, handle: dict, first: int,
+                      kv_wait_s: float = 0.0) -> None:
         if self.transfer is None:
             raise ValueError("this worker has no --kvstore; it cannot import a KV handle")
         h = handle_from(handle)
@@ -247,31 +260,41 @@ class EngineCore:
         sp.validate(self.engine.runner.vocab_size)
         local = self.engine.cached_prefix_blocks(prompt, salt)
         wanted = keys[local:] + ([h.tail_key] if h.tail_key else [])
-        self.fetching.add(rid)
+        # blocks_pending: the prefill worker answered before its last puts committed -> wait for them
+        pending = self.fetching[rid] = self.transfer.pending_fetch(wanted, kv_wait_s if h.blocks_pending else 0.0)
 
-        def fetch() -> None:
+        def attempt() -> None:
+            if self.fetching.get(rid) is not pending:
+                return  # aborted while waiting for its KV
             try:
-                rows = self.transfer.fetch(wanted)
+                complete = pending.attempt()
             except Exception as exc:  # noqa: BLE001 - reported to the caller as a status
                 failure = exc  # `exc` is unbound once the except block ends
-                self.done.put(lambda: self._import_failed(rid, failure))
+                self.done.put(lambda: self._import_failed(rid, pending, failure))
                 return
-            self.done.put(lambda: self._import_ready(rid, prompt, sp, salt, rows, first, local))
+            if complete:
+                self.done.put(lambda: self._import_ready(rid, pending, prompt, sp, salt, first, local))
+            else:
+                self.done.put(lambda: self._retry_fetch(rid, pending, attempt))
 
-        self.transfer.submit(fetch)
+        self.transfer.submit(attempt)
 
-    def _import_failed(self, rid: str, exc: Exception) -> None:
-        if rid in self.fetching:
-            self.fetching.discard(rid)
+    def _retry_fetch(self, rid: str, pending: PendingFetch, attempt: Callable[[], None]) -> None:
+        if self.fetching.get(rid) is pending:
+            self._later.append((time.monotonic() + pending.next_delay(), lambda: self.transfer.submit(attempt)))
+
+    def _import_failed(self, rid: str, pending: PendingFetch, exc: Exception) -> None:
+        if self.fetching.get(rid) is pending:
+            del self.fetching[rid]
             message = f"unknown KV handle / blocks evicted: {exc}" if isinstance(exc, BlocksMissing) else str(exc)
             self.send("error", rid, error_kind(exc).value, message)
 
-    def _import_ready(self, rid, prompt, sp, salt, rows, first, local) -> None:  # type: ignore[no-untyped-def]
-        if rid not in self.fetching:
+    def _import_ready(self, rid, pending, prompt, sp, salt, first, local) -> None:  # type: ignore[no-untyped-def]
+        if self.fetching.get(rid) is not pending:
             return  # aborted while its KV was in flight
-        self.fetching.discard(rid)
+        del self.fetching[rid]
         try:
-            self.engine.import_request(rid, prompt, sp, rows, len(prompt), first, start_block=local, cache_salt=salt)
+            self.engine.import_request(rid, prompt, sp, pending.rows, len(prompt), first, start_block=local, cache_salt=salt)
         except (EngineError, ValueError, UnknownRequest) as exc:
             self.send("error", rid, error_kind(exc).value, str(exc))
 

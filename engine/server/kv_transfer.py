@@ -11,6 +11,14 @@ chain_key(parent, tail_token_ids) with parent = the key of the last full block (
 the root key for prompts shorter than one block). The key names the content (same
 prefix, same tail tokens -> same key) and cannot equal a full block's key, whose
 hashed data is block_size tokens long.
+
+A prefill worker answers at its first token, while the request's last blocks may still
+be on their way to the store (KVHandle.blocks_pending). The decode side then reads with
+a ``PendingFetch``: each attempt reads the blocks that are committed by now and leaves
+the rest for a later attempt (the engine core schedules the attempts, so no transfer
+thread sits waiting), until every block is read or the wait deadline passes ->
+BlocksMissing. The store cannot tell "being written" from "never will be" for a block
+whose put has not started yet, so the deadline is what bounds a failed or dead writer.
 """
 
 from __future__ import annotations
@@ -116,6 +124,10 @@ class KVTransfer:
         except BlocksMissing:
             return self.empty_rows(0)  # evicted between the check and the read: recompute instead
 
+    def pending_fetch(self, keys: list[BlockKey], wait_s: float) -> PendingFetch:
+        """A read of ``keys`` that waits up to ``wait_s`` for blocks not committed yet (see module doc)."""
+        return PendingFetch(self, keys, time.monotonic() + wait_s, wait_s)
+
     # ---- writes ---------------------------------------------------------------------------------
     def put(self, keys: list[BlockKey], rows: torch.Tensor, ready: torch.cuda.Event | None = None) -> None:
         """Store rows [n, L, 2, B, Hkv, D] under ``keys`` (host rows from ``stage``); raises StorePutFailed."""
@@ -148,3 +160,57 @@ class KVTransfer:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+class PendingFetch:
+    """Rows [n, L, 2, B, Hkv, D] of ``keys``, filled over several ``attempt`` calls as blocks commit."""
+
+    FIRST_DELAY_S = 0.002
+    MAX_DELAY_S = 0.02
+
+    def __init__(self, transfer: KVTransfer, keys: list[BlockKey], deadline: float, wait_s: float) -> None:
+        self.transfer, self.keys, self.deadline, self.wait_s = transfer, keys, deadline, wait_s
+        self.rows: torch.Tensor | None = None  # allocated by the first attempt, on a transfer thread
+        self.todo = list(range(len(keys)))  # indexes not read yet
+        self.delay = self.FIRST_DELAY_S
+        self.attempts = 0
+        self._busy_s = 0.0  # time spent reading (not waiting), for the transfer metric
+
+    def attempt(self) -> bool:
+        """Read what is readable now (one transfer thread call); True when every block is in ``rows``.
+
+        The first attempt reads straight away (the common case: all committed, one read as
+        in ``fetch``); later ones first ask which of the rest exist (no lease taken) and read
+        only those. Raises BlocksMissing once the deadline passes with blocks still absent.
+        """
+        t, self.attempts = self.transfer, self.attempts + 1
+        start = time.perf_counter()
+        if self.rows is None:
+            self.rows = t.empty_rows(len(self.keys))
+        todo = self.todo
+        if self.attempts > 1 and todo:
+            found = t.client.blocks_exist(t.layout, [self.keys[i] for i in todo])
+            todo = [i for i, ok in zip(todo, found) if ok]
+        if todo:
+            got = t.client.get_blocks_into(t.layout, [self.keys[i] for i in todo], [self.rows[i] for i in todo])
+            if self.attempts > 1 and not all(got):
+                raise BlocksMissing("a KV block was evicted between its existence check and its read")
+            read = {i for i, ok in zip(todo, got) if ok}
+            self.todo = [i for i in self.todo if i not in read]
+        self._busy_s += time.perf_counter() - start
+        if not self.todo:
+            t.observe("in", self.rows.numel() * self.rows.element_size(), self._busy_s)
+            return True
+        if self.wait_s <= 0:
+            raise BlocksMissing(f"{len(self.todo)} of {len(self.keys)} KV blocks are not in the store (evicted or never written)")
+        if time.monotonic() >= self.deadline:
+            raise BlocksMissing(
+                f"{len(self.todo)} of {len(self.keys)} KV blocks did not reach the store within {self.wait_s:g} s "
+                "(the prefill worker's write failed or stalled, or the blocks were evicted)"
+            )
+        return False
+
+    def next_delay(self) -> float:
+        """Seconds until the next attempt (backs off from 2 ms to 20 ms)."""
+        d, self.delay = self.delay, min(self.delay * 2, self.MAX_DELAY_S)
+        return d

@@ -5,13 +5,21 @@ start():        local prefix hit -> ask the store for the following blocks (thre
 on_progress():  after every chunk, export the newly final full blocks (and, when the
                 prompt is done, the partial tail block) and put them on the thread pool,
                 so the store write of chunk i overlaps the compute of chunk i+1.
-on_output():    the first token is sampled; hold it until every put has finished,
-                then ``release`` the engine blocks and answer "prefilled".
+on_output():    the first token is sampled: answer "prefilled" at once, with a handle that
+                says whether blocks are still on their way to the store
+                (``blocks_pending``; the decode side waits for them). The store write thus
+                leaves the TTFT path: only the compute of the prompt stays on it.
+finish_ready(): once every put of an answered request has finished, ``release`` its
+                engine blocks (never earlier, whatever happened to the RPC). A put that
+                fails after the answer is logged; the decode side's bounded wait turns it
+                into NOT_FOUND and the router retries.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -24,6 +32,8 @@ from engine.server.kv_transfer import KVTransfer, tail_key
 from engine.server.protocol import ErrorKind, KVHandleRecord, PrefillResult, record
 from kvstore.block_key import BlockKey, block_keys
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class PrefillJob:
@@ -34,7 +44,7 @@ class PrefillJob:
     in_store: set[int] = field(default_factory=set)  # block indexes the store already holds
     exported: int = 0  # full blocks handed to the store so far
     puts: list[Future] = field(default_factory=list)
-    output: RequestOutput | None = None
+    output: RequestOutput | None = None  # set when the first token was sampled and the request answered
     fetching: bool = True
 
 
@@ -130,6 +140,12 @@ class PrefillJobs:
     def on_output(self, out: RequestOutput) -> None:
         job = self.jobs[out.request_id]
         job.output = out
+        # every put of the prompt was submitted by on_progress (p.done) before this output
+        errors = _errors(job)
+        if errors:  # already failed: the handle would be useless; the blocks are released once all puts end
+            self.send("error", out.request_id, ErrorKind.UNAVAILABLE.value, f"writing the KV blocks to the store failed: {errors[0]}")
+        else:
+            self.send("prefilled", out.request_id, record(self._result(job, pending=not all(f.done() for f in job.puts))))
         for fut in job.puts:
             fut.add_done_callback(lambda _f: self.done.put(lambda: None))  # wake the loop
 
@@ -139,23 +155,41 @@ class PrefillJobs:
                 continue
             del self.jobs[rid]
             self.engine.release(rid)
-            errors = [f.exception() for f in job.puts if f.exception() is not None]
+            errors = _errors(job)
             if errors:
-                self.send("error", rid, ErrorKind.UNAVAILABLE.value, f"writing the KV blocks to the store failed: {errors[0]}")
-                continue
-            self.send("prefilled", rid, record(self._result(job)))
+                log.warning("request %s: writing its KV blocks to the store failed after the answer: %s", rid, errors[0])
 
-    def _result(self, job: PrefillJob) -> PrefillResult:
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """Shutdown: let the puts of answered requests finish (bounded), so their decode finds the blocks."""
+        deadline = time.monotonic() + timeout_s
+        for job in list(self.jobs.values()):
+            for fut in job.puts:
+                try:
+                    fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - a failed or unfinished put: the decode side times out
+                    pass
+
+    def _result(self, job: PrefillJob, pending: bool) -> PrefillResult:
         out = job.output
         lp = out.new_logprobs[0] if out.new_logprobs else None
         handle = KVHandleRecord(
             self.transfer.layout.model_fingerprint, self.transfer.layout.dtype, self.block_size,
             self.transfer.layout.tp_size, job.keys, job.tail, len(job.prompt), [self.transfer.address],
+            blocks_pending=pending,
         )
         return PrefillResult(
             out.new_token_ids[0], [lp.token_id, lp.logprob, [list(t) for t in lp.top]] if lp else None, handle,
             out.num_cached_tokens, len(job.prompt) - out.num_cached_tokens, out.finish_reason,
         )
 
-    def abort(self, rid: str) -> None:
+    def abort(self, rid: str) -> bool:
+        """False when the request was already answered: its blocks stay until its puts finish."""
+        job = self.jobs.get(rid)
+        if job is not None and job.output is not None:
+            return False
         self.jobs.pop(rid, None)
+        return True
+
+
+def _errors(job: PrefillJob) -> list[BaseException]:
+    return [e for f in job.puts if f.done() and not f.cancelled() and (e := f.exception()) is not None]

@@ -6,14 +6,15 @@ the core moves KV between its engine blocks and the store itself (kv_transfer.py
 
 server -> core
     ["add", request_id, prompt, params, cache_salt, prefill_only]
-    ["import", request_id, prompt, params, cache_salt, handle, first_token_id]
+    ["import", request_id, prompt, params, cache_salt, handle, first_token_id, kv_wait_s]
     ["abort", request_id]
     ["load", token]
     ["shutdown"]
 core -> server
     ["ready", info]                          # model loaded and warmed up
     ["out", [output, ...], step_s, batch]     # outputs of one engine step
-    ["prefilled", request_id, prefill]       # prefill_only request: KV is in the store
+    ["prefilled", request_id, prefill]       # prefill_only request: first token sampled; its KV
+                                             # may still be streaming to the store (handle.blocks_pending)
     ["error", request_id, kind, message]     # the request failed; kind: see ErrorKind
     ["load", token, load]
     ["transfer", direction, bytes, seconds]  # one KV batch moved ("in" | "out")
@@ -49,6 +50,7 @@ class KVHandleRecord:
     num_tokens: int
     store_addresses: list[str] = field(default_factory=list)
     source_worker: str = ""
+    blocks_pending: bool = False  # some blocks may still be in flight to the store when the handle is issued
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ class WorkerOptions:
     load_format: str = "safetensors"
     drain_timeout: float = 30.0
     block_size: int = 16
+    kv_wait_timeout: float = 10.0  # decode: longest wait for KV blocks a prefill worker is still writing
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -67,6 +68,9 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
                    help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+    if role == "decode":
+        p.add_argument("--kv-wait-timeout", type=float, default=10.0,
+                       help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)")
 
 
 def add_parallel_flags(p: argparse.ArgumentParser) -> None:
@@ -85,5 +89,6 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout, block_size=args.block_size,
+        kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
         gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
     )

@@ -57,7 +57,7 @@ class TokenLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class KVHandle(_message.Message):
-    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker")
+    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker", "blocks_pending")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class KVHandle(_message.Message):
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STORE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_WORKER_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_PENDING_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     dtype: str
     block_size: int
@@ -76,7 +77,8 @@ class KVHandle(_message.Message):
     num_tokens: int
     store_addresses: _containers.RepeatedScalarFieldContainer[str]
     source_worker: str
-    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ...) -> None: ...
+    blocks_pending: bool
+    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ..., blocks_pending: _Optional[bool] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "cache_salt")

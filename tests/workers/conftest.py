@@ -14,6 +14,8 @@ from engine.sampling_params import SamplingParams
 from kvstore.embedded import EmbeddedStore
 from worker_processes import WorkerProcess, start_worker, wait_serving
 
+KV_WAIT_S = 5.0  # the decode worker's --kv-wait-timeout (tests/workers/test_pending_kv.py)
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -33,7 +35,7 @@ def stack(model_dir: str, store: EmbeddedStore) -> Iterator[dict[str, WorkerProc
     workers = {
         "prefill_a": start_worker("prefill", model_dir, store.address, "prefill-a"),
         "prefill_b": start_worker("prefill", model_dir, store.address, "prefill-b"),
-        "decode": start_worker("decode", model_dir, store.address, "decode-0"),
+        "decode": start_worker("decode", model_dir, store.address, "decode-0", "--kv-wait-timeout", str(KV_WAIT_S)),
     }
     try:
         wait_serving(list(workers.values()))

@@ -1,0 +1,92 @@
+"""The prefill worker answers at its first token, before its last KV blocks are committed
+(KVHandle.blocks_pending). The decode worker must wait for such blocks, bounded by its
+--kv-wait-timeout, and fail with NOT_FOUND when they never arrive."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from conftest import KV_WAIT_S, colocated
+from engine.sampling_params import SamplingParams
+from engine.server.kv_transfer import tail_key
+from kvstore.block_key import KVLayout, block_keys, store_key
+from kvstore.sync_client import KVStoreClient
+from splitserve.rpc import worker_pb2 as pb
+
+GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+
+def _layout(handle: pb.KVHandle) -> KVLayout:
+    return KVLayout(handle.model_fingerprint, handle.dtype, handle.block_size, 0, 1)
+
+
+def _all_keys(handle: pb.KVHandle) -> list[bytes]:
+    return list(handle.block_keys) + ([handle.tail_key] if handle.tail_key else [])
+
+
+def _wait_committed(client: KVStoreClient, layout: KVLayout, keys: list[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(client.blocks_exist(layout, keys)):
+        assert time.monotonic() < deadline, "the prefill worker's blocks never reached the store"
+        time.sleep(0.02)
+
+
+def _generate(stack, rid: str, prompt: list[int], handle: pb.KVHandle, first: int) -> list[int]:
+    decode = stack["decode"]
+    with decode.channel() as ch:
+        request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY, kv_handle=handle,
+                                     first_token_id=first)
+        return [t for chunk in decode.stub(ch).Generate(request, timeout=60) for t in chunk.token_ids]
+
+
+def test_decode_waits_for_blocks_written_after_the_answer(stack, store, reference) -> None:
+    prompt = [(i * 37 + 11) % 380 + 3 for i in range(70)]  # 4 full blocks + a tail, not seen by decode before
+    prefill = stack["prefill_a"]
+    with prefill.channel() as ch:
+        first = prefill.stub(ch).Prefill(pb.PrefillRequest(request_id="pending-kv", prompt_token_ids=prompt,
+                                                           sampling=GREEDY), timeout=60)
+    handle, keys = first.kv_handle, _all_keys(first.kv_handle)
+    with KVStoreClient(store.address) as client:
+        layout = _layout(handle)
+        _wait_committed(client, layout, keys)
+        blocks = client.get_blocks(layout, keys)
+        # take the last blocks out of the store, as if their puts had not committed yet
+        late = keys[2:]
+        assert all(client.remove([store_key(layout, k) for k in late]))
+        assert client.blocks_exist(layout, keys) == [True, True] + [False] * len(late)
+        handle.blocks_pending = True
+
+        def put_later() -> None:
+            time.sleep(0.8)
+            client.put_blocks(layout, {k: b for k, b in zip(keys, blocks) if k in late})
+
+        writer = threading.Thread(target=put_later)
+        writer.start()
+        start = time.monotonic()
+        tokens = [first.first_token_id] + _generate(stack, "pending-kv", prompt, handle, first.first_token_id)
+        writer.join()
+    assert time.monotonic() - start >= 0.7  # it did wait for the late blocks
+    expected = colocated(reference, [("pending-kv-ref", prompt, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))])
+    assert tokens == expected["pending-kv-ref"]
+
+
+def test_pending_blocks_that_never_arrive_fail_within_the_wait_timeout(stack) -> None:
+    prompt = list(range(250, 290))  # 2 full blocks + a tail nobody prefilled
+    decode = stack["decode"]
+    with decode.channel() as ch:
+        fingerprint = decode.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).model_fingerprint
+    keys = block_keys(prompt, fingerprint, 16)
+    handle = pb.KVHandle(model_fingerprint=fingerprint, dtype="float32", block_size=16, tp_size=1, block_keys=keys,
+                         tail_key=tail_key(keys[-1], fingerprint, "", prompt[32:]), num_tokens=len(prompt),
+                         blocks_pending=True)
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        _generate(stack, "never-arrives", prompt, handle, 7)
+    elapsed = time.monotonic() - start
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert f"did not reach the store within {KV_WAIT_S:g} s" in info.value.details()
+    assert KV_WAIT_S - 0.5 <= elapsed <= KV_WAIT_S + 10
