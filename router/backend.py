@@ -4,7 +4,12 @@ Disaggregated: PrefillService.Prefill, then DecodeService.Generate (stream) with
 KV handle and the first token. Colocated: Generate without a KV handle.
 Failover: a failed prefill retries on another prefill worker (or colocates, as the
 scheduler decides); a decode that fails before its first token retries on another
-decode worker (the prompt KV stays in the store); a failure after tokens were
+decode worker (the prompt KV stays in the store) — unless the decode said NOT_FOUND
+(the KV never reached the store or left it: the prefill worker answers at its first
+token while its last blocks are still being written, and such a write can fail); then
+the prompt is recomputed colocated on that decode worker, provided the sampling is
+replayable (greedy or seeded: the colocated first token equals the prefill's, which
+was already streamed and is dropped from the new stream). A failure after tokens were
 streamed raises WorkerStreamError so that the API ends the stream with an error
 event. Every RPC has a deadline and every stream read an idle timeout, so a stream
 never hangs. Closing the generator early (client gone) sends Abort to the worker.
@@ -71,6 +76,7 @@ class WorkerBackend:
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
         first = decision
+        streamed_first: int | None = None  # after a fallback to colocated: the first token, already streamed
         try:
             for _ in range(self.max_attempts * 2):
                 if decision.mode is Mode.DISAGGREGATED and prefill is None:
@@ -98,6 +104,10 @@ class WorkerBackend:
                 streamed = False
                 try:
                     async for chunk in self._decode(decision.decode_worker, request, prefill):
+                        if streamed_first is not None and not streamed:
+                            if not chunk.token_ids or chunk.token_ids[0] != streamed_first:
+                                raise WorkerStreamError(f"recomputing {request.request_id} colocated gave another first token")
+                            chunk.token_ids, chunk.logprobs = chunk.token_ids[1:], chunk.logprobs[1:]
                         if not streamed and decision.charge is not None:
                             decision.charge.prompt_computed()  # colocated: the decode worker computed the prompt
                         streamed = True
@@ -110,6 +120,10 @@ class WorkerBackend:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
                         raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
+                    if prefill is not None and _kv_lost(exc) and _replayable(request.sampling):
+                        streamed_first, prefill = prefill.first_token_id, None
+                        decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
+                        continue
                     excluded.add(decision.decode_worker)
                     retry = self._retry(redecide, excluded, decision)
                     if prefill is None:
@@ -204,6 +218,16 @@ def release(decision: Decision) -> None:
     """Release what the scheduler charged for ``decision`` (idempotent)."""
     if decision.charge is not None:
         decision.charge.release()
+
+
+def _kv_lost(exc: BaseException) -> bool:
+    """The decode worker could not read the prompt KV from the store (evicted, or its write failed)."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _replayable(sampling: worker_pb2.SamplingParams) -> bool:
+    """Recomputing the prompt gives the same first token: greedy, or seeded (noise from seed and position only)."""
+    return sampling.temperature == 0 or sampling.HasField("seed")
 
 
 def _describe(exc: BaseException) -> str:
