@@ -165,8 +165,8 @@ class KVTransfer:
 class PendingFetch:
     """Rows [n, L, 2, B, Hkv, D] of ``keys``, filled over several ``attempt`` calls as blocks commit."""
 
-    FIRST_DELAY_S = 0.002
-    MAX_DELAY_S = 0.02
+    FIRST_DELAY_S = 0.001
+    MAX_DELAY_S = 0.005  # an existence check is one small master RPC: poll often, the wait is on the TTFT path
 
     def __init__(self, transfer: KVTransfer, keys: list[BlockKey], deadline: float, wait_s: float) -> None:
         self.transfer, self.keys, self.deadline, self.wait_s = transfer, keys, deadline, wait_s
@@ -211,6 +211,6 @@ class PendingFetch:
         return False
 
     def next_delay(self) -> float:
-        """Seconds until the next attempt (backs off from 2 ms to 20 ms)."""
-        d, self.delay = self.delay, min(self.delay * 2, self.MAX_DELAY_S)
+        """Seconds until the next attempt (backs off from 1 ms to 5 ms)."""
+        d, self.delay = self.delay, min(self.delay * 1.5, self.MAX_DELAY_S)
         return d
