@@ -10,11 +10,9 @@ import pytest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.sampling_params import SamplingParams
 from kvstore.embedded import EmbeddedStore
-from worker_processes import WorkerProcess, start_worker, wait_serving
+from worker_processes import KV_WAIT_S, WorkerProcess, start_worker, wait_serving
 
-KV_WAIT_S = 5.0  # the decode worker's --kv-wait-timeout (tests/workers/test_pending_kv.py)
 
 
 @pytest.fixture(scope="session")
@@ -48,15 +46,3 @@ def stack(model_dir: str, store: EmbeddedStore) -> Iterator[dict[str, WorkerProc
 @pytest.fixture(scope="session")
 def reference(model_dir: str) -> LLMEngine:
     return LLMEngine(EngineConfig(model=model_dir, num_kv_blocks=4096))
-
-
-def colocated(engine: LLMEngine, requests: list[tuple[str, list[int], SamplingParams]]) -> dict[str, list[int]]:
-    """Output tokens of each request, run to completion on the in-process reference engine."""
-    for rid, prompt, params in requests:
-        engine.add_request(rid, prompt, params)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = list(out.output_token_ids)
-    return done

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import colocated
+from worker_processes import colocated
 from engine.sampling_params import SamplingParams
 from splitserve.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess

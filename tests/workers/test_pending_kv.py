@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from conftest import KV_WAIT_S, colocated
+from worker_processes import KV_WAIT_S, colocated
 from engine.sampling_params import SamplingParams
 from engine.server.kv_transfer import tail_key
 from kvstore.block_key import KVLayout, block_keys, store_key

@@ -8,14 +8,21 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
+    from engine.sampling_params import SamplingParams
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+KV_WAIT_S = 5.0  # the decode worker's --kv-wait-timeout in the test stack (test_pending_kv.py)
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -78,3 +85,15 @@ def wait_serving(workers: list[WorkerProcess], timeout_s: float = 180.0) -> None
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"workers never became SERVING: {[w.worker_id for w in pending]}")
         time.sleep(0.3)
+
+
+def colocated(engine: LLMEngine, requests: list[tuple[str, list[int], SamplingParams]]) -> dict[str, list[int]]:
+    """Output tokens of each request, run to completion on the in-process reference engine."""
+    for rid, prompt, params in requests:
+        engine.add_request(rid, prompt, params)
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.output_token_ids)
+    return done
