@@ -89,12 +89,14 @@ class LLMEngine:
         *,
         start_block: int = 0,
         cache_salt: str = "",
+        prefill_only: bool = False,
     ) -> None:
         """Add a request whose first ``num_tokens`` prompt tokens' KV comes from ``kv``.
 
         Rows before ``start_block`` must be in the local prefix cache (see
         ``cached_prefix_blocks``); if they are gone by admission time the request
-        recomputes instead. ``first_token_id`` is the token the prefill side sampled;
+        recomputes instead. ``prefill_only`` as in ``add_request`` (a prefill worker that
+        imported a cached prefix from the store). ``first_token_id`` is the token the prefill side sampled;
         decoding continues after it.
         """
         if not 0 < num_tokens <= len(prompt_token_ids):
@@ -102,7 +104,7 @@ class LLMEngine:
         expected_rows = -(-num_tokens // self.config.block_size) - start_block
         if kv.shape[0] != expected_rows:
             raise ValueError(f"kv has {kv.shape[0]} rows; {num_tokens} tokens from block {start_block} need {expected_rows}")
-        seq = self._new_sequence(request_id, prompt_token_ids, params, False, cache_salt)
+        seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
         seq.pending_kv, seq.pending_kv_tokens = kv, num_tokens
         seq.pending_kv_start_block = start_block
         if first_token_id is not None:

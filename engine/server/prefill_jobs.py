@@ -112,9 +112,7 @@ class PrefillJobs:
         try:
             if n:
                 self.engine.import_request(rid, job.prompt, sp, rows, (local + n) * self.block_size,
-                                           start_block=local, cache_salt=salt)
-                # import_request has no prefill_only flag yet: mark the sequence like add_request does
-                self.engine.requests[rid].seq.prefill_only = True
+                                           start_block=local, cache_salt=salt, prefill_only=True)
             else:
                 self.engine.add_request(rid, job.prompt, sp, prefill_only=True, cache_salt=salt)
         except (EngineError, ValueError) as exc:
