@@ -144,29 +144,25 @@ class MasterServicer(pb_grpc.MasterServicer):
         return result
 
     async def PutCommit(self, request: pb.PutCommitRequest, context: grpc.aio.ServicerContext) -> pb.KeyResult:
-        if len(request.put_ids) != 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"PutCommit takes exactly one put id, got {len(request.put_ids)}")
+        await _require_one(request.put_ids, "PutCommit", "put id", context)
         result = (await self.BatchPutCommit(request, context)).results[0]
         if not result.ok:
             await context.abort(grpc.StatusCode(_status(result.code)), result.message)
         return result
 
     async def Get(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.ObjectLocation:
-        if len(request.keys) != 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Get takes exactly one key, got {len(request.keys)}")
+        await _require_one(request.keys, "Get", "key", context)
         location = (await self.BatchGet(request, context)).objects[0]
         if not location.found:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object {request.keys[0]!r} does not exist")
         return location
 
     async def Exists(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.ExistsReply:
-        if len(request.keys) != 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Exists takes exactly one key, got {len(request.keys)}")
+        await _require_one(request.keys, "Exists", "key", context)
         return await self.BatchExists(request, context)
 
     async def Remove(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.KeyResult:
-        if len(request.keys) != 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Remove takes exactly one key, got {len(request.keys)}")
+        await _require_one(request.keys, "Remove", "key", context)
         result = (await self.BatchRemove(request, context)).results[0]
         if not result.ok:
             await context.abort(grpc.StatusCode(_status(result.code)), result.message)
@@ -272,3 +268,9 @@ class MasterServer:
             await self.server.stop(grace_s)
         if self.publisher is not None:
             self.publisher.close()
+
+
+async def _require_one(values, rpc: str, what: str, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]
+    """The singular RPCs take exactly one item; the Batch* forms take many."""
+    if len(values) != 1:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc} takes exactly one {what}, got {len(values)}")
