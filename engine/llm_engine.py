@@ -188,6 +188,14 @@ class LLMEngine:
             raise ValueError(f"block range [{start_block}, {end}) is outside the {computed_blocks} computed blocks")
         return self.runner.export_kv(seq.block_table[start_block:end])
 
+    def block_ids(self, request_id: str, num_tokens: int) -> list[int]:
+        """The engine blocks holding the KV of a request's first ``num_tokens`` tokens, in order
+        (a peer on the same host reads them straight out of this engine's pool)."""
+        req = self.requests.get(request_id)
+        if req is None or req.seq.status not in (SequenceStatus.RUNNING, SequenceStatus.HELD):
+            raise UnknownRequest(f"request {request_id!r} holds no KV blocks (unknown, waiting or finished)")
+        return list(req.seq.block_table[: -(-num_tokens // self.config.block_size)])
+
     def cached_prefix_blocks(self, prompt_token_ids: list[int], cache_salt: str = "") -> int:
         """How many leading full blocks of a prompt are in the local prefix cache now."""
         n = 0
