@@ -25,13 +25,14 @@ from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.server.protocol import ErrorKind
 from kv_transfer.connector import KVConnector, KVLoad
-from kv_transfer.direct import DirectLoad
+from kv_transfer.direct import DirectConnector, DirectLoad
 from kv_transfer.handle import KVHandle
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
 
 Observe = Callable[[str, int, float], None]
+PRUNE_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class KVImports:
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
         self.copying: dict[str, Import] = {}  # imported with a direct source: release once copied
+        self._next_prune = 0.0
 
     def busy(self) -> bool:
         return bool(self.loading or self.copying)
@@ -79,8 +81,8 @@ class KVImports:
         sp.validate(self.engine.runner.vocab_size)
         candidates = [c for c in self.connectors if c.accepts(h)]
         if not candidates:
-            raise BlocksMissing("no KV transport reaches this handle's blocks from here (no direct offer on this "
-                                "host and no store holding them)")
+            raise BlocksMissing("unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
+                                "from here (no direct offer on this host and no store holding them)")
         local = self.engine.cached_prefix_blocks(prompt, salt)
         imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
         self.loading[rid] = imp
@@ -146,6 +148,11 @@ class KVImports:
                 continue
             del self.copying[rid]
             imp.load.done()
+        if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            for c in self.connectors:
+                if isinstance(c, DirectConnector):
+                    c.peers.prune()
 
     def _still_pending(self, rid: str, source: object) -> bool:
         req = self.engine.requests.get(rid)

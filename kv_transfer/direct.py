@@ -106,12 +106,16 @@ class DirectConnector:
         pass
 
     def offer(self, job: ExportJob, handle: KVHandle) -> None:
+        if self.inbox is None:
+            return  # a receiver only: this engine's pool is not shared
         deadline = time.monotonic() + self.lease_s
         self.leases[job.transfer_id] = deadline
         blocks = self.block_ids_of(job.request_id, len(job.prompt))
         handle.direct = DirectOffer(self.descriptor, blocks, self.inbox.endpoint, deadline)
 
     def holds(self, job: ExportJob) -> bool:
+        if self.inbox is None:
+            return False
         self._take_releases()
         deadline = self.leases.get(job.transfer_id)
         if deadline is None:
