@@ -47,7 +47,6 @@ class Import:
     wait_s: float
     candidates: list[KVConnector]
     load: KVLoad | None = None
-    started: float = 0.0
 
 
 class KVImports:
@@ -89,7 +88,7 @@ class KVImports:
         self._begin(imp)
 
     def _begin(self, imp: Import) -> None:
-        imp.load, imp.started = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s), time.perf_counter()
+        imp.load = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s)
         load = imp.load
 
         def attempt() -> None:
@@ -143,7 +142,7 @@ class KVImports:
             source = imp.load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
-                self.observe("in", nbytes, time.perf_counter() - imp.started)
+                self.observe("in", nbytes, source.copy_s)
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]

@@ -78,7 +78,7 @@ def remove_orphaned_pools() -> int:
     removed = 0
     for path in glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")):
         pid = os.path.basename(path).removeprefix(SHM_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if pid.isdigit() and not process_alive(int(pid)):
             try:
                 os.unlink(path)
                 removed += 1
@@ -139,13 +139,13 @@ def open_pool(desc: PoolDescriptor, local_device: torch.device) -> torch.Tensor:
 
 
 def process_alive(pid: int) -> bool:
+    """False once ``pid`` has exited, also while it is an unreaped zombie (signal 0 would still succeed)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
+    return state not in ("Z", "X")
 
 
 class PeerPools:

@@ -17,7 +17,7 @@ import pytest
 
 from engine.sampling_params import SamplingParams
 from kv_transfer.handle import KVHandle
-from kv_transfer.peer_pool import PoolDescriptor, remove_orphaned_pools
+from kv_transfer.peer_pool import PoolDescriptor, process_alive, remove_orphaned_pools
 from splitserve.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, colocated, start_worker, wait_serving
 
@@ -111,7 +111,10 @@ def test_a_killed_prefill_worker_leaves_a_decode_that_answers_or_fails_fast(stac
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND
         # the engine core dies with its server; a pool file it could not remove is an orphan a later start removes
-        wait_for(lambda: remove_orphaned_pools() >= 0 and not os.path.exists(pool_file), 15)
+        owner = PoolDescriptor.decode(first.kv_handle.direct.pool).owner_pid
+        wait_for(lambda: not process_alive(owner), 15)
+        remove_orphaned_pools()
+        assert not os.path.exists(pool_file)
         # now the pool is gone: a reader fails at once with NOT_FOUND (the router recomputes), never hangs
         start = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
