@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from engine.block_copy import copy_blocks
+from engine.block_copy import _copy_triton, copy_blocks
 from engine.kv_cache import KVCache, KVCacheSpec
 from kv_transfer.peer_pool import PoolDescriptor, describe_pool, open_pool
 
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--variants", default="", help="GPU: extra kernel configs CHUNKxWARPS to time, e.g. 16384x8,8192x8")
     p.add_argument("--out", default="kv_transfer_bench.json")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             src, dst = rng.sample(range(num_blocks), n), rng.sample(range(num_blocks), n)
             nbytes = n * spec.bytes_per_block
             direct = timed(lambda: copy_blocks(peer, src, mine.pool, dst), device, args.reps)
+            for v in filter(None, args.variants.split(",")):
+                chunk, warps = (int(x) for x in v.split("x"))
+                t = timed(lambda: _copy_triton(peer, src, mine.pool, dst, chunk, warps), device, args.reps)
+                print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
             a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
             b = torch.empty_like(a)
             plain = timed(lambda: b.copy_(a), device, args.reps)

@@ -43,6 +43,7 @@ class Result:
     handoff_us_per_prompt_token: float | None
     kv_move_us_per_prompt_token: float | None = None
     prompt_tokens: int = 0
+    failed: int = 0
 
 
 async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None, list[float]]:  # type: ignore[no-untyped-def]
@@ -81,15 +82,21 @@ async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_add
             sp = pb.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
             tasks.append(asyncio.create_task(one(mode, prefill, decode, prompt, sp)))
             await asyncio.sleep(rng.expovariate(rate))
-        done = await asyncio.gather(*tasks)
+        settled = await asyncio.gather(*tasks, return_exceptions=True)
+        done = [d for d in settled if not isinstance(d, BaseException)]
+        failed = [d for d in settled if isinstance(d, BaseException)]
+        if failed:
+            print(f"{mode} at {rate}/s: {len(failed)} of {n} requests failed, e.g. {str(failed[0])[:300]}", flush=True)
         wall = time.perf_counter() - start
+    if not done:
+        return Result(mode, rate, n, float("nan"), float("nan"), float("nan"), 0.0, None, None, prompt_tokens, len(failed))
     ttfts = sorted(d[0] for d in done)
     handoffs = [d[2] for d in done if d[2] is not None]
     gaps = sorted(g for d in done for g in d[3]) or [0.0]
     return Result(mode, rate, n, 1000 * statistics.median(ttfts), 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
                   1000 * gaps[int(0.99 * (len(gaps) - 1))],
                   sum(d[1] for d in done) / wall, 1e6 * statistics.median(handoffs) if handoffs else None,
-                  prompt_tokens=prompt_tokens)
+                  prompt_tokens=prompt_tokens, failed=len(failed))
 
 
 def kv_move_seconds(metrics_port: int) -> float:
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = args.model or str(make_model("llama", Path(tempfile.mkdtemp()) / "tiny", "tiny"))
     lo, hi = (int(x) for x in args.prompt_len.split(":"))
-    store = EmbeddedStore(capacity=(8 << 30) if args.preset else (512 << 20))
+    store = EmbeddedStore(capacity=(32 << 30) if args.preset else (512 << 20))
     store.start()
     transports = args.transports.split(",") if args.transports else []
     prefills = {t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", "--kv-transport", t, *extra)
@@ -152,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             w.stop()
         store.stop()
     print(f"{'mode':<15} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'ITL p99 ms':>11} "
-          f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15}")
+          f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15} {'failed':>7}")
     for r in results:
         h = f"{r.handoff_us_per_prompt_token:.2f}" if r.handoff_us_per_prompt_token is not None else "-"
         m = f"{r.kv_move_us_per_prompt_token:.3f}" if r.kv_move_us_per_prompt_token is not None else "-"
         print(f"{r.mode:<15} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} "
-              f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15}")
+              f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15} {r.failed:>7}")
     Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
 

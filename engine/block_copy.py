@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-COPY_CHUNK = 4096  # elements per program: 8 KiB of bf16, enough bytes in flight per SM
+COPY_CHUNK = 4096  # elements per program: 8 KiB of bf16
+COPY_WARPS = 4
 
 
 def copy_blocks(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int]) -> None:
@@ -40,13 +41,15 @@ def consecutive_runs(src_ids: list[int], dst_ids: list[int]) -> list[tuple[int, 
     return runs
 
 
-def _copy_triton(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int]) -> None:
+def _copy_triton(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int],
+                 chunk: int = COPY_CHUNK, warps: int = COPY_WARPS) -> None:
     lk = src.shape[0] * src.shape[1]
     elems = src[0, 0, 0].numel()  # B * Hkv * D per block and layer half
     on_gpu = dst.device.type == "cuda"
     ids = torch.tensor([src_ids, dst_ids], dtype=torch.int64, pin_memory=on_gpu).to(dst.device, non_blocking=on_gpu)  # [2, n]
-    grid = (len(src_ids), lk, -(-elems // COPY_CHUNK))
-    _kernel()[grid](src, dst, ids, len(src_ids), src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=COPY_CHUNK)
+    grid = (len(src_ids), lk, -(-elems // chunk))
+    _kernel()[grid](src, dst, ids, len(src_ids), src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=chunk,
+                    num_warps=warps)
 
 
 @functools.cache

@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 from engine import block_copy  # noqa: E402
 from engine.kv_cache import KVCache, KVCacheSpec  # noqa: E402
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the kernel runs on the GPU, else interpreted
 SPEC = KVCacheSpec(num_layers=3, block_size=4, num_kv_heads=2, head_dim=8, dtype=torch.float32)
 
 
@@ -39,8 +40,9 @@ def test_copy_blocks_moves_exactly_the_named_blocks(src_ids: list[int], dst_ids:
 @pytest.mark.parametrize("src_ids,dst_ids", CASES[:3])
 def test_triton_kernel_equals_the_torch_copy(src_ids: list[int], dst_ids: list[int]) -> None:
     pytest.importorskip("triton", reason="triton is a dev dependency (make setup installs it)")
-    src, dst = pools()
+    src, dst = (t.to(DEVICE) for t in pools())
     block_copy._copy_triton(src, src_ids, dst, dst_ids)
+    src, dst = src.cpu(), dst.cpu()
     expected = torch.full_like(dst, float("nan"))
     block_copy.copy_blocks(src, src_ids, expected, dst_ids)
     assert torch.equal(torch.nan_to_num(dst, nan=-1.0), torch.nan_to_num(expected, nan=-1.0))
