@@ -99,6 +99,13 @@ async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_add
                   prompt_tokens=prompt_tokens, failed=len(failed))
 
 
+TRANSPORT_FLAGS = {
+    "direct": ["--kv-transport", "direct"],
+    "direct+cache": ["--kv-transport", "direct", "--store-write-budget", "1GiB"],  # store writes in the background
+    "store": ["--kv-transport", "store"],
+}
+
+
 def kv_move_seconds(metrics_port: int) -> float:
     """Sum of the decode worker's kv_transfer_seconds (all transports) from its /metrics."""
     import urllib.request
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="", help="real shapes with random weights (bench/model_presets.py), e.g. llama-3.1-8b")
     p.add_argument("--prompt-len", default="64:256", help="MIN:MAX prompt tokens")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
-    p.add_argument("--transports", default="direct,store", help="KV transports to compare (one prefill worker each)")
+    p.add_argument("--transports", default="direct,store",
+                   help=f"KV transports to compare, one prefill worker each: {', '.join(TRANSPORT_FLAGS)}")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                    help="per worker; the prefill workers and the decode worker share one GPU")
     p.add_argument("--out", default="pd_bench.json")
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     store = EmbeddedStore(capacity=(32 << 30) if args.preset else (512 << 20))
     store.start()
     transports = args.transports.split(",") if args.transports else []
-    prefills = {t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", "--kv-transport", t, *extra)
+    prefills = {t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra)
                 for t in transports}
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     results = []

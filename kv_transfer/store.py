@@ -73,13 +73,16 @@ class StoreConnector:
 
     # ---- sender ---------------------------------------------------------------------------------
     def save(self, job: ExportJob, blocks: list[int]) -> None:
+        if self.write_budget == 0:
+            job.store_incomplete = True
+            return
         todo = [i for i in blocks if i not in job.in_store]
         if todo:
             rows = self.export_rows(job.request_id, todo[0], todo[-1] + 1)  # [n, L, 2, B, Hkv, D]
             self._write(job, [job.keys[i] for i in todo], rows[[i - todo[0] for i in todo]])
 
     def finish(self, job: ExportJob) -> None:
-        if job.tail:
+        if job.tail and self.write_budget != 0:
             full = len(job.keys)
             self._write(job, [job.tail], self.export_rows(job.request_id, full, full + 1))
 

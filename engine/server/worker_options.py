@@ -31,7 +31,7 @@ class WorkerOptions:
     kv_wait_timeout: float = 10.0  # decode: longest wait for KV blocks a prefill worker is still writing
     kv_transport: str = "direct"  # prefill: "direct" also offers a pull out of its own pool (same host); "store"
     kv_lease_timeout: float = 30.0  # prefill: longest hold of a request's blocks for a direct reader
-    store_write_budget: int | None = 1 << 30  # prefill with direct: store writes in flight beyond this are skipped
+    store_write_budget: int | None = 0  # prefill with direct: store writes in flight beyond this are skipped
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -83,8 +83,11 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
                        "store: KV reaches decode through the store only")
         p.add_argument("--kv-lease-timeout", type=float, default=30.0,
                        help="seconds a request's blocks stay held for a direct reader that never says it is done")
-        p.add_argument("--store-write-budget", type=parse_bytes, default=1 << 30,
-                       help="with --kv-transport direct: store writes in flight beyond this are skipped (0 = none)")
+        p.add_argument("--store-write-budget", type=parse_bytes, default=0,
+                       help="with --kv-transport direct: also write the blocks to the store (the cache tier for "
+                       "prefix reuse by other workers), skipping writes beyond this many bytes in flight; "
+                       "0 = none (the default: the writes run in the engine's process and cost TTFT, "
+                       "see docs/performance.md)")
     if role == "decode":
         p.add_argument("--kv-wait-timeout", type=float, default=10.0,
                        help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)")
@@ -108,6 +111,6 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         drain_timeout=args.drain_timeout, block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
         kv_transport=getattr(args, "kv_transport", "direct"), kv_lease_timeout=getattr(args, "kv_lease_timeout", 30.0),
-        store_write_budget=getattr(args, "store_write_budget", 1 << 30),
+        store_write_budget=getattr(args, "store_write_budget", 0),
         gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
     )

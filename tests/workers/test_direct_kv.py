@@ -2,7 +2,7 @@
 it is done or at the lease's end, a vanished prefill worker never hangs or corrupts a decode,
 and no KV block leaks on either side.
 
-A dedicated prefill worker writes nothing to the store (--store-write-budget 0), so the direct
+A dedicated prefill worker has no store at all (and by default writes none), so the direct
 pull is the only way its KV can reach the decode worker, and it has a short lease."""
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def direct_only(model_dir: str) -> Iterator[WorkerProcess]:
-    w = start_worker("prefill", model_dir, "", "prefill-direct-only", "--store-write-budget", "0",
-                     "--kv-lease-timeout", str(LEASE_S))
+    w = start_worker("prefill", model_dir, "", "prefill-direct-only", "--kv-lease-timeout", str(LEASE_S))
     try:
         wait_serving([w])
         yield w
@@ -96,7 +95,7 @@ def test_blocks_of_a_reader_that_never_comes_are_freed_at_the_lease_end(direct_o
 
 
 def test_a_killed_prefill_worker_leaves_a_decode_that_answers_or_fails_fast(stack, model_dir, reference) -> None:
-    victim = start_worker("prefill", model_dir, "", "prefill-victim", "--store-write-budget", "0")
+    victim = start_worker("prefill", model_dir, "", "prefill-victim")
     try:
         wait_serving([victim])
         prompt = [(i * 17 + 9) % 380 + 3 for i in range(60)]
