@@ -27,6 +27,7 @@ class EngineConfig:
     distributed_executor: str = "mp"  # "mp" (multiprocessing spawn) or "ray" (actors in a placement group)
     distributed_timeout_s: float = 60.0  # a collective waiting longer than this fails instead of hanging
     enforce_eager: bool = False  # True: never capture CUDA graphs (decode steps run eagerly, as prefill does)
+    kv_pool_file: str | None = None  # CPU: back the KV pool with this file (/dev/shm) so a peer on the host can map it
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:

@@ -170,6 +170,10 @@ class ParallelExecutor:
             distributed.broadcast(rows)
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
 
+    def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
+        raise NotImplementedError("device-direct KV import runs at tensor_parallel_size 1 only; "
+                                  "a TP engine imports KV through the store")
+
     def shutdown(self) -> None:
         if self._closed:
             return

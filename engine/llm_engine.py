@@ -23,6 +23,7 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
+from engine.kv_source import KVRows, KVSource
 from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
 from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
@@ -83,7 +84,7 @@ class LLMEngine:
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams | None,
-        kv: torch.Tensor,  # [n, L, 2, B, Hkv, D] rows of blocks start_block .. start_block + n
+        kv: torch.Tensor | KVSource,  # rows [n, L, 2, B, Hkv, D] of blocks start_block .. start_block + n, or a peer's blocks
         num_tokens: int,
         first_token_id: int | None = None,
         *,
@@ -101,11 +102,12 @@ class LLMEngine:
         """
         if not 0 < num_tokens <= len(prompt_token_ids):
             raise ValueError(f"num_tokens={num_tokens} must be in 1..{len(prompt_token_ids)} (the prompt length)")
+        source = KVRows(kv) if isinstance(kv, torch.Tensor) else kv
         expected_rows = -(-num_tokens // self.config.block_size) - start_block
-        if kv.shape[0] != expected_rows:
-            raise ValueError(f"kv has {kv.shape[0]} rows; {num_tokens} tokens from block {start_block} need {expected_rows}")
+        if source.num_rows != expected_rows:
+            raise ValueError(f"kv has {source.num_rows} rows; {num_tokens} tokens from block {start_block} need {expected_rows}")
         seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
-        seq.pending_kv, seq.pending_kv_tokens = kv, num_tokens
+        seq.pending_kv, seq.pending_kv_tokens = source, num_tokens
         seq.pending_kv_start_block = start_block
         if first_token_id is not None:
             seq.token_ids.append(first_token_id)
@@ -186,6 +188,14 @@ class LLMEngine:
             raise ValueError(f"block range [{start_block}, {end}) is outside the {computed_blocks} computed blocks")
         return self.runner.export_kv(seq.block_table[start_block:end])
 
+    def block_ids(self, request_id: str, num_tokens: int) -> list[int]:
+        """The engine blocks holding the KV of a request's first ``num_tokens`` tokens, in order
+        (a peer on the same host reads them straight out of this engine's pool)."""
+        req = self.requests.get(request_id)
+        if req is None or req.seq.status not in (SequenceStatus.RUNNING, SequenceStatus.HELD):
+            raise UnknownRequest(f"request {request_id!r} holds no KV blocks (unknown, waiting or finished)")
+        return list(req.seq.block_table[: -(-num_tokens // self.config.block_size)])
+
     def cached_prefix_blocks(self, prompt_token_ids: list[int], cache_salt: str = "") -> int:
         """How many leading full blocks of a prompt are in the local prefix cache now."""
         n = 0
@@ -225,8 +235,7 @@ class LLMEngine:
         have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)
         end = -(-seq.num_computed_tokens // block_size)
         if end > have_blocks:
-            rows = seq.pending_kv[have_blocks - start : end - start]  # [n, L, 2, B, Hkv, D]
-            self.runner.import_kv(seq.block_table[have_blocks:end], rows)
+            seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
 

@@ -78,7 +78,9 @@ class ModelRunner:
         attn = self.model.attention_layers()
         self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
         wants_graphs = self._wants_graphs()
-        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs)
+        shared_file = config.kv_pool_file if self.device.type == "cpu" else None  # CUDA pools share through IPC
+        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs,
+                          shared_file=shared_file)
         for layer, k, v in zip(attn, self.kv.k, self.kv.v):
             layer.k_cache, layer.v_cache = k, v
         self.graphs = self._capture_graphs() if wants_graphs else None
@@ -277,6 +279,10 @@ class ModelRunner:
 
     def import_kv(self, block_ids: list[int], rows: torch.Tensor) -> None:
         self.kv.scatter(block_ids, rows)
+
+    def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
+        """Blocks of a peer engine's pool (mapped into this process) into ours: no host staging."""
+        self.kv.copy_blocks_from(src_pool, src_ids, dst_ids)
 
     def shutdown(self) -> None:
         pass

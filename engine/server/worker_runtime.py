@@ -50,7 +50,7 @@ class WorkerRuntime:
         snapshot = f"tcp://{o.host}:{o.kv_events_port + 1}" if o.kv_events_port else f"tcp://{o.host}:0"
         self.client = AsyncEngineClient(
             CoreConfig(engine, o.role, o.worker_id, o.kvstore, "", "", events, snapshot, o.advertise_host,
-                       o.tensor_parallel_size),
+                       o.tensor_parallel_size, o.kv_transport, o.kv_lease_timeout, o.store_write_budget),
             ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer,
                         on_queued=self.metrics.queued),
         )

@@ -12,7 +12,7 @@ import pytest
 
 from worker_processes import KV_WAIT_S, colocated
 from engine.sampling_params import SamplingParams
-from engine.server.kv_transfer import tail_key
+from kv_transfer.store import tail_key
 from kvstore.block_key import KVLayout, block_keys, store_key
 from kvstore.sync_client import KVStoreClient
 from splitserve.rpc import worker_pb2 as pb
