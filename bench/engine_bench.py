@@ -62,12 +62,12 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
         engine.step()  # prefill (chunked under the token budget) + first tokens
     sync(torch)
     t1 = time.perf_counter()
-    steps = 0
+    runs = ModelRunCounter(engine.runner)
     while engine.has_unfinished():
-        engine.step()
-        steps += 1
+        engine.step()  # with async decode the last call only emits: count model runs, not calls
     sync(torch)
     t2 = time.perf_counter()
+    steps = runs.stop()
     spec = engine.runner.kv_spec
     kv_bytes_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.tensor([], dtype=spec.dtype).element_size()
     mean_context = prompt_len + output_len / 2
@@ -80,6 +80,30 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
         "decode_step_ms": 1000 * step_s,
         "decode_GB_s": bytes_per_step / step_s / 1e9,
     }
+
+
+class ModelRunCounter:
+    """Counts the runner's forward launches (``execute``, ``execute_ahead``) until ``stop()``.
+
+    With async decode the last ``step()`` call of a run only emits, so calls overcount steps.
+    """
+
+    def __init__(self, runner) -> None:
+        self.runner, self.count = runner, 0
+        self.names = [name for name in ("execute", "execute_ahead") if hasattr(runner, name)]
+        for name in self.names:
+            setattr(runner, name, self._counted(getattr(runner, name)))
+
+    def _counted(self, fn):
+        def wrapper(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def stop(self) -> int:
+        for name in self.names:
+            delattr(self.runner, name)  # the class's methods again
+        return self.count
 
 
 def _generate(engine, prompts: list[list[int]], params, tag: str) -> list[list[int]]:
@@ -96,6 +120,7 @@ def _generate(engine, prompts: list[list[int]], params, tag: str) -> list[list[i
 def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[float, float]:
     """(max |eager - graph| logit, max |logit|) over one decode step of ``prompts``, same metadata."""
     runner = engine.runner
+    async_decode, engine.config.async_decode = engine.config.async_decode, False  # plan below on a drained state
     for i, prompt in enumerate(prompts):
         engine.add_request(f"logits-{i}", prompt, params)
     while any(s.num_computed_tokens < s.num_tokens - 1 for s in engine.scheduler.running) or engine.scheduler.waiting:
@@ -106,6 +131,7 @@ def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[
     diff, scale = (eager - graph).abs().max().item(), eager.abs().max().item()
     for i in range(len(prompts)):
         engine.abort(f"logits-{i}")
+    engine.config.async_decode = async_decode
     return diff, scale
 
 
