@@ -6,7 +6,8 @@ For each case BxPxO: B requests of P prompt tokens are prefilled, then O decode 
 are timed twice: once under ``torch.profiler`` (kernel time per step, grouped into
 GEMM / attention / fused elementwise / other, plus the top kernels) and once with
 plain timers around the phases of a step (schedule, execute = host prep + launch +
-sampling launch, advance, emit = waiting for the sampled tokens + detokenize/stop checks).
+sampling launch; execute_ahead = the same for a step launched before the last one's tokens
+are read), advance, emit = waiting for the sampled tokens + detokenize/stop checks).
 GPU figures are per step; "GPU busy" over wall shows how much of a step the GPU idles.
 """
 
@@ -36,7 +37,8 @@ def prefill(engine, batch: int, prompt_len: int, steps: int) -> None:
     from engine.sampling_params import SamplingParams
 
     rng = random.Random(batch)
-    params = SamplingParams(temperature=0, max_tokens=2 * steps + 8, ignore_eos=True)
+    # every request must outlive the prefill steps (chunked: early prompts decode meanwhile) and the timed steps
+    params = SamplingParams(temperature=0, max_tokens=batch * prompt_len // 2048 + 2 * steps + 8, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"p{batch}-{i}", [rng.randrange(engine.runner.vocab_size) for _ in range(prompt_len)], params)
     while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
@@ -89,6 +91,7 @@ def phase_times(engine, torch, steps: int) -> dict:
 
     saved = [(engine.scheduler, "schedule", timed(engine.scheduler, "schedule", "schedule")),
              (engine.runner, "execute", timed(engine.runner, "execute", "execute")),
+             (engine.runner, "execute_ahead", timed(engine.runner, "execute_ahead", "execute_ahead")),
              (engine, "_advance", timed(engine, "_advance", "advance")),
              (engine, "_emit", timed(engine, "_emit", "emit"))]
     torch.cuda.synchronize()
@@ -97,8 +100,8 @@ def phase_times(engine, torch, steps: int) -> dict:
         engine.step()
     torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) / steps
-    for obj, name, original in saved:
-        setattr(obj, name, original)
+    for obj, name, _ in saved:
+        delattr(obj, name)  # the class's methods again
     out = {label: 1000 * s / steps for label, s in spent.items()}
     out["wall_ms"] = 1000 * wall
     return out

@@ -235,7 +235,7 @@ def paged_attention_triton(
         block_q = 1
         block_m = max(16, triton.next_power_of_2(group))
         block_n = 64 if on_gpu else 16
-        num_warps, num_stages = 4, 3
+        num_warps, num_stages = 4, 2  # H200 sweep (attention_bench --sweep): 2 stages 9% faster at B=128
     else:
         block_m = 128 if on_gpu and head_dim <= 128 else 16
         block_m = max(block_m, triton.next_power_of_2(group))

@@ -112,9 +112,10 @@ def generate(model: str, prompts: list[list[int]]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("arch", ["llama3", "qwen3"])  # qwen3: q/k norm before the fused rope
-def test_model_with_fused_kernels_generates_the_same_greedy_tokens(checkpoints, request, arch):
+def test_model_with_fused_kernels_generates_the_same_greedy_tokens(checkpoints, monkeypatch, request, arch):
     rng = random.Random(5)
     prompts = [[rng.randrange(3, 380) for _ in range(n)] for n in (7, 19)]
+    unfused(monkeypatch)
     reference = generate(str(checkpoints[arch]), prompts)
     request.getfixturevalue("fused_on_cpu")
     assert generate(str(checkpoints[arch]), prompts) == reference
