@@ -25,13 +25,14 @@ from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from engine.server.protocol import ErrorKind
 from kv_transfer.connector import KVConnector, KVLoad
-from kv_transfer.direct import DirectLoad
+from kv_transfer.direct import DirectConnector, DirectLoad
 from kv_transfer.handle import KVHandle
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
 
 Observe = Callable[[str, int, float], None]
+PRUNE_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -46,7 +47,6 @@ class Import:
     wait_s: float
     candidates: list[KVConnector]
     load: KVLoad | None = None
-    started: float = 0.0
 
 
 class KVImports:
@@ -58,6 +58,7 @@ class KVImports:
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
         self.copying: dict[str, Import] = {}  # imported with a direct source: release once copied
+        self._next_prune = 0.0
 
     def busy(self) -> bool:
         return bool(self.loading or self.copying)
@@ -79,15 +80,15 @@ class KVImports:
         sp.validate(self.engine.runner.vocab_size)
         candidates = [c for c in self.connectors if c.accepts(h)]
         if not candidates:
-            raise BlocksMissing("no KV transport reaches this handle's blocks from here (no direct offer on this "
-                                "host and no store holding them)")
+            raise BlocksMissing("unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
+                                "from here (no direct offer on this host and no store holding them)")
         local = self.engine.cached_prefix_blocks(prompt, salt)
         imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
         self.loading[rid] = imp
         self._begin(imp)
 
     def _begin(self, imp: Import) -> None:
-        imp.load, imp.started = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s), time.perf_counter()
+        imp.load = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s)
         load = imp.load
 
         def attempt() -> None:
@@ -141,11 +142,16 @@ class KVImports:
             source = imp.load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
-                self.observe("in", nbytes, time.perf_counter() - imp.started)
+                self.observe("in", nbytes, source.copy_s)
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]
             imp.load.done()
+        if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            for c in self.connectors:
+                if isinstance(c, DirectConnector):
+                    c.peers.prune()
 
     def _still_pending(self, rid: str, source: object) -> bool:
         req = self.engine.requests.get(rid)

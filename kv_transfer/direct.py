@@ -36,7 +36,8 @@ class PeerBlocks:
     def __init__(self, pool: torch.Tensor, block_ids: list[int], lease_deadline: float) -> None:
         self.pool, self.block_ids, self.lease_deadline = pool, block_ids, lease_deadline
         self.copied_at: float | None = None
-        self.event: torch.cuda.Event | None = None  # the copy's completion on a GPU
+        self.copy_s = 0.0  # the copy itself (device time on a GPU)
+        self.events: tuple[torch.cuda.Event, torch.cuda.Event] | None = None  # the copy's start and end on a GPU
 
     @property
     def num_rows(self) -> int:
@@ -46,14 +47,26 @@ class PeerBlocks:
         return time.monotonic() < self.lease_deadline - LEASE_MARGIN_S
 
     def copy_into(self, sink: KVBlockSink, dst_block_ids: list[int], first_row: int) -> None:
+        on_gpu = self.pool.device.type == "cuda"
+        if on_gpu:
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.events[0].record()
+        start = time.perf_counter()
         sink.copy_blocks_from(self.pool, self.block_ids[first_row : first_row + len(dst_block_ids)], dst_block_ids)
         self.copied_at = time.perf_counter()
-        if self.pool.device.type == "cuda":
-            self.event = torch.cuda.Event()
-            self.event.record()
+        if on_gpu:
+            self.events[1].record()
+        else:
+            self.copy_s = self.copied_at - start
 
     def copy_finished(self) -> bool:
-        return self.copied_at is not None and (self.event is None or self.event.query())
+        if self.copied_at is None:
+            return False
+        if self.events is not None:
+            if not self.events[1].query():
+                return False
+            self.copy_s = self.events[0].elapsed_time(self.events[1]) / 1e3
+        return True
 
 
 class DirectLoad:
@@ -106,12 +119,16 @@ class DirectConnector:
         pass
 
     def offer(self, job: ExportJob, handle: KVHandle) -> None:
+        if self.inbox is None:
+            return  # a receiver only: this engine's pool is not shared
         deadline = time.monotonic() + self.lease_s
         self.leases[job.transfer_id] = deadline
         blocks = self.block_ids_of(job.request_id, len(job.prompt))
         handle.direct = DirectOffer(self.descriptor, blocks, self.inbox.endpoint, deadline)
 
     def holds(self, job: ExportJob) -> bool:
+        if self.inbox is None:
+            return False
         self._take_releases()
         deadline = self.leases.get(job.transfer_id)
         if deadline is None:

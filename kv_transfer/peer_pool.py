@@ -51,11 +51,13 @@ class PoolDescriptor:
     device: str  # CUDA device uuid, or "cpu"
     shape: list[int]
     dtype: str
+    owner_pid: int  # the process that owns the pool: once it is gone its handles are refused
     shm_file: str = ""  # CPU pools
     cuda_ipc: list | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
 
     def encode(self) -> bytes:
-        return msgpack.packb([self.host, self.device, self.shape, self.dtype, self.shm_file, self.cuda_ipc], use_bin_type=True)
+        return msgpack.packb([self.host, self.device, self.shape, self.dtype, self.owner_pid, self.shm_file,
+                              self.cuda_ipc], use_bin_type=True)
 
     @classmethod
     def decode(cls, data: bytes) -> PoolDescriptor:
@@ -76,7 +78,7 @@ def remove_orphaned_pools() -> int:
     removed = 0
     for path in glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")):
         pid = os.path.basename(path).removeprefix(SHM_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+        if pid.isdigit() and not process_alive(int(pid)):
             try:
                 os.unlink(path)
                 removed += 1
@@ -95,10 +97,10 @@ def describe_pool(pool: torch.Tensor, shm_file: str | None) -> PoolDescriptor:
         #  requires_grad, ref_counter_handle, ref_counter_offset, event_handle, event_sync_required)
         fields = [list(args[1]), list(args[2]), args[3], args[6], args[7], args[8], args[9], args[10], args[11],
                   args[12], args[13], args[14]]
-        return PoolDescriptor(host, device_identity(pool.device), shape, dtype, cuda_ipc=fields)
+        return PoolDescriptor(host, device_identity(pool.device), shape, dtype, os.getpid(), cuda_ipc=fields)
     if not shm_file:
         raise ValueError("a CPU KV pool is shareable only when it is file-backed (EngineConfig.kv_pool_file)")
-    return PoolDescriptor(host, "cpu", shape, dtype, shm_file=shm_file)
+    return PoolDescriptor(host, "cpu", shape, dtype, os.getpid(), shm_file=shm_file)
 
 
 def _local_cuda_device(uuid: str) -> int:
@@ -136,23 +138,45 @@ def open_pool(desc: PoolDescriptor, local_device: torch.device) -> torch.Tensor:
     return torch.from_file(desc.shm_file, shared=True, size=numel, dtype=dtype).view(desc.shape)
 
 
+def process_alive(pid: int) -> bool:
+    """False once ``pid`` has exited, also while it is an unreaped zombie (signal 0 would still succeed)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class PeerPools:
-    """Mapped peer pools, one per (peer, epoch); a new epoch of a peer drops the old mapping."""
+    """Mapped peer pools, one per (peer, epoch). A new epoch of a peer replaces the old mapping, and
+    the mapping of a peer whose process is gone is dropped (it would pin that whole pool's memory)."""
 
     def __init__(self, local_device: torch.device) -> None:
         self.local_device = local_device
-        self._pools: dict[str, tuple[str, torch.Tensor]] = {}  # peer -> (epoch, pool)
+        self._pools: dict[str, tuple[str, int, torch.Tensor]] = {}  # peer -> (epoch, owner pid, pool)
         self._lock = threading.Lock()  # maps are opened on transfer threads
 
     def get(self, peer: str, epoch: str, descriptor: bytes) -> torch.Tensor:
+        desc = PoolDescriptor.decode(descriptor)
+        if not process_alive(desc.owner_pid):
+            self.prune()
+            raise PeerPoolUnavailable(f"the peer {peer} that owns this KV pool exited (pid {desc.owner_pid})")
         with self._lock:
             known = self._pools.get(peer)
             if known is not None and known[0] == epoch:
-                return known[1]
-        pool = open_pool(PoolDescriptor.decode(descriptor), self.local_device)
+                return known[2]
+        pool = open_pool(desc, self.local_device)
         with self._lock:
-            self._pools[peer] = (epoch, pool)  # an older epoch's mapping goes when its last copy is done
+            self._pools[peer] = (epoch, desc.owner_pid, pool)  # an older epoch's mapping goes with its last copy
         return pool
+
+    def prune(self) -> None:
+        """Forget the mappings of peers whose process has exited."""
+        with self._lock:
+            for peer, (_, pid, _) in list(self._pools.items()):
+                if not process_alive(pid):
+                    del self._pools[peer]
 
     def __len__(self) -> int:
         return len(self._pools)

@@ -202,10 +202,11 @@ KVSTORE = Dashboard(
         ),
         Panel(
             "Worker KV transfer (GB/s)",
-            [(f'{rate("splitserve_worker_kv_transfer_bytes_total", "role, direction")} / 1e9', "{{role}} {{direction}}")],
+            [(f'{rate("splitserve_worker_kv_transfer_bytes_total", "role, direction, transport")} / 1e9',
+              "{{role}} {{direction}} {{transport}}")],
             "short",
         ),
-        Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role"), "s"),
+        Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role, transport"), "s"),
         Panel(
             "Store hit ratio",
             [

@@ -89,7 +89,7 @@ class EngineCore:
         self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
                                     self.send) if config.role == "prefill" and self.connectors else None)
         self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
-                                 self._observe_transfer)
+                                 lambda d, n, s: self._observe_transfer("direct", d, n, s))
         self.publisher = KVEventPublisher(
             config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
         )
@@ -114,7 +114,8 @@ class EngineCore:
                                          c.engine.kv_pool_file, self.engine.block_ids))
         if c.kvstore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
-            found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, self._observe_transfer,
+            observe = lambda d, n, s: self._observe_transfer("store", d, n, s)  # noqa: E731
+            found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
                                         self.engine.export_blocks, budget))
         return found
 
@@ -130,8 +131,8 @@ class EngineCore:
             endpoint = endpoint.replace(f"//{wildcard}:", f"//{self.config.advertise_host}:")
         return endpoint
 
-    def _observe_transfer(self, direction: str, nbytes: int, seconds: float) -> None:
-        self.done.put(lambda: self.send("transfer", direction, nbytes, seconds))
+    def _observe_transfer(self, transport: str, direction: str, nbytes: int, seconds: float) -> None:
+        self.done.put(lambda: self.send("transfer", transport, direction, nbytes, seconds))
 
     def _on_kv_events(self, events: list[KVEvent]) -> None:
         with self._keys_lock:

@@ -17,7 +17,7 @@ core -> server
                                              # (store writes may still be in flight: handle.blocks_pending)
     ["error", request_id, kind, message]     # the request failed; kind: see ErrorKind
     ["load", token, load]
-    ["transfer", direction, bytes, seconds]  # one KV batch moved ("in" | "out")
+    ["transfer", transport, direction, bytes, seconds]  # one KV batch moved ("store" | "direct", "in" | "out")
 """
 
 from __future__ import annotations
