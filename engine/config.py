@@ -27,6 +27,9 @@ class EngineConfig:
     distributed_executor: str = "mp"  # "mp" (multiprocessing spawn) or "ray" (actors in a placement group)
     distributed_timeout_s: float = 60.0  # a collective waiting longer than this fails instead of hanging
     enforce_eager: bool = False  # True: never capture CUDA graphs (decode steps run eagerly, as prefill does)
+    # greedy decode over CUDA graphs runs one step ahead of the host: step N+1 is launched from
+    # step N's tokens on the device before the host reads and emits them (LLMEngine.step)
+    async_decode: bool = True
     kv_pool_file: str | None = None  # CPU: back the KV pool with this file (/dev/shm) so a peer on the host can map it
 
     def __post_init__(self) -> None:

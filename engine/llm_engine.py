@@ -25,10 +25,11 @@ from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
 from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
-from engine.sampler import SamplerOutput
+from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
+from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
 from kvstore.events import KVEvent
@@ -39,6 +40,14 @@ class _Request:
     seq: Sequence
     detokenizer: IncrementalDetokenizer
     stop: StopChecker
+
+
+@dataclass(slots=True)
+class _Step:
+    """A step's samples on their way to the host (emitted now, or by the next step when it runs ahead)."""
+    sampled: list[Sequence]
+    out: SamplerOutput
+    tokens: PendingTokens
 
 
 class LLMEngine:
@@ -65,6 +74,8 @@ class LLMEngine:
         self.on_kv_events = on_kv_events
         self.on_prefill_progress = on_prefill_progress
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
+        self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
+        self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -170,7 +181,7 @@ class LLMEngine:
         del self.requests[request_id]
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._ready)
+        return self.scheduler.has_work() or bool(self._ready) or self._inflight is not None
 
     # ---- KV transfer ----------------------------------------------------------------------------
     def export_blocks(self, request_id: str, start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
@@ -217,7 +228,21 @@ class LLMEngine:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Run one step; return the outputs emitted by it.
+
+        Greedy decode over CUDA graphs runs one step ahead (``async_decode``): a step launches
+        the next decode step from its samples still on the device, and returns its tokens from
+        the following ``step()`` call, while the GPU computes that next step. Any other step
+        (admissions, prefill, sampling that needs the host) first emits the step in flight.
+        """
         outputs, self._ready = self._ready, []
+        if self._inflight is not None:
+            plan = self._plan_ahead(self._inflight.sampled)
+            if plan is not None:
+                outputs += self._step_ahead(plan)
+                self._publish_events()
+                return outputs
+            outputs += self._emit(self._take_inflight())
         sched = self.scheduler.schedule()
         for seq in sched.imports:
             self._scatter_import(seq)
@@ -225,9 +250,54 @@ class LLMEngine:
             sampled, sample_out = self.runner.execute(sched.plan)
             self._advance(sched.plan)
             if sample_out is not None:
-                outputs += self._emit(sampled, sample_out)
+                step = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
+                if sample_out.logprobs is None and self._plan_ahead(sampled) is not None:
+                    self._inflight = step  # the next step() launches its successor first, then emits it
+                else:
+                    outputs += self._emit(step)
         self._publish_events()
         return outputs
+
+    def _plan_ahead(self, last: list[Sequence]) -> dict[Sequence, int] | None:
+        """The next decode plan, if it can launch before ``last``'s samples reach the host; else None.
+
+        It can when every running sequence was sampled by ``last`` (same order), none may
+        finish by length on that token, nothing waits for admission, the argmax is the whole
+        sampling answer and a decode graph fits. A sequence that stops on EOS or a stop
+        string finishes when its token is emitted; what the step ahead computed for it is dropped.
+        """
+        running = self.scheduler.running
+        if (not self.config.async_decode or self.scheduler.waiting or len(running) != len(last)
+                or any(a is not b for a, b in zip(running, last))):
+            return None
+        outputs = [seq.num_tokens - seq.num_prompt_tokens + 1 for seq in running]  # once the token in flight lands
+        for seq, n in zip(running, outputs):
+            if seq.prefill_only or n >= seq.params.max_tokens or seq.num_tokens + 1 >= self.max_model_len:
+                return None
+        if not Sampler.argmax_suffices([seq.params for seq in running], outputs):
+            return None
+        plan = {seq: 1 for seq in running}
+        can_run_ahead = getattr(self.runner, "can_run_ahead", None)
+        if can_run_ahead is None or not can_run_ahead(plan):
+            return None
+        if sum(self.blocks.blocks_needed(seq, seq.num_computed_tokens + 1) for seq in running) > self.blocks.num_free:
+            return None
+        return plan
+
+    def _step_ahead(self, plan: dict[Sequence, int]) -> list[RequestOutput]:
+        """Launch ``plan`` on the in-flight step's device samples, then emit that step while this one runs."""
+        last = self._take_inflight()
+        for seq in plan:
+            self.blocks.allocate(seq, seq.num_computed_tokens + 1)
+        sampled, sample_out = self.runner.execute_ahead(plan, last.out.token_ids)
+        self._inflight = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
+        outputs = self._emit(last)
+        self._advance(plan)  # after the emit: full blocks are hashed with the tokens it appended
+        return outputs
+
+    def _take_inflight(self) -> _Step:
+        step, self._inflight = self._inflight, None
+        return step
 
     def _scatter_import(self, seq: Sequence) -> None:
         block_size = self.config.block_size
@@ -241,6 +311,8 @@ class LLMEngine:
 
     def _advance(self, plan: dict[Sequence, int]) -> None:
         for seq, n in plan.items():
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # finished while this step ran ahead
             start = seq.num_computed_tokens
             seq.num_computed_tokens += n
             self.blocks.commit_full_blocks(seq)
@@ -250,13 +322,16 @@ class LLMEngine:
                     PrefillProgress(seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done)
                 )
 
-    def _emit(self, sampled: list[Sequence], out: SamplerOutput) -> list[RequestOutput]:
-        token_ids = out.token_ids.tolist()  # the one host sync of the step
+    def _emit(self, step: _Step) -> list[RequestOutput]:
+        sampled, out = step.sampled, step.out
+        token_ids = self._readback.wait(step.tokens)  # the one host sync of the step: this step's samples only
         logprobs = out.logprobs.tolist() if out.logprobs is not None else None
         top_ids = out.top_token_ids.tolist() if out.top_token_ids is not None else None
         top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
         outputs = []
         for i, (seq, token) in enumerate(zip(sampled, token_ids)):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # finished or aborted while a step ran ahead of this one: its token is dropped
             req = self.requests[seq.request_id]
             seq.token_ids.append(token)
             lp = None

@@ -256,6 +256,16 @@ class ModelRunner:
         meta, sampled = self.prepare(plan)
         return sampled, self.sample(self.forward(meta), sampled)
 
+    @torch.inference_mode()
+    def execute_ahead(self, plan: dict[Sequence, int], input_ids: torch.Tensor) -> tuple[list[Sequence], SamplerOutput]:
+        """A greedy decode step (graph replay) whose input tokens [S] are the previous step's samples, still on the device."""
+        logits, sampled = self.graphs.run(plan, input_ids=input_ids)
+        return sampled, Sampler.argmax(logits)
+
+    def can_run_ahead(self, plan: dict[Sequence, int]) -> bool:
+        """Whether ``execute_ahead`` can run ``plan`` (decode graphs are captured and in use)."""
+        return self.graphs is not None and self.use_graphs and self.graphs.fits(plan)
+
     def sample(self, logits: torch.Tensor | None, sampled: list[Sequence]) -> SamplerOutput | None:
         if logits is None:
             return None
