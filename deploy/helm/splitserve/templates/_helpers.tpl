@@ -175,3 +175,19 @@ topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* What an autoscaler scales for a pool; call with (dict "root" $ "component" role). */}}
+{{- define "splitserve.poolScaleTarget" -}}
+apiVersion: apps/v1
+kind: Deployment
+name: {{ printf "%s-%s" (include "splitserve.fullname" .root) .component }}
+{{- end }}
+
+{{/* PromQL of a pool's saturation, restricted to this release's routers. */}}
+{{- define "splitserve.saturationQuery" -}}
+{{- $selector := .root.Values.autoscaling.seriesSelector }}
+{{- if not $selector }}
+{{- $selector = printf "namespace=%q,pod=~%q" .root.Release.Namespace (printf "%s-router-.+" (include "splitserve.fullname" .root)) }}
+{{- end }}
+{{- printf "max(splitserve_router_pool_saturation_ratio{role=%q,%s})" .component $selector }}
+{{- end }}
