@@ -136,11 +136,15 @@ def test_workers_probe_the_standard_grpc_health_service_on_their_grpc_port(rende
             assert container[probe]["grpc"] == {"port": port}
 
 
-def test_termination_grace_period_covers_prestop_and_drain(render: Render) -> None:
+def test_termination_grace_period_covers_prestop_and_the_drain_the_worker_is_told(render: Render) -> None:
     docs = render({"decode": {"drainTimeoutSeconds": 600, "preStopSleepSeconds": 10}})
     pod = pod_templates(docs)[f"{FULL}-decode"]["spec"]
     assert pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
+    # the worker drains for exactly the budget the grace period was sized for
+    assert arg_value(pod["containers"][0]["args"], "--drain-timeout") == "600"
     assert pod["terminationGracePeriodSeconds"] > 600 + 10
+    prefill = pod_templates(docs)[f"{FULL}-prefill"]["spec"]
+    assert arg_value(prefill["containers"][0]["args"], "--drain-timeout") == "60"  # the chart default
 
 
 def test_workers_get_memory_backed_dev_shm_for_nccl(render: Render) -> None:
