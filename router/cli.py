@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--ext-proc-port", type=int, default=0,
+                   help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off")
+    p.add_argument("--ext-proc-target-port", type=int, default=0,
+                   help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port")
     p.set_defaults(func=run)
 
 
@@ -48,5 +52,10 @@ def run(args: argparse.Namespace) -> int:
             policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms
         ),
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    app = create_app(config)
+    if args.ext_proc_port:
+        from router.ext_proc import serve_picker_with
+
+        serve_picker_with(app, args.host, args.ext_proc_port, args.ext_proc_target_port or None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
