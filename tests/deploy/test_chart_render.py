@@ -59,6 +59,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "autoscaling-keda": {"autoscaling": {"mode": "keda", "keda": {"authModes": "bearer",
                                                                    "authenticationRef": {"name": "prom-auth"}}}},
     "autoscaling-hpa": {"autoscaling": {"mode": "hpa", "hpa": {"matchLabels": {"namespace": "llm"}}}},
+    "inference-pool": {"inferencePool": {"enabled": True, "targetPort": 8080, "objectives": [
+        {"name": "chat-premium", "priority": 10}, {"name": "batch"}],
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "inference-gateway"}]},
+        "gatewayFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]}},
 }  # fmt: skip
 
 

@@ -86,9 +86,11 @@ def test_sigterm_on_a_decode_worker_under_load_fails_no_request(model_dir: str, 
         killer.join(timeout=15)
 
         assert sigterm_at, "the worker never had requests in flight"
-        assert dropped_after and dropped_after[0] < 3.0, f"router dropped the draining worker after {dropped_after}s"
         failed = [(i, r[:2]) for i, r in enumerate(results) if r[0] != 200 or r[1] != "length"]
         assert not failed, f"requests failed during the drain: {failed}\n{router.tail()}"
+        # one health interval (1 s) plus slack for a loaded CI machine; within the chart's
+        # default preStop sleep, and far below any drain timeout
+        assert dropped_after and dropped_after[0] < 5.0, f"router dropped the draining worker after {dropped_after}s"
         spanning = [r for r in results if r[2] < sigterm_at[0] < r[3]]
         assert spanning, "no request was in flight across the SIGTERM"
         drained.process.wait(timeout=DRAIN_TIMEOUT_S + 10)

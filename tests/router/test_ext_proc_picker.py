@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -188,3 +189,25 @@ def test_checked_in_envoy_stubs_match_a_fresh_generation(tmp_path: pathlib.Path)
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     stale = [str(r) for r in generated if not (REPO / r).exists() or (REPO / r).read_bytes() != (tmp_path / r).read_bytes()]
     assert stale == [], f"run `make protos` and commit: {stale}"
+
+
+async def test_the_router_app_serves_the_picker_for_its_lifetime(model_dir: pathlib.Path) -> None:
+    """`splitserve router --ext-proc-port`: the picker shares the app's worker view, and stops with it."""
+    from router.ext_proc import serve_picker_with
+    from router.openai_api import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = RouterConfig(model_dir=str(model_dir), served_model_name="default", model_fingerprint=FINGERPRINT)
+    app = create_app(config, start_workers=False)
+    serve_picker_with(app, "127.0.0.1", port, target_port=TARGET_PORT)
+    async with app.router.lifespan_context(app):
+        add_worker(app.state.router, Role.DECODE, IDLE)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await route(ep_grpc.ExternalProcessorStub(channel), {"prompt": "hi"})
+        assert set_headers(reply)[DESTINATION] == f"127.0.0.2:{TARGET_PORT}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as stopped:
+            await route(ep_grpc.ExternalProcessorStub(channel), {"prompt": "hi"})
+        assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE

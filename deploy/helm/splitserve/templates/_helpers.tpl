@@ -191,3 +191,8 @@ name: {{ printf "%s-%s" (include "splitserve.fullname" .root) .component }}
 {{- end }}
 {{- printf "max(splitserve_router_pool_saturation_ratio{role=%q,%s})" .component $selector }}
 {{- end }}
+
+{{/* The port the InferencePool's gateway forwards requests to on a decode pod. */}}
+{{- define "splitserve.inferencePoolTargetPort" -}}
+{{- .Values.inferencePool.targetPort | default .Values.decode.port }}
+{{- end }}
