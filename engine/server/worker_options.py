@@ -29,6 +29,9 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     block_size: int = 16
     kv_wait_timeout: float = 10.0  # decode: longest wait for KV blocks a prefill worker is still writing
+    nnodes: int = 1  # hosts the tensor-parallel ranks span (engine/remote_ranks.py)
+    dist_host: str = "127.0.0.1"  # rendezvous address: this worker's own (leader) address when nnodes > 1
+    dist_port: int = 0
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -68,6 +71,10 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
                    help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`")
+    p.add_argument("--dist-addr", default="127.0.0.1", help="rendezvous address the other hosts' ranks dial (this host)")
+    p.add_argument("--dist-port", type=int, default=0, help="rendezvous port (plan channel on +1); fixed when --nnodes > 1")
     if role == "decode":
         p.add_argument("--kv-wait-timeout", type=float, default=10.0,
                        help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)")
@@ -91,4 +98,5 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         drain_timeout=args.drain_timeout, block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
         gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
+        nnodes=args.nnodes, dist_host=args.dist_addr, dist_port=args.dist_port,
     )
