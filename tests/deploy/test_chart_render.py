@@ -59,6 +59,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "autoscaling-keda": {"autoscaling": {"mode": "keda", "keda": {"authModes": "bearer",
                                                                    "authenticationRef": {"name": "prom-auth"}}}},
     "autoscaling-hpa": {"autoscaling": {"mode": "hpa", "hpa": {"matchLabels": {"namespace": "llm"}}}},
+    "multi-node": {"prefill": {"tensorParallelSize": 8, "leaderWorkerSet": {"enabled": True, "size": 2}},
+                   "decode": {"tensorParallelSize": 16, "leaderWorkerSet": {"enabled": True, "size": 4}},
+                   "autoscaling": {"mode": "keda"}},
     "inference-pool": {"inferencePool": {"enabled": True, "targetPort": 8080, "objectives": [
         {"name": "chat-premium", "priority": 10}, {"name": "batch"}],
         "httpRoute": {"enabled": True, "parentRefs": [{"name": "inference-gateway"}]},

@@ -178,8 +178,13 @@ topologySpreadConstraints:
 
 {{/* What an autoscaler scales for a pool; call with (dict "root" $ "component" role). */}}
 {{- define "splitserve.poolScaleTarget" -}}
+{{- if (index .root.Values .component).leaderWorkerSet.enabled }}
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+{{- else }}
 apiVersion: apps/v1
 kind: Deployment
+{{- end }}
 name: {{ printf "%s-%s" (include "splitserve.fullname" .root) .component }}
 {{- end }}
 
