@@ -154,9 +154,9 @@ def subset_hint(request: ep.ProcessingRequest) -> set[str] | None:
     namespaces = request.metadata_context.filter_metadata
     if SUBSET_NAMESPACE not in namespaces or SUBSET_KEY not in namespaces[SUBSET_NAMESPACE].fields:
         return None
-    value: Any = namespaces[SUBSET_NAMESPACE][SUBSET_KEY]
-    items = value if isinstance(value, str) else list(value)
-    return {e.strip() for item in ([items] if isinstance(items, str) else items) for e in str(item).split(",") if e.strip()}
+    raw: Any = namespaces[SUBSET_NAMESPACE][SUBSET_KEY]  # a list of "ip:port", or one comma-separated string
+    entries = [raw] if isinstance(raw, str) else list(raw)
+    return {e.strip() for entry in entries for e in str(entry).split(",") if e.strip()}
 
 
 def header_mutation(headers: dict[str, str]) -> ep.HeaderMutation:
@@ -178,7 +178,7 @@ def immediate(error: APIError) -> ep.ProcessingResponse:
 
 def passthrough(kind: str) -> ep.ProcessingResponse:
     """Leave the rest of the exchange untouched (gateways configured to send more than the request)."""
-    if kind in ("response_headers",):
+    if kind == "response_headers":
         return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
     if kind == "response_body":
         return ep.ProcessingResponse(response_body=ep.BodyResponse())
