@@ -27,7 +27,7 @@ def test_inference_pool_selects_exactly_the_decode_pods_and_targets_their_servin
     selector = pool["spec"]["selector"]["matchLabels"]
     selected = [n for n, t in pod_templates(docs).items() if selector.items() <= t["metadata"]["labels"].items()]
     assert selected == [f"{FULL}-decode"]
-    assert pool["spec"]["targetPorts"] == [{"number": 50081}]  # default: the decode port
+    assert pool["spec"]["targetPorts"] == [{"number": 8000}]  # default: the pod router's port
     pool = one(render({"inferencePool": {"enabled": True, "targetPort": 8080}}), "InferencePool", FULL)
     assert pool["spec"]["targetPorts"] == [{"number": 8080}]
 
@@ -49,6 +49,26 @@ def test_the_endpoint_picker_reference_reaches_the_routers_ext_proc_port(render:
     assert arg_value(container["args"], "--ext-proc-port") == "9102"
     # the picker answers with decode pods on the pool's target port
     assert arg_value(container["args"], "--ext-proc-target-port") == "8080"
+
+
+def test_each_decode_pod_serves_the_openai_api_on_the_target_port_over_its_own_worker(render: Render) -> None:
+    docs = render({"inferencePool": {"enabled": True, "targetPort": 8080},
+                   "router": {"apiKeySecret": {"name": "api", "key": "k"}}})  # fmt: skip
+    decode = pod_templates(docs)[f"{FULL}-decode"]["spec"]
+    worker, router = decode["containers"]
+    assert worker["name"] == "decode" and router["name"] == "router"
+    assert router["args"][0] == "router"
+    assert arg_value(router["args"], "--decode") == f"127.0.0.1:{arg_value(worker['args'], '--port')}"
+    assert arg_value(router["args"], "--port") == "8080"
+    assert router["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert arg_value(router["args"], "--api-key") == "$(SPLITSERVE_API_KEY)"  # the same key as the central routers
+    assert router["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in router["volumeMounts"]} >= {"/models", "/tmp", "/cache"}
+    assert router["lifecycle"]["preStop"] == worker["lifecycle"]["preStop"]
+    assert len(pod_templates(docs)[f"{FULL}-prefill"]["spec"]["containers"]) == 1
+    off = render({"inferencePool": {"enabled": True, "podRouter": {"enabled": False}}})
+    assert len(pod_templates(off)[f"{FULL}-decode"]["spec"]["containers"]) == 1
+    assert len(pod_templates(render())[f"{FULL}-decode"]["spec"]["containers"]) == 1
 
 
 def test_objectives_and_route_point_at_the_pool(render: Render) -> None:

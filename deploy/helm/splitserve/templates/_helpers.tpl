@@ -199,5 +199,5 @@ name: {{ printf "%s-%s" (include "splitserve.fullname" .root) .component }}
 
 {{/* The port the InferencePool's gateway forwards requests to on a decode pod. */}}
 {{- define "splitserve.inferencePoolTargetPort" -}}
-{{- .Values.inferencePool.targetPort | default .Values.decode.port }}
+{{- .Values.inferencePool.targetPort }}
 {{- end }}

@@ -97,8 +97,66 @@ spec:
         {{- toYaml $root.Values.securityContext | nindent 8 }}
       volumeMounts:
         {{- include "splitserve.workerMounts" $root | nindent 8 }}
+    {{- if and (eq $role "decode") $root.Values.inferencePool.enabled $root.Values.inferencePool.podRouter.enabled }}
+    {{- include "splitserve.podRouter" $root | nindent 4 }}
+    {{- end }}
   volumes:
     {{- include "splitserve.workerVolumes" (dict "root" $root "pool" $pool) | nindent 4 }}
+{{- end }}
+
+{{/* GAIE data path: the gateway sends a request to the decode pod the picker chose; this
+pod-local router serves the OpenAI API there, on that pod's own decode worker only. */}}
+{{- define "splitserve.podRouter" -}}
+{{- $ip := .Values.inferencePool }}
+- name: router
+  image: {{ include "splitserve.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - router
+    - --model
+    - {{ include "splitserve.modelDir" . }}
+    - --decode
+    - {{ printf "127.0.0.1:%d" (int .Values.decode.port) | quote }}
+    - --host
+    - 0.0.0.0
+    - --port
+    - {{ $ip.targetPort | quote }}
+    {{- if .Values.router.apiKeySecret.name }}
+    - --api-key
+    - $(SPLITSERVE_API_KEY)
+    {{- end }}
+  env:
+    {{- include "splitserve.env" . | nindent 4 }}
+    {{- if .Values.router.apiKeySecret.name }}
+    - name: SPLITSERVE_API_KEY
+      valueFrom:
+        secretKeyRef: {name: {{ .Values.router.apiKeySecret.name }}, key: {{ .Values.router.apiKeySecret.key }}}
+    {{- end }}
+  ports:
+    # "http": scraped like the central routers' (the requests the gateway sends are counted here)
+    - {name: http, containerPort: {{ $ip.targetPort }}, protocol: TCP}
+  readinessProbe:
+    httpGet: {path: /health, port: http}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /health, port: http}
+    periodSeconds: 15
+    timeoutSeconds: 5
+    failureThreshold: 4
+  lifecycle:
+    preStop:
+      # as long as the worker's: the gateway drops the pod before either stops
+      sleep: {seconds: {{ .Values.decode.preStopSleepSeconds }}}
+  {{- with $ip.podRouter.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    {{- include "splitserve.modelMount" . | nindent 4 }}
+    {{- include "splitserve.scratchMounts" . | nindent 4 }}
 {{- end }}
 
 {{/* The other pods of a LeaderWorkerSet group: `splitserve tp-ranks`, this pod's ranks of the leader's engine. */}}
