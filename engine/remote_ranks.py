@@ -26,6 +26,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from multiprocessing.connection import Connection
@@ -160,6 +161,9 @@ def run_node(host: str, port: int, world: int, nnodes: int, node_rank: int) -> i
         raise RankGroupError(f"node rank {node_rank} of {nnodes} nodes, world {world}: need 0 < node rank < nodes "
                              "and a world divisible by the node count (node 0 is the leader worker)")
     per_node = world // nnodes
+    # A pod's SIGTERM reaches its group's pods together, but the leader is still draining its
+    # requests and needs every rank for that: the ranks stop when the leader closes their channel.
+    signal.signal(signal.SIGTERM, lambda *_: print("tp-ranks: SIGTERM ignored; the ranks stop with their leader", flush=True))
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_run_remote_rank, args=(host, port, r), name=f"splitserve-rank{r}")
              for r in range(node_rank * per_node, (node_rank + 1) * per_node)]  # fmt: skip

@@ -9,6 +9,7 @@ Service, and the group gives the same tokens as one device.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,6 +72,8 @@ def test_a_tp2_engine_over_two_hosts_gives_the_tokens_of_one_device(model: Path,
         engine = LLMEngine(EngineConfig(model=str(model), dtype="float32", kv_cache_bytes=4 << 20,
                                         tensor_parallel_size=2, nnodes=2, dist_host="127.0.0.1", dist_port=port))  # fmt: skip
         assert engine.runner.world == 2 and engine.runner.ranks[0].rank == 1  # rank 1 is the other host's
+        # scale-down: the whole group gets SIGTERM, but the leader still drains and needs its ranks
+        node.send_signal(signal.SIGTERM)
         assert generate(engine) == expected
     finally:
         if engine is not None:
