@@ -82,6 +82,19 @@ def test_the_group_token_secret_is_created_unless_one_is_named(render: Render) -
     assert find(render(), "Secret", f"{FULL}-rank-token") == []  # single-pod pools need no token
 
 
+def test_the_internal_secret_reaches_every_container_and_doubles_as_the_group_token(render: Render) -> None:
+    docs = render({**MULTI_NODE, "auth": {"internalSecret": {"name": "splitserve-internal", "key": "s"}}})
+    assert find(docs, "Secret", f"{FULL}-rank-token") == []
+    for name, template in pod_templates(docs).items():
+        for c in template["spec"]["containers"]:
+            ref = {e["name"]: e for e in c["env"]}["SPLITSERVE_INTERNAL_SECRET"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "splitserve-internal", "key": "s"}, name
+    token = env_names(pod_templates(docs)[f"{FULL}-decode-ranks"])["SPLITSERVE_RANK_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert token == {"name": "splitserve-internal", "key": "s"}
+    assert all("SPLITSERVE_INTERNAL_SECRET" not in {e["name"] for e in t["spec"]["containers"][0]["env"]}
+               for t in pod_templates(render()).values())
+
+
 def test_autoscalers_scale_the_leader_worker_set(render: Render) -> None:
     docs = render({**MULTI_NODE, "autoscaling": {"mode": "hpa"}})
     target = one(docs, "HorizontalPodAutoscaler", f"{FULL}-decode")["spec"]["scaleTargetRef"]

@@ -111,6 +111,11 @@ securityContext:
   value: /cache/triton
 - name: TORCHINDUCTOR_CACHE_DIR
   value: /cache/torchinductor
+{{- with .Values.auth.internalSecret.name }}
+- name: SPLITSERVE_INTERNAL_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.Values.auth.internalSecret.key }}}
+{{- end }}
 {{- with .Values.env }}
 {{ toYaml . }}
 {{- end }}

@@ -253,6 +253,14 @@ resources:
 - name: SPLITSERVE_RANK_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.rankTokenSecret.name | default (printf "%s-rank-token" (include "splitserve.fullname" .)) }}
+      {{- if .Values.rankTokenSecret.name }}
+      name: {{ .Values.rankTokenSecret.name }}
       key: {{ .Values.rankTokenSecret.key }}
+      {{- else if .Values.auth.internalSecret.name }}
+      name: {{ .Values.auth.internalSecret.name }}
+      key: {{ .Values.auth.internalSecret.key }}
+      {{- else }}
+      name: {{ printf "%s-rank-token" (include "splitserve.fullname" .) }}
+      key: {{ .Values.rankTokenSecret.key }}
+      {{- end }}
 {{- end }}
