@@ -60,3 +60,19 @@ def test_the_gauge_disappears_while_a_pool_has_no_available_worker() -> None:
     export_saturation(gauge, Role.DECODE, [], config)
     assert registry.get_sample_value("saturation", {"role": "decode"}) is None
     export_saturation(gauge, Role.PREFILL, [], config)  # never set: removing it is not an error
+
+
+def test_the_saturation_point_and_slo_are_router_flags(monkeypatch) -> None:
+    import uvicorn
+
+    import router.openai_api
+    from splitserve.cli import build_parser
+
+    seen = {}
+    monkeypatch.setattr(router.openai_api, "create_app", lambda config: seen.setdefault("config", config))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    args = build_parser().parse_args(["router", "--model", "m", "--decode", "127.0.0.1:1",
+                                      "--prefill-saturation-tokens", "4096", "--ttft-slo-ms", "800"])  # fmt: skip
+    args.func(args)
+    assert seen["config"].scheduler.prefill_saturation_tokens == 4096
+    assert seen["config"].scheduler.ttft_slo_ms == 800
