@@ -83,6 +83,13 @@ OVERVIEW = Dashboard(
             "short",
         ),
         Panel("Ready workers per pool", [("max by (role) (splitserve_router_ready_workers)", "{{role}}")], "short"),
+        Panel(
+            "Pool saturation (autoscaling signal)",
+            [("max by (role) (splitserve_router_pool_saturation_ratio)", "{{role}}")],
+            "short",
+            "Mean worker saturation per pool, 1 = at capacity: prefill by queued prompt tokens (or predicted TTFT"
+            " against the SLO), decode by KV usage and waiting requests. The chart's KEDA / HPA options scale on it.",
+        ),
     ],
 )
 

@@ -21,6 +21,9 @@ class WorkerOptions:
     tensor_parallel_size: int = 1
     expert_parallel: bool = False
     distributed_executor: str = "mp"
+    nnodes: int = 1  # hosts the tensor-parallel ranks span (engine/remote_ranks.py)
+    dist_host: str = "127.0.0.1"  # rendezvous address: this worker's own (leader) address when nnodes > 1
+    dist_port: int = 0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     kv_cache_bytes: int | None = None
@@ -71,6 +74,10 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`")
+    p.add_argument("--dist-addr", default="127.0.0.1", help="rendezvous address the other hosts' ranks dial (this host)")
+    p.add_argument("--dist-port", type=int, default=0, help="rendezvous port (plan channel on +1); fixed when --nnodes > 1")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of the card this worker may use (lower it when workers share a GPU)")
     p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
@@ -107,6 +114,7 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         advertise_host=args.advertise_host, metrics_port=args.metrics_port, kv_events_port=args.kv_events_port,
         worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size,
         expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
+        nnodes=args.nnodes, dist_host=args.dist_addr, dist_port=args.dist_port,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout, block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
