@@ -2,14 +2,15 @@
 
 Disaggregated: PrefillService.Prefill, then DecodeService.Generate (stream) with the
 KV handle and the first token. Colocated: Generate without a KV handle.
-Failover: a failed prefill retries on another prefill worker (or colocates, as the
-scheduler decides); a decode that fails before its first token retries on another
-decode worker (the prompt KV stays in the store) — unless the decode said NOT_FOUND
-(the KV never reached the store or left it: the prefill worker answers at its first
-token while its last blocks are still being written, and such a write can fail); then
-the prompt is recomputed colocated on that decode worker, provided the sampling is
-replayable (greedy or seeded: the colocated first token equals the prefill's, which
-was already streamed and is dropped from the new stream). A failure after tokens were
+Failover: a failed prefill falls back to colocated on the chosen decode worker (a lost
+prefill worker or a store that cannot take the KV must not fail the request). A decode
+that fails before its first token after a prefill recomputes the prompt colocated when
+the sampling is replayable (greedy or seeded: the colocated first token equals the
+prefill's, which was already streamed and is dropped from the new stream): on the same
+worker when it said NOT_FOUND (the KV never reached the store or left it), on another
+decode worker otherwise. Unreplayable sampling retries on another decode worker with
+the same KV handle. Every KV-path failure also opens a circuit breaker
+(kv_path_breaker.py): new requests go colocated until a probe succeeds. A failure after tokens were
 streamed raises WorkerStreamError so that the API ends the stream with an error
 event. Every RPC has a deadline and every stream read an idle timeout, so a stream
 never hangs. Closing the generator early (client gone) sends Abort to the worker.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
 from splitserve.rpc import worker_pb2, worker_pb2_grpc
@@ -63,6 +65,7 @@ class WorkerBackend:
     prefill_timeout_s: float = 120.0
     chunk_timeout_s: float = 60.0  # longest silence tolerated inside a Generate stream
     max_attempts: int = 3
+    kv_path: KVPathBreaker = field(default_factory=KVPathBreaker)
 
     async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
         try:
@@ -77,6 +80,8 @@ class WorkerBackend:
         prefill: worker_pb2.PrefillResponse | None = None
         first = decision
         streamed_first: int | None = None  # after a fallback to colocated: the first token, already streamed
+        if decision.mode is Mode.DISAGGREGATED and not self.kv_path.allow():
+            decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
         try:
             for _ in range(self.max_attempts * 2):
                 if decision.mode is Mode.DISAGGREGATED and prefill is None:
@@ -85,8 +90,13 @@ class WorkerBackend:
                         prefill = await self._prefill(decision.prefill_worker, request)
                     except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
                         log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
+                        self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
+                        # the chosen decode worker computes the prompt itself: neither a lost prefill
+                        # worker nor a store that cannot take its KV fails the request
                         excluded.add(decision.prefill_worker)
-                        decision = self._retry(redecide, excluded, decision)
+                        if decision is not first:
+                            release(decision)
+                        decision = Decision(Mode.COLOCATED, None, decision.decode_worker)
                         continue
                     if decision.charge is not None:
                         decision.charge.prompt_computed()
@@ -110,6 +120,8 @@ class WorkerBackend:
                             chunk.token_ids, chunk.logprobs = chunk.token_ids[1:], chunk.logprobs[1:]
                         if not streamed and decision.charge is not None:
                             decision.charge.prompt_computed()  # colocated: the decode worker computed the prompt
+                        if not streamed and prefill is not None:
+                            self.kv_path.succeeded()  # the decode worker has the prompt KV
                         streamed = True
                         if prefill is not None:
                             # decode counts the imported prompt as cached; the realised prefix hit is prefill's
@@ -120,9 +132,18 @@ class WorkerBackend:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
                         raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
-                    if prefill is not None and _kv_lost(exc) and _replayable(request.sampling):
+                    if prefill is not None:
+                        self.kv_path.failed(f"decode on {decision.decode_worker}: {_describe(exc)}")
+                    if prefill is not None and _replayable(request.sampling):
+                        # recompute the prompt colocated: on the same worker when it said the KV is missing,
+                        # elsewhere when the worker itself may be the problem
                         streamed_first, prefill = prefill.first_token_id, None
-                        decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
+                        if _kv_lost(exc):
+                            decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
+                        else:
+                            excluded.add(decision.decode_worker)
+                            retry = self._retry(redecide, excluded, decision)
+                            decision = Decision(Mode.COLOCATED, None, retry.decode_worker, charge=retry.charge)
                         continue
                     excluded.add(decision.decode_worker)
                     retry = self._retry(redecide, excluded, decision)
