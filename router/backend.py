@@ -142,8 +142,11 @@ class WorkerBackend:
                             decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
                         else:
                             excluded.add(decision.decode_worker)
-                            retry = self._retry(redecide, excluded, decision)
-                            decision = Decision(Mode.COLOCATED, None, retry.decode_worker, charge=retry.charge)
+                            try:
+                                retry = self._retry(redecide, excluded, decision)
+                                decision = Decision(Mode.COLOCATED, None, retry.decode_worker, charge=retry.charge)
+                            except WorkerStreamError:  # no other decode worker: this one may well be fine
+                                decision = Decision(Mode.COLOCATED, None, decision.decode_worker)
                         continue
                     excluded.add(decision.decode_worker)
                     retry = self._retry(redecide, excluded, decision)

@@ -121,3 +121,14 @@ async def test_after_a_kv_path_failure_requests_go_colocated_until_a_probe_succe
     finally:
         await backend.pool.close()
     assert backend.kv_path.opened == 1 and not backend.kv_path.open
+
+
+async def test_with_no_other_decode_worker_the_recompute_runs_on_the_same_one(workers) -> None:
+    (p_addr, _), (d_addr, decode), _ = workers
+    decode.handle_error = grpc.StatusCode.INTERNAL  # e.g. the store's master is unreachable from the decode worker
+    backend = WorkerBackend(WorkerPool(), chunk_timeout_s=5.0)
+    try:
+        assert await _run(backend, Decision(Mode.DISAGGREGATED, p_addr, d_addr)) == TOKENS
+    finally:
+        await backend.pool.close()
+    assert decode.generates == [True, False]
