@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--stall-timeout", type=float, default=5.0,
+                   help="seconds of silence after which a request leaves a worker that fails its health checks")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="deadline of one request on the workers, retries included (seconds)")
     p.set_defaults(func=run)
 
 
@@ -44,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         kvstore_snapshot=args.kvstore_snapshot,
         api_keys=args.api_key,
         block_size=args.block_size,
+        stall_timeout_s=args.stall_timeout,
+        request_timeout_s=args.request_timeout,
         scheduler=SchedulerConfig(
             policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms
         ),

@@ -25,3 +25,5 @@ class RouterConfig:
     health_interval_s: float = 1.0
     prefill_timeout_s: float = 120.0
     chunk_timeout_s: float = 60.0
+    stall_timeout_s: float = 5.0  # silence tolerated from a worker that fails its health checks
+    request_timeout_s: float = 600.0  # whole request, retries included; the workers' gRPC deadline

@@ -46,7 +46,8 @@ class RouterState:
         self.subscriber = KVEventSubscriber(self.index)
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)
-        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
+        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s,
+                                     stall_timeout_s=config.stall_timeout_s, request_timeout_s=config.request_timeout_s)
 
     def discovery(self) -> Discovery:
         if self.config.discovery:

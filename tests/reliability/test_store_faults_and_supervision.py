@@ -1,8 +1,10 @@
-"""Fault injection on a real `splitserve up` stack (1 prefill + 1 decode, tiny model, CPU).
+"""Fault injection on a real `splitserve up` stack (1 prefill + 2 decode, tiny model, CPU).
 
 - SIGKILL of `up`: no process of the stack survives (checked by pid, engine cores included).
 - SIGKILL of the kvstore node, then of the master, under load: requests keep completing
   (colocated recompute), `up` restarts the component, and the store is written to again.
+- SIGSTOP of a decode worker under load: no request waits longer than the stall bound
+  (5 s of silence) plus slack; what fails says why; after SIGCONT the worker serves again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from fault_stack import Load, alive, descendants, make_tiny_model, metric, start
 pytestmark = pytest.mark.slow
 
 RECEIVED = "splitserve_kvstore_received_bytes_total"
-LONGEST_REQUEST_S = 25.0  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
+LONGEST_REQUEST_S = 25.0
+STALL_BOUND_S = 5.0  # the router's default --stall-timeout  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
 
 @pytest.fixture(scope="module")
 def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "1",
+    stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "2",
                      "--colocate-threshold", "16")  # fmt: skip
     yield stack
     assert stack.stop() == 0, stack.tail()
@@ -70,3 +73,26 @@ def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, vict
     assert alive(stack.state["pids"][victim]) and not alive(old_pid)
     print(f"{victim}: {len(outcomes)} requests, 0 failed, longest {max(o.seconds for o in outcomes):.1f}s, "
           f"store written again {recovered - killed:.1f}s after the kill")  # fmt: skip
+
+
+def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) -> None:  # type: ignore[no-untyped-def]
+    victim = stack.state["pids"]["decode-0"]
+    load = Load(stack.url, concurrency=3).start()
+    try:
+        wait_for(lambda: load.ok_since(0) >= 4, 60, "requests complete before the fault")
+        stopped = time.monotonic()
+        os.killpg(victim, signal.SIGSTOP)  # the gRPC server and its engine core
+        try:
+            wait_for(lambda: load.ok_since(stopped + STALL_BOUND_S) >= 6, 60, "requests complete around the stopped worker")
+        finally:
+            os.killpg(victim, signal.SIGCONT)
+        resumed = time.monotonic()
+        wait_for(lambda: load.ok_since(resumed) >= 6, 60, "requests complete after SIGCONT")
+    finally:
+        outcomes = load.stop()
+    longest = max(o.seconds for o in outcomes)
+    failed = [o for o in outcomes if o.status != 200]
+    assert longest < STALL_BOUND_S + 6.0, longest  # detection, one abort RPC (1 s) and a recompute elsewhere
+    assert all("stalled" in o.error for o in failed), failed[:3]  # only requests that had produced tokens there
+    assert len(failed) <= 3  # at most one in flight per load thread
+    print(f"SIGSTOP decode-0: {len(outcomes)} requests, {len(failed)} failed, longest {longest:.1f}s")
