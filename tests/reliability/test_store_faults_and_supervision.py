@@ -15,18 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_stack import Load, alive, descendants, make_tiny_model, metric, start_up, wait_for
+from fault_stack import Load, alive, descendants, metric, start_up, wait_for
 
 pytestmark = pytest.mark.slow
 
 RECEIVED = "splitserve_kvstore_received_bytes_total"
-LONGEST_REQUEST_S = 25.0
-STALL_BOUND_S = 5.0  # the router's default --stall-timeout  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return make_tiny_model(tmp_path_factory.mktemp("fault-model") / "tiny-llama")
+LONGEST_REQUEST_S = 25.0  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
+STALL_BOUND_S = 5.0  # the router's default --stall-timeout
 
 
 def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -> None:
@@ -41,14 +36,6 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
     finally:
         for pid in descendants(stack.process.pid):  # nothing should be left; never leak into other tests
             os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "2",
-                     "--colocate-threshold", "16")  # fmt: skip
-    yield stack
-    assert stack.stop() == 0, stack.tail()
 
 
 @pytest.mark.parametrize("victim", ["kvstore-node", "kvstore-master"])
