@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
 from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested, healthy
 
 __all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
@@ -39,6 +41,7 @@ class StackInfo:
     decode: list[str]
     metrics: dict[str, str]
     pids: dict[str, int]
+    internal_token_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
 def free_port() -> int:
@@ -113,6 +116,8 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
         router += ["--prefill", prefill]
     if args.colocate_threshold is not None:
         router += ["--colocate-threshold", str(args.colocate_threshold)]
+    if args.api_key_file:  # the keys stay in the file (or in $SPLITSERVE_API_KEYS, inherited): never in argv
+        router += ["--api-key-file", str(Path(args.api_key_file).resolve())]
     comps.append(Component("router", router, http_port=args.port, metrics_port=args.port,
                            expect_workers={"prefill": args.prefill, "decode": args.decode}))
     return comps
@@ -128,7 +133,26 @@ def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> St
         decode=by_prefix("decode-"),
         metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
         pids={c.name: c.process.pid for c in stack.comps if c.process},
+        internal_token_file=os.environ.get(TOKEN_FILE_ENV, ""),
     )
+
+
+def stack_secret(log_dir: Path) -> str:
+    """The stack's internal secret: the operator's ($SPLITSERVE_INTERNAL_TOKEN[_FILE]) or a new random one.
+
+    A new one goes to a 0600 file that every child finds through the environment, never
+    on a command line (visible in `ps`).
+    """
+    if os.environ.get(TOKEN_ENV):
+        return ""
+    if not os.environ.get(TOKEN_FILE_ENV):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "internal-token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        os.environ[TOKEN_FILE_ENV] = str(path)  # inherited by every child `up` starts
+    return os.environ[TOKEN_FILE_ENV]
 
 
 def write_state(path: str, info: StackInfo) -> None:
@@ -165,6 +189,7 @@ def run_up(args: argparse.Namespace) -> int:
 
         return run_on_ray(plan_stack(args, str(model)), args)
     log_dir = Path(args.log_dir) if args.log_dir else Path.cwd() / "runs" / time.strftime("up-%Y%m%d-%H%M%S")
+    stack_secret(log_dir)
     stack = Stack(plan_stack(args, str(model)), log_dir, RestartPolicy(enabled=not args.no_restart))
     stop = StopRequested()
     url = f"http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
@@ -212,6 +237,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")
+    p.add_argument("--api-key-file", default=None,
+                   help="file of API keys clients must send (one per line); or set $SPLITSERVE_API_KEYS")
     p.add_argument("--no-restart", action="store_true", help="do not restart components that exit (default: restart "
                    "with a back-off from 0.5 s to 10 s, as Kubernetes would)")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
