@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fault_stack import make_tiny_model, start_up
+from bench.fault_load import make_tiny_model, start_up
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_stack import Load, alive, descendants, metric, start_up, wait_for
+from bench.fault_load import Load, alive, descendants, metric, start_up, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """A `splitserve up` stack, a steady load against it, and the process tree under it.
 
-Shared by the fault-injection tests and bench/fault_bench.py: start a stack, run
+Shared by the fault-injection tests (tests/reliability) and bench/fault_bench.py: start a stack, run
 requests at a fixed concurrency in threads, inject a fault, and read back per-request
 outcomes (ok / error, latency) and per-component recovery times.
 """
@@ -161,6 +161,8 @@ class Load:
                     outcome = Outcome(start, time.monotonic() - start, 0, f"{type(exc).__name__}: {exc}")
                 with self._lock:
                     self.outcomes.append(outcome)
+                if outcome.status == 0:
+                    time.sleep(0.2)  # the router is down: a client backs off rather than spin
 
     def ok_since(self, t: float) -> int:
         with self._lock:
