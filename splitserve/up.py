@@ -161,13 +161,21 @@ def write_state(path: str, info: StackInfo) -> None:
     tmp.replace(path)  # readers never see a half-written file
 
 
-def demo_request(url: str, model: str) -> bool:
+def first_api_key(key_file: str | None) -> str | None:
+    """The key the demo request sends: the first of --api-key-file, else of $SPLITSERVE_API_KEYS."""
+    keys = Path(key_file).read_text().split() if key_file else []
+    keys += [k.strip() for k in os.environ.get("SPLITSERVE_API_KEYS", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     """Send one chat completion and print it; False when the stack did not answer."""
     import httpx
 
     body = {"model": model, "messages": [{"role": "user", "content": "Hello! Who are you?"}], "max_tokens": 24,
             "temperature": 0}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     print("[up] demo request -> " + json.dumps(reply.json(), indent=2), flush=True)
     if reply.status_code != 200:
         return False
@@ -204,7 +212,7 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"[up] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}'",
               flush=True)
-        if args.demo_request and not demo_request(url, name):
+        if args.demo_request and not demo_request(url, name, first_api_key(args.api_key_file)):
             return 1
         # a crashed component is restarted (the store is a cache, a lost worker is what the router's
         # failover is for); with --no-restart `up` keeps serving on whatever is left
