@@ -2,7 +2,7 @@
 
 One shared secret per deployment (``splitserve up`` makes a random one per stack; the
 chart mounts one from a Secret). It is read from the file named by
-``$SPLITSERVE_INTERNAL_TOKEN_FILE`` or from ``$SPLITSERVE_INTERNAL_TOKEN``, never from
+``$SPLITSERVE_INTERNAL_SECRET_FILE`` or from ``$SPLITSERVE_INTERNAL_SECRET``, never from
 the command line (visible in ``ps``). Without either, auth is off (tests, a laptop).
 
 - gRPC: every call carries ``x-splitserve-token`` (client interceptors on every channel);
@@ -32,8 +32,8 @@ from typing import Any
 import grpc
 
 METADATA_KEY = "x-splitserve-token"
-TOKEN_FILE_ENV = "SPLITSERVE_INTERNAL_TOKEN_FILE"
-TOKEN_ENV = "SPLITSERVE_INTERNAL_TOKEN"
+TOKEN_FILE_ENV = "SPLITSERVE_INTERNAL_SECRET_FILE"
+TOKEN_ENV = "SPLITSERVE_INTERNAL_SECRET"
 OPEN_METHODS = ("/grpc.health.v1.Health/",)
 
 

@@ -41,7 +41,7 @@ class StackInfo:
     decode: list[str]
     metrics: dict[str, str]
     pids: dict[str, int]
-    internal_token_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
+    internal_secret_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
 def free_port() -> int:
@@ -133,12 +133,12 @@ def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> St
         decode=by_prefix("decode-"),
         metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
         pids={c.name: c.process.pid for c in stack.comps if c.process},
-        internal_token_file=os.environ.get(TOKEN_FILE_ENV, ""),
+        internal_secret_file=os.environ.get(TOKEN_FILE_ENV, ""),
     )
 
 
 def stack_secret(log_dir: Path) -> str:
-    """The stack's internal secret: the operator's ($SPLITSERVE_INTERNAL_TOKEN[_FILE]) or a new random one.
+    """The stack's internal secret: the operator's ($SPLITSERVE_INTERNAL_SECRET[_FILE]) or a new random one.
 
     A new one goes to a 0600 file that every child finds through the environment, never
     on a command line (visible in `ps`).

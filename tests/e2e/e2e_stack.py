@@ -84,7 +84,7 @@ def start_up(model: str, log_dir: Path, *flags: str, timeout_s: float = 240.0) -
     proc = spawn("up", argv, log_dir)
     wait_until(state_file.exists, timeout_s, "splitserve up ready", proc)
     state = json.loads(state_file.read_text())
-    ENV["SPLITSERVE_INTERNAL_TOKEN_FILE"] = state["internal_token_file"]  # extra workers and routers join the stack
+    ENV["SPLITSERVE_INTERNAL_SECRET_FILE"] = state["internal_secret_file"]  # extra workers and routers join the stack
     return proc, state
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _token(stack) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    return (internal_auth.METADATA_KEY, open(stack.state["internal_token_file"]).read().strip())
+    return (internal_auth.METADATA_KEY, open(stack.state["internal_secret_file"]).read().strip())
 
 
 def _snapshot_endpoint(stack) -> str:  # type: ignore[no-untyped-def]
@@ -56,7 +56,7 @@ def test_kv_events_and_snapshots_need_the_stack_secret(stack, monkeypatch) -> No
     try:
         with pytest.raises(TimeoutError):  # the CURVE handshake never completes: no block key leaves
             request_snapshot(_snapshot_endpoint(stack), timeout_s=1.0)
-        monkeypatch.setenv(internal_auth.TOKEN_FILE_ENV, stack.state["internal_token_file"])
+        monkeypatch.setenv(internal_auth.TOKEN_FILE_ENV, stack.state["internal_secret_file"])
         internal_auth.internal_token.cache_clear()
         seq, blocks = request_snapshot(_snapshot_endpoint(stack), timeout_s=5.0)
         assert seq >= 0 and isinstance(blocks, dict)
