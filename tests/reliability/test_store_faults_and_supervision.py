@@ -4,7 +4,8 @@
 - SIGKILL of the kvstore node, then of the master, under load: requests keep completing
   (colocated recompute), `up` restarts the component, and the store is written to again.
 - SIGSTOP of a decode worker under load: no request waits longer than the stall bound
-  (5 s of silence) plus slack; what fails says why; after SIGCONT the worker serves again.
+  (5 s of silence) plus slack; what fails says why; after SIGCONT the worker serves again,
+  and once the load stops no worker holds a request or a KV block.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.slow
 RECEIVED = "splitserve_kvstore_received_bytes_total"
 LONGEST_REQUEST_S = 25.0  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
 STALL_BOUND_S = 5.0  # the router's default --stall-timeout
+STOP_S = 25.0  # how long the decode worker stays stopped
+WORKER_BUSY = ("splitserve_worker_running_requests", "splitserve_worker_waiting_requests", "splitserve_worker_kv_usage_ratio")
 
 
 def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -> None:
@@ -70,7 +73,9 @@ def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) 
         stopped = time.monotonic()
         os.killpg(victim, signal.SIGSTOP)  # the gRPC server and its engine core
         try:
-            wait_for(lambda: load.ok_since(stopped + STALL_BOUND_S) >= 6, 60, "requests complete around the stopped worker")
+            # stopped far longer than the bound: a request held until SIGCONT would take over STOP_S
+            time.sleep(STOP_S)
+            assert load.ok_since(stopped + STALL_BOUND_S) >= 3, "no request completed around the stopped worker"
         finally:
             os.killpg(victim, signal.SIGCONT)
         resumed = time.monotonic()
@@ -79,7 +84,12 @@ def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) 
         outcomes = load.stop()
     longest = max(o.seconds for o in outcomes)
     failed = [o for o in outcomes if o.status != 200]
-    assert longest < STALL_BOUND_S + 6.0, longest  # detection, one abort RPC (1 s) and a recompute elsewhere
+    # detection (5 s), one abort RPC (1 s), a recompute elsewhere; slack for two loaded cores
+    assert longest < STOP_S - 5.0, longest
     assert all("stalled" in o.error for o in failed), failed[:3]  # only requests that had produced tokens there
     assert len(failed) <= 3  # at most one in flight per load thread
     print(f"SIGSTOP decode-0: {len(outcomes)} requests, {len(failed)} failed, longest {longest:.1f}s")
+    # nothing leaks: once the load is gone, every worker is idle and holds no KV blocks for a request
+    workers = [a for name, a in stack.reload()["metrics"].items() if name.startswith(("prefill-", "decode-"))]
+    idle = lambda: all(metric(a, m) == 0 for a in workers for m in WORKER_BUSY)  # noqa: E731
+    wait_for(idle, 30, "every worker idle with no KV in use")
