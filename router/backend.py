@@ -103,7 +103,8 @@ class WorkerBackend:
                         prefill = await self._prefill(decision.prefill_worker, request, deadline)
                     except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
                         log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
-                        self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
+                        if _path_fault(exc):
+                            self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
                         # the chosen decode worker computes the prompt itself: neither a lost prefill
                         # worker nor a store that cannot take its KV fails the request
                         excluded.add(decision.prefill_worker)
@@ -145,7 +146,7 @@ class WorkerBackend:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
                         raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
-                    if prefill is not None:
+                    if prefill is not None and _path_fault(exc):
                         self.kv_path.failed(f"decode on {decision.decode_worker}: {_describe(exc)}")
                     if prefill is not None and _replayable(request.sampling):
                         # recompute the prompt colocated: on the same worker when it said the KV is missing,
@@ -286,6 +287,15 @@ def release(decision: Decision) -> None:
 def _kv_lost(exc: BaseException) -> bool:
     """The decode worker could not read the prompt KV from the store (evicted, or its write failed)."""
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _path_fault(exc: BaseException) -> bool:
+    """A failure of the serving path (worker, store, transfer), not one the request itself caused.
+
+    Only these open the KV-path breaker: a client must not be able to switch disaggregation off.
+    """
+    client_caused = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED)
+    return not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() in client_caused)
 
 
 def _replayable(sampling: worker_pb2.SamplingParams) -> bool:

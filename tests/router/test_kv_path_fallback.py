@@ -132,3 +132,14 @@ async def test_with_no_other_decode_worker_the_recompute_runs_on_the_same_one(wo
     finally:
         await backend.pool.close()
     assert decode.generates == [True, False]
+
+
+async def test_a_request_the_worker_rejects_does_not_open_the_breaker(workers) -> None:
+    (p_addr, _), (d_addr, decode), _ = workers
+    decode.handle_error = grpc.StatusCode.INVALID_ARGUMENT  # the request's fault, not the KV path's
+    backend = WorkerBackend(WorkerPool(), chunk_timeout_s=5.0)
+    try:
+        assert await _run(backend, Decision(Mode.DISAGGREGATED, p_addr, d_addr)) == TOKENS
+    finally:
+        await backend.pool.close()
+    assert backend.kv_path.opened == 0
