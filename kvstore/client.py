@@ -19,6 +19,7 @@ from kvstore.errors import InvalidRequest, StoreError, error_from_code
 from kvstore.master import GRPC_OPTIONS
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
+from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -54,7 +55,7 @@ class AsyncKVStoreClient:
         self.master_addr = master_addr
         self.replicas = replicas
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
         self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm)
 

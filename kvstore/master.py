@@ -16,6 +16,7 @@ from kvstore.errors import InvalidRequest, StoreError, code_number
 from kvstore.events import KVEventPublisher
 from kvstore.master_config import MasterConfig
 from kvstore.master_state import MasterState, StoredObject
+from splitserve.internal_auth import server_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -242,7 +243,7 @@ class MasterServer:
             snap = f"tcp://{host}:{cfg.events_port + 1}" if cfg.events_port else f"tcp://{host}:*"
             self.publisher = KVEventPublisher(pub, snap, "kvstore", self.state.snapshot)
             self.state.emit = self.publisher.publish
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
         pb_grpc.add_MasterServicer_to_server(self.servicer, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

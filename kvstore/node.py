@@ -22,6 +22,7 @@ from kvstore.master import GRPC_OPTIONS
 from kvstore.node_config import NodeConfig
 from kvstore.segment import SharedSegment, host_identity
 from kvstore.wire import WriteChunkView, WriteItemView
+from splitserve.internal_auth import client_interceptors, server_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -164,7 +165,7 @@ class NodeServer:
 
     async def start(self) -> str:
         cfg = self.config
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
         self.server.add_generic_rpc_handlers((storage_node_handler(StorageNodeServicer(self.segment, cfg.read_chunk_size)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -175,7 +176,7 @@ class NodeServer:
         host = cfg.advertise_host or ("127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host)
         self.address = f"{host}:{port}"
         metrics.CAPACITY.labels("node").set(cfg.capacity)
-        self._channel = grpc.aio.insecure_channel(cfg.master)
+        self._channel = grpc.aio.insecure_channel(cfg.master, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
         interval = await self._register()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(interval))

@@ -27,6 +27,7 @@ from kvstore import wire
 from kvstore.errors import ChecksumMismatch, StoreError, error_from_code
 from kvstore.master import GRPC_OPTIONS
 from kvstore.segment import SharedSegment, host_identity
+from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -94,7 +95,8 @@ class NodeTransport:
 
     def stub(self, address: str) -> NodeStub:
         if address not in self._stubs:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS,
+                                                                interceptors=client_interceptors())
             self._stubs[address] = NodeStub.on(self._channels[address])
         return self._stubs[address]
 
