@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from kvstore.mooncake_store import INSTALL_HINT
 from kvstore.mooncake_url import SCHEME
 
+MIN_SEGMENT_BYTES = 16 << 20  # mooncake_client refuses (and aborts on) anything smaller
+
 
 def program(name: str) -> str:
     """Path of a program the mooncake wheel installs next to this interpreter (or on PATH)."""
@@ -100,6 +102,8 @@ class MooncakeCluster:
         return f"{SCHEME}://{self.master_address}?metadata=p2p&protocol=tcp"
 
     def add_node(self, segment_bytes: int) -> subprocess.Popen:
+        if segment_bytes < MIN_SEGMENT_BYTES:
+            raise ValueError(f"a Mooncake memory node needs at least 16 MiB, got {segment_bytes} bytes")
         port = free_port(self.host)
         proc = _spawn(node_argv(self.host, port, self.master_address, segment_bytes), self.log_dir, f"node{len(self.nodes)}")
         wait_for_port(proc, self.host, port)
