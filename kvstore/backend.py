@@ -2,7 +2,7 @@
 
 A worker needs four calls of a store (engine/server/kv_transfer.py): ``blocks_exist``,
 ``get_blocks_into`` (the caller's buffers), ``put_blocks`` (per-key PutResult:
-STORED / EXISTS / IN_FLIGHT / FAILED) and ``close``. Both backends give them the same
+STORED / EXISTS / IN_FLIGHT / FAILED) and ``close``; ``remove_blocks`` is for tools and tests. Both backends give them the same
 meaning:
 
 - **ours** (kvstore.sync_client.KVStoreClient): master + storage nodes over gRPC and
@@ -37,6 +37,8 @@ class StoreBackend(Protocol):
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]: ...
 
     def put_blocks(self, layout: KVLayout, blocks: Mapping[BlockKey, Payload]) -> dict[BlockKey, PutResult]: ...
+
+    def remove_blocks(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]: ...
 
     def close(self) -> None: ...
 

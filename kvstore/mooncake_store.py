@@ -153,6 +153,13 @@ class MooncakeStore:
                 results[keys[i]] = PutResult(PutStatus.FAILED, mooncake_error(code, f"put {names[i]!r}"))
         return {k: results[k] for k in keys}
 
+    def remove_blocks(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
+        """Remove blocks now, even if a reader holds a lease; True where one was removed."""
+        if not keys:
+            return []
+        codes = self._store.batch_remove([store_key(layout, k) for k in keys], True)
+        return [c == 0 for c in codes]
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
