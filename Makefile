@@ -30,3 +30,10 @@ protos: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Debian libraries the mooncake wheel (Mooncake Store backend) links against: RDMA verbs
+# and NUMA, needed even for TCP. Run as root; does nothing when they are installed.
+.PHONY: system-deps-mooncake
+system-deps-mooncake:
+	@dpkg -s libibverbs1 librdmacm1 libnuma1 >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libibverbs1 librdmacm1 libnuma1)
