@@ -89,7 +89,7 @@ class MooncakeStore:
             from mooncake.store import MooncakeDistributedStore
         except ImportError as exc:
             raise StoreError(f"the Mooncake backend needs the mooncake package: {INSTALL_HINT} ({exc})") from exc
-        _check_reachable(parsed.master)
+        _check_reachable(parsed.endpoints())
         store = MooncakeDistributedStore()
         rc = store.setup(
             parsed.local_hostname(),
@@ -209,13 +209,17 @@ class MooncakeStore:
                         self._registered[r] = count - 1
 
 
-def _check_reachable(master: str, timeout_s: float = 3.0) -> None:
-    """Fail fast: Mooncake's setup retries an unreachable master for minutes."""
-    host, port = master.rsplit(":", 1)
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise NoStorageNodes(f"cannot reach the Mooncake master at {master}: {exc}") from exc
+def _check_reachable(endpoints: list[str], timeout_s: float = 3.0) -> None:
+    """Fail fast: Mooncake's setup retries an unreachable master for minutes. One endpoint must answer."""
+    errors = []
+    for endpoint in endpoints:
+        host, port = endpoint.rsplit(":", 1)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{endpoint}: {exc}")
+    raise NoStorageNodes(f"cannot reach the Mooncake master ({'; '.join(errors)})")
 
 
 def _merged_ranges(ptrs: list[int], sizes: list[int]) -> list[tuple[int, int]]:

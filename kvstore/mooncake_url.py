@@ -1,6 +1,7 @@
 """The ``mooncake://`` store URL: where the Mooncake master is and how this client joins.
 
     mooncake://MASTER_HOST:PORT?metadata=p2p&protocol=tcp&replicas=1&segment=0
+    mooncake:///?etcd=ETCD_HOST:2379,ETCD_HOST2:2379&protocol=tcp   (HA masters: the leader is found in etcd)
 
 | query key | meaning | default |
 | --- | --- | --- |
@@ -11,6 +12,7 @@
 | segment | bytes of memory this client adds to the pool (``0``: a pure client; ``mooncake_client`` processes hold the data) | 0 |
 | local_buffer | this client's staging buffer for calls that cannot read into the caller's memory | 16MiB |
 | host | address peers reach this client at | the local address that routes to the master |
+| etcd | etcd endpoints of HA masters (``mooncake_master --enable_ha``), comma-separated; replaces MASTER_HOST:PORT | "" |
 
 A plain ``HOST:PORT`` is not a Mooncake URL: kvstore.backend.open_store reads it as our store.
 """
@@ -27,12 +29,12 @@ from kvstore.errors import InvalidRequest
 
 SCHEME = "mooncake"
 PROTOCOLS = ("tcp", "rdma")
-_KEYS = {"metadata", "protocol", "device", "replicas", "segment", "local_buffer", "host"}
+_KEYS = {"metadata", "protocol", "device", "replicas", "segment", "local_buffer", "host", "etcd"}
 
 
 @dataclass(frozen=True, slots=True)
 class MooncakeURL:
-    master: str  # HOST:PORT of mooncake_master's RPC service
+    master: str  # HOST:PORT of mooncake_master's RPC service, or etcd://H:P;H:P for HA masters
     metadata: str = "p2p"
     protocol: str = "tcp"
     device: str = ""
@@ -51,12 +53,15 @@ class MooncakeURL:
             port = parts.port
         except ValueError as exc:
             raise InvalidRequest(f"{url!r}: bad master port ({exc})") from exc
-        if not parts.hostname or port is None:
-            raise InvalidRequest(f"{url!r}: the master must be HOST:PORT, e.g. mooncake://10.0.0.5:50051")
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = sorted(set(query) - _KEYS)
         if unknown:
             raise InvalidRequest(f"{url!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
+        etcd = [e.strip() for e in query.get("etcd", "").split(",") if e.strip()]
+        if etcd and parts.hostname:
+            raise InvalidRequest(f"{url!r}: give either MASTER_HOST:PORT or etcd=... (HA masters), not both")
+        if not etcd and (not parts.hostname or port is None):
+            raise InvalidRequest(f"{url!r}: the master must be HOST:PORT, e.g. mooncake://10.0.0.5:50051")
         protocol = query.get("protocol", "tcp").lower()
         if protocol not in PROTOCOLS:
             raise InvalidRequest(f"{url!r}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -68,9 +73,13 @@ class MooncakeURL:
             raise InvalidRequest(f"{url!r}: {exc}") from exc
         if replicas < 1:
             raise InvalidRequest(f"{url!r}: replicas must be >= 1, got {replicas}")
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        if etcd:
+            master = "etcd://" + ";".join(etcd)
+        else:
+            assert parts.hostname is not None
+            master = f"{parts.hostname if ':' not in parts.hostname else f'[{parts.hostname}]'}:{port}"
         return cls(
-            master=f"{host}:{port}",
+            master=master,
             metadata=query.get("metadata", "p2p") or "p2p",
             protocol=protocol,
             device=query.get("device", ""),
@@ -85,8 +94,12 @@ class MooncakeURL:
         """The metadata connection string Mooncake's setup expects."""
         return "P2PHANDSHAKE" if self.metadata.lower() == "p2p" else self.metadata
 
+    def endpoints(self) -> list[str]:
+        """HOST:PORT of the master, or of each etcd endpoint for HA masters."""
+        return self.master.removeprefix("etcd://").split(";")
+
     def local_hostname(self) -> str:
-        return self.host or local_address_towards(self.master)
+        return self.host or local_address_towards(self.endpoints()[0])
 
 
 def local_address_towards(address: str) -> str:
