@@ -122,6 +122,32 @@ class MooncakeCluster:
                 proc.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class LocalPlan:
+    """argv and ports of a one-machine Mooncake cluster, for a launcher that supervises its own processes."""
+
+    master_argv: list[str]
+    master_port: int
+    node_argv: list[str]
+    node_port: int
+    url: str  # what workers pass to --kvstore
+
+
+def plan_local(segment_bytes: int, host: str = "127.0.0.1") -> LocalPlan:
+    """A master and one memory node of ``segment_bytes`` on ``host`` (free ports picked now)."""
+    if segment_bytes < MIN_SEGMENT_BYTES:
+        raise ValueError(f"a Mooncake memory node needs at least 16 MiB, got {segment_bytes} bytes")
+    master_port, node_port = free_port(host), free_port(host)
+    master = f"{host}:{master_port}"
+    return LocalPlan(
+        master_argv=master_argv(host, master_port, free_port(host)),
+        master_port=master_port,
+        node_argv=node_argv(host, node_port, master, segment_bytes),
+        node_port=node_port,
+        url=f"{SCHEME}://{master}?metadata=p2p&protocol=tcp",
+    )
+
+
 def _spawn(argv: list[str], log_dir: str | None, name: str) -> subprocess.Popen:
     # Mooncake logs (glog) to stderr at INFO; keep it in a file when asked, else drop it.
     out = open(os.path.join(log_dir, f"mooncake-{name}.log"), "ab") if log_dir else subprocess.DEVNULL
