@@ -28,6 +28,7 @@ class Component:
     grpc_port: int | None = None  # health-checked with grpc.health.v1
     http_port: int | None = None  # health-checked with GET /health
     metrics_port: int | None = None
+    tcp_port: int | None = None  # health = accepts connections (Mooncake's programs serve no health RPC)
     expect_workers: dict[str, int] | None = None  # router: ready only once it sees this many ready workers
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -96,21 +97,30 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     host = "127.0.0.1"
     master_port, master_metrics, events_port = free_port(), free_port(), free_port_pair()
     master = f"{host}:{master_port}"
-    comps = [
-        Component(
-            "kvstore-master",
-            py + ["kvstore-master", "--host", host, "--port", str(master_port), "--metrics-port", str(master_metrics),
-                  "--events-port", str(events_port)],
-            grpc_port=master_port, metrics_port=master_metrics,
-        )
-    ]
-    node_port, node_metrics = free_port(), free_port()
-    comps.append(Component(
-        "kvstore-node",
-        py + ["kvstore-node", "--master", master, "--capacity", args.kvstore_capacity, "--host", host,
-              "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
-        grpc_port=node_port, metrics_port=node_metrics,
-    ))
+    if args.kvstore_backend == "mooncake":
+        from kvstore.cli import parse_size
+        from kvstore.mooncake_processes import plan_local
+
+        plan = plan_local(parse_size(args.kvstore_capacity), host)
+        master = plan.url
+        comps = [Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port),
+                 Component("kvstore-node", plan.node_argv, tcp_port=plan.node_port)]
+    else:
+        comps = [
+            Component(
+                "kvstore-master",
+                py + ["kvstore-master", "--host", host, "--port", str(master_port), "--metrics-port", str(master_metrics),
+                      "--events-port", str(events_port)],
+                grpc_port=master_port, metrics_port=master_metrics,
+            )
+        ]
+        node_port, node_metrics = free_port(), free_port()
+        comps.append(Component(
+            "kvstore-node",
+            py + ["kvstore-node", "--master", master, "--capacity", args.kvstore_capacity, "--host", host,
+                  "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
+            grpc_port=node_port, metrics_port=node_metrics,
+        ))
     for role, count in (("prefill", args.prefill), ("decode", args.decode)):
         for i in range(count):
             port, metrics, events = free_port(), free_port(), free_port_pair()
@@ -126,7 +136,7 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     decode = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("decode-"))
     router = py + ["router", "--model", model, "--served-model-name", args.served_model_name, "--decode", decode,
                    "--host", args.host, "--port", str(args.port), "--policy", args.policy,
-                   "--kvstore-events", f"tcp://{host}:{events_port}"]
+                   *(["--kvstore-events", f"tcp://{host}:{events_port}"] if args.kvstore_backend == "ours" else [])]
     if prefill:
         router += ["--prefill", prefill]
     if args.colocate_threshold is not None:
@@ -162,6 +172,12 @@ def http_healthy(port: int, expect_workers: dict[str, int] | None) -> bool:
 
 
 def healthy(comp: Component) -> bool:
+    if comp.tcp_port is not None:
+        try:
+            socket.create_connection(("127.0.0.1", comp.tcp_port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
     if comp.grpc_port is not None:
         return grpc_healthy(comp.grpc_port)
     return comp.http_port is not None and http_healthy(comp.http_port, comp.expect_workers)
@@ -216,12 +232,16 @@ class Stack:
                     comp.process.kill()
                     comp.process.wait()
 
+    def kvstore_address(self) -> str:
+        """What the workers pass to --kvstore (a mooncake:// URL with that backend)."""
+        return next((c.argv[c.argv.index("--kvstore") + 1] for c in self.comps if "--kvstore" in c.argv), "")
+
     def info(self, url: str, model: str, served_model_name: str) -> StackInfo:
-        by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in self.comps if c.name.startswith(p)]  # noqa: E731
+        by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port or c.tcp_port}" for c in self.comps if c.name.startswith(p)]  # noqa: E731
         router = next(c for c in self.comps if c.name == "router")
-        events = router.argv[router.argv.index("--kvstore-events") + 1]
+        events = router.argv[router.argv.index("--kvstore-events") + 1] if "--kvstore-events" in router.argv else ""
         return StackInfo(
-            url=url, model=model, served_model_name=served_model_name, kvstore=by_prefix("kvstore-master")[0],
+            url=url, model=model, served_model_name=served_model_name, kvstore=self.kvstore_address() or by_prefix("kvstore-master")[0],
             kvstore_events=events, prefill=by_prefix("prefill-"),
             decode=by_prefix("decode-"),
             metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in self.comps if c.metrics_port},
@@ -245,6 +265,8 @@ def demo_request(url: str, model: str) -> bool:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    if args.ray and args.kvstore_backend == "mooncake":
+        raise SystemExit("splitserve up: --ray runs our store only; drop --ray or use --kvstore-backend ours")
     if args.ray:
         from splitserve.ray_launcher import require_ray
 
@@ -307,6 +329,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-bytes", default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--kvstore-capacity", default="1GiB")
+    p.add_argument("--kvstore-backend", choices=["ours", "mooncake"], default="ours",
+                   help="KV store: ours (kvstore master + node) or Mooncake Store (mooncake_master + a memory node)")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")
