@@ -22,6 +22,7 @@ Thread-safe: the Mooncake client serves concurrent calls (the worker's transfer 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +86,8 @@ class MooncakeStore:
     def open(cls, url: str | MooncakeURL) -> MooncakeStore:
         """Join the cluster: NoStorageNodes when the master cannot be reached."""
         parsed = url if isinstance(url, MooncakeURL) else MooncakeURL.parse(url)
+        # Mooncake logs every setup step at INFO to the worker's stderr; keep warnings and errors.
+        os.environ.setdefault("MC_LOG_LEVEL", "WARNING")
         try:
             from mooncake.store import MooncakeDistributedStore
         except ImportError as exc:
