@@ -50,6 +50,7 @@ class AsyncKVStoreClient:
         chunk_size: int = 4 << 20,
         batch_bytes: int = 4 << 20,
         use_shm: bool = True,
+        use_data_plane: bool = True,
         timeout_s: float = 30.0,
     ) -> None:
         self.master_addr = master_addr
@@ -57,7 +58,7 @@ class AsyncKVStoreClient:
         self.timeout_s = timeout_s
         self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS)
         self._master = pb_grpc.MasterStub(self._channel)
-        self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm)
+        self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane)
 
     async def __aenter__(self) -> AsyncKVStoreClient:
         return self
