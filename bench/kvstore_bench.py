@@ -2,7 +2,8 @@
 
 Starts a master and one storage node as processes (python -m kvstore) on
 127.0.0.1, then for each object size measures, side by side in one run:
-- put / get over loopback gRPC (client with use_shm=False),
+- put / get as a client on another host would (use_shm=False: object bytes over the
+  node's raw-TCP data plane, metadata over gRPC),
 - put / get over the same-host shared-memory path (use_shm=True),
 - numpy copy (memcpy bandwidth) and a TCP socket copy over loopback.
 Two tables:
@@ -15,7 +16,8 @@ Two tables:
   same run.
 A third table puts the two store backends side by side through the calls the
 workers make (kvstore.backend: put_blocks / get_blocks_into of a request's blocks):
-ours over gRPC and over shared memory, and Mooncake Store over TCP (mooncake_master
+ours with bytes in gRPC messages, over the raw-TCP data plane and over shared memory,
+and Mooncake Store over TCP (mooncake_master
 plus one memory node from the mooncake wheel, kvstore/mooncake_processes.py), each as
 a fraction of memcpy and of a raw TCP socket moving the same batch in the same run
 (``--skip-mooncake`` leaves Mooncake out).
@@ -263,7 +265,8 @@ def bench_backend_batch(store: StoreBackend, n: int, size: int, repeats: int) ->
 def bench_backends(master_addr: str, mooncake_url: str | None, batches: list[tuple[int, int]], repeats: int) -> list[dict]:
     """Both store backends through the worker calls, beside memcpy and raw TCP of the same batch."""
     stores: dict[str, StoreBackend] = {
-        "ours grpc": open_store(master_addr, use_shm=False),
+        "ours grpc": open_store(master_addr, use_shm=False, use_data_plane=False),
+        "ours tcp": open_store(master_addr, use_shm=False),
         "ours shm": open_store(master_addr, use_shm=True),
     }
     if mooncake_url:
@@ -304,7 +307,7 @@ def main() -> None:
     rows, batch_rows, backend_rows = [], [], []
     try:
         time.sleep(0.5)
-        clients = {"grpc": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
+        clients = {"remote": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
         for size in [int(s) * 1024 for s in args.sizes_kib.split(",")]:
             total = args.total_mib << 20
             rows.append({"path": "memcpy (numpy)", "size": size, **bench_memcpy(size, total, args.latency_ops)})
