@@ -50,7 +50,7 @@ class BackendCluster:
         if self.ours is not None:
             self.ours.wait_for_nodes(n_left, timeout_s)
         else:
-            time.sleep(MOONCAKE_CLIENT_TTL_S + 1.5)  # the master drops a silent node after client_ttl
+            time.sleep(MOONCAKE_CLIENT_TTL_S)  # the master drops a silent node after client_ttl (callers poll further)
 
     def stop(self) -> None:
         if self.ours is not None:
