@@ -113,7 +113,11 @@ class MooncakeStore:
         return self._exist([store_key(layout, k) for k in keys])
 
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]:
-        """Read each block into the caller's buffer; True where found (a miss leaves it untouched)."""
+        """Read each block into the caller's buffer; True where found.
+
+        An absent block leaves its buffer untouched; after a failed transfer (node lost) the
+        buffer's bytes are unspecified, and the block reads as a miss all the same.
+        """
         if len(keys) != len(buffers):
             raise InvalidRequest(f"get_into: {len(keys)} keys but {len(buffers)} buffers")
         if not keys:
