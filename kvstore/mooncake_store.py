@@ -46,7 +46,10 @@ _MISSES = {-703, -704, -710, -712, -800}  # not ready, not found, replica gone /
 _LEASE_EXPIRED = -707
 _RPC_FAIL = -900
 
-INSTALL_HINT = "pip install mooncake-transfer-engine-non-cuda (CPU) or mooncake-transfer-engine (CUDA)"
+INSTALL_HINT = (
+    "pip install mooncake-transfer-engine-non-cuda (CPU) or mooncake-transfer-engine (CUDA); "
+    "its shared libraries need Debian's libibverbs1 librdmacm1 libnuma1 (make system-deps-mooncake)"
+)
 
 
 def mooncake_error(code: int, what: str) -> StoreError:
