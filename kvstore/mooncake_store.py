@@ -42,8 +42,10 @@ _NO_AVAILABLE_HANDLE = -200  # no room, even after eviction
 _SEGMENT_NOT_FOUND = -101  # no memory mounted in the cluster
 _INVALID_KEY = -400
 _INVALID_PARAMS = -600  # e.g. the caller's buffer is smaller than the object
-_MISSES = {-703, -704, -710, -712, -800}  # not ready, not found, replica gone / lost, transfer failed
 _LEASE_EXPIRED = -707
+# a get with these is a miss: not ready, not found, replica gone / lost, transfer failed, or the
+# read outlived its lease (the bytes may have been reused: never hand them out)
+_MISSES = {-703, -704, -710, -712, -800, _LEASE_EXPIRED}
 _RPC_FAIL = -900
 
 INSTALL_HINT = (

@@ -180,3 +180,25 @@ def test_the_backend_flag_and_the_address_choose_the_store():
         open_store("mooncake://m:1?protcol=tcp")
     with pytest.raises(NoStorageNodes, match="cannot reach the Mooncake master"):
         open_store("mooncake://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_with_two_replicas_a_lost_node_costs_no_block(backend: str):
+    cluster = start_backend(backend, n_nodes=2)
+    try:
+        replicated = open_store(cluster.address + "&replicas=2") if backend == "mooncake" else open_store(cluster.address, replicas=2)
+        with replicated as store:
+            keys, rows = new_blocks(32)
+            assert all(r.ok for r in put_all(store, keys, rows).values())
+            cluster.kill_node(0)
+            cluster.wait_until_node_dropped(1)
+            # Mooncake reads one replica per get: until its master expires the lost node, a get
+            # that picks the dead copy is a miss. Ours falls back to the next replica at once.
+            out = torch.empty_like(rows)
+            deadline = time.monotonic() + 15
+            while not all(got := store.get_blocks_into(LAYOUT, keys, [out[i] for i in range(32)])) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert got == [True] * 32
+            assert torch.equal(out, rows)
+    finally:
+        cluster.stop()
