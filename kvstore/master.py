@@ -52,7 +52,7 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def RegisterNode(self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext) -> pb.RegisterNodeReply:
         try:
-            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name)
+            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address)
         except StoreError as exc:
             await context.abort(exc.code, str(exc))
         log.info("storage node %s registered at %s (%d bytes)", node_id, request.address, request.capacity)
@@ -196,7 +196,10 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     def _replica(self, node_id: str, offset: int) -> pb.Replica:
         n = self.state.nodes[node_id]
-        return pb.Replica(node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name)
+        return pb.Replica(
+            node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name,
+            data_address=n.data_address,
+        )
 
     def _location(self, key: str, obj: StoredObject | None) -> pb.ObjectLocation:
         if obj is None:
