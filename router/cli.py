@@ -17,10 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kvstore-snapshot", default=None, help="snapshot endpoint when it is not the events port + 1")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", choices=["kv-aware", "round-robin", "random"], default="kv-aware")
+    p.add_argument("--policy", choices=["kv-aware", "round-robin", "least-loaded", "random"], default="kv-aware",
+                   help="a shipped scheduler config (router/policies/NAME.yaml)")
+    p.add_argument("--scheduler-config", default=None, metavar="FILE",
+                   help="scheduler pipeline config, YAML or JSON (overrides --policy); see router/scheduler_config.py")
     p.add_argument("--api-key", action="append", default=[], help="accepted Bearer key (repeatable)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
-    p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
+    p.add_argument("--colocate-threshold", type=int, default=None,
+                   help="uncached prompt tokens below which decode prefills (default: the scheduler config's)")
     p.add_argument("--block-size", type=int, default=16)
     p.set_defaults(func=run)
 
@@ -30,10 +34,18 @@ def run(args: argparse.Namespace) -> int:
 
     from router.config import RouterConfig
     from router.openai_api import create_app
-    from router.scheduler import Policy, SchedulerConfig
+    from router.scheduler_config import SchedulerConfigError, load_policy, load_scheduler_config
 
     if not args.discovery and not args.decode:
         raise SystemExit("splitserve router: give --decode (and --prefill) addresses, or --discovery")
+    try:
+        scheduler = load_scheduler_config(args.scheduler_config) if args.scheduler_config else load_policy(args.policy)
+    except SchedulerConfigError as exc:
+        raise SystemExit(f"splitserve router: {exc}") from exc
+    if args.colocate_threshold is not None:
+        scheduler.colocate_threshold_tokens = args.colocate_threshold
+    if args.ttft_slo_ms is not None:
+        scheduler.ttft_slo_ms = args.ttft_slo_ms
     config = RouterConfig(
         model_dir=args.model,
         served_model_name=args.served_model_name,
@@ -44,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         kvstore_snapshot=args.kvstore_snapshot,
         api_keys=args.api_key,
         block_size=args.block_size,
-        scheduler=SchedulerConfig(
-            policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms
-        ),
+        scheduler=scheduler,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
     return 0
