@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--colocate-threshold", type=int, default=None,
                    help="uncached prompt tokens below which decode prefills (default: the scheduler config's)")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks and GetLoad polls")
     p.set_defaults(func=run)
 
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         kvstore_snapshot=args.kvstore_snapshot,
         api_keys=args.api_key,
         block_size=args.block_size,
+        health_interval_s=args.health_interval,
         scheduler=scheduler,
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")

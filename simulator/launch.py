@@ -78,9 +78,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_router(model_dir: Path, cluster: SimCluster, log_path: Path, router_args: list[str],
-                 port: int | None = None, timeout_s: float = 120.0, cpu: int | None = None) -> RouterProcess:  # fmt: skip
-    """A `splitserve router` process for ``cluster``; returns once it sees every worker ready."""
+def start_router(model_dir: Path, cluster: SimCluster, log_path: Path, router_args: list[str], port: int | None = None,
+                 timeout_s: float = 120.0, cpu: int | None = None, wait: bool = True) -> RouterProcess:  # fmt: skip
+    """A `splitserve router` process for ``cluster``; with ``wait``, returns once it sees every
+    worker ready (else call ``wait_ready``: routers then start side by side)."""
     port = port or free_port()
     argv = [sys.executable, "-m", "splitserve.cli", "router", "--model", str(model_dir), "--host", "127.0.0.1",
             "--port", str(port), "--decode", ",".join(cluster.addresses("decode")), *router_args]  # fmt: skip
@@ -91,17 +92,23 @@ def start_router(model_dir: Path, cluster: SimCluster, log_path: Path, router_ar
     log = log_path.open("w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     router = RouterProcess(f"http://127.0.0.1:{port}", proc, log_path)
+    if wait:
+        wait_ready(router, cluster, timeout_s)
+    return router
+
+
+def wait_ready(router: RouterProcess, cluster: SimCluster, timeout_s: float = 120.0) -> None:
     expect = {"prefill": len(cluster.addresses("prefill")), "decode": len(cluster.addresses("decode"))}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SimLaunchError(f"the router exited with {proc.returncode}; see {log_path}")
+        if router.process.poll() is not None:
+            raise SimLaunchError(f"the router exited with {router.process.returncode}; see {router.log_path}")
         try:
             ready = httpx.get(router.url + "/health", timeout=1.0).json().get("ready_workers", {})
             if all(ready.get(role, 0) >= n for role, n in expect.items()):
-                return router
+                return
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.2)
     router.stop()
-    raise SimLaunchError(f"the router did not see {expect} ready workers within {timeout_s} s; see {log_path}")
+    raise SimLaunchError(f"the router did not see {expect} ready workers within {timeout_s} s; see {router.log_path}")
