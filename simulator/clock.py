@@ -3,12 +3,15 @@
 Every duration a simulated worker spends (prefill, decode step, transfer) is a
 simulated duration; it sleeps ``seconds / speedup`` of wall time. Latencies measured
 by a client in wall time convert back with ``* speedup``.
+
+The time is the running event loop's (``loop.time()``): on a normal loop that is the
+wall clock; on a virtual-time loop (simulator/virtual_loop.py) the same workers run as
+a discrete-event simulation, as fast as the CPU allows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 
@@ -21,8 +24,12 @@ class SimClock:
             raise ValueError(f"speed-up must be > 0, got {self.speedup}")
 
     def now(self) -> float:
-        """Simulated seconds (same origin as time.monotonic)."""
-        return time.monotonic() * self.speedup
+        """Simulated seconds (the event loop's clock, scaled)."""
+        return asyncio.get_running_loop().time() * self.speedup
+
+    def wall(self) -> float:
+        """The event loop's own seconds (virtual on a virtual-time loop)."""
+        return asyncio.get_running_loop().time()
 
     async def sleep(self, sim_seconds: float) -> None:
         if sim_seconds > 0:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -76,21 +75,21 @@ class SimDecodeWorker:
     def queued_prefill_tokens(self) -> int:
         return sum(s.estimated_new_tokens for s in self._waiting if s.colocated)
 
-    async def generate(self, request_id: str, prompt: list[int], max_tokens: int, first_token_sent: bool):
-        """Yield Chunks until the request finishes (colocated when ``first_token_sent`` is False)."""
+    async def generate(self, request_id: str, prompt_len: int, chain: list[BlockKey], max_tokens: int, first_token_sent: bool):
+        """Yield Chunks until the request finishes (colocated when ``first_token_sent`` is False).
+        ``chain``: the block keys of the prompt (SimNode.chain)."""
         bs = self.node.block_size
-        chain = self.node.chain(prompt)
-        blocks = math.ceil((len(prompt) + max_tokens) / bs)
+        blocks = math.ceil((prompt_len + max_tokens) / bs)
         if blocks > self.cache.capacity:
-            raise PromptTooLarge(f"{len(prompt)} prompt + {max_tokens} output tokens need {blocks} KV blocks; "
+            raise PromptTooLarge(f"{prompt_len} prompt + {max_tokens} output tokens need {blocks} KV blocks; "
                                  f"this worker has {self.cache.capacity}")  # fmt: skip
-        seq = _Seq(request_id, len(prompt), chain, blocks - len(chain), max_tokens - (1 if first_token_sent else 0),
+        seq = _Seq(request_id, prompt_len, chain, blocks - len(chain), max_tokens - (1 if first_token_sent else 0),
                    colocated=not first_token_sent, generated=1 if first_token_sent else 0)  # fmt: skip
         if first_token_sent:
             await self._import(seq)
         else:
-            hit = min(self.cache.match(chain) * bs, len(prompt) - 1)
-            seq.estimated_new_tokens = len(prompt) - hit
+            hit = min(self.cache.match(chain) * bs, prompt_len - 1)
+            seq.estimated_new_tokens = prompt_len - hit
         if seq.to_generate <= 0:
             yield Chunk([], "length", 0, seq.generated)
             return
@@ -185,7 +184,7 @@ class SimDecodeWorker:
         return self.node.profile.prefill.seconds(new, seq.cached_tokens)
 
     def _emit(self, steps: int, admitted: list[_Seq]) -> None:
-        now = time.monotonic()
+        now = self.node.clock.wall()
         for seq in list(self._running):
             owed = seq.to_generate - seq.emitted
             n = min(steps, owed)

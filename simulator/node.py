@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvstore.block_key import BlockKey, block_keys
-from kvstore.events import BlockRemoved, BlockStored, KVEventPublisher
+from kvstore.events import BlockRemoved, BlockStored, KVEvent, KVEventPublisher
 from simulator.block_cache import BlockCache
 from simulator.clock import SimClock
 from simulator.profile import Profile
 
 # Output token ids: a small range every tokenizer has, so that the router can detokenize them.
 _OUTPUT_TOKEN_BASE, _OUTPUT_TOKEN_RANGE = 200, 50
+
+
+class EventSink(Protocol):
+    """Where a worker's KV events go: a ZMQ publisher, or straight into an index (replay)."""
+
+    def publish(self, events: list[KVEvent]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -23,7 +32,7 @@ class SimNode:
     cache: BlockCache
     fingerprint: str
     block_size: int
-    publisher: KVEventPublisher | None = None
+    publisher: EventSink | None = None
 
     @classmethod
     def create(cls, worker_id: str, role: str, profile: Profile, clock: SimClock, fingerprint: str,

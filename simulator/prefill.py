@@ -61,12 +61,12 @@ class SimPrefillWorker:
         current = self._current.estimated_new_tokens if self._current else 0
         return current + sum(j.estimated_new_tokens for j in self._queue)
 
-    async def prefill(self, request_id: str, prompt: list[int]) -> PrefillResult:
-        chain = self.node.chain(prompt)
+    async def prefill(self, request_id: str, prompt_len: int, chain: list[BlockKey]) -> PrefillResult:
+        """Queue, compute and cache a prompt; ``chain``: its block keys (SimNode.chain)."""
         if len(chain) + 1 > self.cache.capacity:
-            raise PromptTooLarge(f"a {len(prompt)}-token prompt needs more KV blocks than this worker has ({self.cache.capacity})")
-        hit = min(self.cache.match(chain) * self.node.block_size, len(prompt) - 1)
-        job = _Job(request_id, len(prompt), chain, len(prompt) - hit, self.node.clock.now())
+            raise PromptTooLarge(f"a {prompt_len}-token prompt needs more KV blocks than this worker has ({self.cache.capacity})")
+        hit = min(self.cache.match(chain) * self.node.block_size, prompt_len - 1)
+        job = _Job(request_id, prompt_len, chain, prompt_len - hit, self.node.clock.now())
         self._queue.append(job)
         self._wake.set()
         try:

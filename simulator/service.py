@@ -25,8 +25,8 @@ def load_of(node: SimNode, worker: SimWorker) -> worker_pb2.WorkerLoad:
         active_kv_blocks=cache.active_blocks,
         total_kv_blocks=cache.capacity,
         block_size=node.block_size,
-        kv_events_endpoint=node.publisher.pub_endpoint if node.publisher else "",
-        kv_snapshot_endpoint=node.publisher.snapshot_endpoint if node.publisher else "",
+        kv_events_endpoint=getattr(node.publisher, "pub_endpoint", ""),
+        kv_snapshot_endpoint=getattr(node.publisher, "snapshot_endpoint", ""),
         model_fingerprint=node.fingerprint,
     )
 
@@ -46,7 +46,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
         prompt = list(request.prompt_token_ids)
         await _check_prompt(context, prompt, request.sampling.max_tokens)
         try:
-            result = await self.worker.prefill(request.request_id, prompt)
+            result = await self.worker.prefill(request.request_id, len(prompt), self.node.chain(prompt, request.cache_salt))
         except PromptTooLarge as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         handle = worker_pb2.KVHandle(
@@ -81,7 +81,8 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"KV handle is for model {request.kv_handle.model_fingerprint!r}, this worker serves {self.node.fingerprint!r}")  # fmt: skip
         try:
-            async for chunk in self.worker.generate(request.request_id, prompt, request.sampling.max_tokens, disaggregated):
+            chain = self.node.chain(prompt, request.cache_salt)
+            async for chunk in self.worker.generate(request.request_id, len(prompt), chain, request.sampling.max_tokens, disaggregated):
                 yield worker_pb2.GenerateChunk(
                     token_ids=chunk.token_ids,
                     finish_reason=chunk.finish_reason,
