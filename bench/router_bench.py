@@ -65,8 +65,43 @@ def index_bench(args: argparse.Namespace) -> dict:
         times.sort()
         results[name] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6}
     report = {"workers": args.workers, "keys": args.keys, "holders": args.holders, "chain": args.chain,
-              "index_blocks": index.num_blocks(), "build_s": build_s, **results}
+              "index_blocks": index.num_blocks(), "build_s": build_s, **results, **decision_bench(index, workers, args)}
     return report
+
+
+def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Namespace) -> dict:
+    """A whole kv-aware decision (index walk, scorers of every worker, picker, charge) as the
+    router makes it, half the workers prefill and half decode; and the request's block
+    hashing, which the router does before deciding."""
+    from router.scheduler import Scheduler, ScheduleRequest
+    from router.scheduler_config import load_policy
+    from router.workers import Role, Worker, WorkerLoad
+
+    half = len(worker_ids) // 2
+    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345))
+                    for w in ids] for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))}  # fmt: skip
+    scheduler = Scheduler(load_policy("kv-aware"), index)
+    out = {}
+    for blocks in (args.chain, 1024):
+        tokens = list(range(blocks * 16))
+        chain = block_keys(tokens, "bench", 16)
+        for i, w in enumerate(worker_ids):
+            index.store(w, chain[: blocks - (i % 8)])
+        times, hashing = [], []
+        for _ in range(args.lookups):
+            t = time.perf_counter()
+            decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
+            times.append(time.perf_counter() - t)
+            decision.charge.release()
+        for _ in range(max(20, args.lookups // 20)):
+            t = time.perf_counter()
+            block_keys(tokens, "bench", 16)
+            hashing.append(time.perf_counter() - t)
+        times.sort()
+        hashing.sort()
+        out[f"decide_{blocks}"] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
+                                   "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------- live stack
@@ -238,6 +273,9 @@ def print_tables(report: dict) -> None:
     print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {idx['index_blocks']:,} blocks, {idx['workers']} workers")
     for name in ("hit", "miss"):
         print(f"{name:<8}{idx[name]['p50_us']:>12.1f}{idx[name]['p99_us']:>12.1f}")
+    for name in [k for k in idx if k.startswith("decide_")]:
+        print(f"{name:<12}{idx[name]['p50_us']:>8.1f}{idx[name]['p99_us']:>12.1f}   kv-aware decision; hashing the prompt "
+              f"{idx[name]['hash_p50_us']:.0f} us")  # fmt: skip
     if "overhead" in report:
         ov = report["overhead"]
         print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "

@@ -35,7 +35,9 @@ def oracle_hit_rate(requests: list[ReplayRequest], capacity_blocks: int, block_s
             uses[key].append(i)
     cursor: dict[BlockKey, int] = defaultdict(int)  # how many of a key's uses are past
     cached: dict[BlockKey, float] = {}  # key -> its next use
-    farthest: list[tuple[float, BlockKey]] = []  # max-heap by next use (negated), lazily cleaned
+    # max-heap by (next use, depth in the chain), negated, lazily cleaned: among blocks next
+    # used together the deepest goes first, since a prefix hit needs the blocks before it
+    farthest: list[tuple[float, int, BlockKey]] = []
     seen: set[BlockKey] = set()
     hits = unbounded = prompt = 0
     for i, r in enumerate(ordered):
@@ -49,7 +51,7 @@ def oracle_hit_rate(requests: list[ReplayRequest], capacity_blocks: int, block_s
         hits += min(lead * block_size, cap)
         unbounded += min(seen_lead * block_size, cap)
         prompt += r.prompt_len
-        for key in r.chain:
+        for depth, key in enumerate(r.chain):
             seen.add(key)
             cursor[key] += 1
             key_uses = uses[key]
@@ -58,9 +60,9 @@ def oracle_hit_rate(requests: list[ReplayRequest], capacity_blocks: int, block_s
                 cached.pop(key, None)  # never used again: keeping it cannot help
                 continue
             cached[key] = nxt
-            heapq.heappush(farthest, (-nxt, key))
+            heapq.heappush(farthest, (-nxt, -depth, key))
         while len(cached) > capacity_blocks:
-            neg, key = heapq.heappop(farthest)
+            neg, _, key = heapq.heappop(farthest)
             if cached.get(key) == -neg:
                 del cached[key]
     return OracleResult(capacity_blocks, hits / prompt if prompt else 0.0, unbounded / prompt if prompt else 0.0)
