@@ -124,7 +124,7 @@ class Scheduler:
             for name, spec in self.config.profiles.items()
         }
         self._turns = {"prefill": 0, "decode": 0}
-        self._reads_index = self.config.basis is DeciderBasis.UNCACHED or any(
+        self._reads_index = self.config.basis is not DeciderBasis.PROMPT or any(
             s.type in _PREFIX_SCORERS for spec in self.config.profiles.values() for s in spec.scorers
         )
 
@@ -162,7 +162,7 @@ class Scheduler:
 
         colocated = self._options("colocated", [local(w) for w in decode], use_index)
         disagg = self._options("prefill", [with_store(w) for w in prefill], use_index)
-        if self._prefer_colocated(request, colocated, prefill):
+        if self._prefer_colocated(request, colocated, disagg, prefill):
             order = [("colocated", colocated), ("prefill", disagg)]
         else:
             order = [("prefill", disagg), ("colocated", colocated)]
@@ -180,15 +180,23 @@ class Scheduler:
         self._turns["decode"] += 1
         return Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.candidate.hit_tokens, chosen.ttft_s)
 
-    def _prefer_colocated(self, request: ScheduleRequest, colocated: list[Option], prefill: list[Worker]) -> bool:
-        if not prefill:
+    def _prefer_colocated(self, request: ScheduleRequest, colocated: list[Option], disagg: list[Option], prefill: list[Worker]) -> bool:
+        if not prefill or not disagg:
             return True
         if self.config.basis is DeciderBasis.PROMPT:  # the baselines: prompt length only
             return request.prompt_tokens < self.config.colocate_threshold_tokens
-        if self._pick("colocated", colocated).candidate.uncached_tokens < self.config.colocate_threshold_tokens:
+        best = self._pick("colocated", colocated)
+        if best.candidate.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
         saturation = self.config.prefill_saturation_tokens
-        return all(w.queued_prefill_tokens >= saturation for w in prefill)
+        if all(w.queued_prefill_tokens >= saturation for w in prefill):
+            return True
+        if self.config.basis is DeciderBasis.COST:
+            # A decode worker that holds more of the prompt than the chosen prefill worker, and is
+            # cheaper all told, computes the rest itself (a conversation's earlier turn lives there).
+            other = self._pick("prefill", disagg)
+            return best.candidate.hit_tokens > other.candidate.hit_tokens and best.cost < other.cost
+        return False
 
     def _options(self, profile_name: str, candidates: list[Candidate], use_index: bool) -> list[Option]:
         profile = self._profiles[profile_name]

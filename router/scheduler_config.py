@@ -44,6 +44,7 @@ class Policy(str, Enum):
 class DeciderBasis(str, Enum):
     UNCACHED = "uncached"  # prompt tokens the best colocated worker would still compute
     PROMPT = "prompt"  # the whole prompt length (policies that ignore the prefix index)
+    COST = "cost"  # as UNCACHED, and also when a decode worker holds more of the prompt and costs less
 
 
 @dataclass(slots=True)

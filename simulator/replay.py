@@ -70,6 +70,7 @@ class RequestOutcome:
     mode: str
     ttft_s: float
     e2e_s: float
+    output_tokens: int
     prompt_tokens: int
     hit_tokens: int
     rejected: bool = False
@@ -84,6 +85,7 @@ class ReplaySummary:
     ttft_p99_s: float
     ttft_mean_s: float
     e2e_p90_s: float
+    tpot_p90_s: float  # time per output token after the first: what colocated prefills cost the decode batch
     hit_rate: float
     colocated_fraction: float
     duration_s: float
@@ -139,7 +141,7 @@ async def _one(r: ReplayRequest, start: float, scheduler: Scheduler, prefill: li
     try:
         decision = scheduler.decide(ScheduleRequest(r.prompt_len, r.chain, block_size), prefill, decode)
     except AdmissionRejected:
-        return RequestOutcome(r.index, "rejected", 0.0, 0.0, r.prompt_len, 0, rejected=True)
+        return RequestOutcome(r.index, "rejected", 0.0, 0.0, r.output_len, r.prompt_len, 0, rejected=True)
     rid, charge = f"r{r.index}", decision.charge
     assert charge is not None
     try:
@@ -161,7 +163,7 @@ async def _one(r: ReplayRequest, start: float, scheduler: Scheduler, prefill: li
                     charge.prompt_computed()
     finally:
         charge.release()
-    return RequestOutcome(r.index, decision.mode.value, ttft, loop.time() - t0, r.prompt_len, hit)
+    return RequestOutcome(r.index, decision.mode.value, ttft, loop.time() - t0, r.output_len, r.prompt_len, hit)
 
 
 def _view(workers: list[Worker], address: str) -> Worker:
@@ -185,6 +187,7 @@ def summarize(outcomes: list[RequestOutcome], duration_s: float) -> ReplaySummar
         ttft_p99_s=percentile(ttfts, 0.99),
         ttft_mean_s=statistics.fmean(ttfts) if ttfts else float("nan"),
         e2e_p90_s=percentile([o.e2e_s for o in done], 0.9),
+        tpot_p90_s=percentile([(o.e2e_s - o.ttft_s) / (o.output_tokens - 1) for o in done if o.output_tokens > 1], 0.9),
         hit_rate=sum(o.hit_tokens for o in done) / prompt if prompt else 0.0,
         colocated_fraction=sum(o.mode == Mode.COLOCATED.value for o in done) / len(done) if done else 0.0,
         duration_s=duration_s,
