@@ -174,7 +174,29 @@ def start_stack(log_dir: Path, timeout_s: float) -> tuple[subprocess.Popen, dict
     return proc, json.loads(state_file.read_text())
 
 
-def stop_stack(proc: subprocess.Popen) -> None:
+def start_sim_stack(log_dir: Path, args: argparse.Namespace) -> tuple:
+    """Simulated workers in this process (their compute made negligible: speed-up 1000) and a
+    real router process on its own core; `state` has the same shape as `up`'s. The "worker"
+    CPU column then counts this process: simulated workers and the client together."""
+    from simulator.cluster import ClusterConfig
+    from simulator.launch import ClusterThread, start_router
+    from simulator.model_dir import write_sim_model_dir
+    from simulator.profile import load_profile
+
+    cluster = ClusterThread.start(ClusterConfig(load_profile("h200-llama-3.1-8b"), args.sim // 2, args.sim - args.sim // 2, speedup=1000.0))
+    router = start_router(write_sim_model_dir(log_dir / "model"), cluster.cluster, log_dir / "router.log",
+                          ["--policy", "kv-aware"], timeout_s=args.ready_timeout, cpu=args.router_cpu)  # fmt: skip
+    state = {"url": router.url, "decode": cluster.cluster.addresses("decode"), "served_model_name": "model",
+             "pids": {"router": router.process.pid, "decode-0": os.getpid()}}  # fmt: skip
+    return (cluster, router), state
+
+
+def stop_stack(proc) -> None:
+    if isinstance(proc, tuple):  # a simulated stack
+        cluster, router = proc
+        router.stop()
+        cluster.stop()
+        return
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)  # `up` stops its components itself
@@ -325,6 +347,10 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=240.0)
     ap.add_argument("--log-dir", default=None, help="stack logs (default: a temporary directory)")
     ap.add_argument("--out", default="router_bench.json")
+    ap.add_argument("--sim", type=int, default=0, metavar="N",
+                    help="stack = N simulated workers (half prefill, half decode; `splitserve sim`) and a router pinned "
+                         "to --router-cpu, instead of `splitserve up` with a real engine")  # fmt: skip
+    ap.add_argument("--router-cpu", type=int, default=0, help="--sim: the core the router runs on (taskset)")
     args = ap.parse_args()
 
     report: dict = {"index": index_bench(args)}
@@ -334,7 +360,7 @@ def main() -> None:
         proc = None
         try:
             t = time.perf_counter()
-            proc, state = start_stack(log_dir, args.ready_timeout)
+            proc, state = start_sim_stack(log_dir, args) if args.sim else start_stack(log_dir, args.ready_timeout)
             print(f"[router_bench] stack up in {time.perf_counter() - t:.1f}s ({state['url']}, logs {log_dir})", flush=True)
             report["overhead"] = overhead_bench(state, args)
             report["saturation"] = [asyncio.run(saturation_level(state, int(c), args.duration))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from kvstore.block_key import BlockKey
@@ -75,7 +76,9 @@ class SimDecodeWorker:
     def queued_prefill_tokens(self) -> int:
         return sum(s.estimated_new_tokens for s in self._waiting if s.colocated)
 
-    async def generate(self, request_id: str, prompt_len: int, chain: list[BlockKey], max_tokens: int, first_token_sent: bool):
+    async def generate(
+        self, request_id: str, prompt_len: int, chain: list[BlockKey], max_tokens: int, first_token_sent: bool
+    ) -> AsyncIterator[Chunk]:
         """Yield Chunks until the request finishes (colocated when ``first_token_sent`` is False).
         ``chain``: the block keys of the prompt (SimNode.chain)."""
         bs = self.node.block_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -73,7 +75,9 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
     def __init__(self, node: SimNode, worker: SimDecodeWorker) -> None:
         self.node, self.worker = node, worker
 
-    async def Generate(self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+    async def Generate(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         prompt = list(request.prompt_token_ids)
         await _check_prompt(context, prompt, request.sampling.max_tokens)
         disaggregated = request.HasField("kv_handle")

@@ -172,3 +172,10 @@ def test_the_shipped_h200_profile_loads_and_a_bad_profile_names_its_problem(tmp_
     bad.write_text("{")
     with pytest.raises(ProfileError, match="not valid JSON"):
         load_profile(str(bad))
+
+
+def test_splitserve_sim_refuses_a_missing_profile_with_its_path(tmp_path):
+    from splitserve.cli import main
+
+    with pytest.raises(SystemExit, match="splitserve sim: cannot read profile .*nope.json"):
+        main(["sim", "--profile", str(tmp_path / "nope.json")])
