@@ -83,10 +83,10 @@ async def test_two_routers_share_the_prefix_view_and_see_each_others_load(router
         suffixes = [list(range(100_000 + i * 4000, 104_000 + i * 4000)) for i in range(6)]
         burst = [asyncio.ensure_future(complete(client, a.url, PREFIX + s)) for s in suffixes[:5]]
         await asyncio.sleep(0.4)  # a few GetLoad polls later
-        # ...so B, whose own in-flight count for the holder is zero, sends the same kind of
-        # request to the other prefill worker: recomputing the prefix is cheaper than the queue.
+        # ...so B, whose own in-flight count for the holder is zero, places the same kind of
+        # request elsewhere (the decode worker that imported the prefix, or the idle prefill
+        # worker); from its own counts alone the holder would look idle and cheapest.
         reply = await complete(client, b.url, PREFIX + suffixes[5])
-        decisions = prefill_decisions(b.url)
-        assert decisions.get(holder) == 1.0 and sum(decisions.values()) == 2.0, decisions
-        assert reply["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        assert reply["choices"][0]["finish_reason"] == "length"
+        assert prefill_decisions(b.url).get(holder) == 1.0, prefill_decisions(b.url)
         await asyncio.gather(*burst)
