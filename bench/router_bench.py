@@ -65,8 +65,43 @@ def index_bench(args: argparse.Namespace) -> dict:
         times.sort()
         results[name] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6}
     report = {"workers": args.workers, "keys": args.keys, "holders": args.holders, "chain": args.chain,
-              "index_blocks": index.num_blocks(), "build_s": build_s, **results}
+              "index_blocks": index.num_blocks(), "build_s": build_s, **results, **decision_bench(index, workers, args)}
     return report
+
+
+def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Namespace) -> dict:
+    """A whole kv-aware decision (index walk, scorers of every worker, picker, charge) as the
+    router makes it, half the workers prefill and half decode; and the request's block
+    hashing, which the router does before deciding."""
+    from router.scheduler import Scheduler, ScheduleRequest
+    from router.scheduler_config import load_policy
+    from router.workers import Role, Worker, WorkerLoad
+
+    half = len(worker_ids) // 2
+    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345))
+                    for w in ids] for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))}  # fmt: skip
+    scheduler = Scheduler(load_policy("kv-aware"), index)
+    out = {}
+    for blocks in (args.chain, 1024):
+        tokens = list(range(blocks * 16))
+        chain = block_keys(tokens, "bench", 16)
+        for i, w in enumerate(worker_ids):
+            index.store(w, chain[: blocks - (i % 8)])
+        times, hashing = [], []
+        for _ in range(args.lookups):
+            t = time.perf_counter()
+            decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
+            times.append(time.perf_counter() - t)
+            decision.charge.release()
+        for _ in range(max(20, args.lookups // 20)):
+            t = time.perf_counter()
+            block_keys(tokens, "bench", 16)
+            hashing.append(time.perf_counter() - t)
+        times.sort()
+        hashing.sort()
+        out[f"decide_{blocks}"] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
+                                   "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------- live stack
@@ -139,7 +174,29 @@ def start_stack(log_dir: Path, timeout_s: float) -> tuple[subprocess.Popen, dict
     return proc, json.loads(state_file.read_text())
 
 
-def stop_stack(proc: subprocess.Popen) -> None:
+def start_sim_stack(log_dir: Path, args: argparse.Namespace) -> tuple:
+    """Simulated workers in this process (their compute made negligible: speed-up 1000) and a
+    real router process on its own core; `state` has the same shape as `up`'s. The "worker"
+    CPU column then counts this process: simulated workers and the client together."""
+    from simulator.cluster import ClusterConfig
+    from simulator.launch import ClusterThread, start_router
+    from simulator.model_dir import write_sim_model_dir
+    from simulator.profile import load_profile
+
+    cluster = ClusterThread.start(ClusterConfig(load_profile("h200-llama-3.1-8b"), args.sim // 2, args.sim - args.sim // 2, speedup=1000.0))
+    router = start_router(write_sim_model_dir(log_dir / "model"), cluster.cluster, log_dir / "router.log",
+                          ["--policy", "kv-aware"], timeout_s=args.ready_timeout, cpu=args.router_cpu)  # fmt: skip
+    state = {"url": router.url, "decode": cluster.cluster.addresses("decode"), "served_model_name": "model",
+             "pids": {"router": router.process.pid, "decode-0": os.getpid()}}  # fmt: skip
+    return (cluster, router), state
+
+
+def stop_stack(proc) -> None:
+    if isinstance(proc, tuple):  # a simulated stack
+        cluster, router = proc
+        router.stop()
+        cluster.stop()
+        return
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)  # `up` stops its components itself
@@ -238,6 +295,9 @@ def print_tables(report: dict) -> None:
     print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {idx['index_blocks']:,} blocks, {idx['workers']} workers")
     for name in ("hit", "miss"):
         print(f"{name:<8}{idx[name]['p50_us']:>12.1f}{idx[name]['p99_us']:>12.1f}")
+    for name in [k for k in idx if k.startswith("decide_")]:
+        print(f"{name:<12}{idx[name]['p50_us']:>8.1f}{idx[name]['p99_us']:>12.1f}   kv-aware decision; hashing the prompt "
+              f"{idx[name]['hash_p50_us']:.0f} us")  # fmt: skip
     if "overhead" in report:
         ov = report["overhead"]
         print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "
@@ -287,6 +347,10 @@ def main() -> None:
     ap.add_argument("--ready-timeout", type=float, default=240.0)
     ap.add_argument("--log-dir", default=None, help="stack logs (default: a temporary directory)")
     ap.add_argument("--out", default="router_bench.json")
+    ap.add_argument("--sim", type=int, default=0, metavar="N",
+                    help="stack = N simulated workers (half prefill, half decode; `splitserve sim`) and a router pinned "
+                         "to --router-cpu, instead of `splitserve up` with a real engine")  # fmt: skip
+    ap.add_argument("--router-cpu", type=int, default=0, help="--sim: the core the router runs on (taskset)")
     args = ap.parse_args()
 
     report: dict = {"index": index_bench(args)}
@@ -296,7 +360,7 @@ def main() -> None:
         proc = None
         try:
             t = time.perf_counter()
-            proc, state = start_stack(log_dir, args.ready_timeout)
+            proc, state = start_sim_stack(log_dir, args) if args.sim else start_stack(log_dir, args.ready_timeout)
             print(f"[router_bench] stack up in {time.perf_counter() - t:.1f}s ({state['url']}, logs {log_dir})", flush=True)
             report["overhead"] = overhead_bench(state, args)
             report["saturation"] = [asyncio.run(saturation_level(state, int(c), args.duration))

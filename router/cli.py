@@ -18,18 +18,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kvstore-snapshot", default=None, help="snapshot endpoint when it is not the events port + 1")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", choices=["kv-aware", "round-robin", "random"], default="kv-aware")
+    p.add_argument("--policy", choices=["kv-aware", "round-robin", "least-loaded", "random"], default="kv-aware",
+                   help="a shipped scheduler config (router/policies/NAME.yaml)")
+    p.add_argument("--scheduler-config", default=None, metavar="FILE",
+                   help="scheduler pipeline config, YAML or JSON (overrides --policy); see router/scheduler_config.py")
     p.add_argument("--api-key", action="append", default=[],
                    help="accepted Bearer key (repeatable; visible in `ps`: prefer --api-key-file or SPLITSERVE_API_KEYS)")
     p.add_argument("--api-key-file", default=None, help="file of accepted Bearer keys, one per line")
     p.add_argument("--salt-per-api-key", action="store_true",
                    help="give each API key its own prefix cache (tenants never share cached blocks)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
-    p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
-    p.add_argument("--prefill-saturation-tokens", type=int, default=65536,
+    p.add_argument("--colocate-threshold", type=int, default=None,
+                   help="uncached prompt tokens below which decode prefills (default: the scheduler config's)")
+    p.add_argument("--prefill-saturation-tokens", type=int, default=None,
                    help="queued prompt tokens at which a prefill worker counts as saturated (colocate instead; "
-                   "the prefill pool's saturation = 1 for the autoscaler)")
+                   "the prefill pool's saturation = 1 for the autoscaler; default: the scheduler config's)")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks and GetLoad polls")
     p.add_argument("--ext-proc-port", type=int, default=0,
                    help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off")
     p.add_argument("--ext-proc-target-port", type=int, default=0,
@@ -58,10 +63,20 @@ def run(args: argparse.Namespace) -> int:
 
     from router.config import RouterConfig
     from router.openai_api import create_app
-    from router.scheduler import Policy, SchedulerConfig
+    from router.scheduler_config import SchedulerConfigError, load_policy, load_scheduler_config
 
     if not args.discovery and not args.decode:
         raise SystemExit("splitserve router: give --decode (and --prefill) addresses, or --discovery")
+    try:
+        scheduler = load_scheduler_config(args.scheduler_config) if args.scheduler_config else load_policy(args.policy)
+    except SchedulerConfigError as exc:
+        raise SystemExit(f"splitserve router: {exc}") from exc
+    if args.colocate_threshold is not None:
+        scheduler.colocate_threshold_tokens = args.colocate_threshold
+    if args.ttft_slo_ms is not None:
+        scheduler.ttft_slo_ms = args.ttft_slo_ms
+    if args.prefill_saturation_tokens is not None:
+        scheduler.prefill_saturation_tokens = args.prefill_saturation_tokens
     config = RouterConfig(
         model_dir=args.model,
         served_model_name=args.served_model_name,
@@ -77,10 +92,8 @@ def run(args: argparse.Namespace) -> int:
         allow_client_chat_template=args.allow_client_chat_template,
         body_timeout_s=args.body_timeout,
         request_timeout_s=args.request_timeout,
-        scheduler=SchedulerConfig(
-            policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms,
-            prefill_saturation_tokens=args.prefill_saturation_tokens,
-        ),
+        health_interval_s=args.health_interval,
+        scheduler=scheduler,
     )
     app = create_app(config)
     if args.ext_proc_port:

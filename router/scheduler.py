@@ -1,38 +1,37 @@
 """Choose where a request runs: colocated or disaggregated, which prefill and decode worker.
 
 Input: the request's block-key chain, the workers (with their last polled load) and the
-prefix index. Output: a Decision. Three policies: ``kv-aware`` (cost = weighted sum of
-scorers, P/D decider, SLO-aware admission) and the ``round-robin`` / ``random``
-baselines, which ignore the index and load and never reject.
+prefix index. Output: a Decision. The policy is data (router/scheduler_config.py): for
+each placement (prefill worker, decode worker, decode worker that also prefills) a
+profile of filters -> weighted scorers -> picker, and a P/D decider:
+
+1. candidates: the available workers of the pool, each with the prompt tokens it holds;
+2. filters drop candidates (router/filters.py), scorers sum into a cost (router/scorers.py);
+3. the decider prefers colocated when the part to compute is short, the prefill pool is
+   saturated, or (basis ``cost``) a decode worker holds more of the prompt than the best
+   prefill worker and costs less; else disaggregated; with a TTFT SLO, a placement predicted to break it
+   is skipped, and when every one would, the request is rejected (AdmissionRejected);
+4. the profile's picker chooses among what is left (router/pickers.py).
 """
 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from kvstore.block_key import BlockKey
+from router.filters import Filter, apply_filters, build_filter
+from router.pickers import Option, Picker, build_picker
 from router.prefix_index import PrefixIndex
-from router.scorers import (
-    Candidate,
-    WeightedScorer,
-    default_colocated_scorers,
-    default_decode_scorers,
-    default_prefill_scorers,
-    total_cost,
-)
+from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
+from router.scorers import Candidate, WeightedScorer, build_scorer, total_cost
 from router.workers import Worker
 
 STORE_PUBLISHER = "kvstore"
-
-
-class Policy(str, Enum):
-    KV_AWARE = "kv-aware"
-    ROUND_ROBIN = "round-robin"
-    RANDOM = "random"
+# Scorer types that read the prefix index; a policy without them never looks it up.
+_PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft"})
 
 
 class Mode(str, Enum):
@@ -54,17 +53,6 @@ class AdmissionRejected(Exception):
         )
         self.predicted_ttft_s = predicted_ttft_s
         self.retry_after_s = retry_after_s
-
-
-@dataclass(slots=True)
-class SchedulerConfig:
-    policy: Policy = Policy.KV_AWARE
-    colocate_threshold_tokens: int = 256  # uncached prompt tokens below which decode prefills itself
-    prefill_saturation_tokens: int = 65536  # queued tokens per prefill worker that count as saturated
-    ttft_slo_ms: float | None = None
-    default_prefill_rate_tps: float = 8000.0  # until a worker's rate has been measured
-    prefix_weight: float = 1.0
-    seed: int | None = None
 
 
 @dataclass(slots=True)
@@ -113,31 +101,33 @@ class Decision:
 
 
 @dataclass(slots=True)
-class _Option:
-    mode: Mode
-    candidate: Candidate
-    cost: float
-    ttft_s: float
-    held_blocks: int  # blocks the worker holds in the index: breaks cost ties towards the emptier cache
+class _Profile:
+    filters: list[Filter]
+    scorers: list[WeightedScorer]
+    picker: Picker
+    pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
 
 
-@dataclass(slots=True)
 class Scheduler:
-    config: SchedulerConfig
-    index: PrefixIndex | None = None
-    prefill_scorers: list[WeightedScorer] = field(default_factory=list)
-    decode_scorers: list[WeightedScorer] = field(default_factory=list)
-    colocated_scorers: list[WeightedScorer] = field(default_factory=list)
-    _rr: dict[str, int] = field(default_factory=lambda: {"prefill": 0, "decode": 0})
-    _rng: random.Random = field(default_factory=random.Random)
+    """Runs the configured pipeline; `decide` is the one entry point (the router's and the
+    endpoint picker's): a tokenized request and the pools in, the chosen workers out."""
 
-    def __post_init__(self) -> None:
-        w = self.config.prefix_weight
-        self.prefill_scorers = self.prefill_scorers or default_prefill_scorers(w)
-        self.decode_scorers = self.decode_scorers or default_decode_scorers(w)
-        self.colocated_scorers = self.colocated_scorers or default_colocated_scorers(w)
-        if self.config.seed is not None:
-            self._rng.seed(self.config.seed)
+    def __init__(self, config: SchedulerConfig, index: PrefixIndex | None = None) -> None:
+        self.config = config.resolved()
+        self.index = index
+        self._profiles = {
+            name: _Profile(
+                [build_filter(f) for f in spec.filters],
+                [build_scorer(s) for s in spec.scorers],
+                build_picker(spec.picker, self.config.seed),
+                "prefill" if name == "prefill" else "decode",
+            )
+            for name, spec in self.config.profiles.items()
+        }
+        self._turns = {"prefill": 0, "decode": 0}
+        self._reads_index = self.config.basis is not DeciderBasis.PROMPT or any(
+            s.type in _PREFIX_SCORERS for spec in self.config.profiles.values() for s in spec.scorers
+        )
 
     def decide(
         self,
@@ -150,17 +140,13 @@ class Scheduler:
         decode = [w for w in decode_workers if w.available and w.address not in exclude]
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
-        if self.config.policy is Policy.KV_AWARE:
-            decision = self._kv_aware(request, prefill, decode)
-        else:
-            decision = self._baseline(request, prefill, decode)
+        decision = self._place(request, prefill, decode)
         decision.charge = self._charge(decision, request, prefill + decode)
         return decision
 
-    # -- kv-aware ---------------------------------------------------------------
-
-    def _kv_aware(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
-        matches = self.index.match(request.block_keys) if self.index is not None else {}
+    def _place(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
+        use_index = self._reads_index and self.index is not None
+        matches = self.index.match(request.block_keys) if use_index and self.index is not None else {}
         last = max(request.prompt_tokens - 1, 0)  # the last prompt token is always computed: it yields the first token
         store_hit = min(matches.get(STORE_PUBLISHER, 0) * request.block_size, last)
 
@@ -175,62 +161,62 @@ class Scheduler:
             hit = max(own, store_hit)
             return Candidate(worker, request.prompt_tokens, hit, hit - own)
 
-        colocated = [self._option(Mode.COLOCATED, local(w), self.colocated_scorers) for w in decode]
-        disagg = [self._option(Mode.DISAGGREGATED, with_store(w), self.prefill_scorers) for w in prefill]
-        best_colocated = min(colocated, key=_rank)
-        preferred, fallback = (colocated, disagg) if self._prefer_colocated(best_colocated, prefill) else (disagg, colocated)
-
+        colocated = self._options("colocated", [local(w) for w in decode], use_index)
+        disagg = self._options("prefill", [with_store(w) for w in prefill], use_index)
+        if self._prefer_colocated(request, colocated, disagg, prefill):
+            order = [("colocated", colocated), ("prefill", disagg)]
+        else:
+            order = [("prefill", disagg), ("colocated", colocated)]
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
-        chosen = self._cheapest_within_slo(preferred, slo_s) or self._cheapest_within_slo(fallback, slo_s)
+        chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
         if chosen is None:
             assert slo_s is not None
-            best_ttft = min(o.ttft_s for o in preferred + fallback)
+            best_ttft = min(o.ttft_s for o in colocated + disagg)
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
-        if chosen.mode is Mode.COLOCATED:
-            return Decision(Mode.COLOCATED, None, chosen.candidate.worker.address, chosen.candidate.hit_tokens, chosen.ttft_s)
-        decode_worker = min((self._option(Mode.DISAGGREGATED, local(w), self.decode_scorers) for w in decode), key=_rank)
-        return Decision(
-            Mode.DISAGGREGATED,
-            chosen.candidate.worker.address,
-            decode_worker.candidate.worker.address,
-            chosen.candidate.hit_tokens,
-            chosen.ttft_s,
-        )
+        if chosen.colocated:
+            self._turns["decode"] += 1
+            return Decision(Mode.COLOCATED, None, chosen.address, chosen.candidate.hit_tokens, chosen.ttft_s)
+        decode_option = self._pick("decode", self._options("decode", [local(w) for w in decode], use_index))
+        self._turns["prefill"] += 1
+        self._turns["decode"] += 1
+        return Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.candidate.hit_tokens, chosen.ttft_s)
 
-    def _prefer_colocated(self, best_colocated: _Option, prefill: list[Worker]) -> bool:
-        if not prefill:
+    def _prefer_colocated(self, request: ScheduleRequest, colocated: list[Option], disagg: list[Option], prefill: list[Worker]) -> bool:
+        if not prefill or not disagg:
             return True
-        if best_colocated.candidate.uncached_tokens < self.config.colocate_threshold_tokens:
+        if self.config.basis is DeciderBasis.PROMPT:  # the baselines: prompt length only
+            return request.prompt_tokens < self.config.colocate_threshold_tokens
+        best = self._pick("colocated", colocated)
+        if best.candidate.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
         saturation = self.config.prefill_saturation_tokens
-        return all(w.queued_prefill_tokens >= saturation for w in prefill)
+        if all(w.queued_prefill_tokens >= saturation for w in prefill):
+            return True
+        if self.config.basis is DeciderBasis.COST:
+            # A decode worker that holds more of the prompt than the chosen prefill worker, and is
+            # cheaper all told, computes the rest itself (a conversation's earlier turn lives there).
+            other = self._pick("prefill", disagg)
+            return best.candidate.hit_tokens > other.candidate.hit_tokens and best.cost < other.cost
+        return False
 
-    def _option(self, mode: Mode, candidate: Candidate, scorers: list[WeightedScorer]) -> _Option:
+    def _options(self, profile_name: str, candidates: list[Candidate], use_index: bool) -> list[Option]:
+        profile = self._profiles[profile_name]
+        kept = apply_filters(profile.filters, candidates) if candidates else candidates
+        return [self._option(c, profile, profile_name == "colocated", use_index) for c in kept]
+
+    def _option(self, candidate: Candidate, profile: _Profile, colocated: bool, use_index: bool) -> Option:
         rate = candidate.worker.prefill_rate_tps or self.config.default_prefill_rate_tps
         ttft = (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
-        held = self.index.num_blocks_of(candidate.worker.worker_id) if self.index is not None else 0
-        return _Option(mode, candidate, total_cost(candidate, scorers), ttft, held)
+        held = self.index.num_blocks_of(candidate.worker.worker_id) if use_index and self.index is not None else 0
+        return Option(candidate, total_cost(candidate, profile.scorers), ttft, held, colocated)
 
-    @staticmethod
-    def _cheapest_within_slo(options: list[_Option], slo_s: float | None) -> _Option | None:
+    def _pick(self, profile_name: str, options: list[Option]) -> Option:
+        profile = self._profiles[profile_name]
+        return profile.picker.pick(options, self._turns[profile.pool])
+
+    def _pick_within_slo(self, profile_name: str, options: list[Option], slo_s: float | None) -> Option | None:
         ok = [o for o in options if slo_s is None or o.ttft_s <= slo_s]
-        return min(ok, key=_rank) if ok else None
-
-    # -- baselines --------------------------------------------------------------
-
-    def _baseline(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
-        decode_worker = self._pick("decode", decode)
-        if not prefill or request.prompt_tokens < self.config.colocate_threshold_tokens:
-            return Decision(Mode.COLOCATED, None, decode_worker.address)
-        return Decision(Mode.DISAGGREGATED, self._pick("prefill", prefill).address, decode_worker.address)
-
-    def _pick(self, pool: str, workers: list[Worker]) -> Worker:
-        if self.config.policy is Policy.RANDOM:
-            return self._rng.choice(workers)
-        ordered = sorted(workers, key=lambda w: w.address)
-        worker = ordered[self._rr[pool] % len(ordered)]
-        self._rr[pool] += 1
-        return worker
+        return self._pick(profile_name, ok) if ok else None
 
     # -- accounting -------------------------------------------------------------
 
@@ -245,9 +231,3 @@ class Scheduler:
             by_address[address].inflight_requests += 1
             charge.holders.append(by_address[address])
         return charge
-
-
-def _rank(option: _Option) -> tuple[float, int]:
-    """Cheapest first; among equals the worker holding fewer blocks, so that new prefixes
-    spread over the pool instead of all landing on the first worker listed."""
-    return option.cost, option.held_blocks

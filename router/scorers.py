@@ -1,4 +1,4 @@
-"""Cost terms for choosing a worker; lower is better. A policy sums ``weight * score``.
+"""Scorers: cost terms for choosing a worker; lower is better. A profile sums ``weight * score``.
 
 Every score is expressed in prefill-token equivalents so that weights stay readable:
 the default cost of a prefill candidate is `uncached_prefill_tokens + queued tokens`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.scheduler_config import PluginSpec
 from router.workers import Worker
 
 
@@ -97,32 +98,42 @@ class KVImportScorer:
 
 
 @dataclass(slots=True)
+class PredictedTTFTScorer:
+    """Milliseconds until this worker would emit the first token: the work queued ahead plus
+    this request's uncached tokens, at the worker's measured prefill rate."""
+
+    name: str = "predicted_ttft_ms"
+    default_rate_tps: float = 8000.0  # until the worker's rate has been measured
+
+    def score(self, candidate: Candidate) -> float:
+        rate = candidate.worker.prefill_rate_tps or self.default_rate_tps
+        return 1000.0 * (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
+
+
+@dataclass(slots=True)
 class WeightedScorer:
     scorer: Scorer
     weight: float
 
 
-def default_prefill_scorers(prefix_weight: float = 1.0) -> list[WeightedScorer]:
-    return [
-        WeightedScorer(UncachedPrefillScorer(), prefix_weight),
-        WeightedScorer(QueuedPrefillScorer(), 1.0),
-        WeightedScorer(RunningRequestsScorer(), 16.0),
-    ]
+SCORER_TYPES: dict[str, type] = {
+    "uncached-tokens": UncachedPrefillScorer,  # the prefix scorer: what the cache does not cover
+    "queued-tokens": QueuedPrefillScorer,
+    "running-requests": RunningRequestsScorer,
+    "kv-usage": KVUsageScorer,
+    "kv-import-tokens": KVImportScorer,
+    "predicted-ttft": PredictedTTFTScorer,
+}
 
 
-def _decode_load_scorers() -> list[WeightedScorer]:
-    # A full KV cache is worth ~4k queued tokens; each running sequence ~64.
-    return [WeightedScorer(KVUsageScorer(), 4096.0), WeightedScorer(RunningRequestsScorer(), 64.0)]
-
-
-def default_decode_scorers(prefix_weight: float = 1.0) -> list[WeightedScorer]:
-    """Decode worker of a disaggregated request: its load, and the prompt KV it lacks."""
-    return _decode_load_scorers() + [WeightedScorer(KVImportScorer(), prefix_weight)]
-
-
-def default_colocated_scorers(prefix_weight: float = 1.0) -> list[WeightedScorer]:
-    """The decode worker prefills too: both the prefill and the decode load terms apply."""
-    return default_prefill_scorers(prefix_weight) + _decode_load_scorers()
+def build_scorer(spec: PluginSpec) -> WeightedScorer:
+    cls = SCORER_TYPES.get(spec.type)
+    if cls is None:
+        raise KeyError(f"unknown scorer type {spec.type!r}; known: {', '.join(SCORER_TYPES)}")
+    try:
+        return WeightedScorer(cls(**spec.params), spec.weight)
+    except TypeError as exc:
+        raise TypeError(f"scorer {spec.type!r}: bad parameters {spec.params}") from exc
 
 
 def total_cost(candidate: Candidate, scorers: list[WeightedScorer]) -> float:

@@ -18,6 +18,7 @@ COMPONENT_CLIS = (
     "router.cli",  # router
     "splitserve.up",  # up
     "bench.cli",  # bench serve / compare
+    "simulator.cli",  # sim
 )
 
 

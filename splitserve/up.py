@@ -118,6 +118,8 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
         router += ["--colocate-threshold", str(args.colocate_threshold)]
     if args.api_key_file:  # the keys stay in the file (or in $SPLITSERVE_API_KEYS, inherited): never in argv
         router += ["--api-key-file", str(Path(args.api_key_file).resolve())]
+    if args.scheduler_config:
+        router += ["--scheduler-config", str(Path(args.scheduler_config).resolve())]
     comps.append(Component("router", router, http_port=args.port, metrics_port=args.port,
                            expect_workers={"prefill": args.prefill, "decode": args.decode}))
     return comps
@@ -236,7 +238,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default="default", help="the model name clients send (default: default)")
-    p.add_argument("--policy", default="kv-aware", choices=["kv-aware", "round-robin", "random"])
+    p.add_argument("--policy", default="kv-aware", choices=["kv-aware", "round-robin", "least-loaded", "random"])
+    p.add_argument("--scheduler-config", default=None, metavar="FILE", help="router scheduler config (YAML/JSON; overrides --policy)")
     p.add_argument("--colocate-threshold", type=int, default=None,
                    help="router: uncached prompt tokens below which the decode worker prefills (default: the router's)")
     p.add_argument("--kv-cache-bytes", default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")

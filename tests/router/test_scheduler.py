@@ -6,6 +6,7 @@ from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
 from router.scheduler import (
     AdmissionRejected,
+    DeciderBasis,
     Mode,
     NoWorkersAvailable,
     Policy,
@@ -186,7 +187,8 @@ def test_disaggregated_requests_decode_where_the_prompt_prefix_already_is():
     index = PrefixIndex()
     req = request(PROMPT)
     index.store("d1", req.block_keys[:64])  # d1 imports 1024 tokens less from the store
-    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    # basis "uncached": disaggregate whatever the decode side holds (kv-aware's "cost" would colocate on d1)
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0, basis=DeciderBasis.UNCACHED), index)
     for order in (["d1", "d2"], ["d2", "d1"]):
         d = sched.decide(req, [worker("p1", Role.PREFILL)], [worker(a, Role.DECODE) for a in order])
         assert (d.mode, d.decode_worker) == (Mode.DISAGGREGATED, "d1")
@@ -219,3 +221,16 @@ def test_new_prefixes_spread_over_idle_workers():
         index.store(d.prefill_worker, req.block_keys)  # what the worker's KV events would report
         picks.append(d.prefill_worker)
     assert sorted(picks) == ["p1", "p1", "p2", "p2"]
+
+
+def test_a_later_turn_runs_on_the_decode_worker_holding_the_conversation_when_that_is_cheaper():
+    index = PrefixIndex()
+    req = request(PROMPT)
+    index.store("d2", req.block_keys[:96])  # an earlier turn: 1536 of 2048 tokens, imported by d2
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)  # kv-aware: basis "cost"
+    prefill = [worker("p1", Role.PREFILL)]
+    d = sched.decide(req, prefill, [worker("d1", Role.DECODE), worker("d2", Role.DECODE)])
+    assert (d.mode, d.decode_worker, d.predicted_hit_tokens) == (Mode.COLOCATED, "d2", 1536)
+    index.store("p1", req.block_keys)  # the prefill worker holds all of it: no reason to load d2
+    d = sched.decide(req, prefill, [worker("d1", Role.DECODE), worker("d2", Role.DECODE)])
+    assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "p1")
