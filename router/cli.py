@@ -7,7 +7,8 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("router", help="OpenAI-compatible router (KV-aware P/D scheduling)")
-    p.add_argument("--model", required=True, help="checkpoint directory (tokenizer, chat template, config)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory (tokenizer, chat template, config), a .gguf file, or smollm2")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--prefill", default="", help="prefill workers host:port,...")
     p.add_argument("--decode", default="", help="decode workers host:port,...")
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from engine.model_source import resolve_model
     from router.config import RouterConfig
     from router.openai_api import create_app
     from router.scheduler import Policy, SchedulerConfig
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.discovery and not args.decode:
         raise SystemExit("splitserve router: give --decode (and --prefill) addresses, or --discovery")
     config = RouterConfig(
-        model_dir=args.model,
+        model_dir=str(resolve_model(args.model)),
         served_model_name=args.served_model_name,
         prefill=[a for a in args.prefill.split(",") if a],
         decode=[a for a in args.decode.split(",") if a],
