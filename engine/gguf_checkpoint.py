@@ -17,12 +17,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import xxhash
 
 from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 # GGUF architecture -> (HF architecture class, HF model_type, whether llama.cpp permuted Q/K for its rotary layout)
 ARCHITECTURES = {
@@ -57,7 +62,7 @@ class GGUFModel:
     bos_token_id: int | None
 
 
-def _gguf():
+def _gguf() -> ModuleType:
     try:
         import gguf
     except ImportError as exc:
@@ -79,14 +84,14 @@ def cache_root() -> Path:
     return cache / "splitserve" / "gguf"
 
 
-def _field(reader, key: str, default=None):
+def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
     field = reader.fields.get(key)
     if field is None:
         return default
     return field.contents()
 
 
-def read_metadata(reader, source: Path) -> GGUFModel:
+def read_metadata(reader: GGUFReader, source: Path) -> GGUFModel:
     """HF config.json content from the GGUF key/values (llama.cpp's names, prefixed by the architecture)."""
     arch = _field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
@@ -99,9 +104,10 @@ def read_metadata(reader, source: Path) -> GGUFModel:
     hf_arch, model_type, _ = ARCHITECTURES[arch]
     hidden = int(_field(reader, f"{arch}.embedding_length"))
     heads = int(_field(reader, f"{arch}.attention.head_count"))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
+    if "token_embd.weight" not in names:
+        raise CheckpointError(f"{source}: no token_embd.weight tensor; is this a complete model file?")
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    vocab = int(_field(reader, f"{arch}.vocab_size", 0) or (len(tokens) if tokens else int(embd.shape[1])))
+    vocab = int(embd.shape[1])  # ggml order [hidden, vocab]: the rows the model can actually emit
     eos, bos = _field(reader, "tokenizer.ggml.eos_token_id"), _field(reader, "tokenizer.ggml.bos_token_id")
     config = {
         "architectures": [hf_arch],
@@ -146,7 +152,7 @@ def unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def read_tensors(reader, model: GGUFModel) -> dict[str, torch.Tensor]:
+def read_tensors(reader: GGUFReader, model: GGUFModel) -> dict[str, torch.Tensor]:
     """Every tensor dequantised to float32 with the `gguf` library, under its HF name, in HF layout."""
     gguf = _gguf()
     permuted = ARCHITECTURES[model.arch][2]

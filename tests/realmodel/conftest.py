@@ -24,7 +24,7 @@ def smollm2_dir(smollm2_gguf: Path) -> Path:
     return resolve_model("smollm2")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """One intra-op thread: on a shared CI machine two spinning threads per process run ~10x slower, not faster."""
     before = torch.get_num_threads()
