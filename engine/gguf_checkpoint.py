@@ -13,8 +13,10 @@ Only the Llama and Qwen2 families are mapped; other architectures get a clear er
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +49,7 @@ _LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+log = logging.getLogger(__name__)
 # bump when the converted layout changes, so that stale cache entries are not reused
 CONVERTER_VERSION = 1
 
@@ -185,7 +188,7 @@ def convert(source: Path, out: Path, digest: str) -> None:
 
     reader = _gguf().GGUFReader(str(source))
     model = read_metadata(reader, source)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     tensors = read_tensors(reader, model)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     _write_tokenizer(source, model, out)
@@ -207,8 +210,10 @@ def checkpoint_dir(source: Path) -> Path:
     target = cache_root() / f"{source.stem}-{digest[:16]}-v{CONVERTER_VERSION}"
     if (target / "config.json").is_file():
         return target
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("converting %s into %s (once; later starts reuse it)", source.name, target)
+    # unique even across hosts sharing the cache (pods on one volume), unlike a pid
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     try:
         convert(source, tmp, digest)
         try:

@@ -1,8 +1,9 @@
 """Through the router, SmolLM2's answers equal the offline engine's, token for token.
 
-One `splitserve up` stack (kvstore, 1 prefill, 1 decode) whose router sends every request through the
-prefill worker (disaggregated: --colocate-threshold 0), plus a second router over the decode worker
-alone (colocated: the decode worker prefills). Both must give the offline engine's greedy tokens.
+One `splitserve up --demo-request` stack (kvstore, 1 prefill, 1 decode) whose router sends every request
+through the prefill worker (disaggregated: --colocate-threshold 0), plus a second router over the decode
+worker alone (colocated: the decode worker prefills). Both must give the offline engine's greedy tokens,
+and the demo request (what `make demo` prints) must answer its question.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_stack import start_router, start_up  # noqa: E402
+from e2e_stack import Proc, start_router, start_up, wait_until  # noqa: E402
 from realmodel_prompts import NEW_TOKENS, QUESTIONS, chat  # noqa: E402
 
 from engine.llm import LLM  # noqa: E402
@@ -40,13 +41,14 @@ def offline(smollm2_dir: Path) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def routers(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def stack(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, dict[str, str]]]:
     logs = tmp_path_factory.mktemp("smollm2-serving")
-    up, state = start_up(str(smollm2_dir), logs, "--prefill", "1", "--decode", "1", "--colocate-threshold", "0")
+    up, state = start_up("smollm2", logs, "--prefill", "1", "--decode", "1", "--colocate-threshold", "0",
+                         "--demo-request")  # fmt: skip
     colocated = None
     try:
         colocated, url = start_router("router-colocated", str(smollm2_dir), [], state["decode"], logs)
-        yield {"disaggregated": state["url"], "colocated": url}
+        yield up, {"disaggregated": state["url"], "colocated": url}
     finally:
         if colocated is not None:
             colocated.stop()
@@ -63,6 +65,11 @@ def _answer_tokens(url: str, question: str) -> list[int]:
     return [int(item["token"].removeprefix("token_id:")) for item in reply.json()["choices"][0]["logprobs"]["content"]]
 
 
+@pytest.fixture(scope="module")
+def routers(stack: tuple[Proc, dict[str, str]]) -> dict[str, str]:
+    return stack[1]
+
+
 @pytest.mark.parametrize("path", ["disaggregated", "colocated"])
 def test_router_answers_equal_offline_engine(routers: dict[str, str], offline: list[list[int]], path: str):
     with ThreadPoolExecutor(max_workers=len(QUESTIONS)) as pool:
@@ -76,3 +83,10 @@ def test_router_answers_the_capital_of_france(routers: dict[str, str]):
     reply = httpx.post(f"{routers['disaggregated']}/v1/chat/completions", json=body, timeout=300)
     assert reply.status_code == 200, reply.text
     assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+
+
+def test_up_demo_request_prints_a_coherent_answer(stack: tuple[Proc, dict[str, str]]):
+    up, _ = stack
+    wait_until(lambda: "[up] What is the capital of France? ->" in up.tail(), 240, "demo answer printed", up)
+    answer = next(line for line in up.tail().splitlines() if line.startswith("[up] What is the capital"))
+    assert "Paris" in answer, answer
