@@ -19,8 +19,9 @@ from router.tokenization import PromptTokenizer
 from realmodel_prompts import NEW_TOKENS, QUESTIONS, chat
 
 # fp32 on CPU, same dequantised weights: differences come only from summation order (attention, matmul
-# blocking); measured max |diff| is ~1e-5, the bound leaves room for other CPUs' kernels.
-LOGPROB_TOLERANCE = 2e-3
+# blocking). Measured max |diff| over 8 prompts x 32 steps x top-5: 4.3e-5 (torch 2.13 CPU, 2026-12);
+# the bound leaves ~20x room for other CPUs' kernels.
+LOGPROB_TOLERANCE = 1e-3
 TOP_K = 5
 
 
@@ -76,6 +77,7 @@ def test_greedy_tokens_and_logprobs_equal_transformers(engine_outputs, reference
             for token_id, logprob in step.top:
                 worst = max(worst, abs(logprob - row[token_id].item()))
             assert [t for t, _ in step.top][0] == row.topk(TOP_K).indices[0].item()
+    print(f"max |logprob difference| over {len(QUESTIONS)}x{NEW_TOKENS} steps x top-{TOP_K}: {worst:.2e}")
     assert worst < LOGPROB_TOLERANCE, f"top-{TOP_K} logprobs differ from transformers by up to {worst:.2e}"
 
 
