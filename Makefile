@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROTOS := $(wildcard proto/splitserve/rpc/*.proto)
+PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/rpc/envoy/*.proto)
 
 .PHONY: setup demo test test-fast protos bench-cpu clean prometheus
 

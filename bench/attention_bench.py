@@ -7,6 +7,7 @@ checked against ``paged_attention_reference`` before it is timed.
 
     python bench/attention_bench.py --out attn.json          # on a CUDA GPU
     python bench/attention_bench.py --tiny --out tiny.json   # CPU smoke run (interpreter)
+    python bench/attention_bench.py --sweep --out sweep.json  # launch shapes (tiles) per case, checked and timed
 """
 
 from __future__ import annotations
@@ -164,16 +165,60 @@ def run_case(kind: str, batch_size: int, q_len: int, kv_len: int, dtype: torch.d
     )
 
 
+# the first of each list is the kernel's default launch shape
+DECODE_TILES = [dict(BLOCK_N=64, num_warps=4, num_stages=3)] + [
+    dict(BLOCK_N=n, num_warps=w, num_stages=st) for n in (32, 64, 128) for w in (2, 4, 8) for st in (2, 3, 4)
+    if (n, w, st) != (64, 4, 3)]
+PREFILL_TILES = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st) for m, n, w, st in (
+    (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4),
+    (64, 128, 4, 3), (128, 64, 8, 4), (128, 128, 4, 2))]
+
+
+def sweep(device: torch.device) -> list[dict]:
+    """Time every launch shape of DECODE_TILES / PREFILL_TILES on the engine's hot cases (each checked first)."""
+    from engine.attention import paged_attention_reference
+    from engine.triton_attention import paged_attention_triton
+
+    heads = (NUM_HEADS, NUM_KV_HEADS, HEAD_DIM)
+    cases = [("decode", 1, 1, 512), ("decode", 32, 1, 576), ("decode", 128, 1, 544), ("decode", 256, 1, 1500),
+             ("prefill", 1, 4096, 4096), ("prefill", 1, 8192, 8192)]
+    rows = []
+    for kind, b, q_len, kv_len in cases:
+        batch = make_paged_batch([q_len] * b, [kv_len] * b, torch.bfloat16, device, heads)
+        expected = paged_attention_reference(**batch) if b * q_len <= 4096 else None
+        for tiles in DECODE_TILES if kind == "decode" else PREFILL_TILES:
+            fn = lambda: paged_attention_triton(**batch, max_q_len=q_len, tiles=tiles)  # noqa: E731
+            try:
+                out = fn()
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+                print(f"sweep {kind} B={b} kv={kv_len} {tiles}: {type(exc).__name__}", file=sys.stderr)
+                continue
+            err = (out.float() - expected.float()).abs().max().item() if expected is not None else 0.0
+            ms = bench_graph_ms(fn) if kind == "decode" else bench_ms(fn)
+            rows.append({"kind": kind, "batch": b, "q_len": q_len, "kv_len": kv_len, **tiles, "ms": ms, "max_abs_err": err})
+        best = min((r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len), key=lambda r: r["ms"])
+        first = next(r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len)
+        shape = {k: v for k, v in best.items() if k[0].isupper() or k.startswith("num_")}
+        print(f"sweep {kind:7} B={b:3d} q={q_len:5d} kv={kv_len:5d}: default {first['ms']:.4f} ms, best {best['ms']:.4f} ms "
+              f"{shape} err {best['max_abs_err']:.3g}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="path of the JSON results")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run in the Triton interpreter)")
+    parser.add_argument("--sweep", action="store_true", help="time launch shapes of the engine's hot cases instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         if not args.tiny:
             sys.exit("no CUDA device: pass --tiny for a CPU smoke run")
         os.environ["TRITON_INTERPRET"] = "1"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.sweep:
+        with open(args.out, "w") as f:
+            json.dump(sweep(device), f, indent=2)
+        return
 
     if args.tiny:
         heads, dtype = (4, 2, 16), torch.float16

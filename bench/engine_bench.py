@@ -43,6 +43,38 @@ def copy_bandwidth_gbps(torch) -> float | None:
     return 2 * src.numel() / seconds / 1e9
 
 
+def matmul_tflops(torch) -> float | None:
+    """bf16 8192^3 matrix product on random data (the measured ceiling for prefill MFU)."""
+    if not torch.cuda.is_available():
+        return None
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 10 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def prefill_flops(engine, prompt_len: int) -> float | None:
+    """FLOPs of one prompt's prefill: every layer's weights on every token, causal attention, logits of the last
+    token. None for MoE models (a token reads only its experts)."""
+    from engine.moe import SparseMoE
+
+    model = engine.runner.model
+    if any(isinstance(m, SparseMoE) for m in model.modules()):
+        return None
+    layer_params = sum(p.numel() for p in model.model.layers.parameters())
+    attn = model.attention_layers()[0]
+    pairs = prompt_len * (prompt_len + 1) / 2  # causal (query, key) pairs
+    attention = 4 * len(model.attention_layers()) * attn.num_heads * attn.head_dim * pairs
+    return 2 * layer_params * prompt_len + attention + 2 * model.lm_head.weight.numel()
+
+
 def sync(torch) -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -62,24 +94,50 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
         engine.step()  # prefill (chunked under the token budget) + first tokens
     sync(torch)
     t1 = time.perf_counter()
-    steps = 0
+    runs = ModelRunCounter(engine.runner)
     while engine.has_unfinished():
-        engine.step()
-        steps += 1
+        engine.step()  # with async decode the last call only emits: count model runs, not calls
     sync(torch)
     t2 = time.perf_counter()
+    steps = runs.stop()
     spec = engine.runner.kv_spec
     kv_bytes_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.tensor([], dtype=spec.dtype).element_size()
     mean_context = prompt_len + output_len / 2
     step_s = (t2 - t1) / max(steps, 1)
     bytes_per_step = weight_bytes + batch * mean_context * kv_bytes_per_token
+    flops = prefill_flops(engine, prompt_len)
     return {
         "case": f"{batch}x{prompt_len}x{output_len}",
         "prefill_tok_s": batch * prompt_len / (t1 - t0),
+        "prefill_TFLOP_s": batch * flops / (t1 - t0) / 1e12 if flops else float("nan"),
         "decode_tok_s": batch * steps / max(t2 - t1, 1e-9),
         "decode_step_ms": 1000 * step_s,
         "decode_GB_s": bytes_per_step / step_s / 1e9,
     }
+
+
+class ModelRunCounter:
+    """Counts the runner's forward launches (``execute``, ``execute_ahead``) until ``stop()``.
+
+    With async decode the last ``step()`` call of a run only emits, so calls overcount steps.
+    """
+
+    def __init__(self, runner) -> None:
+        self.runner, self.count = runner, 0
+        self.names = [name for name in ("execute", "execute_ahead") if hasattr(runner, name)]
+        for name in self.names:
+            setattr(runner, name, self._counted(getattr(runner, name)))
+
+    def _counted(self, fn):
+        def wrapper(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def stop(self) -> int:
+        for name in self.names:
+            delattr(self.runner, name)  # the class's methods again
+        return self.count
 
 
 def _generate(engine, prompts: list[list[int]], params, tag: str) -> list[list[int]]:
@@ -96,6 +154,7 @@ def _generate(engine, prompts: list[list[int]], params, tag: str) -> list[list[i
 def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[float, float]:
     """(max |eager - graph| logit, max |logit|) over one decode step of ``prompts``, same metadata."""
     runner = engine.runner
+    async_decode, engine.config.async_decode = engine.config.async_decode, False  # plan below on a drained state
     for i, prompt in enumerate(prompts):
         engine.add_request(f"logits-{i}", prompt, params)
     while any(s.num_computed_tokens < s.num_tokens - 1 for s in engine.scheduler.running) or engine.scheduler.waiting:
@@ -106,6 +165,7 @@ def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[
     diff, scale = (eager - graph).abs().max().item(), eager.abs().max().item()
     for i in range(len(prompts)):
         engine.abort(f"logits-{i}")
+    engine.config.async_decode = async_decode
     return diff, scale
 
 
@@ -174,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
     checked = check_graphs(engine, torch) if args.check_graphs else None
     copy_gbps = copy_bandwidth_gbps(torch)
+    matmul = matmul_tflops(torch)
     run_case(engine, torch, 1, 16, 4, weight_bytes)  # warm-up: kernels compiled, allocator primed
     rows = []
     for case in args.cases.split(","):
@@ -181,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         row = run_case(engine, torch, b, p, o, weight_bytes)
         if copy_gbps:
             row["decode_bw_fraction"] = row["decode_GB_s"] / copy_gbps
+        if matmul:
+            row["prefill_MFU"] = row["prefill_TFLOP_s"] / matmul
         rows.append(row)
     header = {
         "model": args.preset or args.model,
@@ -189,14 +252,15 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "weight_GB": weight_bytes / 1e9,
         "copy_GB_s": copy_gbps,
+        "matmul_TFLOP_s": matmul,
         "torch": torch.__version__,
         "cuda_graphs": engine.runner.graphs is not None,
     }
     print(json.dumps(header))
     cols = list(rows[0])
-    print(" | ".join(f"{c:>16}" for c in cols))
+    print(" | ".join(f"{c:>14}" for c in cols))
     for row in rows:
-        print(" | ".join(f"{row[c]:>16.3f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in cols))
+        print(" | ".join(f"{row[c]:>14.3f}" if isinstance(row[c], float) else f"{row[c]:>14}" for c in cols))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "rows": rows, "check_graphs": checked}, f, indent=2)

@@ -9,7 +9,7 @@ Two tables:
 - single object per call (``--sizes-kib``): throughput from ``--batch``-object
   calls, latency p50/p99 from one-object calls through the synchronous client;
 - batched (``--batches``, N x KiB, e.g. 32 x 2048 = one request's KV blocks): one
-  put / get / get_into call carries the whole batch, as engine/server/kv_transfer.py
+  put / get / get_into call carries the whole batch, as kv_transfer/store.py
   does; median of ``--repeats`` calls after a warm-up call, and each figure as a
   fraction of memcpy moving the same batch (N distinct buffers, best call) in the
   same run.

@@ -1,12 +1,15 @@
-"""Colocated vs disaggregated serving on real worker processes (CPU, tiny model).
+"""Colocated vs disaggregated serving on real worker processes (CPU tiny model, or real shapes on a GPU).
 
-For each request rate: Poisson arrivals of random prompts; colocated = Generate on a
-decode worker without a handle; disaggregated = Prefill on a prefill worker, then
-Generate with its KV handle. Reports TTFT (p50/p90), output tokens/s and the KV
-handoff time per prompt token (decode side: Generate call -> first streamed token,
-minus nothing else; it includes the store read and import). Prints a table, writes JSON.
+For each request rate: Poisson arrivals of random prompts; colocated = Generate on the
+decode worker without a handle; disaggregated = Prefill on a prefill worker, then Generate
+with its KV handle, once per KV transport (one prefill worker each: ``--kv-transport direct``
+= a pull out of the prefill engine's pool on this host, ``store`` = through the KV store).
+Reports TTFT (p50/p90), ITL p99, output tokens/s, and two handoff figures per prompt token:
+"handoff" = decode side Generate call -> first streamed token (includes one decode step), and
+"KV move" = the decode worker's own transfer time (kv_transfer_seconds), i.e. the KV's journey
+alone. Prints a table, writes JSON.
 
-    python -m bench.pd_bench --rates 2,8 --requests 24 --out pd_bench.json
+    python -m bench.pd_bench --rates 2,8 --requests 24 --transports direct,store --out pd_bench.json
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ class Result:
     requests: int
     ttft_p50_ms: float
     ttft_p90_ms: float
+    itl_p99_ms: float
     output_tok_s: float
     handoff_us_per_prompt_token: float | None
+    kv_move_us_per_prompt_token: float | None = None
+    prompt_tokens: int = 0
+    failed: int = 0
 
 
-async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None]:  # type: ignore[no-untyped-def]
+async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None, list[float]]:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
-    ttft, n, handoff = 0.0, 0, None
+    ttft, n, handoff, gaps, last = 0.0, 0, None, [], None
     if mode == "colocated":
         req = pb.GenerateRequest(prompt_token_ids=prompt, sampling=sp)
     else:
@@ -50,12 +57,16 @@ async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingPara
         req = pb.GenerateRequest(prompt_token_ids=prompt, sampling=sp, kv_handle=first.kv_handle, first_token_id=first.first_token_id)
     sent = time.perf_counter()
     async for chunk in decode.Generate(req):
+        now = time.perf_counter()
         if n == 0:
-            ttft = time.perf_counter() - start
-        elif handoff is None and mode == "disaggregated":
-            handoff = (time.perf_counter() - sent) / len(prompt)
+            ttft = now - start
+        elif handoff is None and mode != "colocated":
+            handoff = (now - sent) / len(prompt)
+        if last is not None:
+            gaps.append(now - last)
+        last = now
         n += len(chunk.token_ids)
-    return ttft, n, handoff
+    return ttft, n, handoff, gaps
 
 
 async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_addr: str, seed: int,
@@ -63,19 +74,45 @@ async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_add
     rng = random.Random(seed)
     async with grpc.aio.insecure_channel(prefill_addr) as pc, grpc.aio.insecure_channel(decode_addr) as dc:
         prefill, decode = pb_grpc.PrefillServiceStub(pc), pb_grpc.DecodeServiceStub(dc)
-        tasks = []
+        tasks, prompt_tokens = [], 0
         start = time.perf_counter()
         for _ in range(n):
             prompt = [rng.randrange(3, 384) for _ in range(rng.randrange(*prompt_len))]
+            prompt_tokens += len(prompt)
             sp = pb.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
             tasks.append(asyncio.create_task(one(mode, prefill, decode, prompt, sp)))
             await asyncio.sleep(rng.expovariate(rate))
-        done = await asyncio.gather(*tasks)
+        settled = await asyncio.gather(*tasks, return_exceptions=True)
+        done = [d for d in settled if not isinstance(d, BaseException)]
+        failed = [d for d in settled if isinstance(d, BaseException)]
+        if failed:
+            print(f"{mode} at {rate}/s: {len(failed)} of {n} requests failed, e.g. {str(failed[0])[:300]}", flush=True)
         wall = time.perf_counter() - start
+    if not done:
+        return Result(mode, rate, n, float("nan"), float("nan"), float("nan"), 0.0, None, None, prompt_tokens, len(failed))
     ttfts = sorted(d[0] for d in done)
     handoffs = [d[2] for d in done if d[2] is not None]
+    gaps = sorted(g for d in done for g in d[3]) or [0.0]
     return Result(mode, rate, n, 1000 * statistics.median(ttfts), 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
-                  sum(d[1] for d in done) / wall, 1e6 * statistics.median(handoffs) if handoffs else None)
+                  1000 * gaps[int(0.99 * (len(gaps) - 1))],
+                  sum(d[1] for d in done) / wall, 1e6 * statistics.median(handoffs) if handoffs else None,
+                  prompt_tokens=prompt_tokens, failed=len(failed))
+
+
+TRANSPORT_FLAGS = {
+    "direct": ["--kv-transport", "direct"],
+    "direct+cache": ["--kv-transport", "direct", "--store-write-budget", "1GiB"],  # store writes in the background
+    "store": ["--kv-transport", "store"],
+}
+
+
+def kv_move_seconds(metrics_port: int) -> float:
+    """Sum of the decode worker's kv_transfer_seconds (all transports) from its /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("splitserve_worker_kv_transfer_seconds_sum{") and 'role="decode"' in line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="", help="real shapes with random weights (bench/model_presets.py), e.g. llama-3.1-8b")
     p.add_argument("--prompt-len", default="64:256", help="MIN:MAX prompt tokens")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.4,
-                   help="per worker; prefill and decode share one GPU")
+    p.add_argument("--transports", default="direct,store",
+                   help=f"KV transports to compare, one prefill worker each: {', '.join(TRANSPORT_FLAGS)}")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                   help="per worker; the prefill workers and the decode worker share one GPU")
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "workers"))
@@ -104,25 +143,36 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = args.model or str(make_model("llama", Path(tempfile.mkdtemp()) / "tiny", "tiny"))
     lo, hi = (int(x) for x in args.prompt_len.split(":"))
-    store = EmbeddedStore(capacity=(8 << 30) if args.preset else (512 << 20))
+    store = EmbeddedStore(capacity=(32 << 30) if args.preset else (512 << 20))
     store.start()
-    prefill = start_worker("prefill", model, store.address, "bench-prefill", *extra)
+    transports = args.transports.split(",") if args.transports else []
+    prefills = {t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra)
+                for t in transports}
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     results = []
     try:
-        wait_serving([prefill, decode])
+        wait_serving([*prefills.values(), decode])
         for rate in [float(r) for r in args.rates.split(",")]:
-            for mode in ("colocated", "disaggregated"):
-                results.append(asyncio.run(run_rate(mode, rate, args.requests, prefill.address, decode.address,
-                                                    int(rate * 100), (lo, hi), args.max_tokens)))
+            for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
+                prefill = prefills.get(mode.removeprefix("disagg-"), decode)
+                moved = kv_move_seconds(decode.metrics_port)
+                r = asyncio.run(run_rate(mode, rate, args.requests, prefill.address, decode.address,
+                                         int(rate * 100), (lo, hi), args.max_tokens))
+                if mode != "colocated":
+                    time.sleep(0.5)  # the last transfer's figure reaches /metrics just after its stream ends
+                    r.kv_move_us_per_prompt_token = 1e6 * (kv_move_seconds(decode.metrics_port) - moved) / r.prompt_tokens
+                results.append(r)
     finally:
-        prefill.stop()
-        decode.stop()
+        for w in [*prefills.values(), decode]:
+            w.stop()
         store.stop()
-    print(f"{'mode':<14} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'out tok/s':>10} {'handoff us/prompt tok':>22}")
+    print(f"{'mode':<15} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'ITL p99 ms':>11} "
+          f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15} {'failed':>7}")
     for r in results:
-        h = f"{r.handoff_us_per_prompt_token:.1f}" if r.handoff_us_per_prompt_token is not None else "-"
-        print(f"{r.mode:<14} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} {r.output_tok_s:>10.1f} {h:>22}")
+        h = f"{r.handoff_us_per_prompt_token:.2f}" if r.handoff_us_per_prompt_token is not None else "-"
+        m = f"{r.kv_move_us_per_prompt_token:.3f}" if r.kv_move_us_per_prompt_token is not None else "-"
+        print(f"{r.mode:<15} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} "
+              f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15} {r.failed:>7}")
     Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
 

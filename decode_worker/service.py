@@ -1,12 +1,10 @@
 """DecodeService: import a prefilled request's KV (or prefill locally) and stream tokens.
 
-With a KV handle the engine core checks the handle against its own layout and the
-prompt, reuses its local prefix cache, reads the remaining blocks from the store into
-one buffer on a transfer thread, then ``import_request``s it into the running batch.
-When the handle says blocks may still be in flight (the prefill worker answers at its
-first token), blocks not committed yet are waited for, up to --kv-wait-timeout.
-A block missing from the store (or still missing at the deadline) -> NOT_FOUND, so the
-router can retry elsewhere.
+With a KV handle the engine core (decode_worker/kv_import.py) checks the handle against
+its own layout and the prompt, reuses its local prefix cache, and loads the remaining
+blocks: straight out of the prefill engine's pool when both run on this host, else from
+the store (waiting up to --kv-wait-timeout for blocks still being written). Blocks no
+transport can deliver -> NOT_FOUND, so the router can recompute elsewhere.
 Abort and client cancellation free the request's blocks at once.
 """
 
@@ -19,9 +17,10 @@ import grpc
 
 from engine.server import wire
 from engine.server.engine_client import RequestFailed
-from engine.server.protocol import ErrorKind, record
+from engine.server.protocol import ErrorKind
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
+from kv_transfer.handle import KVHandle
 from splitserve.rpc import worker_pb2 as pb
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
@@ -42,7 +41,7 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                 if request.HasField("kv_handle"):
                     if not request.HasField("first_token_id"):
                         raise RequestFailed(ErrorKind.INVALID_ARGUMENT, "a request with kv_handle needs first_token_id")
-                    handle = record(wire.handle_from_proto(request.kv_handle))
+                    handle = KVHandle.from_proto(request.kv_handle).to_dict()
                     await rt.client.send("import", rid, prompt, params.to_dict(), request.cache_salt, handle,
                                          request.first_token_id, rt.options.kv_wait_timeout)
                 else:

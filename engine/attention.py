@@ -87,6 +87,14 @@ def use_triton(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def fused_ops_enabled(x: torch.Tensor) -> bool:
+    """Fused Triton kernels (engine/triton_fused.py) for the small per-layer ops of tensors on CUDA.
+
+    SPLITSERVE_FUSED_OPS=0 keeps the unfused torch ops (the CPU path) on a GPU too, for comparison.
+    """
+    return x.is_cuda and os.environ.get("SPLITSERVE_FUSED_OPS", "1") != "0"
+
+
 def paged_attention(
     q: torch.Tensor,  # [T, Hq, D]
     k_cache: torch.Tensor,  # [N, B, Hkv, D]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.attention import paged_attention, write_kv
+from engine.attention import fused_ops_enabled, paged_attention, write_kv
 from engine.norm import RMSNorm
 from engine.parallel_linear import QKVParallelLinear, RowParallelLinear
 from engine.rotary import RotaryEmbedding
@@ -46,8 +46,13 @@ class PagedAttention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(meta.positions, q, k, meta.rope)
-        if self.k_cache.numel():
-            write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        if self.k_cache.numel() and meta.rope is not None and fused_ops_enabled(q):
+            from engine.triton_fused import rope_and_cache
+
+            q = rope_and_cache(q, k, v, *meta.rope, self.k_cache, self.v_cache, meta.slot_mapping)
+        else:
+            q, k = self.rotary(meta.positions, q, k, meta.rope)
+            if self.k_cache.numel():
+                write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         o = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)  # [T, Hq, D]
         return self.o_proj(o.reshape(-1, self.num_heads * self.head_dim))

@@ -1,4 +1,4 @@
-"""`splitserve generate` and `splitserve make-model` (heavy imports happen inside the commands)."""
+"""`splitserve generate`, `make-model` and `tp-ranks` (heavy imports happen inside the commands)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("dir")
     make.set_defaults(func=_make_model)
+
+    ranks = subparsers.add_parser(
+        "tp-ranks", help="the tensor-parallel ranks of one non-leader host of a multi-node worker (engine/remote_ranks.py)"
+    )
+    ranks.add_argument("--dist-addr", required=True, help="the leader worker's address (its --dist-addr)")
+    ranks.add_argument("--dist-port", type=int, required=True, help="the leader's --dist-port")
+    ranks.add_argument("--tensor-parallel-size", type=int, required=True, help="ranks in the whole group")
+    ranks.add_argument("--nnodes", type=int, required=True, help="hosts in the group, the leader included")
+    ranks.add_argument("--node-rank", type=int, required=True, help="this host's index, 1..nnodes-1 (0 = the leader)")
+    ranks.set_defaults(func=_tp_ranks)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -60,3 +70,12 @@ def _make_model(args: argparse.Namespace) -> int:
     info = checkpoint_summary(path)
     print(f"wrote {args.arch} ({args.size}) to {path}: {info['weights_bytes']} bytes of RANDOM weights (not a trained model)")
     return 0
+
+
+def _tp_ranks(args: argparse.Namespace) -> int:
+    from engine.remote_ranks import RankGroupError, run_node
+
+    try:
+        return run_node(args.dist_addr, args.dist_port, args.tensor_parallel_size, args.nnodes, args.node_rank)
+    except RankGroupError as exc:
+        raise SystemExit(f"splitserve tp-ranks: {exc}") from exc

@@ -26,7 +26,14 @@ class EngineConfig:
     expert_parallel: bool = False  # MoE: whole experts split over the ranks instead of TP-sharding each expert
     distributed_executor: str = "mp"  # "mp" (multiprocessing spawn) or "ray" (actors in a placement group)
     distributed_timeout_s: float = 60.0  # a collective waiting longer than this fails instead of hanging
+    nnodes: int = 1  # hosts the ranks span (engine/remote_ranks.py); tensor_parallel_size / nnodes ranks on each
+    dist_host: str = "127.0.0.1"  # rank 0's address for the rendezvous (multi-node: the leader's DNS name)
+    dist_port: int = 0  # rendezvous port, plan channel on dist_port + 1 (0 = free port; multi-node needs a fixed one)
     enforce_eager: bool = False  # True: never capture CUDA graphs (decode steps run eagerly, as prefill does)
+    # greedy decode over CUDA graphs runs one step ahead of the host: step N+1 is launched from
+    # step N's tokens on the device before the host reads and emits them (LLMEngine.step)
+    async_decode: bool = True
+    kv_pool_file: str | None = None  # CPU: back the KV pool with this file (/dev/shm) so a peer on the host can map it
 
     def __post_init__(self) -> None:
         from engine.model_source import resolve_model
@@ -43,5 +50,9 @@ class EngineConfig:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.distributed_executor not in ("mp", "ray"):
             raise ValueError(f"distributed_executor must be mp or ray, got {self.distributed_executor!r}")
+        if self.nnodes < 1 or self.tensor_parallel_size % self.nnodes:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} must be a multiple of nnodes {self.nnodes}")
+        if self.nnodes > 1 and (self.distributed_executor != "mp" or not 0 < self.dist_port < 65535):
+            raise ValueError("a multi-node engine needs distributed_executor='mp' and a fixed dist_port (1-65534)")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

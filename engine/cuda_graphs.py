@@ -124,8 +124,12 @@ class DecodeGraphs:
         return len(plan) <= self.buckets[-1] and all(n == 1 for n in plan.values())
 
     @torch.inference_mode()
-    def run(self, plan: dict[Sequence, int]) -> tuple[torch.Tensor, list[Sequence]]:
-        """(logits [S', V] of the sampled rows, those sequences) for a decode plan (``fits``)."""
+    def run(self, plan: dict[Sequence, int], input_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Sequence]]:
+        """(logits [S', V] of the sampled rows, those sequences) for a decode plan (``fits``).
+
+        ``input_ids`` [S] (device): the step's input tokens are still on the device (the previous
+        step's samples, row i for plan sequence i, not yet in ``seq.token_ids``); every row is sampled.
+        """
         num_seqs = len(plan)
         b = next(x for x in self.buckets if x >= num_seqs)
         block_size = self.block_size
@@ -139,12 +143,12 @@ class DecodeGraphs:
         for i, seq in enumerate(plan):
             pos = seq.num_computed_tokens
             table = seq.block_table
-            tokens[0, i] = seq.token_ids[pos]
+            tokens[0, i] = seq.token_ids[pos] if input_ids is None else 0
             tokens[1, i] = pos
             tokens[2, i] = table[pos // block_size] * block_size + pos % block_size
             seq_lens[i] = pos + 1
             tables[i, : len(table)] = table
-            if pos + 1 == seq.num_tokens:
+            if input_ids is not None or pos + 1 == seq.num_tokens:
                 sampled.append(seq)
                 rows.append(i)
         tokens[:, num_seqs:b] = ((0,), (0,), (self.scratch_slot,))
@@ -153,6 +157,8 @@ class DecodeGraphs:
         self.tokens.copy_(self.host_tokens, non_blocking=True)  # whole [3, B]: one dense copy of a few KB
         self.seq_lens[:b].copy_(self.host_seq_lens[:b], non_blocking=True)
         self.block_tables[:b, :width].copy_(self.host_tables[: b * width].view(b, width), non_blocking=True)
+        if input_ids is not None:
+            self.tokens[0, :num_seqs].copy_(input_ids[:num_seqs])  # device to device, after the staging copy
         captured = self.graphs[b]
         if captured.graph is not None:
             self.copied.record()

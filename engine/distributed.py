@@ -34,14 +34,18 @@ def single_rank() -> Iterator[None]:
         _single_rank = previous
 
 
-def init(rank: int, world_size: int, port: int, device: torch.device, expert_parallel: bool, timeout_s: float) -> None:
-    """Join the engine's group over TCP on 127.0.0.1:``port``; collectives fail after ``timeout_s``."""
+def init(
+    rank: int, world_size: int, port: int, device: torch.device, expert_parallel: bool, timeout_s: float,
+    host: str = "127.0.0.1",
+) -> None:
+    """Join the engine's group over TCP at ``host:port`` (rank 0 hosts the store; a multi-node
+    engine passes the leader's address); collectives fail after ``timeout_s``."""
     global _expert_parallel
     if dist.is_available() and dist.is_initialized():
         raise RuntimeError("this process already belongs to a process group; shut the other parallel engine down first")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world_size,
         timeout=timedelta(seconds=timeout_s),
     )
     _expert_parallel = expert_parallel

@@ -71,28 +71,35 @@ class ParallelExecutor:
 
     def __init__(self, config: EngineConfig, eos: set[int]) -> None:
         self.world = config.tensor_parallel_size
-        port = free_port()
+        port = config.dist_port or free_port()
         mp = multiprocessing.get_context("spawn")
+        self.ranks: list = []
+        self.plans: list = []
         if config.distributed_executor == "ray":
             from engine.ray_ranks import start_ray_ranks
 
             self.ranks, self.plans = start_ray_ranks(config, self.world, port, eos)  # plans over loopback sockets
         else:
-            pipes = [mp.Pipe(duplex=False) for _ in range(1, self.world)]  # (reader for rank r, writer for rank 0)
-            self.plans = [writer for _, writer in pipes]
+            if config.nnodes > 1:  # the other nodes' ranks first: local ranks must not wait for pods in the rendezvous
+                from engine.remote_ranks import accept_remote_ranks
+
+                self.ranks, self.plans = accept_remote_ranks(config, eos)
+            local = self.world // config.nnodes
+            pipes = [mp.Pipe(duplex=False) for _ in range(1, local)]  # (reader for rank r, writer for rank 0)
+            self.plans = [writer for _, writer in pipes] + self.plans
             self.ranks = [
                 mp.Process(target=run_rank, args=(config, r, self.world, port, pipes[r - 1][0], eos), daemon=True,
                            name=f"splitserve-rank{r}")
-                for r in range(1, self.world)
-            ]
+                for r in range(1, local)
+            ] + self.ranks
             with _allow_children():
-                for p in self.ranks:
+                for p in self.ranks[: local - 1]:
                     p.start()
         self._closed = False
         try:
             with self._guard():
                 distributed.init(0, self.world, port, resolve_device(config.device), config.expert_parallel,
-                                 config.distributed_timeout_s)
+                                 config.distributed_timeout_s, config.dist_host)
                 self.runner = ModelRunner(config, eos)
         except BaseException:
             self.shutdown()
@@ -169,6 +176,10 @@ class ParallelExecutor:
             self._send(encode_command(IMPORT, block_ids))
             distributed.broadcast(rows)
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
+
+    def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
+        raise NotImplementedError("device-direct KV import runs at tensor_parallel_size 1 only; "
+                                  "a TP engine imports KV through the store")
 
     def shutdown(self) -> None:
         if self._closed:

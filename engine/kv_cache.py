@@ -1,6 +1,9 @@
 """The paged KV pool: per-layer K and V tensors sized from a memory budget, and block copies.
 
-Per layer: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim].
+The whole pool is one allocation, ``pool`` [num_layers, 2 (K, V), num_blocks, block_size,
+num_kv_heads, head_dim], so that another process can map it with one handle (CUDA IPC, or a
+shared-memory file on CPU) and copy blocks out of it directly (kv_transfer/peer_pool.py).
+Per layer the attention sees views: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_dim].
 A transfer row (one store object) is one block for all layers:
     [num_layers, 2, block_size, num_kv_heads, head_dim]  (2 = K, V)
 """
@@ -10,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from engine.block_copy import copy_blocks
 
 
 @dataclass(slots=True)
@@ -27,20 +32,32 @@ class KVCacheSpec:
 
 
 class KVCache:
-    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device, scratch_block: bool = False) -> None:
+    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device, scratch_block: bool = False,
+                 shared_file: str | None = None) -> None:
+        """``shared_file`` (CPU only): back the pool with that file (e.g. under /dev/shm) so that a
+        worker on the same host can map it; on CUDA any pool can be shared through CUDA IPC."""
         self.spec = spec
         self.num_blocks = num_blocks  # blocks the block manager hands out: 0 .. num_blocks - 1
         # scratch_block: one more block, owned by no sequence, where padded rows of a
         # CUDA-graph decode batch write their K/V
         self.scratch_block: int | None = num_blocks if scratch_block else None
-        shape = (num_blocks + int(scratch_block), spec.block_size, spec.num_kv_heads, spec.head_dim)
-        self.k = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
-        self.v = [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+        self.shared_file = shared_file
+        shape = (spec.num_layers, 2, num_blocks + int(scratch_block), spec.block_size, spec.num_kv_heads, spec.head_dim)
+        if shared_file is not None:
+            if device.type != "cpu":
+                raise ValueError("a file-backed KV pool is for CPU engines; CUDA pools are shared through CUDA IPC")
+            numel = 1
+            for d in shape:
+                numel *= d
+            self.pool = torch.from_file(shared_file, shared=True, size=numel, dtype=spec.dtype).view(shape)  # zeroed file
+        else:
+            self.pool = torch.zeros(shape, dtype=spec.dtype, device=device)
+        self.k = [self.pool[layer, 0] for layer in range(spec.num_layers)]  # views [N, B, Hkv, D]
+        self.v = [self.pool[layer, 1] for layer in range(spec.num_layers)]
 
     def gather(self, block_ids: list[int]) -> torch.Tensor:  # [n, L, 2, B, Hkv, D]
-        idx = torch.tensor(block_ids, dtype=torch.long, device=self.k[0].device)
-        per_layer = [torch.stack((k[idx], v[idx]), dim=1) for k, v in zip(self.k, self.v)]  # L x [n, 2, B, Hkv, D]
-        return torch.stack(per_layer, dim=1)
+        idx = torch.tensor(block_ids, dtype=torch.long, device=self.pool.device)
+        return self.pool.index_select(2, idx).permute(2, 0, 1, 3, 4, 5).contiguous()  # [L, 2, n, ...] -> [n, L, 2, ...]
 
     def scatter(self, block_ids: list[int], rows: torch.Tensor) -> None:
         """Write transfer rows [n, L, 2, B, Hkv, D] into the given blocks."""
@@ -50,12 +67,18 @@ class KVCache:
                 f"KV rows have shape {tuple(rows.shape)}, expected {expected}; "
                 "export and import engines must share model, block size and TP layout"
             )
-        device = self.k[0].device
+        device = self.pool.device
         idx = torch.tensor(block_ids, dtype=torch.long, device=device)
         rows = rows.to(device=device, dtype=self.spec.dtype)
-        for layer, (k, v) in enumerate(zip(self.k, self.v)):
-            k.index_copy_(0, idx, rows[:, layer, 0])
-            v.index_copy_(0, idx, rows[:, layer, 1])
+        self.pool.index_copy_(2, idx, rows.permute(1, 2, 0, 3, 4, 5))  # [n, L, 2, ...] -> [L, 2, n, ...]
+
+
+    def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
+        """Copy blocks of another engine's pool (same layout, mapped into this process) into ours."""
+        if src_pool.shape[:2] != self.pool.shape[:2] or src_pool.shape[3:] != self.pool.shape[3:] or src_pool.dtype != self.pool.dtype:
+            raise ValueError(f"peer KV pool {tuple(src_pool.shape)} {src_pool.dtype} does not match this engine's "
+                             f"{tuple(self.pool.shape)} {self.pool.dtype}")
+        copy_blocks(src_pool, src_ids, self.pool, dst_ids)
 
 
 def num_blocks_for_budget(spec: KVCacheSpec, budget_bytes: int) -> int:

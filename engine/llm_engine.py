@@ -23,11 +23,13 @@ from engine.config import EngineConfig
 from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
+from engine.kv_source import KVRows, KVSource
 from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
-from engine.sampler import SamplerOutput
+from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
+from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
 from kvstore.events import KVEvent
@@ -38,6 +40,14 @@ class _Request:
     seq: Sequence
     detokenizer: IncrementalDetokenizer
     stop: StopChecker
+
+
+@dataclass(slots=True)
+class _Step:
+    """A step's samples on their way to the host (emitted now, or by the next step when it runs ahead)."""
+    sampled: list[Sequence]
+    out: SamplerOutput
+    tokens: PendingTokens
 
 
 class LLMEngine:
@@ -64,6 +74,8 @@ class LLMEngine:
         self.on_kv_events = on_kv_events
         self.on_prefill_progress = on_prefill_progress
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
+        self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
+        self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -83,7 +95,7 @@ class LLMEngine:
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams | None,
-        kv: torch.Tensor,  # [n, L, 2, B, Hkv, D] rows of blocks start_block .. start_block + n
+        kv: torch.Tensor | KVSource,  # rows [n, L, 2, B, Hkv, D] of blocks start_block .. start_block + n, or a peer's blocks
         num_tokens: int,
         first_token_id: int | None = None,
         *,
@@ -101,11 +113,12 @@ class LLMEngine:
         """
         if not 0 < num_tokens <= len(prompt_token_ids):
             raise ValueError(f"num_tokens={num_tokens} must be in 1..{len(prompt_token_ids)} (the prompt length)")
+        source = KVRows(kv) if isinstance(kv, torch.Tensor) else kv
         expected_rows = -(-num_tokens // self.config.block_size) - start_block
-        if kv.shape[0] != expected_rows:
-            raise ValueError(f"kv has {kv.shape[0]} rows; {num_tokens} tokens from block {start_block} need {expected_rows}")
+        if source.num_rows != expected_rows:
+            raise ValueError(f"kv has {source.num_rows} rows; {num_tokens} tokens from block {start_block} need {expected_rows}")
         seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
-        seq.pending_kv, seq.pending_kv_tokens = kv, num_tokens
+        seq.pending_kv, seq.pending_kv_tokens = source, num_tokens
         seq.pending_kv_start_block = start_block
         if first_token_id is not None:
             seq.token_ids.append(first_token_id)
@@ -168,7 +181,7 @@ class LLMEngine:
         del self.requests[request_id]
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._ready)
+        return self.scheduler.has_work() or bool(self._ready) or self._inflight is not None
 
     # ---- KV transfer ----------------------------------------------------------------------------
     def export_blocks(self, request_id: str, start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
@@ -185,6 +198,14 @@ class LLMEngine:
         if not 0 <= start_block <= end <= computed_blocks:
             raise ValueError(f"block range [{start_block}, {end}) is outside the {computed_blocks} computed blocks")
         return self.runner.export_kv(seq.block_table[start_block:end])
+
+    def block_ids(self, request_id: str, num_tokens: int) -> list[int]:
+        """The engine blocks holding the KV of a request's first ``num_tokens`` tokens, in order
+        (a peer on the same host reads them straight out of this engine's pool)."""
+        req = self.requests.get(request_id)
+        if req is None or req.seq.status not in (SequenceStatus.RUNNING, SequenceStatus.HELD):
+            raise UnknownRequest(f"request {request_id!r} holds no KV blocks (unknown, waiting or finished)")
+        return list(req.seq.block_table[: -(-num_tokens // self.config.block_size)])
 
     def cached_prefix_blocks(self, prompt_token_ids: list[int], cache_salt: str = "") -> int:
         """How many leading full blocks of a prompt are in the local prefix cache now."""
@@ -207,7 +228,21 @@ class LLMEngine:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Run one step; return the outputs emitted by it.
+
+        Greedy decode over CUDA graphs runs one step ahead (``async_decode``): a step launches
+        the next decode step from its samples still on the device, and returns its tokens from
+        the following ``step()`` call, while the GPU computes that next step. Any other step
+        (admissions, prefill, sampling that needs the host) first emits the step in flight.
+        """
         outputs, self._ready = self._ready, []
+        if self._inflight is not None:
+            plan = self._plan_ahead(self._inflight.sampled)
+            if plan is not None:
+                outputs += self._step_ahead(plan)
+                self._publish_events()
+                return outputs
+            outputs += self._emit(self._take_inflight())
         sched = self.scheduler.schedule()
         for seq in sched.imports:
             self._scatter_import(seq)
@@ -215,9 +250,54 @@ class LLMEngine:
             sampled, sample_out = self.runner.execute(sched.plan)
             self._advance(sched.plan)
             if sample_out is not None:
-                outputs += self._emit(sampled, sample_out)
+                step = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
+                if sample_out.logprobs is None and self._plan_ahead(sampled) is not None:
+                    self._inflight = step  # the next step() launches its successor first, then emits it
+                else:
+                    outputs += self._emit(step)
         self._publish_events()
         return outputs
+
+    def _plan_ahead(self, last: list[Sequence]) -> dict[Sequence, int] | None:
+        """The next decode plan, if it can launch before ``last``'s samples reach the host; else None.
+
+        It can when every running sequence was sampled by ``last`` (same order), none may
+        finish by length on that token, nothing waits for admission, the argmax is the whole
+        sampling answer and a decode graph fits. A sequence that stops on EOS or a stop
+        string finishes when its token is emitted; what the step ahead computed for it is dropped.
+        """
+        running = self.scheduler.running
+        if (not self.config.async_decode or self.scheduler.waiting or len(running) != len(last)
+                or any(a is not b for a, b in zip(running, last))):
+            return None
+        outputs = [seq.num_tokens - seq.num_prompt_tokens + 1 for seq in running]  # once the token in flight lands
+        for seq, n in zip(running, outputs):
+            if seq.prefill_only or n >= seq.params.max_tokens or seq.num_tokens + 1 >= self.max_model_len:
+                return None
+        if not Sampler.argmax_suffices([seq.params for seq in running], outputs):
+            return None
+        plan = {seq: 1 for seq in running}
+        can_run_ahead = getattr(self.runner, "can_run_ahead", None)
+        if can_run_ahead is None or not can_run_ahead(plan):
+            return None
+        if sum(self.blocks.blocks_needed(seq, seq.num_computed_tokens + 1) for seq in running) > self.blocks.num_free:
+            return None
+        return plan
+
+    def _step_ahead(self, plan: dict[Sequence, int]) -> list[RequestOutput]:
+        """Launch ``plan`` on the in-flight step's device samples, then emit that step while this one runs."""
+        last = self._take_inflight()
+        for seq in plan:
+            self.blocks.allocate(seq, seq.num_computed_tokens + 1)
+        sampled, sample_out = self.runner.execute_ahead(plan, last.out.token_ids)
+        self._inflight = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
+        outputs = self._emit(last)
+        self._advance(plan)  # after the emit: full blocks are hashed with the tokens it appended
+        return outputs
+
+    def _take_inflight(self) -> _Step:
+        step, self._inflight = self._inflight, None
+        return step
 
     def _scatter_import(self, seq: Sequence) -> None:
         block_size = self.config.block_size
@@ -225,13 +305,14 @@ class LLMEngine:
         have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)
         end = -(-seq.num_computed_tokens // block_size)
         if end > have_blocks:
-            rows = seq.pending_kv[have_blocks - start : end - start]  # [n, L, 2, B, Hkv, D]
-            self.runner.import_kv(seq.block_table[have_blocks:end], rows)
+            seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
 
     def _advance(self, plan: dict[Sequence, int]) -> None:
         for seq, n in plan.items():
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # finished while this step ran ahead
             start = seq.num_computed_tokens
             seq.num_computed_tokens += n
             self.blocks.commit_full_blocks(seq)
@@ -241,13 +322,16 @@ class LLMEngine:
                     PrefillProgress(seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done)
                 )
 
-    def _emit(self, sampled: list[Sequence], out: SamplerOutput) -> list[RequestOutput]:
-        token_ids = out.token_ids.tolist()  # the one host sync of the step
+    def _emit(self, step: _Step) -> list[RequestOutput]:
+        sampled, out = step.sampled, step.out
+        token_ids = self._readback.wait(step.tokens)  # the one host sync of the step: this step's samples only
         logprobs = out.logprobs.tolist() if out.logprobs is not None else None
         top_ids = out.top_token_ids.tolist() if out.top_token_ids is not None else None
         top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
         outputs = []
         for i, (seq, token) in enumerate(zip(sampled, token_ids)):
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # finished or aborted while a step ran ahead of this one: its token is dropped
             req = self.requests[seq.request_id]
             seq.token_ids.append(token)
             lp = None

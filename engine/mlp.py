@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.attention import fused_ops_enabled
 from engine.parallel_linear import MergedColumnParallelLinear, RowParallelLinear
 
 SUPPORTED_ACTIVATIONS = ("silu",)
@@ -20,5 +21,10 @@ class GatedMLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I/tp] each
+        gate_up = self.gate_up_proj(x)  # [T, 2I/tp]
+        if fused_ops_enabled(gate_up):
+            from engine.triton_fused import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # [T, I/tp] each
         return self.down_proj(F.silu(gate) * up)

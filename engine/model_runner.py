@@ -78,7 +78,9 @@ class ModelRunner:
         attn = self.model.attention_layers()
         self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
         wants_graphs = self._wants_graphs()
-        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs)
+        shared_file = config.kv_pool_file if self.device.type == "cpu" else None  # CUDA pools share through IPC
+        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs,
+                          shared_file=shared_file)
         for layer, k, v in zip(attn, self.kv.k, self.kv.v):
             layer.k_cache, layer.v_cache = k, v
         self.graphs = self._capture_graphs() if wants_graphs else None
@@ -254,6 +256,16 @@ class ModelRunner:
         meta, sampled = self.prepare(plan)
         return sampled, self.sample(self.forward(meta), sampled)
 
+    @torch.inference_mode()
+    def execute_ahead(self, plan: dict[Sequence, int], input_ids: torch.Tensor) -> tuple[list[Sequence], SamplerOutput]:
+        """A greedy decode step (graph replay) whose input tokens [S] are the previous step's samples, still on the device."""
+        logits, sampled = self.graphs.run(plan, input_ids=input_ids)
+        return sampled, Sampler.argmax(logits)
+
+    def can_run_ahead(self, plan: dict[Sequence, int]) -> bool:
+        """Whether ``execute_ahead`` can run ``plan`` (decode graphs are captured and in use)."""
+        return self.graphs is not None and self.use_graphs and self.graphs.fits(plan)
+
     def sample(self, logits: torch.Tensor | None, sampled: list[Sequence]) -> SamplerOutput | None:
         if logits is None:
             return None
@@ -277,6 +289,10 @@ class ModelRunner:
 
     def import_kv(self, block_ids: list[int], rows: torch.Tensor) -> None:
         self.kv.scatter(block_ids, rows)
+
+    def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
+        """Blocks of a peer engine's pool (mapped into this process) into ours: no host staging."""
+        self.kv.copy_blocks_from(src_pool, src_ids, dst_ids)
 
     def shutdown(self) -> None:
         pass

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import distributed
+from engine.attention import fused_ops_enabled
 from engine.parallel_linear import MergedColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 
 
@@ -115,8 +116,7 @@ class SparseMoE(nn.Module):
         order = torch.argsort(local, stable=True)  # [T*k], grouped by local expert, others last
         offs = torch.searchsorted(local[order], self.local_range, right=True).to(torch.int32)  # [E_local] group ends
         h = torch._grouped_mm(x[order // k], self.w13.transpose(1, 2), offs=offs)  # [T*k, 2I/tp]
-        gate, up = h.chunk(2, dim=-1)
-        y = torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offs)  # [T*k, H]
+        y = torch._grouped_mm(_silu_and_mul(h), self.w2.transpose(1, 2), offs=offs)  # [T*k, H]
         # rows past the last group (other ranks' experts) are not written by the GEMM: mask, do not multiply
         y = torch.empty_like(y).index_copy_(0, order, y)  # back to (token, slot) order
         keep = (local < self.local_range.numel())[:, None]
@@ -129,6 +129,15 @@ class SparseMoE(nn.Module):
             w = (weights * (ids == e)).sum(dim=-1, keepdim=True)  # [T, 1], 0 where e was not chosen
             out += self.experts[str(e)](x) * w
         return out
+
+
+def _silu_and_mul(h: torch.Tensor) -> torch.Tensor:  # [T, 2I] -> [T, I]
+    if fused_ops_enabled(h):
+        from engine.triton_fused import silu_and_mul
+
+        return silu_and_mul(h)
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def grouped_mm_works(device: torch.device) -> bool:

@@ -25,7 +25,8 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
     from engine.model_runner import ModelRunner, resolve_device
 
     device = resolve_device(config.device)
-    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s)
+    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s,
+                     config.dist_host)
     runner = ModelRunner(config, eos)
     parent = multiprocessing.parent_process()
     try:

@@ -77,10 +77,11 @@ class Scheduler:
         hit = self.blocks.match_prefix(seq, seq.num_tokens - 1)
         seq.num_computed_tokens = hit
         imported = 0
-        if seq.pending_kv is not None and hit // self.blocks.block_size >= seq.pending_kv_start_block:
+        source = seq.pending_kv
+        if source is not None and hit // self.blocks.block_size >= seq.pending_kv_start_block and source.usable():
             imported = min(seq.pending_kv_tokens, seq.num_tokens - 1)
         else:
-            seq.pending_kv = None  # the cached head it relied on is gone: recompute
+            seq.pending_kv = None  # the cached head it relied on is gone, or the peer's lease ran out: recompute
         have = max(hit, imported)
         first_chunk = min(seq.num_tokens - have, 1)  # at least one token joins this step
         if not self.blocks.can_allocate(seq, have + first_chunk):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import torch
-
+from engine.kv_source import KVSource
 from engine.sampling_params import SamplingParams
 
 
@@ -31,8 +30,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     block_keys: list[bytes] = field(default_factory=list)  # keys of the leading full blocks
     finish_reason: str | None = None
-    # import: KV of the first pending_kv_tokens tokens, rows [n, L, 2, B, Hkv, D]
-    pending_kv: torch.Tensor | None = None
+    # import: KV of the first pending_kv_tokens tokens (rows in memory or a peer's blocks)
+    pending_kv: KVSource | None = None
     pending_kv_tokens: int = 0
     pending_kv_start_block: int = 0  # rows of pending_kv start at this block
     first_scheduled: bool = False

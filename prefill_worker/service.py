@@ -1,10 +1,11 @@
 """PrefillService: prompt in, first token + KV handle out.
 
-The engine-core side (engine/server/prefill_jobs.py) reuses the local prefix cache,
-imports further prefix blocks from the store, streams the request's blocks to the
-store chunk by chunk, and answers as soon as the first token is sampled: the last
-writes may still be in flight (KVHandle.blocks_pending; the decode worker waits for
-them). The engine keeps the request's blocks until every write has finished.
+The engine-core side (prefill_worker/kv_export.py) reuses the local prefix cache,
+imports further prefix blocks from the store, hands each chunk's final blocks to the KV
+connectors, and answers as soon as the first token is sampled with a KVHandle: a direct
+pull out of this engine's pool for a decode worker on the same host, and the store
+(whose last writes may still be in flight: KVHandle.blocks_pending). The engine keeps the
+request's blocks until the reader released them (or the lease ended) and every write finished.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.server.engine_client import RequestFailed
 from engine.server.protocol import ErrorKind, prefill_from
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
+from kv_transfer.handle import KVHandle
 from splitserve.rpc import worker_pb2 as pb
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
@@ -53,7 +55,7 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
             rt.metrics.finished(len(request.prompt_token_ids), 1)
             return pb.PrefillResponse(
                 request_id=rid, first_token_id=res.first_token_id, first_logprob=wire.token_logprob(res.first_logprob),
-                kv_handle=wire.handle_to_proto(res.handle, rt.options.worker_id),
+                kv_handle=KVHandle.from_dict(res.handle).to_proto(),
                 num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
                 finish_reason=res.finish_reason or "",
             )

@@ -22,7 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", action="append", default=[], help="accepted Bearer key (repeatable)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
+    p.add_argument("--prefill-saturation-tokens", type=int, default=65536,
+                   help="queued prompt tokens at which a prefill worker counts as saturated (colocate instead; "
+                   "the prefill pool's saturation = 1 for the autoscaler)")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--ext-proc-port", type=int, default=0,
+                   help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off")
+    p.add_argument("--ext-proc-target-port", type=int, default=0,
+                   help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port")
     p.set_defaults(func=run)
 
 
@@ -47,8 +54,14 @@ def run(args: argparse.Namespace) -> int:
         api_keys=args.api_key,
         block_size=args.block_size,
         scheduler=SchedulerConfig(
-            policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms
+            policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms,
+            prefill_saturation_tokens=args.prefill_saturation_tokens,
         ),
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info")
+    app = create_app(config)
+    if args.ext_proc_port:
+        from router.ext_proc import serve_picker_with
+
+        serve_picker_with(app, args.host, args.ext_proc_port, args.ext_proc_target_port or None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

@@ -26,3 +26,7 @@ class RouterMetrics:
         self.decisions = Counter(p + "decisions_total", "Placement decisions", ["role", "worker", "mode"], registry=r)
         self.index_blocks = Gauge(p + "index_blocks", "Distinct KV blocks in the prefix index", registry=r)
         self.ready_workers = Gauge(p + "ready_workers", "Workers in the pool", ["role"], registry=r)
+        self.pool_saturation = Gauge(
+            p + "pool_saturation_ratio", "Mean worker saturation per pool; 1 = at capacity (router/saturation.py)",
+            ["role"], registry=r,
+        )

@@ -30,6 +30,7 @@ from router.generation import ChoiceState, detokenize_stream, sampling_params, t
 from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
+from router.saturation import export_saturation
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
 from router.worker_pool import WorkerPool
@@ -60,6 +61,7 @@ class RouterState:
     def _gauges(self) -> None:
         for role in Role:
             self.metrics.ready_workers.labels(role.value).set(self.pool.ready_count(role))
+            export_saturation(self.metrics.pool_saturation, role, self.pool.role_workers(role), self.config.scheduler)
         self.metrics.index_blocks.set(self.index.num_blocks())
 
     def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset()) -> Decision:

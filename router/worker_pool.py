@@ -1,8 +1,9 @@
 """The workers the router may use: discovery changes, health checks, load polling.
 
 Every ``interval_s`` each known worker gets a gRPC health check (grpc.health.v1 Check,
-short deadline) and, when healthy, a GetLoad. ``fail_threshold`` failed checks in a
-row take a worker out of the pool; one passing check brings it back. The first load
+short deadline) and, when healthy, a GetLoad. A NOT_SERVING answer takes a worker out of
+the pool at once (it is draining or broken); ``fail_threshold`` unanswered checks in a
+row do too; one passing check brings it back. The first load
 that names KV-event endpoints subscribes the prefix index to that worker.
 """
 
@@ -97,7 +98,12 @@ class WorkerPool:
             )
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
-            serving = False
+            serving = None  # no answer: may be a blip
+        if serving is False and worker.healthy:
+            # An explicit NOT_SERVING (draining after SIGTERM, or its engine died) is no blip:
+            # leave the pool at once so that a scale-down never sends new work to a stopping worker.
+            log.info("worker %s (%s) reports NOT_SERVING; out of the pool", worker.address, worker.role.value)
+            worker.healthy = False
         if not serving:
             self._failures[worker.address] = self._failures.get(worker.address, 0) + 1
             if worker.healthy and self._failures[worker.address] >= self.fail_threshold:

@@ -83,6 +83,13 @@ OVERVIEW = Dashboard(
             "short",
         ),
         Panel("Ready workers per pool", [("max by (role) (splitserve_router_ready_workers)", "{{role}}")], "short"),
+        Panel(
+            "Pool saturation (autoscaling signal)",
+            [("max by (role) (splitserve_router_pool_saturation_ratio)", "{{role}}")],
+            "short",
+            "Mean worker saturation per pool, 1 = at capacity: prefill by queued prompt tokens (or predicted TTFT"
+            " against the SLO), decode by KV usage and waiting requests. The chart's KEDA / HPA options scale on it.",
+        ),
     ],
 )
 
@@ -202,10 +209,11 @@ KVSTORE = Dashboard(
         ),
         Panel(
             "Worker KV transfer (GB/s)",
-            [(f'{rate("splitserve_worker_kv_transfer_bytes_total", "role, direction")} / 1e9', "{{role}} {{direction}}")],
+            [(f'{rate("splitserve_worker_kv_transfer_bytes_total", "role, direction, transport")} / 1e9',
+              "{{role}} {{direction}} {{transport}}")],
             "short",
         ),
-        Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role"), "s"),
+        Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role, transport"), "s"),
         Panel(
             "Store hit ratio",
             [

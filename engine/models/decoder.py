@@ -53,9 +53,21 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, bool(getattr(cfg, "mlp_bias", False)))
 
-    def forward(self, x: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, meta: StepMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this layer's MLP output, the residual stream before it): the caller adds the two.
+
+        Deferring each residual add into the next RMSNorm lets one fused kernel do both;
+        ``residual`` is None at the first layer, whose input is the embedding.
+        """
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_and_norm(x, residual)
+        h = self.self_attn(h, meta)
+        h, residual = self.post_attention_layernorm.add_and_norm(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderModel(nn.Module):
@@ -71,9 +83,10 @@ class DecoderModel(nn.Module):
     def forward(self, meta: StepMetadata) -> torch.Tensor:  # [T, H]
         x = self.embed_tokens(meta.input_ids)
         meta = dataclasses.replace(meta, rope=self.rotary.cos_sin(meta.positions, x.dtype))  # once, not per layer
+        residual = None
         for layer in self.layers:
-            x = layer(x, meta)
-        return self.norm(x)
+            x, residual = layer(x, residual, meta)
+        return self.norm.add_and_norm(x, residual)[0]
 
 
 class DecoderForCausalLM(nn.Module):

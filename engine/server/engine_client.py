@@ -47,7 +47,7 @@ class ClientHooks:
     """Observers the metrics module plugs in (all optional)."""
 
     on_step: Callable[[StepStats], None] | None = None
-    on_transfer: Callable[[str, int, float], None] | None = None
+    on_transfer: Callable[[str, str, int, float], None] | None = None  # (transport, direction, bytes, seconds)
     on_queued: Callable[[float], None] | None = None
 
 
@@ -159,7 +159,7 @@ class AsyncEngineClient:
             elif kind == "queued" and self.hooks.on_queued is not None:
                 self.hooks.on_queued(msg[1])
             elif kind == "transfer" and self.hooks.on_transfer is not None:
-                self.hooks.on_transfer(msg[1], msg[2], msg[3])
+                self.hooks.on_transfer(msg[1], msg[2], msg[3], msg[4])
             elif kind == "ready" and not self._ready.done():
                 self._ready.set_result(CoreInfo(**msg[1]))
 

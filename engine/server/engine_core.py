@@ -3,32 +3,39 @@
 Loop: take every queued message -> take finished KV transfers -> step the engine ->
 send its outputs. When there is nothing to compute it sleeps on the ZMQ poller
 (short timeouts only while a KV transfer is in flight), so an idle worker uses no CPU.
-KV moves between engine blocks and the store on a thread pool (kv_transfer.py);
-prefill requests stream their blocks to the store as chunks finish (prefill_jobs.py).
+KV leaves a prefill worker through prefill_worker/kv_export.py and enters a decode worker
+through decode_worker/kv_import.py; both drive the connectors of kv_transfer/ (the store,
+and the device-direct pull between engines on one host).
 The core exits when its parent (the gRPC server process) dies or asks it to.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import torch
 import zmq
 
-from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong, UnknownRequest
+from decode_worker.kv_import import KVImports
+from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampling_params import InvalidSamplingParams, SamplingParams
 from engine.server.core_config import CoreConfig
-from engine.server.kv_transfer import BlocksMissing, KVTransfer, PendingFetch, StorePutFailed, dtype_name
-from engine.server.prefill_jobs import PrefillJobs
-from engine.server.protocol import CoreInfo, ErrorKind, handle_from, pack, record, unpack
-from kvstore.block_key import KVLayout, block_keys
-from kvstore.events import KVEvent, KVEventPublisher, BlockRemoved, BlockStored, AllBlocksCleared
+from engine.server.protocol import CoreInfo, ErrorKind, pack, record, unpack
+from kv_transfer.connector import KVConnector
+from kv_transfer.direct import DirectConnector
+from kv_transfer.peer_pool import PeerPoolUnavailable, remove_orphaned_pools, shm_pool_path
+from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dtype_name
+from kvstore.block_key import KVLayout
+from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from prefill_worker.kv_export import PrefillJobs
 
 IDLE_POLL_MS = 500  # also how often an idle core checks that its parent lives
 TRANSFER_POLL_MS = 2
@@ -42,7 +49,7 @@ def run_engine_core(config: CoreConfig) -> None:
 
 
 def error_kind(exc: Exception) -> ErrorKind:
-    if isinstance(exc, BlocksMissing):
+    if isinstance(exc, (BlocksMissing, PeerPoolUnavailable)):
         return ErrorKind.NOT_FOUND
     if isinstance(exc, (InvalidSamplingParams, PromptTooLong, OutOfKVBlocks, ValueError, TypeError)):
         return ErrorKind.INVALID_ARGUMENT
@@ -66,18 +73,23 @@ class EngineCore:
         self._keys_lock = threading.Lock()
         self._arrivals: dict[str, float] = {}  # request id -> arrival time, until first scheduled
         self._step_start = time.perf_counter()
+        self.epoch = uuid.uuid4().hex[:12]  # this incarnation: a handle from a restarted worker names another
+        self.zmq = ctx
+        direct_sender = config.role == "prefill" and config.kv_transport == "direct" and config.tp_size == 1
+        if direct_sender and not torch.cuda.is_available():
+            remove_orphaned_pools()
+            config.engine.kv_pool_file = shm_pool_path(config.worker_id, self.epoch)  # a peer maps it
         self.engine = LLMEngine(config.engine, on_kv_events=self._on_kv_events, on_prefill_progress=self._on_progress)
         self.block_size = config.engine.block_size
         # exported rows hold all KV heads at any engine TP size (engine/executor.py), so store keys name tp 0 of 1
         self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, 1)
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
-        self.transfer = (
-            KVTransfer.connect(config.kvstore, self.layout, self.engine.runner.transfer_spec, self._observe_transfer)
-            if config.kvstore else None
-        )
-        self.jobs = PrefillJobs(self.engine, self.transfer, self.done, self.send) if self.transfer else None
-        self.fetching: dict[str, PendingFetch] = {}  # decode imports waiting for their KV
-        self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending fetches
+        self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending loads
+        self.connectors = self._connectors(direct_sender)
+        self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
+                                    self.send) if config.role == "prefill" and self.connectors else None)
+        self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
+                                 lambda d, n, s: self._observe_transfer("direct", d, n, s))
         self.publisher = KVEventPublisher(
             config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
         )
@@ -91,7 +103,26 @@ class EngineCore:
             )),
         )
 
+    def _connectors(self, direct_sender: bool) -> list[KVConnector]:
+        """Preference order for a reader: the direct pull first (same host), then the store."""
+        c = self.config
+        found: list[KVConnector] = []
+        runner = self.engine.runner
+        if c.tp_size == 1:  # the direct pull maps one pool; a TP engine's KV is spread over its ranks
+            pool = runner.kv.pool if direct_sender else None
+            found.append(DirectConnector(self.zmq, runner.device, self.epoch, c.kv_lease_s, pool,
+                                         c.engine.kv_pool_file, self.engine.block_ids))
+        if c.kvstore:
+            budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
+            observe = lambda d, n, s: self._observe_transfer("store", d, n, s)  # noqa: E731
+            found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
+                                        self.engine.export_blocks, budget))
+        return found
+
     # ---- plumbing ---------------------------------------------------------------------------------
+    def later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        self._later.append((time.monotonic() + delay_s, fn))
+
     def send(self, *parts: object) -> None:
         self.outbox.send(pack(*parts))
 
@@ -100,8 +131,8 @@ class EngineCore:
             endpoint = endpoint.replace(f"//{wildcard}:", f"//{self.config.advertise_host}:")
         return endpoint
 
-    def _observe_transfer(self, direction: str, nbytes: int, seconds: float) -> None:
-        self.done.put(lambda: self.send("transfer", direction, nbytes, seconds))
+    def _observe_transfer(self, transport: str, direction: str, nbytes: int, seconds: float) -> None:
+        self.done.put(lambda: self.send("transfer", transport, direction, nbytes, seconds))
 
     def _on_kv_events(self, events: list[KVEvent]) -> None:
         with self._keys_lock:
@@ -120,8 +151,8 @@ class EngineCore:
 
     def _on_progress(self, progress: PrefillProgress) -> None:
         self._mark_scheduled(progress.request_id)
-        if self.jobs is not None:
-            self.jobs.on_progress(progress)
+        if self.exports is not None:
+            self.exports.on_progress(progress)
 
     def _warm_up(self) -> None:
         """One tiny request through prefill and decode, so that the first real one is not slow."""
@@ -138,7 +169,7 @@ class EngineCore:
             while parent is None or parent.is_alive():
                 if self.engine.has_unfinished():
                     timeout = 0
-                elif self.fetching or (self.jobs is not None and self.jobs.busy()):
+                elif self.imports.busy() or (self.exports is not None and self.exports.busy()):
                     timeout = TRANSFER_POLL_MS
                 else:
                     timeout = IDLE_POLL_MS
@@ -146,17 +177,27 @@ class EngineCore:
                     return
                 self._take_completions()
                 self._run_due()
-                if self.jobs is not None:
-                    self.jobs.finish_ready()
+                if self.exports is not None:
+                    self.exports.finish_ready()
                 if self.engine.has_unfinished():
                     self._step()
+                    self.imports.after_step()
         finally:
-            if self.jobs is not None:
-                self.jobs.drain()  # answered requests' blocks still on their way to the store
-            self.publisher.close()
-            if self.transfer is not None:
-                self.transfer.close()
-            self.engine.shutdown()
+            self._close()
+
+    def _close(self) -> None:
+        if self.exports is not None:
+            self.exports.drain()  # answered requests' blocks still on their way to the store
+        self.imports.close()
+        self.publisher.close()
+        for c in self.connectors:
+            c.close()
+        self.engine.shutdown()
+        if self.config.engine.kv_pool_file:
+            try:
+                os.unlink(self.config.engine.kv_pool_file)  # readers that mapped it keep their mapping
+            except FileNotFoundError:
+                pass
 
     def _mark_scheduled(self, rid: str) -> None:
         """Queue time = arrival at the core until the start of the first step that computes the request."""
@@ -172,8 +213,8 @@ class EngineCore:
         sent = []
         for out in outputs:
             self._mark_scheduled(out.request_id)
-            if self.jobs is not None and self.jobs.owns(out.request_id):
-                self.jobs.on_output(out)
+            if self.exports is not None and self.exports.owns(out.request_id):
+                self.exports.on_output(out)
             else:
                 sent.append(_wire_output(out))
         if sent or outputs:
@@ -191,7 +232,7 @@ class EngineCore:
                 return False
             try:
                 self._handle(kind, msg)
-            except (EngineError, ValueError, TypeError, KeyError) as exc:
+            except (EngineError, ValueError, TypeError, LookupError) as exc:
                 self._arrivals.pop(msg[1], None)
                 self.send("error", msg[1], error_kind(exc).value, str(exc))
 
@@ -200,24 +241,25 @@ class EngineCore:
             _, rid, prompt, params, salt, prefill_only = msg
             self._arrivals[rid] = time.perf_counter()
             sp = SamplingParams.from_dict(params)
-            if prefill_only and self.jobs is not None:
-                self.jobs.start(rid, prompt, sp, salt)
+            if prefill_only and self.exports is not None:
+                self.exports.start(rid, prompt, sp, salt)
             else:
                 self.engine.add_request(rid, prompt, sp, prefill_only=prefill_only, cache_salt=salt)
         elif kind == "import":
-            self._arrivals[msg[1]] = time.perf_counter()
-            self._start_import(*msg[1:])
+            _, rid, prompt, params, salt, handle, first, kv_wait_s = msg
+            self._arrivals[rid] = time.perf_counter()
+            self.imports.start(rid, prompt, SamplingParams.from_dict(params), salt, handle, first, kv_wait_s)
         elif kind == "abort":
             rid = msg[1]
             self._arrivals.pop(rid, None)
-            self.fetching.pop(rid, None)
-            if self.jobs is None or self.jobs.abort(rid):
+            self.imports.abort(rid)
+            if self.exports is None or self.exports.abort(rid):
                 self.engine.abort(rid)
         elif kind == "load":
             load = self.engine.load()
             self.send("load", msg[1], {
-                "running": load.running, "waiting": load.waiting + len(self.fetching)
-                + (self.jobs.num_fetching() if self.jobs else 0),
+                "running": load.running, "waiting": load.waiting + self.imports.num_waiting()
+                + (self.exports.num_fetching() if self.exports else 0),
                 "held": load.held, "kv_usage": load.kv_usage, "queued_prefill_tokens": load.queued_prefill_tokens,
                 "active_blocks": load.active_blocks, "total_blocks": load.total_blocks,
                 "prefix_cache_queries": load.prefix_cache_queries, "prefix_cache_hits": load.prefix_cache_hits,
@@ -240,63 +282,6 @@ class EngineCore:
         self._later = [(t, fn) for t, fn in self._later if t > now]
         for fn in due:
             fn()
-
-    # ---- decode: import a prefilled request ---------------------------------------------------------
-    def _start_import(self, rid: str, prompt: list[int], params: dict, salt: str, handle: dict, first: int,
-                      kv_wait_s: float = 0.0) -> None:
-        if self.transfer is None:
-            raise ValueError("this worker has no --kvstore; it cannot import a KV handle")
-        h = handle_from(handle)
-        mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
-        theirs = (h.model_fingerprint, h.dtype, h.block_size, h.tp_size)
-        if mine != theirs:
-            raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {theirs} does not match this worker's {mine}")
-        if h.num_tokens != len(prompt):
-            raise ValueError(f"KV handle covers {h.num_tokens} tokens but the prompt has {len(prompt)}")
-        keys = block_keys(prompt, self.engine.fingerprint, self.block_size, salt)
-        if keys != list(h.block_keys) or bool(h.tail_key) != bool(len(prompt) % self.block_size):
-            raise ValueError("KV handle block keys do not match the prompt (other tokens, cache salt or model)")
-        sp = SamplingParams.from_dict(params)
-        sp.validate(self.engine.runner.vocab_size)
-        local = self.engine.cached_prefix_blocks(prompt, salt)
-        wanted = keys[local:] + ([h.tail_key] if h.tail_key else [])
-        # blocks_pending: the prefill worker answered before its last puts committed -> wait for them
-        pending = self.fetching[rid] = self.transfer.pending_fetch(wanted, kv_wait_s if h.blocks_pending else 0.0)
-
-        def attempt() -> None:
-            if self.fetching.get(rid) is not pending:
-                return  # aborted while waiting for its KV
-            try:
-                complete = pending.attempt()
-            except Exception as exc:  # noqa: BLE001 - reported to the caller as a status
-                failure = exc  # `exc` is unbound once the except block ends
-                self.done.put(lambda: self._import_failed(rid, pending, failure))
-                return
-            if complete:
-                self.done.put(lambda: self._import_ready(rid, pending, prompt, sp, salt, first, local))
-            else:
-                self.done.put(lambda: self._retry_fetch(rid, pending, attempt))
-
-        self.transfer.submit(attempt)
-
-    def _retry_fetch(self, rid: str, pending: PendingFetch, attempt: Callable[[], None]) -> None:
-        if self.fetching.get(rid) is pending:
-            self._later.append((time.monotonic() + pending.next_delay(), lambda: self.transfer.submit(attempt)))
-
-    def _import_failed(self, rid: str, pending: PendingFetch, exc: Exception) -> None:
-        if self.fetching.get(rid) is pending:
-            del self.fetching[rid]
-            message = f"unknown KV handle / blocks evicted: {exc}" if isinstance(exc, BlocksMissing) else str(exc)
-            self.send("error", rid, error_kind(exc).value, message)
-
-    def _import_ready(self, rid, pending, prompt, sp, salt, first, local) -> None:  # type: ignore[no-untyped-def]
-        if self.fetching.get(rid) is not pending:
-            return  # aborted while its KV was in flight
-        del self.fetching[rid]
-        try:
-            self.engine.import_request(rid, prompt, sp, pending.rows, len(prompt), first, start_block=local, cache_salt=salt)
-        except (EngineError, ValueError, UnknownRequest) as exc:
-            self.send("error", rid, error_kind(exc).value, str(exc))
 
 
 def _wire_output(out: RequestOutput) -> list:

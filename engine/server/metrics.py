@@ -22,8 +22,10 @@ STEP = Histogram(_P + "step_duration_seconds", "Engine step duration", ["role"],
 BATCH = Histogram(_P + "batch_size", "Requests scheduled per engine step", ["role"], buckets=_BATCH)
 QUEUE = Histogram(_P + "queue_seconds", "Arrival at the engine core to the start of the first step that computes the request", ["role"], buckets=_LATENCY)
 PREFILL = Histogram(_P + "prefill_seconds", "Prefill RPC duration (compute and KV write-out)", ["role"], buckets=_LATENCY)
-KV_TRANSFER = Histogram(_P + "kv_transfer_seconds", "One batched KV move between engine and store", ["role"], buckets=_LATENCY)
-KV_TRANSFER_BYTES = Counter(_P + "kv_transfer_bytes", "KV bytes moved to (out) or from (in) the store", ["role", "direction"])
+KV_TRANSFER = Histogram(_P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)",
+                        ["role", "transport"], buckets=_LATENCY)
+KV_TRANSFER_BYTES = Counter(_P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine",
+                            ["role", "direction", "transport"])
 
 
 class WorkerMetrics:
@@ -42,9 +44,9 @@ class WorkerMetrics:
         STEP.labels(self.role).observe(seconds)
         BATCH.labels(self.role).observe(batch_size)
 
-    def transfer(self, direction: str, nbytes: int, seconds: float) -> None:
-        KV_TRANSFER.labels(self.role).observe(seconds)
-        KV_TRANSFER_BYTES.labels(self.role, direction).inc(nbytes)
+    def transfer(self, transport: str, direction: str, nbytes: int, seconds: float) -> None:
+        KV_TRANSFER.labels(self.role, transport).observe(seconds)
+        KV_TRANSFER_BYTES.labels(self.role, direction, transport).inc(nbytes)
 
     def load(self, load: dict) -> None:
         RUNNING.labels(self.role).set(load["running"])

@@ -2,7 +2,7 @@
 
 Two ZMQ PUSH/PULL pipes (server -> core, core -> server); every message is one
 msgpack array whose first element names its kind. KV bytes never cross this pipe:
-the core moves KV between its engine blocks and the store itself (kv_transfer.py).
+the core moves KV itself (kv_transfer/: the store, or a direct pull between engines).
 
 server -> core
     ["add", request_id, prompt, params, cache_salt, prefill_only]
@@ -13,11 +13,11 @@ server -> core
 core -> server
     ["ready", info]                          # model loaded and warmed up
     ["out", [output, ...], step_s, batch]     # outputs of one engine step
-    ["prefilled", request_id, prefill]       # prefill_only request: first token sampled; its KV
-                                             # may still be streaming to the store (handle.blocks_pending)
+    ["prefilled", request_id, prefill]       # prefill_only request: first token sampled, KVHandle
+                                             # (store writes may still be in flight: handle.blocks_pending)
     ["error", request_id, kind, message]     # the request failed; kind: see ErrorKind
     ["load", token, load]
-    ["transfer", direction, bytes, seconds]  # one KV batch moved ("in" | "out")
+    ["transfer", transport, direction, bytes, seconds]  # one KV batch moved ("store" | "direct", "in" | "out")
 """
 
 from __future__ import annotations
@@ -38,26 +38,10 @@ class ErrorKind(str, enum.Enum):
 
 
 @dataclass(slots=True)
-class KVHandleRecord:
-    """worker.proto KVHandle as a plain record."""
-
-    model_fingerprint: str
-    dtype: str
-    block_size: int
-    tp_size: int
-    block_keys: list[bytes]
-    tail_key: bytes
-    num_tokens: int
-    store_addresses: list[str] = field(default_factory=list)
-    source_worker: str = ""
-    blocks_pending: bool = False  # some blocks may still be in flight to the store when the handle is issued
-
-
-@dataclass(slots=True)
 class PrefillResult:
     first_token_id: int
     first_logprob: list | None  # [token_id, logprob, [[id, lp], ...]] or None
-    handle: KVHandleRecord
+    handle: dict  # kv_transfer.handle.KVHandle.to_dict()
     num_cached_tokens: int
     num_computed_tokens: int
     finish_reason: str | None
@@ -87,11 +71,5 @@ def record(obj: Any) -> dict:
     return asdict(obj)
 
 
-def handle_from(d: dict) -> KVHandleRecord:
-    return KVHandleRecord(**d)
-
-
 def prefill_from(d: dict) -> PrefillResult:
-    d = dict(d)
-    d["handle"] = handle_from(d["handle"])
     return PrefillResult(**d)

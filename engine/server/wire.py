@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from engine.sampling_params import SamplingParams
-from engine.server.protocol import KVHandleRecord
 from splitserve.rpc import worker_pb2 as pb
 
 
@@ -34,18 +33,3 @@ def token_logprob(raw: list | None) -> pb.TokenLogprob | None:
         return None
     token_id, logprob, top = raw
     return pb.TokenLogprob(token_id=token_id, logprob=logprob, top=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in top])
-
-
-def handle_to_proto(h: KVHandleRecord, source_worker: str) -> pb.KVHandle:
-    return pb.KVHandle(
-        model_fingerprint=h.model_fingerprint, dtype=h.dtype, block_size=h.block_size, tp_size=h.tp_size,
-        block_keys=h.block_keys, tail_key=h.tail_key, num_tokens=h.num_tokens,
-        store_addresses=h.store_addresses, source_worker=source_worker, blocks_pending=h.blocks_pending,
-    )
-
-
-def handle_from_proto(h: pb.KVHandle) -> KVHandleRecord:
-    return KVHandleRecord(
-        h.model_fingerprint, h.dtype, h.block_size, h.tp_size, list(h.block_keys), h.tail_key, h.num_tokens,
-        list(h.store_addresses), h.source_worker, h.blocks_pending,
-    )

@@ -21,6 +21,9 @@ class WorkerOptions:
     tensor_parallel_size: int = 1
     expert_parallel: bool = False
     distributed_executor: str = "mp"
+    nnodes: int = 1  # hosts the tensor-parallel ranks span (engine/remote_ranks.py)
+    dist_host: str = "127.0.0.1"  # rendezvous address: this worker's own (leader) address when nnodes > 1
+    dist_port: int = 0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     kv_cache_bytes: int | None = None
@@ -29,10 +32,17 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     block_size: int = 16
     kv_wait_timeout: float = 10.0  # decode: longest wait for KV blocks a prefill worker is still writing
+    kv_transport: str = "direct"  # prefill: "direct" also offers a pull out of its own pool (same host); "store"
+    kv_lease_timeout: float = 30.0  # prefill: longest hold of a request's blocks for a direct reader
+    store_write_budget: int | None = 0  # prefill with direct: store writes in flight beyond this are skipped
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
+        if self.kv_transport not in ("direct", "store"):
+            raise ValueError(f"--kv-transport must be direct or store, got {self.kv_transport!r}")
+        if self.role == "prefill" and not self.kvstore and self.kv_transport != "direct":
+            raise ValueError("a prefill worker needs --kvstore HOST:PORT unless it offers --kv-transport direct")
         self.advertise_host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
         self.worker_id = self.worker_id or f"{self.role}-{self.advertise_host}-{self.port}"
 
@@ -51,7 +61,8 @@ def parse_bytes(text: str) -> int:
 def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     port, metrics, events = DEFAULT_PORTS[role]
     p.add_argument("--model", required=True, help="HF checkpoint directory, a .gguf file, or smollm2")
-    p.add_argument("--kvstore", required=role == "prefill", default="", help="kvstore master HOST:PORT")
+    p.add_argument("--kvstore", default="", help="kvstore master HOST:PORT (the store tier; a prefill worker "
+                   "without one offers only the direct path)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--advertise-host", default="", help="host name others use to reach this worker")
@@ -63,11 +74,27 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`")
+    p.add_argument("--dist-addr", default="127.0.0.1", help="rendezvous address the other hosts' ranks dial (this host)")
+    p.add_argument("--dist-port", type=int, default=0, help="rendezvous port (plan channel on +1); fixed when --nnodes > 1")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="GPU: fraction of the card this worker may use (lower it when workers share a GPU)")
     p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
                    help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+    if role == "prefill":
+        p.add_argument("--kv-transport", choices=["direct", "store"], default="direct",
+                       help="direct: a decode worker on this host pulls the KV straight out of this worker's pool "
+                       "(CUDA IPC / shared memory) and the store is written in the background as a cache; "
+                       "store: KV reaches decode through the store only")
+        p.add_argument("--kv-lease-timeout", type=float, default=30.0,
+                       help="seconds a request's blocks stay held for a direct reader that never says it is done")
+        p.add_argument("--store-write-budget", type=parse_bytes, default=0,
+                       help="with --kv-transport direct: also write the blocks to the store (the cache tier for "
+                       "prefix reuse by other workers), skipping writes beyond this many bytes in flight; "
+                       "0 = none (the default: the writes run in the engine's process and cost TTFT, "
+                       "see docs/performance.md)")
     if role == "decode":
         p.add_argument("--kv-wait-timeout", type=float, default=10.0,
                        help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)")
@@ -87,8 +114,11 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         advertise_host=args.advertise_host, metrics_port=args.metrics_port, kv_events_port=args.kv_events_port,
         worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size,
         expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
+        nnodes=args.nnodes, dist_host=args.dist_addr, dist_port=args.dist_port,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout, block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
+        kv_transport=getattr(args, "kv_transport", "direct"), kv_lease_timeout=getattr(args, "kv_lease_timeout", 30.0),
+        store_write_budget=getattr(args, "store_write_budget", 0),
         gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
     )

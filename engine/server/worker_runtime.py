@@ -45,12 +45,13 @@ class WorkerRuntime:
                               max_num_seqs=o.max_num_seqs, max_num_batched_tokens=o.max_num_batched_tokens,
                               tensor_parallel_size=o.tensor_parallel_size, expert_parallel=o.expert_parallel,
                               distributed_executor=o.distributed_executor,
-                              gpu_memory_utilization=o.gpu_memory_utilization, load_format=o.load_format)
+                              gpu_memory_utilization=o.gpu_memory_utilization, load_format=o.load_format,
+                              nnodes=o.nnodes, dist_host=o.dist_host, dist_port=o.dist_port)
         events = f"tcp://{o.host}:{o.kv_events_port}"
         snapshot = f"tcp://{o.host}:{o.kv_events_port + 1}" if o.kv_events_port else f"tcp://{o.host}:0"
         self.client = AsyncEngineClient(
             CoreConfig(engine, o.role, o.worker_id, o.kvstore, "", "", events, snapshot, o.advertise_host,
-                       o.tensor_parallel_size),
+                       o.tensor_parallel_size, o.kv_transport, o.kv_lease_timeout, o.store_write_budget),
             ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer,
                         on_queued=self.metrics.queued),
         )

@@ -57,7 +57,7 @@ class TokenLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class KVHandle(_message.Message):
-    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker", "blocks_pending")
+    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker", "blocks_pending", "transfer_id", "epoch", "direct")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,9 @@ class KVHandle(_message.Message):
     STORE_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_WORKER_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     dtype: str
     block_size: int
@@ -78,7 +81,22 @@ class KVHandle(_message.Message):
     store_addresses: _containers.RepeatedScalarFieldContainer[str]
     source_worker: str
     blocks_pending: bool
-    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ..., blocks_pending: _Optional[bool] = ...) -> None: ...
+    transfer_id: str
+    epoch: str
+    direct: DirectKV
+    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ..., blocks_pending: _Optional[bool] = ..., transfer_id: _Optional[str] = ..., epoch: _Optional[str] = ..., direct: _Optional[_Union[DirectKV, _Mapping]] = ...) -> None: ...
+
+class DirectKV(_message.Message):
+    __slots__ = ("pool", "block_ids", "release_endpoint", "lease_deadline")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_IDS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    pool: bytes
+    block_ids: _containers.RepeatedScalarFieldContainer[int]
+    release_endpoint: str
+    lease_deadline: float
+    def __init__(self, pool: _Optional[bytes] = ..., block_ids: _Optional[_Iterable[int]] = ..., release_endpoint: _Optional[str] = ..., lease_deadline: _Optional[float] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "cache_salt")

@@ -186,10 +186,17 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Workload name -> pod template of every Deployment and StatefulSet."""
-    return {
-        d["metadata"]["name"]: d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")
-    }
+    """Workload name -> pod template of every Deployment and StatefulSet; a LeaderWorkerSet
+    contributes its leader template (its name) and its worker template (name + "-ranks")."""
+    templates = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet"):
+            templates[d["metadata"]["name"]] = d["spec"]["template"]
+        elif d["kind"] == "LeaderWorkerSet":
+            group = d["spec"]["leaderWorkerTemplate"]
+            templates[d["metadata"]["name"]] = group["leaderTemplate"]
+            templates[d["metadata"]["name"] + "-ranks"] = group["workerTemplate"]
+    return templates
 
 
 def arg_value(args: list[str], flag: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from deploy_support import ALERT_RULES, RATE_INTERVAL, alert_rules, dashboard_queries, metric_names
+from deploy_support import ALERT_RULES, RATE_INTERVAL, Render, alert_rules, dashboard_queries, metric_names
 
 pytestmark = pytest.mark.slow
 
@@ -226,3 +226,18 @@ def test_alert_rules_load_and_evaluate_cleanly_in_prometheus(
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
     firing = [name for name, rule in rules.items() if rule["state"] == "firing"]
     assert "SplitservePoolWithoutReadyWorkers" not in firing  # both pools have a ready worker
+
+
+def test_the_charts_autoscaling_queries_return_each_pools_saturation(
+    prometheus: str, served_traffic: int, render: Render
+) -> None:
+    """The exact PromQL the KEDA ScaledObjects run (local scrape labels: job="router")."""
+    docs = render({"autoscaling": {"mode": "keda", "seriesSelector": 'job="router"'}})
+    scaled = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in docs if d["kind"] == "ScaledObject"}
+    assert set(scaled) == {"prefill", "decode"}
+    for role, scaled_object in scaled.items():
+        expr = scaled_object["spec"]["triggers"][0]["metadata"]["query"]
+        result = query(prometheus, expr)
+        assert len(result) == 1, f"{role}: {expr} returned {result}"
+        value = float(result[0]["value"][1])
+        assert 0 <= value < 1, f"{role} saturation {value} on an idle stack"  # idle after the burst: below capacity

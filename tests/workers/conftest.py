@@ -1,5 +1,6 @@
-"""Session stack on loopback: embedded kvstore, prefill workers A and B, one decode worker,
-and an in-process colocated reference engine with the same model and block size."""
+"""Session stack on loopback: embedded kvstore, prefill workers A (offers the device-direct pull and
+writes the store in the background: --store-write-budget) and B (store transport only), one decode worker, and an
+in-process colocated reference engine with the same model and block size."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def store() -> Iterator[EmbeddedStore]:
 @pytest.fixture(scope="session")
 def stack(model_dir: str, store: EmbeddedStore) -> Iterator[dict[str, WorkerProcess]]:
     workers = {
-        "prefill_a": start_worker("prefill", model_dir, store.address, "prefill-a"),
-        "prefill_b": start_worker("prefill", model_dir, store.address, "prefill-b"),
+        "prefill_a": start_worker("prefill", model_dir, store.address, "prefill-a", "--store-write-budget", "1GiB"),
+        "prefill_b": start_worker("prefill", model_dir, store.address, "prefill-b", "--kv-transport", "store"),
         "decode": start_worker("decode", model_dir, store.address, "decode-0", "--kv-wait-timeout", str(KV_WAIT_S)),
     }
     try:

@@ -1,4 +1,5 @@
-"""Prefill worker -> store -> decode worker gives exactly the colocated engine's tokens."""
+"""Prefill worker -> KV transport -> decode worker gives exactly the colocated engine's tokens,
+through each transport: the device-direct pull (prefill A) and the store (prefill B)."""
 
 from __future__ import annotations
 
@@ -42,17 +43,35 @@ def mixed_requests(tag: str, n: int, temperature: float) -> list[tuple[str, list
     return out
 
 
+TRANSPORTS = {"direct": "prefill_a", "store": "prefill_b"}
+
+
+def transferred_bytes(worker: WorkerProcess, transport: str) -> float:
+    """KV bytes this worker imported through ``transport`` (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("splitserve_worker_kv_transfer_bytes_total{") and 'direction="in"' in line
+               and f'transport="{transport}"' in line)
+
+
+@pytest.mark.parametrize("transport", list(TRANSPORTS))
 @pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "seeded"])
-def test_disaggregated_output_equals_colocated_output(stack, reference, temperature: float) -> None:
-    requests = mixed_requests(f"eq{temperature}", 50, temperature)
+def test_disaggregated_output_equals_colocated_output(stack, reference, temperature: float, transport: str) -> None:
+    requests = mixed_requests(f"eq{temperature}-{transport}", 50, temperature)
     expected = colocated(reference, [(rid, prompt, params) for rid, prompt, _, params in requests])
-    prefills = [stack["prefill_a"], stack["prefill_b"]]
+    prefill, decode = stack[TRANSPORTS[transport]], stack["decode"]
+    other = "store" if transport == "direct" else "direct"
+    before = {t: transferred_bytes(decode, t) for t in TRANSPORTS}
     with ThreadPoolExecutor(8) as pool:
-        futures = {rid: pool.submit(disaggregated, prefills[i % 2], stack["decode"], rid, prompt, wire)
-                   for i, (rid, prompt, wire, _) in enumerate(requests)}
+        futures = {rid: pool.submit(disaggregated, prefill, decode, rid, prompt, wire) for rid, prompt, wire, _ in requests}
         got = {rid: f.result() for rid, f in futures.items()}
+    assert transferred_bytes(decode, transport) > before[transport]  # the KV came this way...
+    assert transferred_bytes(decode, other) == before[other]  # ...and not the other
     for rid, prompt, wire, _ in requests:
         tokens, first, last = got[rid]
+        assert first.kv_handle.HasField("direct") == (transport == "direct")
         assert tokens == expected[rid], f"{rid} (prompt of {len(prompt)} tokens) diverged"
         assert first.kv_handle.num_tokens == len(prompt)
         assert len(first.kv_handle.block_keys) == len(prompt) // 16

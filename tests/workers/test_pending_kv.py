@@ -12,7 +12,7 @@ import pytest
 
 from worker_processes import KV_WAIT_S, colocated
 from engine.sampling_params import SamplingParams
-from engine.server.kv_transfer import tail_key
+from kv_transfer.store import tail_key
 from kvstore.block_key import KVLayout, block_keys, store_key
 from kvstore.sync_client import KVStoreClient
 from splitserve.rpc import worker_pb2 as pb
@@ -45,7 +45,7 @@ def _generate(stack, rid: str, prompt: list[int], handle: pb.KVHandle, first: in
 
 def test_decode_waits_for_blocks_written_after_the_answer(stack, store, reference) -> None:
     prompt = [(i * 37 + 11) % 380 + 3 for i in range(70)]  # 4 full blocks + a tail, not seen by decode before
-    prefill = stack["prefill_a"]
+    prefill = stack["prefill_b"]  # store transport: the decode worker reads the store
     with prefill.channel() as ch:
         first = prefill.stub(ch).Prefill(pb.PrefillRequest(request_id="pending-kv", prompt_token_ids=prompt,
                                                            sampling=GREEDY), timeout=60)
@@ -74,7 +74,7 @@ def test_decode_waits_for_blocks_written_after_the_answer(stack, store, referenc
     assert tokens == expected["pending-kv-ref"]
 
 
-def test_pending_blocks_that_never_arrive_fail_within_the_wait_timeout(stack) -> None:
+def test_pending_blocks_that_never_arrive_fail_within_the_wait_timeout(stack, store) -> None:
     prompt = list(range(250, 290))  # 2 full blocks + a tail nobody prefilled
     decode = stack["decode"]
     with decode.channel() as ch:
@@ -82,7 +82,7 @@ def test_pending_blocks_that_never_arrive_fail_within_the_wait_timeout(stack) ->
     keys = block_keys(prompt, fingerprint, 16)
     handle = pb.KVHandle(model_fingerprint=fingerprint, dtype="float32", block_size=16, tp_size=1, block_keys=keys,
                          tail_key=tail_key(keys[-1], fingerprint, "", prompt[32:]), num_tokens=len(prompt),
-                         blocks_pending=True)
+                         blocks_pending=True, store_addresses=[store.address])
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         _generate(stack, "never-arrives", prompt, handle, 7)

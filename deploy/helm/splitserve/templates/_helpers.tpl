@@ -111,6 +111,11 @@ securityContext:
   value: /cache/triton
 - name: TORCHINDUCTOR_CACHE_DIR
   value: /cache/torchinductor
+{{- with .Values.auth.internalSecret.name }}
+- name: SPLITSERVE_INTERNAL_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.Values.auth.internalSecret.key }}}
+{{- end }}
 {{- with .Values.env }}
 {{ toYaml . }}
 {{- end }}
@@ -174,4 +179,30 @@ affinity:
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* What an autoscaler scales for a pool; call with (dict "root" $ "component" role). */}}
+{{- define "splitserve.poolScaleTarget" -}}
+{{- if (index .root.Values .component).leaderWorkerSet.enabled }}
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+{{- else }}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+name: {{ printf "%s-%s" (include "splitserve.fullname" .root) .component }}
+{{- end }}
+
+{{/* PromQL of a pool's saturation, restricted to this release's routers. */}}
+{{- define "splitserve.saturationQuery" -}}
+{{- $selector := .root.Values.autoscaling.seriesSelector }}
+{{- if not $selector }}
+{{- $selector = printf "namespace=%q,pod=~%q" .root.Release.Namespace (printf "%s-router-.+" (include "splitserve.fullname" .root)) }}
+{{- end }}
+{{- printf "max(splitserve_router_pool_saturation_ratio{role=%q,%s})" .component $selector }}
+{{- end }}
+
+{{/* The port the InferencePool's gateway forwards requests to on a decode pod. */}}
+{{- define "splitserve.inferencePoolTargetPort" -}}
+{{- .Values.inferencePool.targetPort }}
 {{- end }}

@@ -1,0 +1,123 @@
+"""Device-direct KV transfer bandwidth: a decode-side process pulls blocks out of a prefill-side
+process's KV pool (CUDA IPC on GPU, a shared-memory pool on CPU), against a plain device copy of
+the same bytes in the same process and run.
+
+Llama-3.1-8B KV shapes by default (32 layers, 8 KV heads, head_dim 128, bf16 on GPU; 16-token
+blocks = 2 MiB per block). Block ids are shuffled on both sides, as in a long-running pool.
+Prints a table and writes JSON.
+
+    python -m bench.kv_transfer_bench --tokens 1024,4096,32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from engine.block_copy import _copy_triton, copy_blocks
+from engine.kv_cache import KVCache, KVCacheSpec
+from kv_transfer.peer_pool import PoolDescriptor, describe_pool, open_pool
+
+
+def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:  # type: ignore[no-untyped-def]
+    """The 'prefill' process: a pool with random KV, shared; waits until told to stop."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = KVCacheSpec(*spec_args)
+    kv = KVCache(spec, num_blocks, device, shared_file=None if device.type == "cuda" else pool_file)
+    kv.pool.normal_()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    conn.send(describe_pool(kv.pool, None if device.type == "cuda" else pool_file).encode())
+    conn.recv()  # keep the pool alive until the reader is done
+
+
+def timed(fn, device: torch.device, reps: int) -> float:  # type: ignore[no-untyped-def]
+    """Median seconds of ``fn`` (device events on GPU)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokens", default="1024,2048,4096,8192,16384,32768", help="prompt lengths (tokens)")
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--variants", default="", help="GPU: extra kernel configs CHUNKxWARPS to time, e.g. 16384x8,8192x8")
+    p.add_argument("--out", default="kv_transfer_bench.json")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    spec = KVCacheSpec(args.layers, args.block_size, args.kv_heads, args.head_dim, dtype)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    most = -(-max(tokens) // args.block_size)
+    num_blocks = most + 64
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    pool_file = str(Path(tempfile.gettempdir() if device.type == "cuda" else "/dev/shm") / f"kvbench-{time.time_ns()}")
+    proc = ctx.Process(target=owner, args=((spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim, dtype),
+                                           num_blocks, pool_file, there))
+    proc.start()
+    rows = []
+    try:
+        peer = open_pool(PoolDescriptor.decode(here.recv()), device)
+        mine = KVCache(spec, num_blocks, device)
+        rng = random.Random(0)
+        for n_tok in tokens:
+            n = -(-n_tok // args.block_size)
+            src, dst = rng.sample(range(num_blocks), n), rng.sample(range(num_blocks), n)
+            nbytes = n * spec.bytes_per_block
+            direct = timed(lambda: copy_blocks(peer, src, mine.pool, dst), device, args.reps)
+            for v in filter(None, args.variants.split(",")):
+                chunk, warps = (int(x) for x in v.split("x"))
+                t = timed(lambda: _copy_triton(peer, src, mine.pool, dst, chunk, warps), device, args.reps)
+                print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
+            a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
+            b = torch.empty_like(a)
+            plain = timed(lambda: b.copy_(a), device, args.reps)
+            del a, b
+            rows.append({"tokens": n_tok, "blocks": n, "mib": nbytes / 2**20, "direct_gb_s": nbytes / direct / 1e9,
+                         "device_copy_gb_s": nbytes / plain / 1e9, "ratio": plain / direct,
+                         "direct_us_per_token": 1e6 * direct / n_tok})
+            assert torch.equal(mine.pool[:, :, dst[-1]], peer[:, :, src[-1]]), "the copy moved the wrong bytes"
+    finally:
+        here.send("done")
+        proc.join(30)
+        Path(pool_file).unlink(missing_ok=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; KV {spec.num_layers} layers x {spec.num_kv_heads} heads x {spec.head_dim}, {dtype}, "
+          f"{spec.bytes_per_block / 2**20:.2f} MiB per block")
+    print(f"{'tokens':>7} {'MiB':>8} {'direct GB/s':>12} {'device copy GB/s':>17} {'direct/copy':>12} {'us/token':>9}")
+    for r in rows:
+        print(f"{r['tokens']:>7} {r['mib']:>8.0f} {r['direct_gb_s']:>12.1f} {r['device_copy_gb_s']:>17.1f} "
+              f"{r['ratio']:>12.2f} {r['direct_us_per_token']:>9.4f}")
+    Path(args.out).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

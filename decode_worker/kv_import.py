@@ -1,0 +1,170 @@
+"""Where KV enters the decode worker: imports of prefilled requests in the engine core.
+
+start():      check the handle against this engine (layout, prompt, keys), reuse the local
+              prefix cache, and pick the first connector that can deliver the rest here
+              (device-direct pull on the same host, else the store). A load runs its attempts
+              on a transfer thread (a store read may wait for blocks still being written); a
+              failed load falls back to the next connector, and when none is left the request
+              fails with NOT_FOUND (the router then recomputes it colocated).
+loaded:       ``import_request`` with the load's KV source; the step that admits the request
+              copies the blocks into its own (engine/kv_source.py).
+after_step(): once a direct copy has finished on the device (or the engine dropped the request),
+              tell the prefill worker it may free its blocks.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from engine.errors import EngineError, UnknownRequest
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from engine.server.protocol import ErrorKind
+from kv_transfer.connector import KVConnector, KVLoad
+from kv_transfer.direct import DirectConnector, DirectLoad
+from kv_transfer.handle import KVHandle
+from kv_transfer.peer_pool import PeerPoolUnavailable
+from kv_transfer.store import BlocksMissing
+from kvstore.block_key import KVLayout, block_keys
+
+Observe = Callable[[str, int, float], None]
+PRUNE_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class Import:
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams
+    salt: str
+    handle: KVHandle
+    first_token: int
+    local_blocks: int  # leading blocks the local prefix cache already has
+    wait_s: float
+    candidates: list[KVConnector]
+    load: KVLoad | None = None
+
+
+class KVImports:
+    def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, done: queue.Queue,
+                 later: Callable[[float, Callable[[], None]], None], send: Callable[..., None], observe: Observe) -> None:
+        self.engine, self.connectors, self.layout = engine, connectors, layout
+        self.done, self.later, self.send, self.observe = done, later, send, observe
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
+        self.block_size = engine.config.block_size
+        self.loading: dict[str, Import] = {}  # waiting for their KV
+        self.copying: dict[str, Import] = {}  # imported with a direct source: release once copied
+        self._next_prune = 0.0
+
+    def busy(self) -> bool:
+        return bool(self.loading or self.copying)
+
+    def num_waiting(self) -> int:
+        return len(self.loading)
+
+    def start(self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, handle: dict, first: int,
+              kv_wait_s: float) -> None:
+        h = KVHandle.from_dict(handle)
+        mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
+        if h.layout() != mine:
+            raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}")
+        if h.num_tokens != len(prompt):
+            raise ValueError(f"KV handle covers {h.num_tokens} tokens but the prompt has {len(prompt)}")
+        keys = block_keys(prompt, self.engine.fingerprint, self.block_size, salt)
+        if keys != list(h.block_keys) or bool(h.tail_key) != bool(len(prompt) % self.block_size):
+            raise ValueError("KV handle block keys do not match the prompt (other tokens, cache salt or model)")
+        sp.validate(self.engine.runner.vocab_size)
+        candidates = [c for c in self.connectors if c.accepts(h)]
+        if not candidates:
+            raise BlocksMissing("unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
+                                "from here (no direct offer on this host and no store holding them)")
+        local = self.engine.cached_prefix_blocks(prompt, salt)
+        imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
+        self.loading[rid] = imp
+        self._begin(imp)
+
+    def _begin(self, imp: Import) -> None:
+        imp.load = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s)
+        load = imp.load
+
+        def attempt() -> None:
+            if self.loading.get(imp.request_id) is not imp:
+                return  # aborted while waiting for its KV
+            try:
+                complete = load.attempt()
+            except Exception as exc:  # noqa: BLE001 - reported to the caller as a status, or the next transport
+                failure = exc  # `exc` is unbound once the except block ends
+                self.done.put(lambda: self._failed(imp, load, failure))
+                return
+            if complete:
+                self.done.put(lambda: self._loaded(imp, load))
+            else:
+                self.done.put(lambda: self.later(load.next_delay(), lambda: self.pool.submit(attempt)))
+
+        self.pool.submit(attempt)
+
+    def _failed(self, imp: Import, load: KVLoad, exc: Exception) -> None:
+        if self.loading.get(imp.request_id) is not imp or imp.load is not load:
+            return
+        if imp.candidates:
+            self._begin(imp)  # e.g. the direct pull failed (peer gone): read the store instead
+            return
+        del self.loading[imp.request_id]
+        if isinstance(exc, (BlocksMissing, PeerPoolUnavailable)):
+            self.send("error", imp.request_id, ErrorKind.NOT_FOUND.value, f"unknown KV handle / blocks evicted: {exc}")
+        else:
+            self.send("error", imp.request_id, ErrorKind.UNAVAILABLE.value, f"loading the KV blocks failed: {exc}")
+
+    def _loaded(self, imp: Import, load: KVLoad) -> None:
+        if self.loading.get(imp.request_id) is not imp or imp.load is not load:
+            return  # aborted while its KV was in flight
+        del self.loading[imp.request_id]
+        try:
+            self.engine.import_request(imp.request_id, imp.prompt, imp.params, load.source, len(imp.prompt),
+                                       imp.first_token, start_block=imp.local_blocks, cache_salt=imp.salt)
+        except (EngineError, ValueError, UnknownRequest) as exc:
+            load.done()
+            kind = ErrorKind.INVALID_ARGUMENT if isinstance(exc, ValueError) else ErrorKind.INTERNAL
+            self.send("error", imp.request_id, kind.value, str(exc))
+            return
+        if isinstance(load, DirectLoad):
+            self.copying[imp.request_id] = imp
+        else:
+            load.done()
+
+    def after_step(self) -> None:
+        """Release the prefill side's blocks of every finished direct copy (or dropped request)."""
+        for rid, imp in list(self.copying.items()):
+            source = imp.load.source
+            if source.copy_finished():
+                nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
+                self.observe("in", nbytes, source.copy_s)
+            elif self._still_pending(rid, source):
+                continue
+            del self.copying[rid]
+            imp.load.done()
+        if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            for c in self.connectors:
+                if isinstance(c, DirectConnector):
+                    c.peers.prune()
+
+    def _still_pending(self, rid: str, source: object) -> bool:
+        req = self.engine.requests.get(rid)
+        return req is not None and req.seq.pending_kv is source  # not admitted yet: the copy is still to come
+
+    def abort(self, rid: str) -> None:
+        self.loading.pop(rid, None)
+        imp = self.copying.pop(rid, None)
+        if imp is not None:
+            imp.load.done()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for imp in self.copying.values():
+            imp.load.done()
+        self.copying.clear()

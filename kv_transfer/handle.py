@@ -1,0 +1,82 @@
+"""KVHandle: where a prefilled request's prompt KV can be fetched from (worker.proto KVHandle).
+
+Transport-neutral: the layout that must match, the blocks by content key, and what each
+offered transport needs — ``direct`` for a pull out of the prefill engine's pool,
+``store_addresses`` for the store tier. ``transfer_id`` and ``epoch`` name the hold on the
+prefill side, so a release or a restarted peer is never confused with another handoff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from splitserve.rpc import worker_pb2 as pb
+
+
+@dataclass(slots=True)
+class DirectOffer:
+    pool: bytes  # msgpack PoolDescriptor (kv_transfer/peer_pool.py)
+    block_ids: list[int]  # the prompt's blocks in the peer's pool, in order
+    release_endpoint: str
+    lease_deadline: float  # time.monotonic() on the shared host
+
+
+@dataclass(slots=True)
+class KVHandle:
+    model_fingerprint: str
+    dtype: str
+    block_size: int
+    tp_size: int
+    block_keys: list[bytes]
+    tail_key: bytes
+    num_tokens: int
+    store_addresses: list[str] = field(default_factory=list)
+    source_worker: str = ""
+    blocks_pending: bool = False  # store writes may still be in flight when the handle is issued
+    transfer_id: str = ""
+    epoch: str = ""
+    direct: DirectOffer | None = None
+
+    def layout(self) -> tuple[str, str, int, int]:
+        return (self.model_fingerprint, self.dtype, self.block_size, self.tp_size)
+
+    def all_keys(self) -> list[bytes]:
+        """Store keys of every block the prompt covers, the partial tail included."""
+        return list(self.block_keys) + ([self.tail_key] if self.tail_key else [])
+
+    # ---- the ZMQ pipe between a worker's server and its engine core (msgpack maps) ----
+    def to_dict(self) -> dict:
+        d = {s: getattr(self, s) for s in self.__slots__ if s != "direct"}
+        d["direct"] = None if self.direct is None else {s: getattr(self.direct, s) for s in DirectOffer.__slots__}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KVHandle:
+        d = dict(d)
+        direct = d.pop("direct", None)
+        return cls(**d, direct=DirectOffer(**direct) if direct else None)
+
+    # ---- gRPC ----
+    def to_proto(self) -> pb.KVHandle:
+        msg = pb.KVHandle(
+            model_fingerprint=self.model_fingerprint, dtype=self.dtype, block_size=self.block_size,
+            tp_size=self.tp_size, block_keys=self.block_keys, tail_key=self.tail_key, num_tokens=self.num_tokens,
+            store_addresses=self.store_addresses, source_worker=self.source_worker,
+            blocks_pending=self.blocks_pending, transfer_id=self.transfer_id, epoch=self.epoch,
+        )
+        if self.direct is not None:
+            o = self.direct
+            msg.direct.CopyFrom(pb.DirectKV(pool=o.pool, block_ids=o.block_ids, release_endpoint=o.release_endpoint,
+                                            lease_deadline=o.lease_deadline))
+        return msg
+
+    @classmethod
+    def from_proto(cls, h: pb.KVHandle) -> KVHandle:
+        direct = None
+        if h.HasField("direct"):
+            d = h.direct
+            direct = DirectOffer(d.pool, list(d.block_ids), d.release_endpoint, d.lease_deadline)
+        return cls(
+            h.model_fingerprint, h.dtype, h.block_size, h.tp_size, list(h.block_keys), h.tail_key, h.num_tokens,
+            list(h.store_addresses), h.source_worker, h.blocks_pending, h.transfer_id, h.epoch, direct,
+        )

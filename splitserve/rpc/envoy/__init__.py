@@ -1,0 +1,1 @@
+"""Generated stubs of the vendored, trimmed Envoy ext_proc API (proto/splitserve/rpc/envoy/README.md)."""

@@ -1,0 +1,75 @@
+"""Block copies between KV pools move exactly the named blocks, on every path (torch runs, Triton kernel)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from engine import block_copy  # noqa: E402
+from engine.kv_cache import KVCache, KVCacheSpec  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the kernel runs on the GPU, else interpreted
+SPEC = KVCacheSpec(num_layers=3, block_size=4, num_kv_heads=2, head_dim=8, dtype=torch.float32)
+
+
+def pools(n_src: int = 10, n_dst: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn((3, 2, n_src, 4, 2, 8), generator=gen)
+    dst = torch.full((3, 2, n_dst, 4, 2, 8), float("nan"))
+    return src, dst
+
+
+CASES = [([0, 1, 2], [5, 6, 7]), ([3, 1, 8, 9], [0, 11, 2, 3]), ([9], [0]), ([], [])]
+
+
+@pytest.mark.parametrize("src_ids,dst_ids", CASES)
+def test_copy_blocks_moves_exactly_the_named_blocks(src_ids: list[int], dst_ids: list[int]) -> None:
+    src, dst = pools()
+    block_copy.copy_blocks(src, src_ids, dst, dst_ids)
+    for s, d in zip(src_ids, dst_ids):
+        assert torch.equal(dst[:, :, d], src[:, :, s])
+    untouched = [i for i in range(dst.shape[2]) if i not in dst_ids]
+    assert torch.isnan(dst[:, :, untouched]).all()
+
+
+@pytest.mark.parametrize("src_ids,dst_ids", CASES[:3])
+def test_triton_kernel_equals_the_torch_copy(src_ids: list[int], dst_ids: list[int]) -> None:
+    pytest.importorskip("triton", reason="triton is a dev dependency (make setup installs it)")
+    src, dst = (t.to(DEVICE) for t in pools())
+    block_copy._copy_triton(src, src_ids, dst, dst_ids)
+    src, dst = src.cpu(), dst.cpu()
+    expected = torch.full_like(dst, float("nan"))
+    block_copy.copy_blocks(src, src_ids, expected, dst_ids)
+    assert torch.equal(torch.nan_to_num(dst, nan=-1.0), torch.nan_to_num(expected, nan=-1.0))
+
+
+def test_copy_blocks_rejects_mismatched_id_lists() -> None:
+    src, dst = pools()
+    with pytest.raises(ValueError, match="2 source blocks but 1 destination"):
+        block_copy.copy_blocks(src, [0, 1], dst, [0])
+
+
+def test_kv_cache_copies_from_a_peer_pool_of_the_same_layout() -> None:
+    peer, mine = KVCache(SPEC, 6, torch.device("cpu")), KVCache(SPEC, 8, torch.device("cpu"))
+    peer.pool.normal_()
+    mine.copy_blocks_from(peer.pool, [4, 5], [0, 7])
+    assert torch.equal(mine.gather([0, 7]), peer.gather([4, 5]))
+    other = KVCache(KVCacheSpec(3, 4, 1, 8, torch.float32), 6, torch.device("cpu"))
+    with pytest.raises(ValueError, match="does not match"):
+        mine.copy_blocks_from(other.pool, [0], [0])
+
+
+def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "pool")
+    a = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)
+    b = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)
+    a.k[1][2].fill_(7.0)
+    assert torch.equal(b.k[1][2], torch.full_like(b.k[1][2], 7.0))
+    rows = torch.randn(2, 3, 2, 4, 2, 8)
+    a.scatter([0, 3], rows)
+    assert torch.equal(b.gather([0, 3]), rows)
