@@ -6,7 +6,7 @@ PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/r
 
 .PHONY: setup demo test test-fast protos bench-cpu clean prometheus
 
-setup: $(VENV)/.installed $(VENV)/.models
+setup: system-deps-mooncake $(VENV)/.installed $(VENV)/.models
 
 # torch==2.13.0 first: on our CPU machines pip takes the local CPU wheel; a bare
 # `torch` requirement would otherwise pull the CUDA build and its gigabytes.
@@ -43,3 +43,10 @@ protos: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Debian libraries the mooncake wheel (Mooncake Store backend) links against: RDMA verbs
+# and NUMA, needed even for TCP. Run as root; does nothing when they are installed.
+.PHONY: system-deps-mooncake
+system-deps-mooncake:
+	@dpkg -s libibverbs1 librdmacm1 libnuma1 >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libibverbs1 librdmacm1 libnuma1)

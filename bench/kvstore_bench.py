@@ -2,7 +2,8 @@
 
 Starts a master and one storage node as processes (python -m kvstore) on
 127.0.0.1, then for each object size measures, side by side in one run:
-- put / get over loopback gRPC (client with use_shm=False),
+- put / get as a client on another host would (use_shm=False: object bytes over the
+  node's raw-TCP data plane, metadata over gRPC),
 - put / get over the same-host shared-memory path (use_shm=True),
 - numpy copy (memcpy bandwidth) and a TCP socket copy over loopback.
 Two tables:
@@ -13,6 +14,13 @@ Two tables:
   does; median of ``--repeats`` calls after a warm-up call, and each figure as a
   fraction of memcpy moving the same batch (N distinct buffers, best call) in the
   same run.
+A third table puts the two store backends side by side through the calls the
+workers make (kvstore.backend: put_blocks / get_blocks_into of a request's blocks):
+ours with bytes in gRPC messages, over the raw-TCP data plane and over shared memory,
+and Mooncake Store over TCP (mooncake_master
+plus one memory node from the mooncake wheel, kvstore/mooncake_processes.py), each as
+a fraction of memcpy and of a raw TCP socket moving the same batch in the same run
+(``--skip-mooncake`` leaves Mooncake out).
 Prints the tables and writes JSON (--out).
 
     python bench/kvstore_bench.py --total-mib 64 --out kvstore_bench.json
@@ -36,6 +44,9 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from kvstore import mooncake_processes  # noqa: E402
+from kvstore.backend import StoreBackend, open_store  # noqa: E402
+from kvstore.block_key import KVLayout, block_keys  # noqa: E402
 from kvstore.sync_client import KVStoreClient  # noqa: E402
 
 
@@ -195,6 +206,87 @@ def bench_store_batch(client: KVStoreClient, n: int, size: int, repeats: int) ->
     return {f"{op}_GBps": n * size / float(np.median(ts)) / 1e9 for op, ts in times.items()}
 
 
+def bench_tcp_batch(n: int, size: int, repeats: int) -> float:
+    """GB/s of sending n objects of ``size`` bytes over one loopback TCP connection, one ack per batch (best call)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    calls = 3 * repeats + 1
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        view = memoryview(bytearray(size))
+        for _ in range(calls):
+            for _ in range(n):
+                got = 0
+                while got < size:
+                    got += conn.recv_into(view[got:], size - got)
+            conn.sendall(b"k")
+        conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    sock = socket.create_connection(server.getsockname())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    objects = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(n)]
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        for obj in objects:
+            sock.sendall(obj)
+        sock.recv(1)
+        times.append(time.perf_counter() - t)
+    sock.close()
+    thread.join()
+    server.close()
+    return n * size / min(times[1:]) / 1e9
+
+
+def bench_backend_batch(store: StoreBackend, n: int, size: int, repeats: int) -> dict:
+    """GB/s of one put_blocks / get_blocks_into call carrying n blocks of ``size`` bytes (median call)."""
+    layout = KVLayout(f"bench-{uuid.uuid4().hex[:8]}", "uint8", 16)
+    rows = np.random.randint(0, 255, (n, size), dtype=np.uint8)  # a request's rows, one array as in kv_transfer
+    out = np.empty_like(rows)
+    times: dict[str, list[float]] = {"put": [], "get_into": []}
+    for r in range(repeats + 1):  # call 0 warms up
+        keys = block_keys(list(range(r * n * 16, (r + 1) * n * 16)), layout.model_fingerprint)
+        t = time.perf_counter()
+        results = store.put_blocks(layout, {k: rows[i] for i, k in enumerate(keys)})
+        put_s = time.perf_counter() - t
+        t = time.perf_counter()
+        found = store.get_blocks_into(layout, keys, [out[i] for i in range(n)])
+        into_s = time.perf_counter() - t
+        assert all(res.ok for res in results.values()) and all(found) and np.array_equal(out, rows)
+        store.remove_blocks(layout, keys)
+        if r:
+            times["put"].append(put_s)
+            times["get_into"].append(into_s)
+    return {f"{op}_GBps": n * size / float(np.median(ts)) / 1e9 for op, ts in times.items()}
+
+
+def bench_backends(master_addr: str, mooncake_url: str | None, batches: list[tuple[int, int]], repeats: int) -> list[dict]:
+    """Both store backends through the worker calls, beside memcpy and raw TCP of the same batch."""
+    stores: dict[str, StoreBackend] = {
+        "ours grpc": open_store(master_addr, use_shm=False, use_data_plane=False),
+        "ours tcp": open_store(master_addr, use_shm=False),
+        "ours shm": open_store(master_addr, use_shm=True),
+    }
+    if mooncake_url:
+        stores["mooncake tcp"] = open_store(mooncake_url)
+    rows = []
+    try:
+        for n, size in batches:
+            # references before and after the stores, best kept: on a shared machine a dip in
+            # one measurement would otherwise flatter the stores
+            memcpy, tcp = bench_memcpy_batch(n, size, repeats), bench_tcp_batch(n, size, repeats)
+            results = {name: bench_backend_batch(store, n, size, repeats) for name, store in stores.items()}
+            memcpy, tcp = max(memcpy, bench_memcpy_batch(n, size, repeats)), max(tcp, bench_tcp_batch(n, size, repeats))
+            for name, result in results.items():
+                rows.append({"path": name, "n": n, "size": size, **result, "memcpy_GBps": memcpy, "tcp_GBps": tcp})
+    finally:
+        for store in stores.values():
+            store.close()
+    return rows
+
+
 def size_name(size: int) -> str:
     return f"{size // 1024} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
 
@@ -208,15 +300,17 @@ def main() -> None:
     parser.add_argument("--batches", default="64x64,32x2048", help="batched case: objects x KiB per call, comma-separated")
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per batched measurement (median reported)")
     parser.add_argument("--capacity", default="1GiB")
+    parser.add_argument("--skip-mooncake", action="store_true", help="leave the Mooncake Store backend out")
     parser.add_argument("--out", default="kvstore_bench.json")
     args = parser.parse_args()
 
     master, master_addr = start(["kvstore-master", "--events-port", "0"])
     node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
-    rows, batch_rows = [], []
+    mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, _parse_capacity(args.capacity))
+    rows, batch_rows, backend_rows = [], [], []
     try:
         time.sleep(0.5)
-        clients = {"grpc": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
+        clients = {"remote": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
         for size in [int(s) * 1024 for s in args.sizes_kib.split(",")]:
             total = args.total_mib << 20
             rows.append({"path": "memcpy (numpy)", "size": size, **bench_memcpy(size, total, args.latency_ops)})
@@ -232,7 +326,10 @@ def main() -> None:
                 batch_rows.append({"path": f"kvstore {name}", "n": n, "size": size, **result, "memcpy_GBps": memcpy})
         for client in clients.values():
             client.close()
+        backend_rows = bench_backends(master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats)
     finally:
+        if mooncake is not None:
+            mooncake.stop()
         for proc in (node, master):
             proc.terminate()
             proc.wait(timeout=10)
@@ -255,10 +352,25 @@ def main() -> None:
             f"| {r['path']} | {r['n']} x {size_name(r['size'])} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['get_into_GBps']:.2f} | "
             f"{frac[0]:.0f}% | {frac[1]:.0f}% | {frac[2]:.0f}% |"
         )
+    print("\nbackends side by side: put_blocks / get_blocks_into of one batch (median GB/s; % of memcpy and of raw TCP, same batch)")
+    print("| path | batch | put GB/s | get_into GB/s | memcpy GB/s | tcp GB/s | put % memcpy | get_into % memcpy | put % tcp | get_into % tcp |")
+    print("|" + " --- |" * 10)
+    for r in backend_rows:
+        m, t = r["memcpy_GBps"], r["tcp_GBps"]
+        print(
+            f"| {r['path']} | {r['n']} x {size_name(r['size'])} | {r['put_GBps']:.2f} | {r['get_into_GBps']:.2f} | {m:.2f} | {t:.2f} | "
+            f"{100 * r['put_GBps'] / m:.0f}% | {100 * r['get_into_GBps'] / m:.0f}% | {100 * r['put_GBps'] / t:.0f}% | {100 * r['get_into_GBps'] / t:.0f}% |"
+        )
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "args": vars(args)}
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows, "batched": batch_rows}, f, indent=2)
+        json.dump({"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows}, f, indent=2)
     print(f"wrote {args.out}")
+
+
+def _parse_capacity(text: str) -> int:
+    from kvstore.cli import parse_size
+
+    return parse_size(text)
 
 
 if __name__ == "__main__":

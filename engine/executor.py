@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
 from engine.step_codec import EXPORT, IMPORT, STOP, encode_command, encode_step
+from splitserve.lifeline import run_tied
 
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
 
@@ -88,8 +90,8 @@ class ParallelExecutor:
             pipes = [mp.Pipe(duplex=False) for _ in range(1, local)]  # (reader for rank r, writer for rank 0)
             self.plans = [writer for _, writer in pipes] + self.plans
             self.ranks = [
-                mp.Process(target=run_rank, args=(config, r, self.world, port, pipes[r - 1][0], eos), daemon=True,
-                           name=f"splitserve-rank{r}")
+                mp.Process(target=run_tied, daemon=True, name=f"splitserve-rank{r}",
+                           args=(os.getpid(), run_rank, config, r, self.world, port, pipes[r - 1][0], eos))
                 for r in range(1, local)
             ] + self.ranks
             with _allow_children():

@@ -35,7 +35,7 @@ from kv_transfer.connector import ExportJob
 from kv_transfer.handle import KVHandle
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
-from kvstore.sync_client import KVStoreClient
+from kvstore.backend import StoreBackend, open_store
 
 TransferObserver = Callable[[str, int, float], None]  # (direction "in" | "out", bytes, seconds)
 ExportRows = Callable[[str, int, int], torch.Tensor]  # (request id, first block, end block) -> rows
@@ -64,7 +64,7 @@ class StoreConnector:
     def __init__(self, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver,
                  export_rows: ExportRows | None = None, write_budget: int | None = None) -> None:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
-        self.client = KVStoreClient(address)
+        self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-store")
         self.export_rows = export_rows
         self.write_budget = write_budget  # None: every block is written (the store is the handoff path)

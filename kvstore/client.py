@@ -8,6 +8,7 @@ kvstore.block_key.store_key(layout, block_key) — the *_blocks helpers do that.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from kvstore.errors import InvalidRequest, StoreError, error_from_code
 from kvstore.master import GRPC_OPTIONS
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
+from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -49,14 +51,15 @@ class AsyncKVStoreClient:
         chunk_size: int = 4 << 20,
         batch_bytes: int = 4 << 20,
         use_shm: bool = True,
+        use_data_plane: bool = True,
         timeout_s: float = 30.0,
     ) -> None:
         self.master_addr = master_addr
         self.replicas = replicas
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
-        self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm)
+        self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane)
 
     async def __aenter__(self) -> AsyncKVStoreClient:
         return self
@@ -111,8 +114,9 @@ class AsyncKVStoreClient:
         """Bytes of each key, None for a miss (absent, node lost, or failed checksum)."""
         if not keys:
             return {}
+        asked = time.monotonic()
         locations = await self._locate(keys)
-        data = await self._read(locations, [None] * len(keys))
+        data = await self._read(locations, [None] * len(keys), asked)
         return {key: d for key, d in zip(keys, data)}
 
     async def get_into(self, keys: Sequence[str], buffers: Sequence[Payload]) -> list[bool]:
@@ -125,11 +129,12 @@ class AsyncKVStoreClient:
         if not keys:
             return []
         dests = [DestinationBuffer(b) for b in buffers]
+        asked = time.monotonic()
         locations = await self._locate(keys)
         for loc, dest in zip(locations, dests):
             if loc.found and loc.size > len(dest.view):
                 raise InvalidRequest(f"get_into: object {loc.key!r} has {loc.size} bytes but its buffer only {len(dest.view)}")
-        data = await self._read(locations, [d.view for d in dests])
+        data = await self._read(locations, [d.view for d in dests], asked)
         for dest, d in zip(dests, data):
             if d is not None:
                 dest.finish()
@@ -138,8 +143,12 @@ class AsyncKVStoreClient:
     async def _locate(self, keys: Sequence[str]) -> list[pb.ObjectLocation]:
         return list((await self._call(self._master.BatchGet, pb.KeysRequest(keys=list(keys)))).objects)
 
-    async def _read(self, locations: list[pb.ObjectLocation], dests: list[memoryview | None]) -> list[bytes | None]:
-        """Read found objects, local replica first, trying the next replica on failure."""
+    async def _read(self, locations: list[pb.ObjectLocation], dests: list[memoryview | None], asked: float) -> list[bytes | None]:
+        """Read found objects, local replica first, trying the next replica on failure.
+
+        ``asked``: monotonic time before the locate call. The master's lease starts later, so
+        each object's bytes stay valid (sealed, not reused) until at least asked + lease_ttl_s.
+        """
         out: list[bytes | None] = [None] * len(locations)
         order = {
             i: sorted(loc.replicas, key=lambda r: not self._nodes.is_local(r)) for i, loc in enumerate(locations) if loc.found
@@ -147,7 +156,10 @@ class AsyncKVStoreClient:
         attempt = 0
         pending = list(order)
         while pending:
-            jobs = {i: ReadJob(order[i][attempt], locations[i].size, locations[i].checksum, dests[i]) for i in pending}
+            jobs = {
+                i: ReadJob(order[i][attempt], locations[i].size, locations[i].checksum, dests[i], asked + locations[i].lease_ttl_s)
+                for i in pending
+            }
             await self._nodes.read(list(jobs.values()))
             for i, job in jobs.items():
                 if job.ok:

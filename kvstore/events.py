@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from kvstore.block_key import BlockKey
+from splitserve.internal_auth import secure_zmq_client, secure_zmq_server
 
 SNAPSHOT_REQUEST = b"snapshot"
 
@@ -119,10 +120,12 @@ class KVEventPublisher:
         self._ctx = zmq.Context.instance()
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
+        secure_zmq_server(self._pub)
         self._pub.bind(pub_endpoint)
         self.pub_endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._rep = self._ctx.socket(zmq.REP)
         self._rep.setsockopt(zmq.LINGER, 0)
+        secure_zmq_server(self._rep)
         self._rep.bind(snapshot_endpoint)
         self.snapshot_endpoint = self._rep.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
@@ -174,6 +177,7 @@ def request_snapshot(endpoint: str, timeout_s: float = 2.0) -> tuple[int, dict[s
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    secure_zmq_client(sock)
     sock.connect(endpoint)
     try:
         sock.send(SNAPSHOT_REQUEST)

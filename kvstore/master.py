@@ -16,6 +16,7 @@ from kvstore.errors import InvalidRequest, StoreError, code_number
 from kvstore.events import KVEventPublisher
 from kvstore.master_config import MasterConfig
 from kvstore.master_state import MasterState, StoredObject
+from splitserve.internal_auth import server_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -51,7 +52,7 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def RegisterNode(self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext) -> pb.RegisterNodeReply:
         try:
-            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name)
+            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address)
         except StoreError as exc:
             await context.abort(exc.code, str(exc))
         log.info("storage node %s registered at %s (%d bytes)", node_id, request.address, request.capacity)
@@ -195,7 +196,10 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     def _replica(self, node_id: str, offset: int) -> pb.Replica:
         n = self.state.nodes[node_id]
-        return pb.Replica(node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name)
+        return pb.Replica(
+            node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name,
+            data_address=n.data_address,
+        )
 
     def _location(self, key: str, obj: StoredObject | None) -> pb.ObjectLocation:
         if obj is None:
@@ -242,7 +246,7 @@ class MasterServer:
             snap = f"tcp://{host}:{cfg.events_port + 1}" if cfg.events_port else f"tcp://{host}:*"
             self.publisher = KVEventPublisher(pub, snap, "kvstore", self.state.snapshot)
             self.state.emit = self.publisher.publish
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
         pb_grpc.add_MasterServicer_to_server(self.servicer, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

@@ -30,6 +30,7 @@ class NodeInfo:
     shm_name: str
     allocator: SegmentAllocator
     last_heartbeat: float
+    data_address: str = ""  # raw-TCP data plane (kvstore/data_plane.py), "" if none
 
 
 @dataclass(slots=True)
@@ -90,13 +91,13 @@ class MasterState:
 
     # ------------------------------------------------------------ nodes
 
-    def register_node(self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str) -> str:
+    def register_node(self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str, data_address: str = "") -> str:
         if not address or capacity <= 0:
             raise InvalidRequest(f"node registration needs an address and a positive capacity, got {address!r}, {capacity}")
         for old in [n.node_id for n in self.nodes.values() if n.address == address]:
             self.drop_node(old)  # a restarted node lost its memory
         node_id = uuid.uuid4().hex[:12]
-        self.nodes[node_id] = NodeInfo(node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock())
+        self.nodes[node_id] = NodeInfo(node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock(), data_address)
         return node_id
 
     def heartbeat(self, node_id: str) -> bool:

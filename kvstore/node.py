@@ -20,8 +20,10 @@ from kvstore import metrics, wire
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
 from kvstore.master import GRPC_OPTIONS
 from kvstore.node_config import NodeConfig
+from kvstore.data_plane import DataPlaneServer
 from kvstore.segment import SharedSegment, host_identity
 from kvstore.wire import WriteChunkView, WriteItemView
+from splitserve.internal_auth import client_interceptors, server_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -161,10 +163,12 @@ class NodeServer:
         self.address = ""
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
+        self.data_plane: DataPlaneServer | None = None
+        self.data_address = ""
 
     async def start(self) -> str:
         cfg = self.config
-        self.server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
         self.server.add_generic_rpc_handlers((storage_node_handler(StorageNodeServicer(self.segment, cfg.read_chunk_size)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -174,8 +178,11 @@ class NodeServer:
         await health_servicer.set("splitserve.kvstore.StorageNode", health_pb2.HealthCheckResponse.SERVING)
         host = cfg.advertise_host or ("127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host)
         self.address = f"{host}:{port}"
+        if cfg.data_port is not None:
+            self.data_plane = DataPlaneServer(self.segment)
+            self.data_address = f"{host}:{await self.data_plane.start(cfg.host, cfg.data_port)}"
         metrics.CAPACITY.labels("node").set(cfg.capacity)
-        self._channel = grpc.aio.insecure_channel(cfg.master)
+        self._channel = grpc.aio.insecure_channel(cfg.master, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
         interval = await self._register()
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(interval))
@@ -184,7 +191,8 @@ class NodeServer:
     async def _register(self) -> float:
         hostname, boot_id = host_identity()
         request = pb.RegisterNodeRequest(
-            address=self.address, capacity=self.config.capacity, hostname=hostname, boot_id=boot_id, shm_name=self.segment.path
+            address=self.address, capacity=self.config.capacity, hostname=hostname, boot_id=boot_id, shm_name=self.segment.path,
+            data_address=self.data_address,
         )
         reply = await self._master.RegisterNode(request, timeout=10, wait_for_ready=True)
         self.node_id = reply.node_id
@@ -205,6 +213,8 @@ class NodeServer:
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+        if self.data_plane is not None:
+            await self.data_plane.stop()
         if self.server is not None:
             await self.server.stop(grace_s)
         if self._channel is not None:

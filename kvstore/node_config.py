@@ -14,3 +14,4 @@ class NodeConfig:
     advertise_host: str | None = None  # what clients dial; defaults to host (or 127.0.0.1 for 0.0.0.0)
     metrics_port: int | None = 9101
     read_chunk_size: int = 1 << 20
+    data_port: int | None = 0  # raw-TCP data plane (kvstore/data_plane.py); 0: any free port, None: off

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from kvstore.block_key import BlockKey, KVLayout
+from kvstore.block_key import BlockKey, KVLayout, store_key
 from kvstore.client import AsyncKVStoreClient, PutResult
 from kvstore.payload import Payload
 
@@ -65,6 +65,9 @@ class KVStoreClient:
 
     def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         return self._run(self._client.blocks_exist(layout, keys))
+
+    def remove_blocks(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
+        return self._run(self._client.remove([store_key(layout, k) for k in keys]))
 
     def close(self) -> None:
         if self._loop.is_closed():

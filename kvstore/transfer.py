@@ -1,8 +1,12 @@
 """Client data plane: moving object bytes to and from storage nodes.
 
-Three paths, chosen per replica:
+Four paths, chosen per replica:
 - same host: copy straight into / out of the node's shared-memory segment, then
-  (for writes) ask the node to seal (verify) the bytes — only metadata on gRPC;
+  (for writes) ask the node to seal (verify) the bytes — only metadata on gRPC. A read
+  that finishes within the master's lease skips the checksum pass: sealed bytes cannot
+  change while leased, and no transfer happened that could corrupt them;
+- another host, node with a data plane (kvstore/data_plane.py): one raw-TCP request
+  per node and batch, bytes sent from and received into the caller's buffers;
 - objects up to ``chunk_size`` over gRPC: packed into unary BatchWrite / BatchRead
   calls of up to ``batch_bytes``;
 - larger objects over gRPC: client-streaming Write / server-streaming Read in chunks.
@@ -16,6 +20,7 @@ allocation, and first-touch page faults cost more than the copy).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,9 +29,11 @@ import numpy as np
 import xxhash
 
 from kvstore import wire
-from kvstore.errors import ChecksumMismatch, StoreError, error_from_code
+from kvstore.data_plane import BAD_CHECKSUM, OK, READ, WRITE, DataPlaneClient, Item
+from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_from_code
 from kvstore.master import GRPC_OPTIONS
 from kvstore.segment import SharedSegment, host_identity
+from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
@@ -45,6 +52,7 @@ class ReadJob:
     size: int
     checksum: int
     dest: memoryview | None  # None: keep the bytes in ``data``
+    lease_until: float = 0.0  # monotonic time until which the master keeps these bytes sealed and in place
     data: bytes | None = None
     ok: bool = False
 
@@ -80,10 +88,15 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
 
 
 class NodeTransport:
-    def __init__(self, chunk_size: int = 4 << 20, batch_bytes: int = 4 << 20, max_inflight: int = 16, use_shm: bool = True) -> None:
+    def __init__(
+        self, chunk_size: int = 4 << 20, batch_bytes: int = 4 << 20, max_inflight: int = 16, use_shm: bool = True,
+        use_data_plane: bool = True,
+    ) -> None:
         self.chunk_size = chunk_size
         self.batch_bytes = batch_bytes
         self.use_shm = use_shm
+        self.use_data_plane = use_data_plane
+        self._data_plane = DataPlaneClient()
         self._host = host_identity()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, NodeStub] = {}
@@ -94,7 +107,8 @@ class NodeTransport:
 
     def stub(self, address: str) -> NodeStub:
         if address not in self._stubs:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS,
+                                                                interceptors=client_interceptors())
             self._stubs[address] = NodeStub.on(self._channels[address])
         return self._stubs[address]
 
@@ -123,14 +137,34 @@ class NodeTransport:
             if segment is not None:
                 np.copyto(segment.array[job.replica.offset : job.replica.offset + len(job.data)], np.frombuffer(job.data, np.uint8))
                 by_node.setdefault("shm:" + job.replica.address, []).append(job)
+            elif self.use_data_plane and job.replica.data_address:
+                by_node.setdefault("tcp:" + job.replica.data_address, []).append(job)
             elif len(job.data) > self.chunk_size:
                 tasks.append(self._stream_write(job))
             else:
                 by_node.setdefault(job.replica.address, []).append(job)
         for key, group in by_node.items():
+            if key.startswith("tcp:"):
+                tasks.append(self._raw_write(key.removeprefix("tcp:"), group))
+                continue
             for batch in self._batches(group, lambda j: len(j.data)):
                 tasks.append(self._seal(batch) if key.startswith("shm:") else self._batch_write(batch))
         await asyncio.gather(*tasks)
+
+    async def _raw_write(self, address: str, jobs: list[WriteJob]) -> None:
+        items = [Item(j.replica.offset, len(j.data), j.checksum, j.data) for j in jobs]
+        async with self._limit:
+            try:
+                status = await self._data_plane.request(address, WRITE, items)
+            except OSError as exc:
+                for j in jobs:
+                    j.error = StoreError(f"data plane {address}: {exc}")
+                return
+        for job, s in zip(jobs, status):
+            if s == BAD_CHECKSUM:
+                job.error = ChecksumMismatch(f"data plane {address}: bytes at offset {job.replica.offset} do not match their checksum")
+            elif s != OK:
+                job.error = InvalidRequest(f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment")
 
     def _batches(self, jobs: list, size_of) -> list[list]:  # type: ignore[no-untyped-def]
         batches, current, total = [], [], 0
@@ -192,15 +226,38 @@ class NodeTransport:
                     job.data = src.tobytes()
                 else:
                     np.copyto(np.frombuffer(job.dest, np.uint8)[: job.size], src)
-                self._verify(job)
+                if time.monotonic() < job.lease_until:
+                    # No transfer to check: the node verified these bytes when it sealed them, and
+                    # the lease kept them from being evicted or reused while we copied.
+                    job.ok = True
+                else:
+                    self._verify(job)  # the copy outlived the lease: the bytes may have been reused
+            elif self.use_data_plane and job.replica.data_address:
+                by_node.setdefault("tcp:" + job.replica.data_address, []).append(job)
             elif job.size > self.chunk_size:
                 tasks.append(self._stream_read(job))
             else:
                 by_node.setdefault(job.replica.address, []).append(job)
-        for group in by_node.values():
+        for key, group in by_node.items():
+            if key.startswith("tcp:"):
+                tasks.append(self._raw_read(key.removeprefix("tcp:"), group))
+                continue
             for batch in self._batches(group, lambda j: j.size):
                 tasks.append(self._batch_read(batch))
         await asyncio.gather(*tasks)
+
+    async def _raw_read(self, address: str, jobs: list[ReadJob]) -> None:
+        items = [Item(j.replica.offset, j.size, 0, j.dest) for j in jobs]
+        async with self._limit:
+            try:
+                status = await self._data_plane.request(address, READ, items)
+            except OSError:
+                return  # node gone: these stay not ok, the caller tries another replica or misses
+        for job, item, s in zip(jobs, items, status):
+            if s == OK and item.view is not None:
+                if job.dest is None:
+                    job.data = bytes(item.view)
+                self._verify(job)
 
     def _verify(self, job: ReadJob) -> None:
         view = job.data if job.dest is None else job.dest[: job.size]
@@ -246,6 +303,7 @@ class NodeTransport:
             self._verify(job)
 
     async def close(self) -> None:
+        self._data_plane.close()
         for channel in self._channels.values():
             await channel.close()
         for segment in self._segments.values():

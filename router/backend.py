@@ -2,17 +2,21 @@
 
 Disaggregated: PrefillService.Prefill, then DecodeService.Generate (stream) with the
 KV handle and the first token. Colocated: Generate without a KV handle.
-Failover: a failed prefill retries on another prefill worker (or colocates, as the
-scheduler decides); a decode that fails before its first token retries on another
-decode worker (the prompt KV stays in the store) — unless the decode said NOT_FOUND
-(the KV never reached the store or left it: the prefill worker answers at its first
-token while its last blocks are still being written, and such a write can fail); then
-the prompt is recomputed colocated on that decode worker, provided the sampling is
-replayable (greedy or seeded: the colocated first token equals the prefill's, which
-was already streamed and is dropped from the new stream). A failure after tokens were
+Failover: a failed prefill falls back to colocated on the chosen decode worker (a lost
+prefill worker or a store that cannot take the KV must not fail the request). A decode
+that fails before its first token after a prefill recomputes the prompt colocated when
+the sampling is replayable (greedy or seeded: the colocated first token equals the
+prefill's, which was already streamed and is dropped from the new stream): on the same
+worker when it said NOT_FOUND (the KV never reached the store or left it), on another
+decode worker otherwise. Unreplayable sampling retries on another decode worker with
+the same KV handle. Every KV-path failure also opens a circuit breaker
+(kv_path_breaker.py): new requests go colocated until a probe succeeds. A failure after tokens were
 streamed raises WorkerStreamError so that the API ends the stream with an error
-event. Every RPC has a deadline and every stream read an idle timeout, so a stream
-never hangs. Closing the generator early (client gone) sends Abort to the worker.
+event. Every RPC carries the request's deadline (--request-timeout, all retries
+included) and every wait on a worker a silence bound: --stall-timeout (default 5 s)
+while the pool's health checks fail for that worker (stopped, wedged, unreachable),
+the longer chunk timeout otherwise; so a stalled worker's requests fail over before
+their first token, or end with a clear error after it, and a stream never hangs. Closing the generator early (client gone) sends Abort to the worker.
 """
 
 from __future__ import annotations
@@ -21,22 +25,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
+from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
 from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+STALL_POLL_S = 0.25  # how often a waiting request looks at its worker's health
 
 Redecide = Callable[[frozenset[str]], Decision]  # exclude these addresses, decide again
 
 
 class WorkerStreamError(RuntimeError):
     """The request failed after output was already streamed, or every retry failed."""
+
+
+class WorkerStalled(asyncio.TimeoutError):
+    """A worker sent nothing within the allowed silence (see WorkerBackend._watched)."""
 
 
 @dataclass(slots=True)
@@ -63,6 +75,9 @@ class WorkerBackend:
     prefill_timeout_s: float = 120.0
     chunk_timeout_s: float = 60.0  # longest silence tolerated inside a Generate stream
     max_attempts: int = 3
+    stall_timeout_s: float = 5.0  # longest silence tolerated from a worker that fails its health checks
+    request_timeout_s: float = 600.0  # the whole request, every retry included: the workers' gRPC deadline
+    kv_path: KVPathBreaker = field(default_factory=KVPathBreaker)
 
     async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
         try:
@@ -73,20 +88,29 @@ class WorkerBackend:
             release(decision)  # whatever the outcome, nothing of this request stays counted on a worker
 
     async def _generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+        deadline = time.monotonic() + self.request_timeout_s
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
         first = decision
         streamed_first: int | None = None  # after a fallback to colocated: the first token, already streamed
+        if decision.mode is Mode.DISAGGREGATED and not self.kv_path.allow():
+            decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
         try:
             for _ in range(self.max_attempts * 2):
                 if decision.mode is Mode.DISAGGREGATED and prefill is None:
                     assert decision.prefill_worker is not None
                     try:
-                        prefill = await self._prefill(decision.prefill_worker, request)
+                        prefill = await self._prefill(decision.prefill_worker, request, deadline)
                     except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
                         log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
+                        if _path_fault(exc):
+                            self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
+                        # the chosen decode worker computes the prompt itself: neither a lost prefill
+                        # worker nor a store that cannot take its KV fails the request
                         excluded.add(decision.prefill_worker)
-                        decision = self._retry(redecide, excluded, decision)
+                        if decision is not first:
+                            release(decision)
+                        decision = Decision(Mode.COLOCATED, None, decision.decode_worker)
                         continue
                     if decision.charge is not None:
                         decision.charge.prompt_computed()
@@ -103,13 +127,15 @@ class WorkerBackend:
                         return
                 streamed = False
                 try:
-                    async for chunk in self._decode(decision.decode_worker, request, prefill):
+                    async for chunk in self._decode(decision.decode_worker, request, prefill, deadline):
                         if streamed_first is not None and not streamed:
                             if not chunk.token_ids or chunk.token_ids[0] != streamed_first:
                                 raise WorkerStreamError(f"recomputing {request.request_id} colocated gave another first token")
                             chunk.token_ids, chunk.logprobs = chunk.token_ids[1:], chunk.logprobs[1:]
                         if not streamed and decision.charge is not None:
                             decision.charge.prompt_computed()  # colocated: the decode worker computed the prompt
+                        if not streamed and prefill is not None:
+                            self.kv_path.succeeded()  # the decode worker has the prompt KV
                         streamed = True
                         if prefill is not None:
                             # decode counts the imported prompt as cached; the realised prefix hit is prefill's
@@ -120,9 +146,21 @@ class WorkerBackend:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
                         raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
-                    if prefill is not None and _kv_lost(exc) and _replayable(request.sampling):
+                    if prefill is not None and _path_fault(exc):
+                        self.kv_path.failed(f"decode on {decision.decode_worker}: {_describe(exc)}")
+                    if prefill is not None and _replayable(request.sampling):
+                        # recompute the prompt colocated: on the same worker when it said the KV is missing,
+                        # elsewhere when the worker itself may be the problem
                         streamed_first, prefill = prefill.first_token_id, None
-                        decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
+                        if _kv_lost(exc):
+                            decision = Decision(Mode.COLOCATED, None, decision.decode_worker)  # still charged by `first`
+                        else:
+                            excluded.add(decision.decode_worker)
+                            try:
+                                retry = self._retry(redecide, excluded, decision)
+                                decision = Decision(Mode.COLOCATED, None, retry.decode_worker, charge=retry.charge)
+                            except WorkerStreamError:  # no other decode worker: this one may well be fine
+                                decision = Decision(Mode.COLOCATED, None, decision.decode_worker)
                         continue
                     excluded.add(decision.decode_worker)
                     retry = self._retry(redecide, excluded, decision)
@@ -148,7 +186,7 @@ class WorkerBackend:
         except Exception as exc:  # NoWorkersAvailable, AdmissionRejected
             raise WorkerStreamError(f"no worker left to retry on: {exc}") from exc
 
-    async def _prefill(self, address: str, request: GenerationRequest) -> worker_pb2.PrefillResponse:
+    async def _prefill(self, address: str, request: GenerationRequest, deadline: float) -> worker_pb2.PrefillResponse:
         stub = worker_pb2_grpc.PrefillServiceStub(self.pool.channel(address))
         message = worker_pb2.PrefillRequest(
             request_id=request.request_id,
@@ -157,10 +195,10 @@ class WorkerBackend:
             cache_salt=request.cache_salt,
         )
         start = time.monotonic()
-        call = stub.Prefill(message, timeout=self.prefill_timeout_s)
+        call = stub.Prefill(message, timeout=min(self.prefill_timeout_s, _remaining(deadline)))
         try:
-            response = await call
-        except asyncio.CancelledError:
+            response = await self._watched(call, address, self.prefill_timeout_s)
+        except (asyncio.CancelledError, WorkerStalled):
             call.cancel()
             await self.abort(address, request.request_id, prefill=True)
             raise
@@ -170,7 +208,7 @@ class WorkerBackend:
         return response
 
     async def _decode(
-        self, address: str, request: GenerationRequest, prefill: worker_pb2.PrefillResponse | None
+        self, address: str, request: GenerationRequest, prefill: worker_pb2.PrefillResponse | None, deadline: float
     ) -> AsyncIterator[TokenChunk]:
         stub = worker_pb2_grpc.DecodeServiceStub(self.pool.channel(address))
         message = worker_pb2.GenerateRequest(
@@ -182,11 +220,11 @@ class WorkerBackend:
         if prefill is not None:
             message.kv_handle.CopyFrom(prefill.kv_handle)
             message.first_token_id = prefill.first_token_id
-        call = stub.Generate(message)
+        call = stub.Generate(message, timeout=_remaining(deadline))
         finished = False
         try:
             while True:
-                chunk = await asyncio.wait_for(call.read(), timeout=self.chunk_timeout_s)
+                chunk = await self._watched(call.read(), address, self.chunk_timeout_s)
                 if chunk is grpc.aio.EOF:
                     if not finished:
                         raise WorkerStreamError(f"decode worker {address} ended the stream without a finish reason")
@@ -204,6 +242,32 @@ class WorkerBackend:
             if not finished:
                 call.cancel()
                 await self.abort(address, request.request_id, prefill=False)
+
+    async def _watched(self, awaitable: Awaitable[T], address: str, silence_s: float) -> T:
+        """``awaitable``'s result, or WorkerStalled once the worker was silent too long.
+
+        Too long: ``silence_s`` in any case, or ``stall_timeout_s`` while the pool's health
+        checks fail for the worker (a stopped or wedged process answers nothing, not even
+        health; a slow but live one keeps passing them and keeps its requests).
+        """
+        task = asyncio.ensure_future(awaitable)
+        start = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STALL_POLL_S)
+                if done:
+                    return task.result()
+                silent = time.monotonic() - start
+                if silent >= silence_s:
+                    raise WorkerStalled(f"worker {address} sent nothing for {silent:.1f}s")
+                if silent >= self.stall_timeout_s and not self._responsive(address):
+                    raise WorkerStalled(f"worker {address} stalled: silent for {silent:.1f}s and failing its health checks")
+        finally:
+            task.cancel()
+
+    def _responsive(self, address: str) -> bool:
+        worker = self.pool.workers.get(address)
+        return worker is not None and worker.healthy
 
     async def abort(self, address: str, request_id: str, prefill: bool) -> None:
         """Best effort: the worker frees the request's slots now rather than at its deadline."""
@@ -225,12 +289,25 @@ def _kv_lost(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _path_fault(exc: BaseException) -> bool:
+    """A failure of the serving path (worker, store, transfer), not one the request itself caused.
+
+    Only these open the KV-path breaker: a client must not be able to switch disaggregation off.
+    """
+    client_caused = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.CANCELLED)
+    return not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() in client_caused)
+
+
 def _replayable(sampling: worker_pb2.SamplingParams) -> bool:
     """Recomputing the prompt gives the same first token: greedy, or seeded (noise from seed and position only)."""
     return sampling.temperature == 0 or sampling.HasField("seed")
 
 
+def _remaining(deadline: float) -> float:
+    return max(0.001, deadline - time.monotonic())
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
-    return type(exc).__name__
+    return str(exc) or type(exc).__name__

@@ -1,16 +1,23 @@
-"""ASGI middleware: refuse request bodies over a size limit with 413 and an OpenAI body."""
+"""ASGI middleware: refuse request bodies over a size limit (413) or slower than a deadline (408).
+
+The whole body must arrive within ``body_timeout_s`` of the request's start: a client
+that trickles bytes (or sends none) cannot hold a connection and a task forever.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -23,8 +30,14 @@ class BodySizeLimit:
         # Chunked bodies: read up to the limit before the app sees anything.
         messages: list[Message] = []
         size = 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await self._send_error(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s",
+                                       "request_timeout")  # fmt: skip
+                return
             messages.append(message)
             size += len(message.get("body", b""))
             if size > self.max_bytes:
@@ -39,9 +52,14 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"error": {
-            "message": f"request body exceeds the limit of {self.max_bytes} bytes",
-            "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await self._send_error(send, 413, f"request body exceeds the limit of {self.max_bytes} bytes", "request_too_large")
+
+    @staticmethod
+    async def _send_error(send: Send, status: int, message: str, code: str) -> None:
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                     "code": code}}).encode()  # fmt: skip
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 408:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

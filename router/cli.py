@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--policy", choices=["kv-aware", "round-robin", "random"], default="kv-aware")
-    p.add_argument("--api-key", action="append", default=[], help="accepted Bearer key (repeatable)")
+    p.add_argument("--api-key", action="append", default=[],
+                   help="accepted Bearer key (repeatable; visible in `ps`: prefer --api-key-file or SPLITSERVE_API_KEYS)")
+    p.add_argument("--api-key-file", default=None, help="file of accepted Bearer keys, one per line")
+    p.add_argument("--salt-per-api-key", action="store_true",
+                   help="give each API key its own prefix cache (tenants never share cached blocks)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--colocate-threshold", type=int, default=256, help="uncached prompt tokens below which decode prefills")
     p.add_argument("--prefill-saturation-tokens", type=int, default=65536,
@@ -30,7 +35,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off")
     p.add_argument("--ext-proc-target-port", type=int, default=0,
                    help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port")
+    p.add_argument("--allow-client-chat-template", action="store_true",
+                   help="accept chat_template_kwargs.chat_template from clients (their Jinja runs sandboxed, bounded)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its request body")
+    p.add_argument("--stall-timeout", type=float, default=5.0,
+                   help="seconds of silence after which a request leaves a worker that fails its health checks")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="deadline of one request on the workers, retries included (seconds)")
     p.set_defaults(func=run)
+
+
+def api_keys(args: argparse.Namespace) -> list[str]:
+    """Keys from --api-key, --api-key-file and $SPLITSERVE_API_KEYS (comma-separated)."""
+    keys = list(args.api_key)
+    if args.api_key_file:
+        keys += [line.strip() for line in open(args.api_key_file).read().splitlines() if line.strip()]
+    keys += [k.strip() for k in os.environ.get("SPLITSERVE_API_KEYS", "").split(",") if k.strip()]
+    return keys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
         discovery=args.discovery,
         kvstore_events=args.kvstore_events,
         kvstore_snapshot=args.kvstore_snapshot,
-        api_keys=args.api_key,
+        api_keys=api_keys(args),
+        salt_per_api_key=args.salt_per_api_key,
         block_size=args.block_size,
+        stall_timeout_s=args.stall_timeout,
+        allow_client_chat_template=args.allow_client_chat_template,
+        body_timeout_s=args.body_timeout,
+        request_timeout_s=args.request_timeout,
         scheduler=SchedulerConfig(
             policy=Policy(args.policy), colocate_threshold_tokens=args.colocate_threshold, ttft_slo_ms=args.ttft_slo_ms,
             prefill_saturation_tokens=args.prefill_saturation_tokens,

@@ -21,6 +21,7 @@ import zmq
 
 from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch, request_snapshot
 from router.prefix_index import PrefixIndex
+from splitserve.internal_auth import secure_zmq_client
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class KVEventSubscriber:
             sock = self._ctx.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+            secure_zmq_client(sock)
             sock.connect(events_ep)
             poller.register(sock, zmq.POLLIN)
             # The first snapshot waits a moment so that the subscription reaches the

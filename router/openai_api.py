@@ -32,7 +32,9 @@ from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.saturation import export_saturation
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
-from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
+from router.template_sandbox import TemplateRejected, render_in_sandbox
+from router.tenancy import bearer_key, cache_salt_for
+from router.tokenization import ChatTemplateError, PromptTokenizer, check_client_template, messages_as_dicts
 from router.worker_pool import WorkerPool
 from router.workers import Role
 
@@ -47,7 +49,8 @@ class RouterState:
         self.subscriber = KVEventSubscriber(self.index)
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)
-        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
+        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s,
+                                     stall_timeout_s=config.stall_timeout_s, request_timeout_s=config.request_timeout_s)
 
     def discovery(self) -> Discovery:
         if self.config.discovery:
@@ -64,9 +67,9 @@ class RouterState:
             export_saturation(self.metrics.pool_saturation, role, self.pool.role_workers(role), self.config.scheduler)
         self.metrics.index_blocks.set(self.index.num_blocks())
 
-    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset()) -> Decision:
+    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), cache_salt: str = "") -> Decision:
         fingerprint = self.config.model_fingerprint or self.pool.model_fingerprint()
-        keys = block_keys(prompt_ids, fingerprint, self.config.block_size) if fingerprint else []
+        keys = block_keys(prompt_ids, fingerprint, self.config.block_size, cache_salt) if fingerprint else []
         start = time.monotonic()
         decision = self.scheduler.decide(
             ScheduleRequest(len(prompt_ids), keys, self.config.block_size),
@@ -100,7 +103,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     app = FastAPI(title="splitserve router", version="0.1.0", lifespan=lifespan)
     app.state.router = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s)
 
     async def check_api_key(request: Request) -> None:
         if not config.api_keys:
@@ -126,6 +129,14 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok", "ready_workers": {r.value: state.pool.ready_count(r) for r in Role}}
 
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness (the chart's readinessProbe): 503 while no decode worker is ready; /health is liveness."""
+        workers = {r.value: state.pool.ready_count(r) for r in Role}
+        ok = workers.get(Role.DECODE.value, 0) > 0
+        return JSONResponse({"status": "ready" if ok else "no ready decode worker", "ready_workers": workers},
+                            status_code=200 if ok else 503)  # fmt: skip
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         state._gauges()
@@ -143,7 +154,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
         if req.messages is not None:
-            ids = _chat_ids(state, req.messages, req.add_generation_prompt, None)
+            ids = await _chat_ids(state, req.messages, req.add_generation_prompt, None)
         else:
             ids = state.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
         return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.tokenizer.max_model_len)
@@ -176,7 +187,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)
     async def chat_completions(req: p.ChatCompletionRequest, request: Request):
         check_model(req.model)
-        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
+        prompt_ids = await _chat_ids(state, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
         return await _run(state, req, prompt_ids, request, chat=True)
 
     return app
@@ -190,18 +201,29 @@ def snapshot_endpoint_of(events_endpoint: str) -> str:
     return f"{base}:{int(port) + 1}"
 
 
-def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+async def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+    kwargs, tok = dict(kwargs or {}), state.tokenizer
     try:
-        return state.tokenizer.apply_chat_template(messages_as_dicts(messages), add_generation_prompt, **(kwargs or {}))
-    except ChatTemplateError as exc:
-        raise APIError(400, str(exc), param="messages") from exc
+        check_client_template(kwargs, state.config.allow_client_chat_template)
+        if "chat_template" in kwargs:  # the client's code: a killable, resource-limited child process
+            variables = {**tok.special_tokens(), **kwargs, "messages": messages_as_dicts(messages),
+                         "add_generation_prompt": add_generation_prompt}  # fmt: skip
+            del variables["chat_template"]
+            text = await render_in_sandbox(kwargs["chat_template"], variables, state.config.chat_template_timeout_s)
+        else:  # the operator's template, off the event loop so that /health and other requests go on
+            text = await asyncio.to_thread(tok.render_chat_template, messages_as_dicts(messages), add_generation_prompt, **kwargs)
+    except (ChatTemplateError, TemplateRejected) as exc:
+        raise APIError(400, str(exc), param="messages", code="chat_template_error") from exc
+    # the template already holds any BOS token: do not add special tokens again
+    return tok.encode(text, add_special_tokens=False)
 
 
 async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool):
     tok = state.tokenizer
     params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n)
     try:
-        decision = state.decide(prompt_ids)
+        salt = cache_salt_for(req.cache_salt, bearer_key(request.headers.get("authorization")), state.config.salt_per_api_key)
+        decision = state.decide(prompt_ids, cache_salt=salt)
     except NoWorkersAvailable as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="no_workers") from exc
     except AdmissionRejected as exc:
@@ -231,9 +253,9 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
         last_token[0] = now
 
     async def run_choice(i: int) -> None:
-        gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i))
-        first = decision if i == 0 else state.decide(prompt_ids)
-        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex))
+        gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i), cache_salt=salt)
+        first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt)
+        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt))
         try:
             async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
                 await queue.put(event)

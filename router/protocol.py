@@ -6,7 +6,9 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from router.request_checks import check_raw_body
 
 
 def new_id(prefix: str) -> str:
@@ -20,7 +22,9 @@ class StreamOptions(BaseModel):
 class _SamplingRequest(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # 1e999 parses as inf: a 400, not a value
+
+    _checks = model_validator(mode="before")(check_raw_body)  # unsupported parameters, invalid Unicode
 
     model: str
     n: int = Field(1, ge=1)
@@ -32,7 +36,7 @@ class _SamplingRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    stream: bool = False
+    stream: StrictBool = False  # "yes" is an error, not True
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -41,6 +45,7 @@ class _SamplingRequest(BaseModel):
     min_tokens: int = Field(0, ge=0)
     return_tokens_as_token_ids: bool = False  # vLLM extension: logprob tokens as "token_id:ID"
     user: str | None = None
+    cache_salt: str | None = Field(None, max_length=1024)  # isolates this request's prefix cache (vLLM extension)
 
 
 class CompletionRequest(_SamplingRequest):
@@ -170,6 +175,8 @@ class ModelList(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
+    _checks = model_validator(mode="before")(check_raw_body)
+
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
+MAX_CLIENT_TEMPLATE_CHARS = 64 * 1024
+
+
 class TokenizerLoadError(RuntimeError):
     """The model directory lacks a usable tokenizer."""
 
@@ -46,16 +49,36 @@ class PromptTokenizer:
         return self.tokenizer.decode([token_id])
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> list[int]:
-        if not getattr(self.tokenizer, "chat_template", None):
+        text = self.render_chat_template(messages, add_generation_prompt, **kwargs)
+        # The template already holds any BOS token: do not add special tokens again.
+        return self.encode(text, add_special_tokens=False)
+
+    def special_tokens(self) -> dict[str, str]:
+        """bos_token, eos_token, ... as a chat template expects them."""
+        return {k: v for k, v in getattr(self.tokenizer, "special_tokens_map", {}).items() if isinstance(v, str)}
+
+    def render_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        """The prompt text (transformers renders in jinja2's ImmutableSandboxedEnvironment)."""
+        if not getattr(self.tokenizer, "chat_template", None) and "chat_template" not in kwargs:
             raise ChatTemplateError("this model has no chat template; use /v1/completions")
         try:
-            text = self.tokenizer.apply_chat_template(
+            return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
             )
         except Exception as exc:  # jinja2 errors and template-raised exceptions
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
-        # The template already holds any BOS token: do not add special tokens again.
-        return self.encode(text, add_special_tokens=False)
+
+
+def check_client_template(kwargs: dict, allowed: bool) -> None:
+    """A client-sent template is code run on the router: refused unless the operator allows it, and bounded."""
+    template = kwargs.get("chat_template")
+    if template is None:
+        return
+    if not allowed:
+        raise ChatTemplateError("chat_template_kwargs.chat_template is not allowed on this server "
+                                "(the operator can enable it with --allow-client-chat-template)")  # fmt: skip
+    if not isinstance(template, str) or len(template) > MAX_CLIENT_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"chat_template must be a string of at most {MAX_CLIENT_TEMPLATE_CHARS} characters")
 
 
 def messages_as_dicts(messages: list[Any]) -> list[dict]:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from router.discovery import Change, DiscoveryEvent
 from router.kv_events import KVEventSubscriber
 from router.workers import Role, Worker, WorkerLoad
+from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class WorkerPool:
                 ("grpc.min_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 2000),
             ]
-            ch = grpc.aio.insecure_channel(address, options=options)
+            ch = grpc.aio.insecure_channel(address, options=options, interceptors=client_interceptors())
             self._channels[address] = ch
         return ch
 

@@ -2,7 +2,9 @@
 
 kvstore master + storage node, N prefill workers, M decode workers and the router,
 each the same entry point that the Helm chart runs in a pod. Progress is shown
-until every component reports healthy; Ctrl-C or SIGTERM stops everything.
+until every component reports healthy; Ctrl-C or SIGTERM stops everything. The
+processes are supervised (splitserve/supervisor.py): they die with `up`, and a crashed
+one is restarted with a back-off.
 """
 
 from __future__ import annotations
@@ -10,26 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import secrets
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
+from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested, healthy
+
+__all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
+
 DEMO_QUESTION = "What is the capital of France?"
-
-
-@dataclass(slots=True)
-class Component:
-    name: str
-    argv: list[str]
-    grpc_port: int | None = None  # health-checked with grpc.health.v1
-    http_port: int | None = None  # health-checked with GET /health
-    metrics_port: int | None = None
-    expect_workers: dict[str, int] | None = None  # router: ready only once it sees this many ready workers
-    process: subprocess.Popen | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -45,18 +41,7 @@ class StackInfo:
     decode: list[str]
     metrics: dict[str, str]
     pids: dict[str, int]
-
-
-class StopRequested:
-    """Set by SIGTERM or Ctrl-C; the launch loops poll it and then stop the stack in order."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        self.requested = True
+    internal_secret_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
 def free_port() -> int:
@@ -118,111 +103,66 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
         router += ["--prefill", prefill]
     if args.colocate_threshold is not None:
         router += ["--colocate-threshold", str(args.colocate_threshold)]
+    if args.api_key_file:  # the keys stay in the file (or in $SPLITSERVE_API_KEYS, inherited): never in argv
+        router += ["--api-key-file", str(Path(args.api_key_file).resolve())]
     comps.append(Component("router", router, http_port=args.port, metrics_port=args.port,
                            expect_workers={"prefill": args.prefill, "decode": args.decode}))
     return comps
 
 
-def grpc_healthy(port: int) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def http_healthy(port: int, expect_workers: dict[str, int] | None) -> bool:
-    import httpx
-
-    try:
-        reply = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0)
-    except httpx.HTTPError:
-        return False
-    if reply.status_code != 200:
-        return False
-    ready = reply.json().get("ready_workers", {})
-    return all(ready.get(role, 0) >= count for role, count in (expect_workers or {}).items())
+def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> StackInfo:
+    by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]  # noqa: E731
+    router = next(c for c in stack.comps if c.name == "router")
+    events = router.argv[router.argv.index("--kvstore-events") + 1]
+    return StackInfo(
+        url=url, model=model, served_model_name=served_model_name, kvstore=by_prefix("kvstore-master")[0],
+        kvstore_events=events, prefill=by_prefix("prefill-"),
+        decode=by_prefix("decode-"),
+        metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
+        pids={c.name: c.process.pid for c in stack.comps if c.process},
+        internal_secret_file=os.environ.get(TOKEN_FILE_ENV, ""),
+    )
 
 
-def healthy(comp: Component) -> bool:
-    if comp.grpc_port is not None:
-        return grpc_healthy(comp.grpc_port)
-    return comp.http_port is not None and http_healthy(comp.http_port, comp.expect_workers)
+def stack_secret(log_dir: Path) -> str:
+    """The stack's internal secret: the operator's ($SPLITSERVE_INTERNAL_SECRET[_FILE]) or a new random one.
+
+    A new one goes to a 0600 file that every child finds through the environment, never
+    on a command line (visible in `ps`).
+    """
+    if os.environ.get(TOKEN_ENV):
+        return ""
+    if not os.environ.get(TOKEN_FILE_ENV):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / "internal-token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+        os.environ[TOKEN_FILE_ENV] = str(path)  # inherited by every child `up` starts
+    return os.environ[TOKEN_FILE_ENV]
 
 
-class Stack:
-    def __init__(self, comps: list[Component], log_dir: Path) -> None:
-        self.comps = comps
-        self.log_dir = log_dir
-
-    def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # every worker runs torch: without a cap each one starts a thread per core and they thrash
-        workers = sum(1 for c in self.comps if c.name.startswith(("prefill-", "decode-")))
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(workers, 1))))
-        for comp in self.comps:
-            log = open(self.log_dir / f"{comp.name}.log", "wb")
-            # own process group: Ctrl-C in the terminal reaches `up`, which stops children in order
-            comp.process = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-            log.close()
-
-    def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        pending = list(self.comps)
-        while pending:
-            for comp in list(pending):
-                if comp.process.poll() is not None:
-                    tail = (self.log_dir / f"{comp.name}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{comp.name} exited with code {comp.process.returncode}:\n{tail}")
-                if healthy(comp):
-                    pending.remove(comp)
-                    print(f"[up] {comp.name:<15} ready", flush=True)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(c.name for c in pending)
-                raise TimeoutError(f"not ready after {timeout_s:.0f}s: {names} (logs in {self.log_dir})")
-            if pending:
-                time.sleep(0.3)
-
-    def exited(self) -> list[Component]:
-        return [c for c in self.comps if c.process and c.process.poll() is not None]
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        # router first (stop taking traffic), then workers (drain), then the store
-        for comp in reversed(self.comps):
-            if comp.process and comp.process.poll() is None:
-                comp.process.send_signal(signal.SIGTERM)
-                try:
-                    comp.process.wait(timeout=grace_s)
-                except subprocess.TimeoutExpired:
-                    comp.process.kill()
-                    comp.process.wait()
-
-    def info(self, url: str, model: str, served_model_name: str) -> StackInfo:
-        by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in self.comps if c.name.startswith(p)]  # noqa: E731
-        router = next(c for c in self.comps if c.name == "router")
-        events = router.argv[router.argv.index("--kvstore-events") + 1]
-        return StackInfo(
-            url=url, model=model, served_model_name=served_model_name, kvstore=by_prefix("kvstore-master")[0],
-            kvstore_events=events, prefill=by_prefix("prefill-"),
-            decode=by_prefix("decode-"),
-            metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in self.comps if c.metrics_port},
-            pids={c.name: c.process.pid for c in self.comps if c.process},
-        )
+def write_state(path: str, info: StackInfo) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2))
+    tmp.replace(path)  # readers never see a half-written file
 
 
-def demo_request(url: str, model: str) -> bool:
+def first_api_key(key_file: str | None) -> str | None:
+    """The key the demo request sends: the first of --api-key-file, else of $SPLITSERVE_API_KEYS."""
+    keys = Path(key_file).read_text().split() if key_file else []
+    keys += [k.strip() for k in os.environ.get("SPLITSERVE_API_KEYS", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     """Send one chat completion and print it; False when the stack did not answer."""
     import httpx
 
     body = {"model": model, "messages": [{"role": "user", "content": DEMO_QUESTION}], "max_tokens": 48,
             "temperature": 0}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     print("[up] demo request -> " + json.dumps(reply.json(), indent=2), flush=True)
     if reply.status_code != 200:
         return False
@@ -251,40 +191,35 @@ def run_up(args: argparse.Namespace) -> int:
 
         return run_on_ray(plan_stack(args, str(model)), args)
     log_dir = Path(args.log_dir) if args.log_dir else Path.cwd() / "runs" / time.strftime("up-%Y%m%d-%H%M%S")
-    stack = Stack(plan_stack(args, str(model)), log_dir)
+    stack_secret(log_dir)
+    stack = Stack(plan_stack(args, str(model)), log_dir, RestartPolicy(enabled=not args.no_restart))
     stop = StopRequested()
     url = f"http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
     print(f"[up] starting {len(stack.comps)} processes (logs in {log_dir})", flush=True)
     stack.start()
     try:
-        stack.wait_ready(args.ready_timeout)
-        info = stack.info(url, str(model), args.served_model_name)
+        stack.wait_ready(args.ready_timeout, stop)
         if args.state_file:
-            tmp = Path(args.state_file).with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(info), indent=2))
-            tmp.replace(args.state_file)  # readers never see a half-written file
+            write_state(args.state_file, stack_info(stack, url, str(model), args.served_model_name))
         name = args.served_model_name
         print(f"[up] serving on {url}  (model {name!r} from {model})")
         print(f"[up] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
               f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}'",
               flush=True)
-        if args.demo_request and not demo_request(url, name):
+        if args.demo_request and not demo_request(url, name, first_api_key(args.api_key_file)):
             return 1
-        reported: set[str] = set()
+        # a crashed component is restarted (the store is a cache, a lost worker is what the router's
+        # failover is for); with --no-restart `up` keeps serving on whatever is left
         while not stop.requested:
-            for dead in stack.exited():
-                if dead.name in reported:
-                    continue
-                reported.add(dead.name)
-                print(f"[up] {dead.name} exited with code {dead.process.returncode}", flush=True)
-                if dead.name in ("router", "kvstore-master", "kvstore-node"):
-                    return 1
-                # a lost worker is what the router's failover is for: keep serving on the others
-            time.sleep(0.5)
+            if stack.supervise() and args.state_file:
+                write_state(args.state_file, stack_info(stack, url, str(model), args.served_model_name))
+            time.sleep(0.2)
         return 0
+    except KeyboardInterrupt:
+        return 130
     finally:
         print("[up] shutting down", flush=True)
-        stack.stop()
+        stack.stop(args.shutdown_grace)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -306,6 +241,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")
+    p.add_argument("--api-key-file", default=None,
+                   help="file of API keys clients must send (one per line); or set $SPLITSERVE_API_KEYS")
+    p.add_argument("--no-restart", action="store_true", help="do not restart components that exit (default: restart "
+                   "with a back-off from 0.5 s to 10 s, as Kubernetes would)")
+    p.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds a SIGTERM shutdown may take in all; then what still runs is killed")
     p.add_argument("--demo-request", action="store_true", help="send one chat completion once ready and print it")
     p.add_argument("--ray", action="store_true",
                    help="place the components as Ray actors on a running single-node Ray cluster "

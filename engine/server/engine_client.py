@@ -22,6 +22,7 @@ import zmq.asyncio
 from engine.server.core_config import CoreConfig
 from engine.server.engine_core import run_engine_core
 from engine.server.protocol import CoreInfo, ErrorKind, pack, unpack
+from splitserve.lifeline import run_tied
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -80,7 +81,8 @@ class AsyncEngineClient:
         self._out.bind(self.config.output_endpoint)
         self._ready = asyncio.get_running_loop().create_future()
         self._proc = multiprocessing.get_context("spawn").Process(
-            target=run_engine_core, args=(self.config,), name=f"engine-core-{self.config.worker_id}", daemon=True
+            target=run_tied, args=(os.getpid(), run_engine_core, self.config), name=f"engine-core-{self.config.worker_id}",
+            daemon=True,
         )
         self._proc.start()
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch())]

@@ -34,6 +34,7 @@ from kv_transfer.direct import DirectConnector
 from kv_transfer.peer_pool import PeerPoolUnavailable, remove_orphaned_pools, shm_pool_path
 from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dtype_name
 from kvstore.block_key import KVLayout
+from kvstore.errors import StoreError
 from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVEventPublisher
 from prefill_worker.kv_export import PrefillJobs
 
@@ -53,7 +54,7 @@ def error_kind(exc: Exception) -> ErrorKind:
         return ErrorKind.NOT_FOUND
     if isinstance(exc, (InvalidSamplingParams, PromptTooLong, OutOfKVBlocks, ValueError, TypeError)):
         return ErrorKind.INVALID_ARGUMENT
-    if isinstance(exc, (StorePutFailed, ConnectionError, OSError)):
+    if isinstance(exc, (StorePutFailed, StoreError, ConnectionError, OSError)):
         return ErrorKind.UNAVAILABLE
     return ErrorKind.INTERNAL
 

@@ -23,6 +23,7 @@ from engine.server.engine_client import AsyncEngineClient, ClientHooks, EngineDe
 from engine.server.metrics import WorkerMetrics
 from engine.server.protocol import ErrorKind
 from engine.server.worker_options import WorkerOptions
+from splitserve.internal_auth import server_interceptors
 from splitserve.rpc import worker_pb2 as pb
 
 LOAD_REFRESH_S = 1.0
@@ -66,7 +67,7 @@ class WorkerRuntime:
     async def start(self, add_servicer) -> int:  # type: ignore[no-untyped-def]
         """Serve gRPC at once (health NOT_SERVING), then start the engine core; returns the port."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=server_interceptors())
         add_servicer(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         port = self.server.add_insecure_port(f"{self.options.host}:{self.options.port}")

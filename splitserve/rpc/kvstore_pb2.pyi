@@ -21,18 +21,20 @@ PUT_STATE_IN_FLIGHT: PutState
 PUT_STATE_FAILED: PutState
 
 class RegisterNodeRequest(_message.Message):
-    __slots__ = ("address", "capacity", "hostname", "boot_id", "shm_name")
+    __slots__ = ("address", "capacity", "hostname", "boot_id", "shm_name", "data_address")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     address: str
     capacity: int
     hostname: str
     boot_id: str
     shm_name: str
-    def __init__(self, address: _Optional[str] = ..., capacity: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., shm_name: _Optional[str] = ...) -> None: ...
+    data_address: str
+    def __init__(self, address: _Optional[str] = ..., capacity: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., shm_name: _Optional[str] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class RegisterNodeReply(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval_s")
@@ -55,20 +57,22 @@ class HeartbeatReply(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("node_id", "address", "offset", "hostname", "boot_id", "shm_name")
+    __slots__ = ("node_id", "address", "offset", "hostname", "boot_id", "shm_name", "data_address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SHM_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     offset: int
     hostname: str
     boot_id: str
     shm_name: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., offset: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., shm_name: _Optional[str] = ...) -> None: ...
+    data_address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., offset: _Optional[int] = ..., hostname: _Optional[str] = ..., boot_id: _Optional[str] = ..., shm_name: _Optional[str] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class PutStartItem(_message.Message):
     __slots__ = ("key", "size", "checksum", "replicas")

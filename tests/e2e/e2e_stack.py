@@ -83,7 +83,9 @@ def start_up(model: str, log_dir: Path, *flags: str, timeout_s: float = 240.0) -
             "--log-dir", str(log_dir / "components"), "--kv-cache-bytes", "32MiB", *flags]  # fmt: skip
     proc = spawn("up", argv, log_dir)
     wait_until(state_file.exists, timeout_s, "splitserve up ready", proc)
-    return proc, json.loads(state_file.read_text())
+    state = json.loads(state_file.read_text())
+    ENV["SPLITSERVE_INTERNAL_SECRET_FILE"] = state["internal_secret_file"]  # extra workers and routers join the stack
+    return proc, state
 
 
 def start_worker(role: str, model: str, kvstore: str, worker_id: str, log_dir: Path) -> tuple[Proc, str, str]:

@@ -91,3 +91,20 @@ def test_embedded_store_publishes_stored_and_removed_block_keys():
         assert seq >= received[-1].seq
         assert set(keys[1:]) <= set(snapshot["store"]) and keys[0] not in snapshot["store"]
         sub.close()
+
+
+def test_a_same_host_read_that_outlives_its_lease_is_verified_and_a_changed_object_is_a_miss():
+    from kvstore.master_config import MasterConfig
+
+    # lease 0 s: every read outlives its lease, so the client must check the bytes it copied
+    with EmbeddedStore(8 << 20, master=MasterConfig(events_port=None, lease_ttl_s=0.0)) as s:
+        with KVStoreClient(s.address, use_shm=True) as client:
+            data = os.urandom(64 << 10)
+            assert client.put({"obj": data})["obj"].ok
+            out = bytearray(len(data))
+            assert client.get_into(["obj"], [out]) == [True] and out == data
+
+            segment = s.node.segment.array  # bytes changed behind the store's back
+            start = segment.tobytes().find(data[:4096])
+            segment[start + 100] ^= 0xFF
+            assert client.get_into(["obj"], [bytearray(len(data))]) == [False]

@@ -60,12 +60,27 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* True when the chart runs its own KV store. */}}
 {{- define "splitserve.inChartKvstore" -}}
-{{- if not .Values.externalKvstore.address }}true{{ end }}
+{{- if not (or .Values.externalKvstore.address .Values.mooncake.enabled) }}true{{ end }}
 {{- end }}
 
+{{/* True when the chart runs Mooncake Store (templates/mooncake.yaml) as the KV store. */}}
+{{- define "splitserve.inChartMooncake" -}}
+{{- if and .Values.mooncake.enabled (not .Values.externalKvstore.address) }}true{{ end }}
+{{- end }}
+
+{{/* What workers pass to --kvstore: host:port of our master, or a mooncake:// URL (kvstore/mooncake_url.py). */}}
 {{- define "splitserve.kvstoreAddress" -}}
+{{- $mc := .Values.mooncake }}
 {{- if .Values.externalKvstore.address }}
 {{- .Values.externalKvstore.address }}
+{{- else if $mc.enabled }}
+{{- $opts := printf "protocol=%s&replicas=%d" $mc.protocol (int $mc.replicas) }}
+{{- if $mc.rdmaDevices }}{{ $opts = printf "%s&device=%s" $opts $mc.rdmaDevices }}{{ end }}
+{{- if $mc.master.ha.enabled }}
+{{- printf "mooncake:///?etcd=%s&%s" $mc.master.ha.etcdEndpoints $opts }}
+{{- else }}
+{{- printf "mooncake://%s-mooncake-master:%d?%s" (include "splitserve.fullname" .) (int $mc.master.rpcPort) $opts }}
+{{- end }}
 {{- else }}
 {{- printf "%s-kvstore-master:%d" (include "splitserve.fullname" .) (int .Values.kvstore.master.port) }}
 {{- end }}
