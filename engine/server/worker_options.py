@@ -60,7 +60,7 @@ def parse_bytes(text: str) -> int:
 
 def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     port, metrics, events = DEFAULT_PORTS[role]
-    p.add_argument("--model", required=True, help="HF checkpoint directory")
+    p.add_argument("--model", required=True, help="HF checkpoint directory, a .gguf file, or smollm2")
     p.add_argument("--kvstore", default="", help="kvstore master HOST:PORT (the store tier; a prefill worker "
                    "without one offers only the direct path)")
     p.add_argument("--host", default="0.0.0.0")

@@ -27,3 +27,20 @@ def test_trace_replay_against_the_stack_measures_every_request(stack):
     assert s.goodput is not None and 0 < s.goodput <= s.request_throughput
     # read from the router's /metrics before and after the run
     assert s.prefix_hit_rate is not None and 0 <= s.prefix_hit_rate <= 1
+
+
+def test_bench_serve_cli_needs_only_the_base_url(stack, tmp_path):
+    """The README's `splitserve bench serve --base-url URL --workload random ...`: model name and vocab
+    size come from the router's /v1/models (only the lengths are shrunk for the tiny model and CI time)."""
+    import json
+    import subprocess
+
+    from e2e_stack import CLI, ENV
+
+    argv = ["bench", "serve", "--base-url", stack["url"], "--workload", "random", "--num-requests", "4",
+            "--max-concurrency", "2", "--min-token-id", "10", "--input-len", "16:32", "--output-len", "4:8",
+            "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(CLI + argv, env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads((tmp_path / "bench.json").read_text())[0]["summary"]
+    assert (summary["completed"], summary["failed"]) == (4, 0)
