@@ -33,6 +33,8 @@ COPY kvstore ./kvstore
 COPY router ./router
 COPY prefill_worker ./prefill_worker
 COPY decode_worker ./decode_worker
+COPY kv_transfer ./kv_transfer
+COPY simulator ./simulator
 COPY bench ./bench
 RUN pip install ".[${EXTRAS}]" && rm -rf /src
 
