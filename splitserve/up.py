@@ -91,6 +91,8 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
                          "--worker-id", f"{role}-{i}"]
             if args.kv_cache_bytes:
                 argv += ["--kv-cache-bytes", args.kv_cache_bytes]
+            if role == "prefill":
+                argv += ["--kv-transport", args.kv_transport, "--store-write-budget", args.store_write_budget]
             if args.tensor_parallel_size > 1:
                 argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
             comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics))
@@ -239,6 +241,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--colocate-threshold", type=int, default=None,
                    help="router: uncached prompt tokens below which the decode worker prefills (default: the router's)")
     p.add_argument("--kv-cache-bytes", default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")
+    p.add_argument("--kv-transport", choices=["direct", "store"], default="direct",
+                   help="how prefill KV reaches decode: a direct pull on this host, or through the store")
+    p.add_argument("--store-write-budget", default="0",
+                   help="with --kv-transport direct: also write the store as a cache, at most this much in flight")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--kvstore-capacity", default="1GiB")
     p.add_argument("--ready-timeout", type=float, default=300.0)

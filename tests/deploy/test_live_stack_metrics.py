@@ -140,8 +140,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("up")
     state_file = workdir / "state.json"
     log = workdir / "up.log"
-    # --colocate-threshold 0: every request crosses prefill -> decode, whatever the model's tokenizer
+    # --colocate-threshold 0: every request crosses prefill -> decode, whatever the model's tokenizer;
+    # --kv-transport store: the KV goes through the store, so its dashboards have data too
     argv = [sys.executable, "-m", "splitserve.cli", "up", "--prefill", "1", "--decode", "1", "--colocate-threshold", "0",
+            "--kv-transport", "store",
             "--port", str(free_port()), "--state-file", str(state_file), "--log-dir", str(workdir / "logs"),
             "--ready-timeout", str(READY_TIMEOUT_S)]  # fmt: skip
     with log.open("wb") as out:
