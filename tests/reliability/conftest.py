@@ -14,7 +14,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "2",
-                     "--colocate-threshold", "16")  # fmt: skip
+                     "--colocate-threshold", "16",
+                     # KV through the store, so the store-fault tests exercise the store as a cache
+                     "--kv-transport", "store")  # fmt: skip
     yield stack
     assert stack.stop() == 0, stack.tail()
 
