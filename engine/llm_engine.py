@@ -28,6 +28,7 @@ from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
+from engine.structured_output import GrammarCompiler, GrammarState
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
 from kvstore.events import KVEvent
@@ -64,6 +65,13 @@ class LLMEngine:
         self.on_kv_events = on_kv_events
         self.on_prefill_progress = on_prefill_progress
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
+        self._grammars: GrammarCompiler | None = None  # built on the first guided request
+
+    def grammar_state(self, params: SamplingParams) -> GrammarState:
+        """A fresh matcher for a guided request (InvalidSamplingParams if its spec does not compile)."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
+        return self._grammars.state(params.guided_kind, params.guided_spec)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -112,6 +120,8 @@ class LLMEngine:
             req = self.requests[request_id]
             req.detokenizer.add([first_token_id])
             reason, _ = req.stop.check(seq.output_token_ids, req.detokenizer.text)
+            # the prefill side sampled this token under the same grammar: replay it into ours
+            reason = reason or self._advance_grammar(seq, first_token_id)
             if reason is not None:
                 self._finish(req, reason)
                 self._ready.append(self._output(req, [], None, 0))
@@ -143,6 +153,8 @@ class LLMEngine:
                 "or lower max_tokens or the prompt length"
             )
         seq = Sequence(request_id, list(prompt), len(prompt), params, cache_salt, prefill_only)
+        if params.is_guided:
+            seq.grammar = self.grammar_state(params)
         self.requests[request_id] = _Request(
             seq, IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids), StopChecker(params, self.eos_token_ids)
         )
@@ -257,12 +269,25 @@ class LLMEngine:
                 lp = [TokenLogprob(token, logprobs[i], top)]
             req.detokenizer.add([token])
             reason, truncate_at = req.stop.check(seq.output_token_ids, req.detokenizer.text)
+            reason = reason or self._advance_grammar(seq, token)
             if reason is None and seq.num_tokens >= self.max_model_len:
                 reason = "length"
             if reason is not None or seq.prefill_only:
                 self._finish(req, reason)
             outputs.append(self._output(req, [token], lp, truncate_at))
         return outputs
+
+    @staticmethod
+    def _advance_grammar(seq: Sequence, token: int) -> str | None:
+        """Feed a sampled token to the request's grammar; "stop" once the grammar is complete.
+
+        A token the grammar rejects (only possible for an imported first token sampled
+        without it) also stops the request rather than continuing outside the grammar."""
+        if seq.grammar is None:
+            return None
+        if not seq.grammar.accept(token) or seq.grammar.is_terminated:
+            return "stop"
+        return None
 
     def _finish(self, req: _Request, reason: str | None) -> None:
         seq = req.seq

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.sampling_params import SamplingParams
+from engine.structured_output import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -36,6 +37,7 @@ class Sequence:
     pending_kv_tokens: int = 0
     pending_kv_start_block: int = 0  # rows of pending_kv start at this block
     first_scheduled: bool = False
+    grammar: GrammarState | None = None  # structured output: the tokens allowed next
 
     @property
     def prompt_token_ids(self) -> list[int]:

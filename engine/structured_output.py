@@ -1,0 +1,125 @@
+"""Structured output: guided specs (JSON schema, JSON object, regex, choice, EBNF) compiled by
+xgrammar into token-level grammars; one matcher per guided request.
+
+Each step the runner asks every guided sequence's matcher for the set of tokens it may sample
+next (a packed bitmask, filled on the host while the device runs the forward) and the sampler
+masks the logits with it; the engine then advances the matcher by the sampled token.
+
+Across the prefill -> decode handoff the grammar state is rebuilt, not shipped: the decode
+worker compiles the same spec, makes a fresh matcher and feeds it the prefill's first token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import torch
+
+from engine.sampling_params import InvalidSamplingParams
+
+BITS_PER_WORD = 32
+
+
+def bitmask_width(vocab_size: int) -> int:
+    return -(-vocab_size // BITS_PER_WORD)
+
+
+def choice_grammar(spec: str) -> str:
+    """A JSON list of strings -> an EBNF grammar matching exactly one of them."""
+    try:
+        choices = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise InvalidSamplingParams(f"guided choice must be a JSON list of strings: {exc}") from exc
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
+        raise InvalidSamplingParams("guided choice must be a non-empty list of non-empty strings")
+    # JSON string escaping is also valid EBNF string-literal escaping in xgrammar
+    return "root ::= " + " | ".join(json.dumps(c) for c in choices)
+
+
+class GrammarState:
+    """The grammar state of one request: which tokens may come next, advanced token by token."""
+
+    __slots__ = ("_matcher",)
+
+    def __init__(self, matcher: Any) -> None:
+        self._matcher = matcher
+
+    def accept(self, token_id: int) -> bool:
+        """Advance by a sampled token; False if the grammar forbids it (the state is unchanged)."""
+        return bool(self._matcher.accept_token(token_id))
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed next tokens into row ``row`` of a [S, W] int32 CPU bitmask."""
+        self._matcher.fill_next_token_bitmask(bitmask, row)
+
+    @property
+    def is_terminated(self) -> bool:
+        """The grammar is complete and a stop token was accepted: nothing may follow."""
+        return bool(self._matcher.is_terminated())
+
+
+class GrammarCompiler:
+    """Compiles guided specs for one tokenizer; compiled grammars are cached by xgrammar."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: set[int], max_threads: int = 1) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        # vocab_size is the model's (logits width), which may exceed the tokenizer's
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(eos_token_ids))
+        self._compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
+        self._lock = threading.Lock()  # the router compiles from worker threads
+        self.vocab_size = vocab_size
+
+    def compile(self, kind: str, spec: str) -> Any:
+        """A compiled grammar; InvalidSamplingParams naming what is wrong with the spec."""
+        try:
+            with self._lock:
+                return self._compile(kind, spec)
+        except InvalidSamplingParams:
+            raise
+        except (RuntimeError, ValueError, TypeError) as exc:
+            what = {"json_schema": "JSON schema", "regex": "regex", "grammar": "EBNF grammar"}.get(kind, kind)
+            raise InvalidSamplingParams(f"the {what} cannot be compiled into a grammar: {exc}") from exc
+
+    def _compile(self, kind: str, spec: str) -> Any:
+        if kind == "json_object":
+            return self._compiler.compile_builtin_json_grammar()
+        if kind == "json_schema":
+            # compact JSON (no free whitespace): a weak model cannot loop on blanks until max_tokens
+            return self._compiler.compile_json_schema(spec, any_whitespace=False, strict_mode=True)
+        if kind == "regex":
+            return self._compiler.compile_regex(spec)
+        if kind == "choice":
+            return self._compiler.compile_grammar(choice_grammar(spec))
+        if kind == "grammar":
+            return self._compiler.compile_grammar(spec)
+        raise InvalidSamplingParams(f"guided_kind={kind!r} is not supported")
+
+    def state(self, kind: str, spec: str) -> GrammarState:
+        return GrammarState(self._xgr.GrammarMatcher(self.compile(kind, spec)))
+
+
+class BitmaskFiller:
+    """Reusable host bitmask for a step's sampled rows; unguided rows allow every token."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.width = bitmask_width(vocab_size)
+        self._host = torch.empty(0, self.width, dtype=torch.int32)  # [S, W], grown on demand
+
+    def fill(self, states: list[GrammarState | None]) -> torch.Tensor | None:
+        """[S, W] int32 CPU bitmask for the rows' states, or None if no row is guided."""
+        if all(s is None for s in states):
+            return None
+        if self._host.shape[0] < len(states):
+            self._host = torch.empty(len(states), self.width, dtype=torch.int32)
+            if torch.cuda.is_available():
+                self._host = self._host.pin_memory()  # the sampler's copy to the GPU does not block
+        bitmask = self._host[: len(states)]
+        bitmask.fill_(-1)  # all bits set: every token allowed
+        for row, state in enumerate(states):
+            if state is not None:
+                state.fill(bitmask, row)
+        return bitmask
