@@ -38,6 +38,16 @@ def choice_grammar(spec: str) -> str:
     return "root ::= " + " | ".join(json.dumps(c) for c in choices)
 
 
+# xgrammar 0.2's rule for the characters of a length-bounded string lets raw control
+# characters through, which JSON forbids (json.loads rejects them); close that gap.
+_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
+_JSON_STRING_CHAR = r'[^\0-\x1f\"\\\r\n]'
+
+
+def _no_control_chars(ebnf: str) -> str:
+    return ebnf.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
+
+
 class GrammarState:
     """The grammar state of one request: which tokens may come next, advanced token by token."""
 
@@ -89,7 +99,8 @@ class GrammarCompiler:
             return self._compiler.compile_builtin_json_grammar()
         if kind == "json_schema":
             # compact JSON (no free whitespace): a weak model cannot loop on blanks until max_tokens
-            return self._compiler.compile_json_schema(spec, any_whitespace=False, strict_mode=True)
+            grammar = self._xgr.Grammar.from_json_schema(spec, any_whitespace=False, strict_mode=True)
+            return self._compiler.compile_grammar(_no_control_chars(str(grammar)))
         if kind == "regex":
             return self._compiler.compile_regex(spec)
         if kind == "choice":

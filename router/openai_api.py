@@ -30,6 +30,7 @@ from router.generation import ChoiceState, detokenize_stream, sampling_params, t
 from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
+from router.structured_output import GuideValidator, requested_guide
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
 from router.worker_pool import WorkerPool
@@ -47,6 +48,7 @@ class RouterState:
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)
         self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
+        self.guides = GuideValidator(self.tokenizer)
 
     def discovery(self) -> Discovery:
         if self.config.discovery:
@@ -62,12 +64,12 @@ class RouterState:
             self.metrics.ready_workers.labels(role.value).set(self.pool.ready_count(role))
         self.metrics.index_blocks.set(self.index.num_blocks())
 
-    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset()) -> Decision:
+    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), priority: int = 0) -> Decision:
         fingerprint = self.config.model_fingerprint or self.pool.model_fingerprint()
         keys = block_keys(prompt_ids, fingerprint, self.config.block_size) if fingerprint else []
         start = time.monotonic()
         decision = self.scheduler.decide(
-            ScheduleRequest(len(prompt_ids), keys, self.config.block_size),
+            ScheduleRequest(len(prompt_ids), keys, self.config.block_size, priority),
             self.pool.role_workers(Role.PREFILL),
             self.pool.role_workers(Role.DECODE),
             exclude,
@@ -195,9 +197,11 @@ def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_
 
 async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool):
     tok = state.tokenizer
-    params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n)
+    guide = requested_guide(req)
+    params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n, guide)
+    await state.guides.check(guide)
     try:
-        decision = state.decide(prompt_ids)
+        decision = state.decide(prompt_ids, priority=params.priority)
     except NoWorkersAvailable as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="no_workers") from exc
     except AdmissionRejected as exc:
@@ -228,8 +232,8 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
 
     async def run_choice(i: int) -> None:
         gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i))
-        first = decision if i == 0 else state.decide(prompt_ids)
-        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex))
+        first = decision if i == 0 else state.decide(prompt_ids, priority=params.priority)
+        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, params.priority))
         try:
             async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
                 await queue.put(event)

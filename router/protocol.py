@@ -17,8 +17,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON that follows a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class _SamplingRequest(BaseModel):
-    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras)."""
+    """Fields shared by /v1/completions and /v1/chat/completions (OpenAI + vLLM extras).
+
+    This model is the list of accepted request fields: a field the router implements is
+    declared here (or in a subclass below), nowhere else."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -41,6 +58,14 @@ class _SamplingRequest(BaseModel):
     min_tokens: int = Field(0, ge=0)
     return_tokens_as_token_ids: bool = False  # vLLM extension: logprob tokens as "token_id:ID"
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, OpenAI's shape) -> bias in [-100, 100]
+    priority: int = 0  # vLLM extension: lower = scheduled sooner, preempted later; < 0 is never shed by admission
+    response_format: ResponseFormat | None = None
+    # vLLM extensions for structured output (at most one, and not with response_format json_*)
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None  # EBNF (xgrammar / GBNF dialect)
 
 
 class CompletionRequest(_SamplingRequest):

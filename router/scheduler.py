@@ -72,6 +72,7 @@ class ScheduleRequest:
     prompt_tokens: int
     block_keys: Sequence[BlockKey]
     block_size: int = 16
+    priority: int = 0  # SamplingParams.priority: < 0 is never shed by SLO admission
 
 
 @dataclass(slots=True)
@@ -181,6 +182,8 @@ class Scheduler:
         preferred, fallback = (colocated, disagg) if self._prefer_colocated(best_colocated, prefill) else (disagg, colocated)
 
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
+        if request.priority < 0:
+            slo_s = None  # an urgent request waits in a queue rather than being turned away
         chosen = self._cheapest_within_slo(preferred, slo_s) or self._cheapest_within_slo(fallback, slo_s)
         if chosen is None:
             assert slo_s is not None
