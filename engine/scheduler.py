@@ -59,8 +59,11 @@ class Scheduler:
         while queue and budget > 0:
             seq = queue.pop(0)
             while self.blocks.room(seq) < 1:
-                victim = max(queue + [seq], key=self._rank)
-                if victim is not seq:
+                # the least urgent of all running sequences, even one already planned this step
+                victim = max([*out.plan, *queue, seq], key=self._rank)
+                if victim in out.plan:
+                    budget += out.plan.pop(victim)
+                elif victim is not seq:
                     queue.remove(victim)
                 self._preempt(victim)
                 out.preempted.append(victim)
