@@ -31,6 +31,7 @@ from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.structured_output import GuideValidator, requested_guide
+from router.tool_calls import ToolPlan, detect_format, plan_tools
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
 from router.worker_pool import WorkerPool
@@ -49,6 +50,7 @@ class RouterState:
         self.scheduler = Scheduler(config.scheduler, self.index)
         self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
         self.guides = GuideValidator(self.tokenizer)
+        self.tool_format = detect_format(getattr(self.tokenizer.tokenizer, "chat_template", None))
 
     def discovery(self) -> Discovery:
         if self.config.discovery:
@@ -141,7 +143,8 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
         if req.messages is not None:
-            ids = _chat_ids(state, req.messages, req.add_generation_prompt, None)
+            tools = {"tools": [t.model_dump(exclude_none=True) for t in req.tools]} if req.tools else None
+            ids = _chat_ids(state, req.messages, req.add_generation_prompt, tools)
         else:
             ids = state.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
         return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.tokenizer.max_model_len)
@@ -174,8 +177,12 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)
     async def chat_completions(req: p.ChatCompletionRequest, request: Request):
         check_model(req.model)
-        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
-        return await _run(state, req, prompt_ids, request, chat=True)
+        tools = plan_tools(req, state.tool_format)
+        kwargs = dict(req.chat_template_kwargs or {})
+        if tools is not None:
+            kwargs["tools"] = tools.tools
+        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, kwargs)
+        return await _run(state, req, prompt_ids, request, chat=True, tools=tools)
 
     return app
 
@@ -195,9 +202,10 @@ def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_
         raise APIError(400, str(exc), param="messages") from exc
 
 
-async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool):
+async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool,
+               tools: ToolPlan | None = None):
     tok = state.tokenizer
-    guide = requested_guide(req)
+    guide = tools.guide if tools is not None and tools.guide is not None else requested_guide(req)
     params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n, guide)
     await state.guides.check(guide)
     try:
@@ -216,7 +224,7 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
     request_id = p.new_id("chatcmpl" if chat else "cmpl")
     from router.responses import ResponseBuilder
 
-    builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok)
+    builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok, tools)
     start = time.monotonic()
     queue: asyncio.Queue = asyncio.Queue()
     states = [ChoiceState() for _ in range(req.n)]
@@ -283,7 +291,9 @@ async def _sse(builder, events: AsyncIterator, states: list[ChoiceState], req) -
         for first in builder.stream_start():
             yield f"data: {first}\n\n"
         async for event in events:
-            yield f"data: {builder.stream_chunk(event)}\n\n"
+            chunk = builder.stream_chunk(event)
+            if chunk is not None:
+                yield f"data: {chunk}\n\n"
         if req.stream_options and req.stream_options.include_usage:
             yield f"data: {builder.stream_usage(states)}\n\n"
     except (WorkerStreamError, NoWorkersAvailable, AdmissionRejected) as exc:
