@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
+from pydantic import ValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
@@ -30,6 +32,7 @@ from router.generation import ChoiceState, detokenize_stream, sampling_params, t
 from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
+from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.structured_output import GuideValidator, requested_guide
 from router.tool_calls import ToolPlan, detect_format, plan_tools
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
@@ -184,6 +187,16 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, kwargs)
         return await _run(state, req, prompt_ids, request, chat=True, tools=tools)
 
+    @app.post("/v1/responses", dependencies=auth, responses=errors)
+    async def create_response(req: p.ResponsesRequest, request: Request):
+        check_model(req.model)
+        try:
+            chat = to_chat_request(req)
+        except ValidationError as exc:
+            raise APIError(400, f"the request cannot be served: {exc.errors()[0].get('msg', exc)}", param="input") from exc
+        prompt_ids = _chat_ids(state, chat.messages, True, None)
+        return await _run(state, chat, prompt_ids, request, chat=True, responses=req)
+
     return app
 
 
@@ -203,7 +216,8 @@ def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_
 
 
 async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool,
-               tools: ToolPlan | None = None):
+               tools: ToolPlan | None = None, responses: p.ResponsesRequest | None = None):
+    """Place and run one request; ``responses`` set: answer in the Responses API's shapes."""
     tok = state.tokenizer
     guide = tools.guide if tools is not None and tools.guide is not None else requested_guide(req)
     params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n, guide)
@@ -221,10 +235,14 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
     if decision.prefill_worker:
         metrics.decisions.labels("prefill", decision.prefill_worker, decision.mode.value).inc()
     metrics.decisions.labels("decode", decision.decode_worker, decision.mode.value).inc()
-    request_id = p.new_id("chatcmpl" if chat else "cmpl")
     from router.responses import ResponseBuilder
 
-    builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok, tools)
+    if responses is not None:
+        request_id = "resp_" + uuid.uuid4().hex
+        builder = ResponsesBuilder(request_id, state.model_name, responses, len(prompt_ids))
+    else:
+        request_id = p.new_id("chatcmpl" if chat else "cmpl")
+        builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok, tools)
     start = time.monotonic()
     queue: asyncio.Queue = asyncio.Queue()
     states = [ChoiceState() for _ in range(req.n)]
@@ -276,13 +294,17 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
 
     if req.stream:
         # the background task also runs when the client left before the stream began
-        return StreamingResponse(_sse(builder, events(), states, req), media_type="text/event-stream",
+        failures = (WorkerStreamError, NoWorkersAvailable, AdmissionRejected)
+        stream = responses_sse(builder, events(), states, failures) if responses else _sse(builder, events(), states, req)
+        return StreamingResponse(stream, media_type="text/event-stream",
                                  background=BackgroundTask(release, decision))
     try:
         async for event in events():
             builder.add(event)
     except WorkerStreamError as exc:
         raise APIError(502, str(exc), type="server_error", code="worker_failed") from exc
+    if responses is not None:
+        return JSONResponse(builder.final_body(states))
     return JSONResponse(builder.final(states).model_dump(exclude_none=True))
 
 

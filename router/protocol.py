@@ -277,3 +277,59 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+
+# -- /v1/responses (stateless) --------------------------------------------------
+
+
+class ResponseInputText(BaseModel):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class ResponseInputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[ResponseInputText]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ResponseTextFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseTextConfig(BaseModel):
+    format: ResponseTextFormat | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """POST /v1/responses, stateless: nothing is stored, so nothing can be continued or fetched later."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[ResponseInputMessage]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None  # extension, as on chat completions
+    priority: int = 0  # extension, as on chat completions
+    stream: bool = False
+    store: bool | None = None  # only false (or unset): responses are never stored
+    metadata: dict[str, str] | None = None
+    text: ResponseTextConfig | None = None
+    user: str | None = None
+    # declared only to answer a clear 400 when they are used
+    previous_response_id: str | None = None
+    conversation: str | dict | None = None
+    background: bool | None = None
+    tools: list[dict] | None = None
+    include: list[str] | None = None
+    reasoning: dict | None = None
