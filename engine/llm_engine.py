@@ -11,6 +11,7 @@ Worker hooks:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from engine.sampler import SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
-from engine.structured_output import GrammarCompiler, GrammarState
+from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarState
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
 from kvstore.events import KVEvent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -65,13 +68,14 @@ class LLMEngine:
         self.on_kv_events = on_kv_events
         self.on_prefill_progress = on_prefill_progress
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
-        self._grammars: GrammarCompiler | None = None  # built on the first guided request
+        # guided requests wait here, not in the scheduler, until their grammar is compiled
+        self.grammars = GrammarPreparer(
+            lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
+        )
 
     def grammar_state(self, params: SamplingParams) -> GrammarState:
-        """A fresh matcher for a guided request (InvalidSamplingParams if its spec does not compile)."""
-        if self._grammars is None:
-            self._grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
-        return self._grammars.state(params.guided_kind, params.guided_spec)
+        """A fresh matcher for a guided request, compiled now (InvalidSamplingParams if it cannot be)."""
+        return self.grammars.state_now(params.guided_kind, params.guided_spec)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -84,7 +88,13 @@ class LLMEngine:
         cache_salt: str = "",
     ) -> None:
         seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
-        self.scheduler.add(seq)
+        self._schedule_when_ready(seq)
+
+    def _schedule_when_ready(self, seq: Sequence) -> None:
+        if seq.params.is_guided:
+            self.grammars.submit(seq.request_id, seq.params.guided_kind, seq.params.guided_spec)
+        else:
+            self.scheduler.add(seq)
 
     def import_request(
         self,
@@ -120,13 +130,12 @@ class LLMEngine:
             req = self.requests[request_id]
             req.detokenizer.add([first_token_id])
             reason, _ = req.stop.check(seq.output_token_ids, req.detokenizer.text)
-            # the prefill side sampled this token under the same grammar: replay it into ours
-            reason = reason or self._advance_grammar(seq, first_token_id)
             if reason is not None:
                 self._finish(req, reason)
                 self._ready.append(self._output(req, [], None, 0))
                 return
-        self.scheduler.add(seq)
+        # a guided request replays the prefill's first token into its grammar once compiled
+        self._schedule_when_ready(seq)
 
     def _new_sequence(
         self, request_id: str, prompt: list[int], params: SamplingParams | None, prefill_only: bool, cache_salt: str
@@ -153,8 +162,6 @@ class LLMEngine:
                 "or lower max_tokens or the prompt length"
             )
         seq = Sequence(request_id, list(prompt), len(prompt), params, cache_salt, prefill_only)
-        if params.is_guided:
-            seq.grammar = self.grammar_state(params)
         self.requests[request_id] = _Request(
             seq, IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids), StopChecker(params, self.eos_token_ids)
         )
@@ -165,6 +172,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
+        self.grammars.discard(request_id)
         self.scheduler.finish(req.seq)
         req.seq.status = SequenceStatus.FINISHED
         req.seq.finish_reason = "abort"
@@ -180,7 +188,7 @@ class LLMEngine:
         del self.requests[request_id]
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._ready)
+        return self.scheduler.has_work() or bool(self._ready) or len(self.grammars) > 0
 
     # ---- KV transfer ----------------------------------------------------------------------------
     def export_blocks(self, request_id: str, start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
@@ -219,6 +227,7 @@ class LLMEngine:
 
     # ---- the step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        self._admit_compiled()
         outputs, self._ready = self._ready, []
         sched = self.scheduler.schedule()
         for seq in sched.imports:
@@ -277,6 +286,26 @@ class LLMEngine:
             outputs.append(self._output(req, [token], lp, truncate_at))
         return outputs
 
+    def _admit_compiled(self) -> None:
+        """Guided requests whose grammar is ready join the scheduler, after replaying their
+        output so far (an imported first token) into it."""
+        for rid, state in self.grammars.take_ready():
+            req = self.requests.get(rid)
+            if req is None:
+                continue  # aborted while compiling
+            if isinstance(state, Exception):
+                log.warning("request %s: its grammar failed to compile: %s", rid, state)
+                self._finish(req, "abort")
+                self._ready.append(self._output(req, [], None, None))
+                continue
+            req.seq.grammar = state
+            reason = next((r for t in req.seq.output_token_ids if (r := self._advance_grammar(req.seq, t))), None)
+            if reason is not None:
+                self._finish(req, reason)
+                self._ready.append(self._output(req, [], None, None))
+            else:
+                self.scheduler.add(req.seq)
+
     @staticmethod
     def _advance_grammar(seq: Sequence, token: int) -> str | None:
         """Feed a sampled token to the request's grammar; "stop" once the grammar is complete.
@@ -331,7 +360,7 @@ class LLMEngine:
         held = sum(1 for r in self.requests.values() if r.seq.status is SequenceStatus.HELD)
         return EngineLoad(
             running=len(self.scheduler.running),
-            waiting=len(self.scheduler.waiting),
+            waiting=len(self.scheduler.waiting) + len(self.grammars),
             held=held,
             kv_usage=self.blocks.num_active / self.blocks.num_blocks,
             queued_prefill_tokens=self.scheduler.queued_prefill_tokens(),

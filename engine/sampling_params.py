@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -141,6 +142,17 @@ class SamplingParams:
                 f"guided_spec is empty: guided_kind={self.guided_kind!r} needs a schema, regex, "
                 "choice list or grammar"
             )
+        if self.guided_kind in ("json_schema", "choice"):
+            # cheap checks now; whether the grammar compiles shows only when it is compiled
+            try:
+                spec = json.loads(self.guided_spec)
+            except json.JSONDecodeError as exc:
+                raise InvalidSamplingParams(f"guided_spec of {self.guided_kind} is not JSON: {exc}") from exc
+            expected = dict if self.guided_kind == "json_schema" else list
+            if not isinstance(spec, expected):
+                raise InvalidSamplingParams(
+                    f"guided_spec of {self.guided_kind} must be a JSON {'object' if expected is dict else 'list'}"
+                )
 
     @staticmethod
     def _check_float(name: str, value: Any, in_range: bool, allowed: str) -> None:

@@ -91,12 +91,18 @@ def test_every_seeded_sample_under_a_json_schema_validates(llama_dir) -> None:
     assert len(texts) > 1
 
 
-def test_a_spec_that_does_not_compile_is_an_invalid_parameter(llama_dir) -> None:
+def test_a_bad_spec_is_rejected_at_once_or_aborts_when_compiled_never_hanging(llama_dir) -> None:
     engine = make_engine(llama_dir)
-    with pytest.raises(InvalidSamplingParams, match="JSON schema"):
+    with pytest.raises(InvalidSamplingParams, match="not JSON"):
         engine.add_request("bad", PROMPT, SamplingParams(guided_kind="json_schema", guided_spec="{not json"))
     with pytest.raises(InvalidSamplingParams, match="regex"):
-        engine.add_request("bad2", PROMPT, SamplingParams(guided_kind="regex", guided_spec="[0-9"))
+        engine.grammar_state(SamplingParams(guided_kind="regex", guided_spec="[0-9"))
+    # compiled off the step loop: the failure ends the request instead of raising
+    engine.add_request("bad-regex", PROMPT, SamplingParams(guided_kind="regex", guided_spec="[0-9"))
+    engine.add_request("fine", PROMPT, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+    outs = run(engine)
+    assert outs["bad-regex"] == ([], "", "abort")
+    assert len(outs["fine"][0]) == 3
 
 
 def test_json_strings_never_hold_raw_control_characters(llama_dir) -> None:
