@@ -8,8 +8,8 @@ Without --model a random "small" Llama is written to a temporary directory. Both
 (temperature 1, seeded), so they take the full sampler path; the only difference is the
 grammar: compile (reported apart, once per schema, cached after), the per-step bitmask fill
 on the host and the mask in the sampler, and advancing each matcher by its token. The JSON
-schema lets the answer run long (an array of bounded strings) so that both runs decode
-about the same number of tokens; tokens/s counts what each run actually produced.
+schema cannot be completed within max_tokens (a long array of bounded strings), so both runs
+decode the same number of tokens at the same batch size.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ SCHEMA = {
     "type": "object",
     "properties": {
         "title": {"type": "string", "maxLength": 24},
-        "notes": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 64},
+        # at least 64 items of 2+ tokens each: no answer can complete before max_tokens (default 128)
+        "notes": {"type": "array", "items": {"type": "string", "maxLength": 16}, "minItems": 64},
     },
     "required": ["title", "notes"],
     "additionalProperties": False,

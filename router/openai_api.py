@@ -175,6 +175,12 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
                 raise APIError(400, "prompt token ids out of the vocabulary", param="prompt")
         if not prompt_ids:
             raise APIError(400, "the prompt is empty", param="prompt")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, f"best_of={req.best_of} is not supported: only best_of equal to n ({req.n})",
+                           param="best_of", code="unsupported_parameter")
+        if req.echo and req.logprobs is not None:
+            raise APIError(400, "echo with logprobs needs prompt logprobs, which are not supported",
+                           param="echo", code="unsupported_parameter")
         return await _run(state, req, prompt_ids, request, chat=False)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)

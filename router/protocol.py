@@ -71,7 +71,8 @@ class _SamplingRequest(BaseModel):
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[int] | list[str]
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
+    echo: bool = False  # the prompt's text is prepended to each choice (prompt logprobs are not given)
+    best_of: int | None = Field(None, ge=1)  # only None or n: ranking extra samples is not supported
 
 
 class TextContentPart(BaseModel):

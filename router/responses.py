@@ -92,14 +92,25 @@ class ResponseBuilder:
                     for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                         getattr(lps, name).extend(getattr(part, name))
                     offset += len(e.text)
-            choices.append(p.CompletionChoice(index=i, text=s.text, logprobs=lps, finish_reason=s.finish_reason))
+            choices.append(p.CompletionChoice(index=i, text=self._echo() + s.text, logprobs=lps, finish_reason=s.finish_reason))
         return p.CompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
 
     # -- streaming --------------------------------------------------------------
 
+    def _echo(self) -> str:
+        """The prompt's text when a completion asks for echo, else ""."""
+        if self.chat or not self.req.echo:
+            return ""
+        prompt = self.req.prompt
+        return prompt if isinstance(prompt, str) else self.tok.decode(list(prompt))
+
     def stream_start(self) -> list[str]:
         if not self.chat:
-            return []
+            if not self._echo():
+                return []
+            choices = [p.CompletionChoice(index=i, text=self._echo()) for i in range(self.req.n)]
+            return [p.CompletionResponse(id=self.id, created=self.created, model=self.model,
+                                         choices=choices).model_dump_json(exclude_none=True)]
         return [
             p.ChatCompletionChunk(
                 id=self.id, created=self.created, model=self.model,
