@@ -34,7 +34,7 @@ from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.structured_output import GuideValidator, requested_guide
-from router.tool_calls import ToolPlan, detect_format, plan_tools
+from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.tokenization import ChatTemplateError, PromptTokenizer, messages_as_dicts
 from router.worker_pool import WorkerPool
@@ -53,7 +53,9 @@ class RouterState:
         self.scheduler = Scheduler(config.scheduler, self.index)
         self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s)
         self.guides = GuideValidator(self.tokenizer)
-        self.tool_format = detect_format(getattr(self.tokenizer.tokenizer, "chat_template", None))
+        template = getattr(self.tokenizer.tokenizer, "chat_template", None)
+        self.tool_format = detect_format(template)
+        self.template_renders_tools = isinstance(template, str) and "tools" in template
 
     def discovery(self) -> Discovery:
         if self.config.discovery:
@@ -215,8 +217,12 @@ def snapshot_endpoint_of(events_endpoint: str) -> str:
 
 
 def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+    dicts = messages_as_dicts(messages)
+    kwargs = dict(kwargs or {})
+    if kwargs.get("tools") and not state.template_renders_tools:
+        dicts = with_tools_prompt(dicts, kwargs.pop("tools"))  # the template would drop them silently
     try:
-        return state.tokenizer.apply_chat_template(messages_as_dicts(messages), add_generation_prompt, **(kwargs or {}))
+        return state.tokenizer.apply_chat_template(dicts, add_generation_prompt, **kwargs)
     except ChatTemplateError as exc:
         raise APIError(400, str(exc), param="messages") from exc
 

@@ -39,6 +39,21 @@ def detect_format(chat_template: str | None) -> ToolFormat:
     return ToolFormat.HERMES
 
 
+def with_tools_prompt(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """For a chat template that ignores `tools` (SmolLM2's, say): describe them in a system
+    turn in the Hermes format, the one the parser reads back, as Qwen's templates do."""
+    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    prompt = (
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n"
+        f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>\n\n"
+        "For each function call, return a json object with function name and arguments within "
+        f'{HERMES_OPEN}{HERMES_CLOSE} XML tags:\n{HERMES_OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{HERMES_CLOSE}'
+    )
+    if messages and messages[0]["role"] in ("system", "developer"):
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
+
+
 @dataclass(slots=True)
 class ParsedCall:
     name: str

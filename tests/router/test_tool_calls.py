@@ -121,3 +121,13 @@ def test_inconsistent_tool_requests_are_a_400_naming_the_field(hermes_client, pa
     resp = hermes_client.post("/v1/chat/completions", json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
+
+
+def test_a_template_that_ignores_tools_gets_them_in_a_hermes_system_turn(model_dir):
+    # the tiny model's template renders only role and content, like SmolLM2's
+    with TestClient(create_app(RouterConfig(str(model_dir), served_model_name="m"), start_workers=False)) as client:
+        messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Weather?"}]
+        ids = client.post("/tokenize", json={"messages": messages, "tools": [WEATHER]}).json()["tokens"]
+        prompt = client.post("/detokenize", json={"tokens": ids}).json()["prompt"]
+    assert prompt.count("system") == 1 and "Be terse." in prompt
+    assert '"name": "get_weather"' in prompt and "<tool_call>" in prompt
