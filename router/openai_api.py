@@ -192,7 +192,8 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         kwargs = dict(req.chat_template_kwargs or {})
         if tools is not None:
             kwargs["tools"] = tools.tools
-        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, kwargs)
+        describe = tools is not None and tools.mode == "auto"
+        prompt_ids = _chat_ids(state, req.messages, req.add_generation_prompt, kwargs, describe)
         return await _run(state, req, prompt_ids, request, chat=True, tools=tools)
 
     @app.post("/v1/responses", dependencies=auth, responses=errors)
@@ -216,11 +217,15 @@ def snapshot_endpoint_of(events_endpoint: str) -> str:
     return f"{base}:{int(port) + 1}"
 
 
-def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None,
+              describe_tools: bool = True) -> list[int]:
+    """``describe_tools``: a template that ignores ``tools`` gets them in a system turn. Forced
+    tool choices skip it: the grammar already holds the names and argument schemas."""
     dicts = messages_as_dicts(messages)
     kwargs = dict(kwargs or {})
     if kwargs.get("tools") and not state.template_renders_tools:
-        dicts = with_tools_prompt(dicts, kwargs.pop("tools"))  # the template would drop them silently
+        tools = kwargs.pop("tools")  # the template would drop them silently
+        dicts = with_tools_prompt(dicts, tools) if describe_tools else dicts
     try:
         return state.tokenizer.apply_chat_template(dicts, add_generation_prompt, **kwargs)
     except ChatTemplateError as exc:

@@ -2,10 +2,7 @@
 
 The model has random weights: forced tool choices (named, required) make its answer a call
 through the grammar, which is what these tests check; parsing free-form calls is covered by
-tests/router/test_tool_calls.py. The tiny model's chat template ignores `tools`, so the router
-describes them in a system turn: with the tiny vocabulary that makes every prompt here longer
-than the colocate threshold (disaggregated); the colocated grammar path is covered by
-test_e2e_structured_output.py.
+tests/router/test_tool_calls.py.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ def client(stack: dict[str, Any]) -> openai.OpenAI:
     return openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused", timeout=180, max_retries=0)
 
 
-@pytest.mark.parametrize("prompt", ["What is the weather in Oslo?", LONG], ids=["short", "long"])
+@pytest.mark.parametrize("prompt", ["What is the weather in Oslo?", LONG], ids=["colocated", "disaggregated"])
 def test_a_named_tool_choice_returns_a_call_whose_arguments_parse(client, prompt):
     reply = client.chat.completions.create(
         model="default", messages=[{"role": "user", "content": prompt}], tools=TOOLS, max_tokens=60, seed=1,
