@@ -11,6 +11,7 @@ Worker hooks:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,13 @@ from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
+from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarState
 from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
 from kvstore.events import KVEvent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -76,6 +80,14 @@ class LLMEngine:
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
         self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
         self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
+        # guided requests wait here, not in the scheduler, until their grammar is compiled
+        self.grammars = GrammarPreparer(
+            lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
+        )
+
+    def grammar_state(self, params: SamplingParams) -> GrammarState:
+        """A fresh matcher for a guided request, compiled now (InvalidSamplingParams if it cannot be)."""
+        return self.grammars.state_now(params.guided_kind, params.guided_spec)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(
@@ -88,7 +100,13 @@ class LLMEngine:
         cache_salt: str = "",
     ) -> None:
         seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
-        self.scheduler.add(seq)
+        self._schedule_when_ready(seq)
+
+    def _schedule_when_ready(self, seq: Sequence) -> None:
+        if seq.params.is_guided:
+            self.grammars.submit(seq.request_id, seq.params.guided_kind, seq.params.guided_spec)
+        else:
+            self.scheduler.add(seq)
 
     def import_request(
         self,
@@ -129,7 +147,8 @@ class LLMEngine:
                 self._finish(req, reason)
                 self._ready.append(self._output(req, [], None, 0))
                 return
-        self.scheduler.add(seq)
+        # a guided request replays the prefill's first token into its grammar once compiled
+        self._schedule_when_ready(seq)
 
     def _new_sequence(
         self, request_id: str, prompt: list[int], params: SamplingParams | None, prefill_only: bool, cache_salt: str
@@ -166,6 +185,7 @@ class LLMEngine:
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
+        self.grammars.discard(request_id)
         self.scheduler.finish(req.seq)
         req.seq.status = SequenceStatus.FINISHED
         req.seq.finish_reason = "abort"
@@ -181,7 +201,7 @@ class LLMEngine:
         del self.requests[request_id]
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._ready) or self._inflight is not None
+        return self.scheduler.has_work() or bool(self._ready) or self._inflight is not None or len(self.grammars) > 0
 
     # ---- KV transfer ----------------------------------------------------------------------------
     def export_blocks(self, request_id: str, start_block: int = 0, end_block: int | None = None) -> torch.Tensor:
@@ -235,6 +255,7 @@ class LLMEngine:
         the following ``step()`` call, while the GPU computes that next step. Any other step
         (admissions, prefill, sampling that needs the host) first emits the step in flight.
         """
+        self._admit_compiled()
         outputs, self._ready = self._ready, []
         if self._inflight is not None:
             plan = self._plan_ahead(self._inflight.sampled)
@@ -341,12 +362,45 @@ class LLMEngine:
                 lp = [TokenLogprob(token, logprobs[i], top)]
             req.detokenizer.add([token])
             reason, truncate_at = req.stop.check(seq.output_token_ids, req.detokenizer.text)
+            reason = reason or self._advance_grammar(seq, token)
             if reason is None and seq.num_tokens >= self.max_model_len:
                 reason = "length"
             if reason is not None or seq.prefill_only:
                 self._finish(req, reason)
             outputs.append(self._output(req, [token], lp, truncate_at))
         return outputs
+
+    def _admit_compiled(self) -> None:
+        """Guided requests whose grammar is ready join the scheduler, after replaying their
+        output so far (an imported first token) into it."""
+        for rid, state in self.grammars.take_ready():
+            req = self.requests.get(rid)
+            if req is None:
+                continue  # aborted while compiling
+            if isinstance(state, Exception):
+                log.warning("request %s: its grammar failed to compile: %s", rid, state)
+                self._finish(req, "abort")
+                self._ready.append(self._output(req, [], None, None))
+                continue
+            req.seq.grammar = state
+            reason = next((r for t in req.seq.output_token_ids if (r := self._advance_grammar(req.seq, t))), None)
+            if reason is not None:
+                self._finish(req, reason)
+                self._ready.append(self._output(req, [], None, None))
+            else:
+                self.scheduler.add(req.seq)
+
+    @staticmethod
+    def _advance_grammar(seq: Sequence, token: int) -> str | None:
+        """Feed a sampled token to the request's grammar; "stop" once the grammar is complete.
+
+        A token the grammar rejects (only possible for an imported first token sampled
+        without it) also stops the request rather than continuing outside the grammar."""
+        if seq.grammar is None:
+            return None
+        if not seq.grammar.accept(token) or seq.grammar.is_terminated:
+            return "stop"
+        return None
 
     def _finish(self, req: _Request, reason: str | None) -> None:
         seq = req.seq
@@ -390,7 +444,7 @@ class LLMEngine:
         held = sum(1 for r in self.requests.values() if r.seq.status is SequenceStatus.HELD)
         return EngineLoad(
             running=len(self.scheduler.running),
-            waiting=len(self.scheduler.waiting),
+            waiting=len(self.scheduler.waiting) + len(self.grammars),
             held=held,
             kv_usage=self.blocks.num_active / self.blocks.num_blocks,
             queued_prefill_tokens=self.scheduler.queued_prefill_tokens(),

@@ -19,6 +19,7 @@ from engine.models.decoder import DecoderForCausalLM, head_dim_of
 from engine.models.registry import arch_features
 from engine.moe import SparseMoE, grouped_mm_works
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch
+from engine.structured_output import BitmaskFiller
 from engine.sequence import Sequence
 from engine.step_metadata import StepMetadata
 
@@ -75,6 +76,7 @@ class ModelRunner:
         self._fuse_experts()
         self.vocab_size = self.hf_config.vocab_size
         self.sampler = Sampler(eos_token_ids=eos_token_ids)
+        self.bitmasks = BitmaskFiller(self.vocab_size)
         attn = self.model.attention_layers()
         self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
         wants_graphs = self._wants_graphs()
@@ -276,6 +278,8 @@ class ModelRunner:
             params=params,
             prompt_token_ids=[s.prompt_token_ids for s in sampled],
             output_token_ids=[s.output_token_ids for s in sampled],
+            # filled on the host while a CUDA forward is still in flight (nothing above waited on it)
+            token_bitmask=self.bitmasks.fill([s.grammar for s in sampled]),
         )
         return self.sampler(logits, batch)
 

@@ -1,8 +1,10 @@
 """Turn a batch of logits into next tokens (penalties, filters, seeded sampling, logprobs).
 
 Order of processing, per row:
-  repetition penalty -> frequency/presence penalties -> min_tokens -> temperature
-  -> top-k -> top-p -> min-p -> sample.
+  repetition penalty -> frequency/presence penalties -> logit_bias -> min_tokens
+  -> grammar mask -> temperature -> top-k -> top-p -> min-p -> sample.
+The grammar mask comes last among the logit edits so that no bias can reopen a token
+the grammar forbids.
 Greedy rows take the argmax after the penalties (the filters never drop the argmax).
 Random rows use the exponential race: argmax(probs / q), q ~ Exp(1), which draws
 exactly from `probs`. A seeded row's q depends only on (seed, output position), so
@@ -28,6 +30,9 @@ class SamplingBatch:
     params: list[SamplingParams]
     prompt_token_ids: list[list[int]]
     output_token_ids: list[list[int]]
+    # structured output: allowed tokens as packed bits, [S, ceil(V / 32)] int32 (bit j of word w
+    # allows token 32 * w + j; xgrammar's layout); None when no row is guided
+    token_bitmask: Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +91,7 @@ class Sampler:
         return all(
             p.is_greedy and p.logprobs is None and n >= p.min_tokens and p.repetition_penalty == 1.0
             and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
+            and not p.logit_bias and not p.is_guided
             for p, n in zip(params, num_output_tokens)
         )
 
@@ -95,8 +101,35 @@ class Sampler:
         return SamplerOutput(logits.argmax(dim=-1), None, None, None)
 
     def process_logits(self, logits: Tensor, batch: SamplingBatch) -> Tensor:
-        """Penalties and min_tokens masking, [S, V] -> [S, V]; never modifies `logits`."""
-        return self._apply_min_tokens(self._apply_penalties(logits, batch), batch)
+        """Penalties, logit_bias, min_tokens and grammar masking, [S, V] -> [S, V]; never modifies `logits`."""
+        biased = self._apply_logit_bias(self._apply_penalties(logits, batch), batch)
+        logits = self._apply_min_tokens(biased, batch)
+        if batch.token_bitmask is None:
+            return logits
+        guided = apply_token_bitmask(logits, batch.token_bitmask)
+        # a grammar that allows only EOS beats min_tokens (else the row has no token left);
+        # torch.where, not an `if`, keeps the step free of a host sync
+        dead = torch.isneginf(guided).all(dim=-1, keepdim=True)  # [S, 1]
+        return torch.where(dead, apply_token_bitmask(biased, batch.token_bitmask), guided)
+
+    @staticmethod
+    def _apply_logit_bias(logits: Tensor, batch: SamplingBatch) -> Tensor:
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        for i, p in enumerate(batch.params):
+            for token_id, bias in p.logit_bias:
+                rows.append(i)
+                cols.append(token_id)
+                values.append(bias)
+        if not rows:
+            return logits
+        device = logits.device
+        bias = torch.zeros_like(logits)  # [S, V]
+        # index_put_ with accumulate: a token listed twice gets both biases, as a dict would not allow
+        bias.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
+                        torch.tensor(values, device=device), accumulate=True)
+        return logits + bias
 
     def _apply_penalties(self, logits: Tensor, batch: SamplingBatch) -> Tensor:
         params = batch.params
@@ -204,6 +237,17 @@ class Sampler:
         sampled = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)  # [S]
         top_logprobs, top_ids = raw_logprobs.topk(max(requested), dim=-1)  # [S, k], sorted
         return SamplerOutput(token_ids, sampled, top_ids, top_logprobs)
+
+
+def apply_token_bitmask(logits: Tensor, bitmask: Tensor) -> Tensor:
+    """Forbidden tokens -> -inf. logits [S, V], bitmask [S, ceil(V / 32)] int32 -> [S, V].
+
+    Plain tensor ops, so it runs on any device and inside the sampler's stream order."""
+    num_rows, vocab_size = logits.shape
+    shifts = torch.arange(32, device=logits.device, dtype=torch.int32)  # [32]
+    bits = (bitmask.to(logits.device)[:, :, None] >> shifts) & 1  # [S, W, 32]
+    allowed = bits.reshape(num_rows, -1)[:, :vocab_size].bool()  # [S, V]
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> Tensor:

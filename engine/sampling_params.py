@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 GREEDY_TEMPERATURE = 1e-5  # below this a request is sampled greedily (argmax)
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 MAX_STOP_STRINGS = 16
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+LOGIT_BIAS_RANGE = 100.0  # OpenAI: biases in [-100, 100]
+GUIDED_KINDS = ("json_object", "json_schema", "regex", "choice", "grammar")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -39,10 +43,22 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; n: sampled token's logprob + top n
+    # (token id, bias) pairs added to the logits; pairs, not a dict: msgpack maps need str keys
+    logit_bias: list[tuple[int, float]] = field(default_factory=list)
+    # vLLM's convention: lower values are served first (waiting queue) and preempted last
+    priority: int = 0
+    # structured output: guided_kind in GUIDED_KINDS ("" = off) and its spec
+    # (a JSON schema / regex / JSON list of choices / EBNF grammar; empty for json_object)
+    guided_kind: str = ""
+    guided_spec: str = ""
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
+
+    @property
+    def is_guided(self) -> bool:
+        return bool(self.guided_kind)
 
     def validate(self, vocab_size: int) -> None:
         """Raise InvalidSamplingParams naming the first field that is out of range."""
@@ -97,6 +113,47 @@ class SamplingParams:
                     f"stop contains {stop!r}: allowed non-empty strings only"
                 )
 
+        self._validate_extras(vocab_size)
+
+    def _validate_extras(self, vocab_size: int) -> None:
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidSamplingParams(
+                f"logit_bias has {len(self.logit_bias)} entries: allowed at most {MAX_LOGIT_BIAS}"
+            )
+        for pair in self.logit_bias:
+            token_id, bias = pair if isinstance(pair, (list, tuple)) and len(pair) == 2 else (pair, None)
+            if not _is_int(token_id) or not 0 <= token_id < vocab_size:
+                raise InvalidSamplingParams(
+                    f"logit_bias has token id {token_id!r}: allowed token ids in [0, {vocab_size})"
+                )
+            if not _is_number(bias) or not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
+                raise InvalidSamplingParams(
+                    f"logit_bias[{token_id}]={bias!r} is invalid: allowed a number in "
+                    f"[-{LOGIT_BIAS_RANGE:g}, {LOGIT_BIAS_RANGE:g}]"
+                )
+        if not _is_int(self.priority) or not _INT64_MIN <= self.priority <= _INT64_MAX:
+            raise InvalidSamplingParams(f"priority={self.priority!r} is invalid: allowed an integer")
+        if self.guided_kind not in ("", *GUIDED_KINDS):
+            raise InvalidSamplingParams(
+                f"guided_kind={self.guided_kind!r} is invalid: allowed one of {list(GUIDED_KINDS)}"
+            )
+        if self.guided_kind not in ("", "json_object") and not self.guided_spec:
+            raise InvalidSamplingParams(
+                f"guided_spec is empty: guided_kind={self.guided_kind!r} needs a schema, regex, "
+                "choice list or grammar"
+            )
+        if self.guided_kind in ("json_schema", "choice"):
+            # cheap checks now; whether the grammar compiles shows only when it is compiled
+            try:
+                spec = json.loads(self.guided_spec)
+            except json.JSONDecodeError as exc:
+                raise InvalidSamplingParams(f"guided_spec of {self.guided_kind} is not JSON: {exc}") from exc
+            expected = dict if self.guided_kind == "json_schema" else list
+            if not isinstance(spec, expected):
+                raise InvalidSamplingParams(
+                    f"guided_spec of {self.guided_kind} must be a JSON {'object' if expected is dict else 'list'}"
+                )
+
     @staticmethod
     def _check_float(name: str, value: Any, in_range: bool, allowed: str) -> None:
         # NaN fails every comparison, so it lands here too.
@@ -114,6 +171,11 @@ class SamplingParams:
             )
         kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v)
                   for k, v in d.items() if v is not None}
+        bias = kwargs.get("logit_bias")
+        if isinstance(bias, dict):  # the OpenAI shape {token id: bias}
+            bias = list(bias.items())
+        if bias is not None:  # msgpack turns the pairs into lists; validate() checks their shape
+            kwargs["logit_bias"] = [tuple(x) if isinstance(x, (list, tuple)) else x for x in bias]
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,12 +1,17 @@
 """Continuous batching: running sequences first (decodes and unfinished prefill chunks),
 then new ones, under a per-step token budget; preemption by recompute when blocks run out.
 
+Priorities (``SamplingParams.priority``, lower value = more urgent, vLLM's convention): the
+waiting queue is ordered by (priority, arrival), and preemption frees the least urgent
+running sequence, the latest arrival among equals.
+
 The plan of a step is just ``{sequence: num_new_tokens}`` in batch order.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+import itertools
 from dataclasses import dataclass, field
 
 from engine.block_manager import BlockManager
@@ -25,11 +30,20 @@ class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.blocks = block_manager
-        self.waiting: deque[Sequence] = deque()
+        self.waiting: list[Sequence] = []  # sorted by _rank
         self.running: list[Sequence] = []
+        self._arrivals = itertools.count()
+        self._arrival: dict[Sequence, int] = {}
+
+    def _rank(self, seq: Sequence) -> tuple[int, int]:
+        return seq.params.priority, self._arrival[seq]
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        self._arrival[seq] = next(self._arrivals)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence) -> None:
+        bisect.insort(self.waiting, seq, key=self._rank)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -45,7 +59,12 @@ class Scheduler:
         while queue and budget > 0:
             seq = queue.pop(0)
             while self.blocks.room(seq) < 1:
-                victim = queue.pop() if queue else seq
+                # the least urgent of all running sequences, even one already planned this step
+                victim = max([*out.plan, *queue, seq], key=self._rank)
+                if victim in out.plan:
+                    budget += out.plan.pop(victim)
+                elif victim is not seq:
+                    queue.remove(victim)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is seq:
@@ -62,7 +81,7 @@ class Scheduler:
             seq = self.waiting[0]
             if not self._admit(seq, out):
                 break
-            self.waiting.popleft()
+            self.waiting.pop(0)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed, budget, self.blocks.room(seq))
@@ -104,7 +123,7 @@ class Scheduler:
         self.blocks.release(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
-        self.waiting.appendleft(seq)
+        self._enqueue(seq)  # its arrival is kept: it goes ahead of later arrivals of its priority
 
     def finish(self, seq: Sequence, keep_blocks: bool = False) -> None:
         """Remove ``seq`` from the batch; free its blocks unless a prefill_only request holds them."""
@@ -112,5 +131,6 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self._arrival.pop(seq, None)
         if not keep_blocks:
             self.blocks.release(seq)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from engine.kv_source import KVSource
 from engine.sampling_params import SamplingParams
+from engine.structured_output import GrammarState
 
 
 class SequenceStatus(enum.Enum):
@@ -35,6 +36,7 @@ class Sequence:
     pending_kv_tokens: int = 0
     pending_kv_start_block: int = 0  # rows of pending_kv start at this block
     first_scheduled: bool = False
+    grammar: GrammarState | None = None  # structured output: the tokens allowed next
 
     @property
     def prompt_token_ids(self) -> list[int]:

@@ -31,10 +31,22 @@ class ChoiceState:
     num_cached_tokens: int = 0
 
 
+def _logit_bias(req: CompletionRequest | ChatCompletionRequest) -> list[tuple[int, float]]:
+    pairs = []
+    for key, bias in (req.logit_bias or {}).items():
+        if not key.strip().isdigit():
+            raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias", code="invalid_value")
+        pairs.append((int(key), bias))
+    return pairs
+
+
 def sampling_params(
-    req: CompletionRequest | ChatCompletionRequest, prompt_len: int, max_model_len: int, vocab_size: int, max_n: int
+    req: CompletionRequest | ChatCompletionRequest, prompt_len: int, max_model_len: int, vocab_size: int, max_n: int,
+    guide: tuple[str, ...] = ("", ""),
 ) -> SamplingParams:
-    """Validate and fill OpenAI defaults (temperature 1.0; seed stays unset unless given)."""
+    """Validate and fill OpenAI defaults (temperature 1.0; seed stays unset unless given).
+
+    ``guide`` is the structured-output (guided_kind, guided_spec), see router.structured_output."""
     if req.n > max_n:
         raise APIError(400, f"n={req.n} is too large: at most {max_n} choices per request", param="n")
     if prompt_len >= max_model_len:
@@ -76,6 +88,10 @@ def sampling_params(
         stop=stop,
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
+        logit_bias=_logit_bias(req),
+        priority=req.priority,
+        guided_kind=guide[0],
+        guided_spec=guide[1],
     )
     try:
         params.validate(vocab_size)
@@ -99,6 +115,10 @@ def to_proto(params: SamplingParams, choice_index: int) -> worker_pb2.SamplingPa
         stop_token_ids=params.stop_token_ids,
         stop=params.stop,
         ignore_eos=params.ignore_eos,
+        logit_bias=dict(params.logit_bias),
+        priority=params.priority,
+        guided_kind=params.guided_kind,
+        guided_spec=params.guided_spec,
     )
     if params.seed is not None:
         # n > 1 with a seed: distinct but reproducible samples per choice.

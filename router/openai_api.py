@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
+from pydantic import ValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
@@ -30,7 +32,10 @@ from router.generation import ChoiceState, detokenize_stream, sampling_params, t
 from router.kv_events import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
+from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.saturation import export_saturation
+from router.structured_output import GuideValidator, requested_guide
+from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
 from router.template_sandbox import TemplateRejected, render_in_sandbox
 from router.tenancy import bearer_key, cache_salt_for
@@ -51,6 +56,10 @@ class RouterState:
         self.scheduler = Scheduler(config.scheduler, self.index)
         self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s,
                                      stall_timeout_s=config.stall_timeout_s, request_timeout_s=config.request_timeout_s)
+        self.guides = GuideValidator(self.tokenizer)
+        template = getattr(self.tokenizer.tokenizer, "chat_template", None)
+        self.tool_format = detect_format(template)
+        self.template_renders_tools = isinstance(template, str) and "tools" in template
 
     def discovery(self) -> Discovery:
         if self.config.discovery:
@@ -67,12 +76,13 @@ class RouterState:
             export_saturation(self.metrics.pool_saturation, role, self.pool.role_workers(role), self.config.scheduler)
         self.metrics.index_blocks.set(self.index.num_blocks())
 
-    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), cache_salt: str = "") -> Decision:
+    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), cache_salt: str = "",
+               priority: int = 0) -> Decision:
         fingerprint = self.config.model_fingerprint or self.pool.model_fingerprint()
         keys = block_keys(prompt_ids, fingerprint, self.config.block_size, cache_salt) if fingerprint else []
         start = time.monotonic()
         decision = self.scheduler.decide(
-            ScheduleRequest(len(prompt_ids), keys, self.config.block_size),
+            ScheduleRequest(len(prompt_ids), keys, self.config.block_size, priority),
             self.pool.role_workers(Role.PREFILL),
             self.pool.role_workers(Role.DECODE),
             exclude,
@@ -154,7 +164,8 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
         if req.messages is not None:
-            ids = await _chat_ids(state, req.messages, req.add_generation_prompt, None)
+            tools = {"tools": [t.model_dump(exclude_none=True) for t in req.tools]} if req.tools else None
+            ids = await _chat_ids(state, req.messages, req.add_generation_prompt, tools)
         else:
             ids = state.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
         return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.tokenizer.max_model_len)
@@ -182,13 +193,34 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
                 raise APIError(400, "prompt token ids out of the vocabulary", param="prompt")
         if not prompt_ids:
             raise APIError(400, "the prompt is empty", param="prompt")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, f"best_of={req.best_of} is not supported: only best_of equal to n ({req.n})",
+                           param="best_of", code="unsupported_parameter")
+        if req.echo and req.logprobs is not None:
+            raise APIError(400, "echo with logprobs needs prompt logprobs, which are not supported",
+                           param="echo", code="unsupported_parameter")
         return await _run(state, req, prompt_ids, request, chat=False)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)
     async def chat_completions(req: p.ChatCompletionRequest, request: Request):
         check_model(req.model)
-        prompt_ids = await _chat_ids(state, req.messages, req.add_generation_prompt, req.chat_template_kwargs)
-        return await _run(state, req, prompt_ids, request, chat=True)
+        tools = plan_tools(req, state.tool_format)
+        kwargs = dict(req.chat_template_kwargs or {})
+        if tools is not None:
+            kwargs["tools"] = tools.tools
+        describe = tools is not None and tools.mode == "auto"
+        prompt_ids = await _chat_ids(state, req.messages, req.add_generation_prompt, kwargs, describe)
+        return await _run(state, req, prompt_ids, request, chat=True, tools=tools)
+
+    @app.post("/v1/responses", dependencies=auth, responses=errors)
+    async def create_response(req: p.ResponsesRequest, request: Request):
+        check_model(req.model)
+        try:
+            chat = to_chat_request(req)
+        except ValidationError as exc:
+            raise APIError(400, f"the request cannot be served: {exc.errors()[0].get('msg', exc)}", param="input") from exc
+        prompt_ids = await _chat_ids(state, chat.messages, True, None)
+        return await _run(state, chat, prompt_ids, request, chat=True, responses=req)
 
     return app
 
@@ -201,29 +233,40 @@ def snapshot_endpoint_of(events_endpoint: str) -> str:
     return f"{base}:{int(port) + 1}"
 
 
-async def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None) -> list[int]:
+async def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None,
+                    describe_tools: bool = True) -> list[int]:
+    """``describe_tools``: a template that ignores ``tools`` gets them in a system turn. Forced
+    tool choices skip it: the grammar already holds the names and argument schemas."""
     kwargs, tok = dict(kwargs or {}), state.tokenizer
+    dicts = messages_as_dicts(messages)
+    if kwargs.get("tools") and not state.template_renders_tools:
+        tools = kwargs.pop("tools")  # the template would drop them silently
+        dicts = with_tools_prompt(dicts, tools) if describe_tools else dicts
     try:
         check_client_template(kwargs, state.config.allow_client_chat_template)
         if "chat_template" in kwargs:  # the client's code: a killable, resource-limited child process
-            variables = {**tok.special_tokens(), **kwargs, "messages": messages_as_dicts(messages),
+            variables = {**tok.special_tokens(), **kwargs, "messages": dicts,
                          "add_generation_prompt": add_generation_prompt}  # fmt: skip
             del variables["chat_template"]
             text = await render_in_sandbox(kwargs["chat_template"], variables, state.config.chat_template_timeout_s)
         else:  # the operator's template, off the event loop so that /health and other requests go on
-            text = await asyncio.to_thread(tok.render_chat_template, messages_as_dicts(messages), add_generation_prompt, **kwargs)
+            text = await asyncio.to_thread(tok.render_chat_template, dicts, add_generation_prompt, **kwargs)
     except (ChatTemplateError, TemplateRejected) as exc:
         raise APIError(400, str(exc), param="messages", code="chat_template_error") from exc
     # the template already holds any BOS token: do not add special tokens again
     return tok.encode(text, add_special_tokens=False)
 
 
-async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool):
+async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool,
+               tools: ToolPlan | None = None, responses: p.ResponsesRequest | None = None):
+    """Place and run one request; ``responses`` set: answer in the Responses API's shapes."""
     tok = state.tokenizer
-    params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n)
+    guide = tools.guide if tools is not None and tools.guide is not None else requested_guide(req)
+    params = sampling_params(req, len(prompt_ids), tok.max_model_len, tok.vocab_size, state.config.max_n, guide)
+    await state.guides.check(guide)
     try:
         salt = cache_salt_for(req.cache_salt, bearer_key(request.headers.get("authorization")), state.config.salt_per_api_key)
-        decision = state.decide(prompt_ids, cache_salt=salt)
+        decision = state.decide(prompt_ids, cache_salt=salt, priority=params.priority)
     except NoWorkersAvailable as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="no_workers") from exc
     except AdmissionRejected as exc:
@@ -235,10 +278,14 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
     if decision.prefill_worker:
         metrics.decisions.labels("prefill", decision.prefill_worker, decision.mode.value).inc()
     metrics.decisions.labels("decode", decision.decode_worker, decision.mode.value).inc()
-    request_id = p.new_id("chatcmpl" if chat else "cmpl")
     from router.responses import ResponseBuilder
 
-    builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok)
+    if responses is not None:
+        request_id = "resp_" + uuid.uuid4().hex
+        builder = ResponsesBuilder(request_id, state.model_name, responses, len(prompt_ids))
+    else:
+        request_id = p.new_id("chatcmpl" if chat else "cmpl")
+        builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok, tools)
     start = time.monotonic()
     queue: asyncio.Queue = asyncio.Queue()
     states = [ChoiceState() for _ in range(req.n)]
@@ -254,8 +301,8 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
 
     async def run_choice(i: int) -> None:
         gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i), cache_salt=salt)
-        first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt)
-        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt))
+        first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt, priority=params.priority)
+        chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt, params.priority))
         try:
             async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
                 await queue.put(event)
@@ -290,13 +337,17 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
 
     if req.stream:
         # the background task also runs when the client left before the stream began
-        return StreamingResponse(_sse(builder, events(), states, req), media_type="text/event-stream",
+        failures = (WorkerStreamError, NoWorkersAvailable, AdmissionRejected)
+        stream = responses_sse(builder, events(), states, failures) if responses else _sse(builder, events(), states, req)
+        return StreamingResponse(stream, media_type="text/event-stream",
                                  background=BackgroundTask(release, decision))
     try:
         async for event in events():
             builder.add(event)
     except WorkerStreamError as exc:
         raise APIError(502, str(exc), type="server_error", code="worker_failed") from exc
+    if responses is not None:
+        return JSONResponse(builder.final_body(states))
     return JSONResponse(builder.final(states).model_dump(exclude_none=True))
 
 
@@ -305,7 +356,9 @@ async def _sse(builder, events: AsyncIterator, states: list[ChoiceState], req) -
         for first in builder.stream_start():
             yield f"data: {first}\n\n"
         async for event in events:
-            yield f"data: {builder.stream_chunk(event)}\n\n"
+            chunk = builder.stream_chunk(event)
+            if chunk is not None:
+                yield f"data: {chunk}\n\n"
         if req.stream_options and req.stream_options.include_usage:
             yield f"data: {builder.stream_usage(states)}\n\n"
     except (WorkerStreamError, NoWorkersAvailable, AdmissionRejected) as exc:

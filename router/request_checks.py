@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-REJECTED_FIELDS: frozenset[str] = frozenset({"best_of", "suffix", "audio", "modalities", "prediction", "web_search_options"})
-NEUTRAL_VALUES: dict[str, Any] = {"best_of": 1}
+# best_of is declared on CompletionRequest: equal to n it is served, any other value is a 400 there
+REJECTED_FIELDS: frozenset[str] = frozenset({"suffix", "audio", "modalities", "prediction", "web_search_options"})
+NEUTRAL_VALUES: dict[str, Any] = {}
 
 
 def check_raw_body(body: Any) -> Any:

@@ -7,11 +7,15 @@ import time
 from router import protocol as p
 from router.generation import ChoiceState, TokenEvent
 from router.tokenization import PromptTokenizer
+from router.tool_calls import ToolCallStream, ToolPlan, parse_calls
 
 
 class ResponseBuilder:
-    def __init__(self, request_id: str, model: str, chat: bool, req, prompt_tokens: int, tokenizer: PromptTokenizer) -> None:
+    def __init__(self, request_id: str, model: str, chat: bool, req, prompt_tokens: int, tokenizer: PromptTokenizer,
+                 tools: ToolPlan | None = None) -> None:
         self.id, self.model, self.chat, self.req = request_id, model, chat, req
+        self.tools = tools
+        self._tool_streams: dict[int, ToolCallStream] = {}
         self.prompt_tokens = prompt_tokens
         self.tok = tokenizer
         self.created = int(time.time())
@@ -70,7 +74,12 @@ class ResponseBuilder:
                 lps = None
                 if self.wants_logprobs:
                     lps = p.ChatLogprobs(content=[c for e in self.logprobs.get(i, []) for c in (self._chat_logprobs(e).content or [])])
-                choices.append(p.ChatChoice(index=i, message=p.ChatMessageOut(content=s.text), logprobs=lps, finish_reason=s.finish_reason))
+                message, finish = p.ChatMessageOut(content=s.text), s.finish_reason
+                if self.tools is not None:
+                    content, calls = parse_calls(s.text, self.tools)
+                    message = p.ChatMessageOut(content=content, tool_calls=[c.to_openai() for c in calls] or None)
+                    finish = "tool_calls" if calls and finish == "stop" else finish
+                choices.append(p.ChatChoice(index=i, message=message, logprobs=lps, finish_reason=finish))
             return p.ChatCompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
         choices = []
         for i, s in enumerate(states):
@@ -83,14 +92,25 @@ class ResponseBuilder:
                     for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                         getattr(lps, name).extend(getattr(part, name))
                     offset += len(e.text)
-            choices.append(p.CompletionChoice(index=i, text=s.text, logprobs=lps, finish_reason=s.finish_reason))
+            choices.append(p.CompletionChoice(index=i, text=self._echo() + s.text, logprobs=lps, finish_reason=s.finish_reason))
         return p.CompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
 
     # -- streaming --------------------------------------------------------------
 
+    def _echo(self) -> str:
+        """The prompt's text when a completion asks for echo, else ""."""
+        if self.chat or not self.req.echo:
+            return ""
+        prompt = self.req.prompt
+        return prompt if isinstance(prompt, str) else self.tok.decode(list(prompt))
+
     def stream_start(self) -> list[str]:
         if not self.chat:
-            return []
+            if not self._echo():
+                return []
+            choices = [p.CompletionChoice(index=i, text=self._echo()) for i in range(self.req.n)]
+            return [p.CompletionResponse(id=self.id, created=self.created, model=self.model,
+                                         choices=choices).model_dump_json(exclude_none=True)]
         return [
             p.ChatCompletionChunk(
                 id=self.id, created=self.created, model=self.model,
@@ -98,10 +118,27 @@ class ResponseBuilder:
             ).model_dump_json(exclude_none=True)
         ]
 
-    def stream_chunk(self, event: TokenEvent) -> str:
+    def _tool_delta(self, event: TokenEvent) -> tuple[p.ChatDelta, str | None]:
+        assert self.tools is not None
+        stream = self._tool_streams.setdefault(event.index, ToolCallStream(self.tools))
+        content, calls = stream.feed(event.text)
+        finish = event.finish_reason
+        if finish is not None:
+            rest, more = stream.finish()
+            content, calls = content + rest, calls + more
+            finish = "tool_calls" if stream.called and finish == "stop" else finish
+        return p.ChatDelta(content=content or None, tool_calls=calls or None), finish
+
+    def stream_chunk(self, event: TokenEvent) -> str | None:
+        """One SSE chunk for the event; None when it carries nothing to send (text held back)."""
         if self.chat:
+            delta, finish = p.ChatDelta(content=event.text), event.finish_reason
+            if self.tools is not None:
+                delta, finish = self._tool_delta(event)
+                if delta.content is None and delta.tool_calls is None and finish is None and not self.wants_logprobs:
+                    return None
             choice = p.ChatChunkChoice(
-                index=event.index, delta=p.ChatDelta(content=event.text), logprobs=self._chat_logprobs(event), finish_reason=event.finish_reason
+                index=event.index, delta=delta, logprobs=self._chat_logprobs(event), finish_reason=finish
             )
             return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(exclude_none=True)
         choice = p.CompletionChoice(index=event.index, text=event.text, logprobs=self._completion_logprobs(event, 0), finish_reason=event.finish_reason)

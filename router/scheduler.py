@@ -60,6 +60,7 @@ class ScheduleRequest:
     prompt_tokens: int
     block_keys: Sequence[BlockKey]
     block_size: int = 16
+    priority: int = 0  # SamplingParams.priority: < 0 is never shed by SLO admission
 
 
 @dataclass(slots=True)
@@ -168,6 +169,8 @@ class Scheduler:
         else:
             order = [("prefill", disagg), ("colocated", colocated)]
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
+        if request.priority < 0:
+            slo_s = None  # an urgent request waits in a queue rather than being turned away
         chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
         if chosen is None:
             assert slo_s is not None

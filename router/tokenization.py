@@ -91,8 +91,20 @@ def messages_as_dicts(messages: list[Any]) -> list[dict]:
         item = {"role": m.role, "content": content or ""}
         if m.name:
             item["name"] = m.name
+        if m.tool_calls:  # templates read arguments as a mapping (Qwen, Llama 3 do `| tojson`)
+            item["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
+                "name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in m.tool_calls]
+        if m.tool_call_id:
+            item["tool_call_id"] = m.tool_call_id
         out.append(item)
     return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # not JSON: the template gets the text as the client sent it
 
 
 def _read_json(path: Path) -> dict:

@@ -25,6 +25,10 @@ def sampling_params(msg: pb.SamplingParams, has_field: bool) -> SamplingParams:
         stop=list(msg.stop),
         ignore_eos=msg.ignore_eos,
         logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+        logit_bias=sorted(msg.logit_bias.items()),
+        priority=msg.priority,
+        guided_kind=msg.guided_kind,
+        guided_spec=msg.guided_spec,
     )
 
 

@@ -211,3 +211,15 @@ def test_malformed_requests_get_an_openai_error_never_a_5xx(http):
     # and the stack still answers
     ok = http.post("/v1/completions", json={"model": "default", "prompt": "x", "max_tokens": 2})
     assert ok.status_code == 200, ok.text
+
+
+def test_completion_echo_prepends_the_prompt_streamed_or_not(client):
+    kwargs = dict(model="default", prompt="Echo me:", max_tokens=4, temperature=0, echo=True)
+    whole = client.completions.create(**kwargs)
+    plain = client.completions.create(**{**kwargs, "echo": False})
+    assert whole.choices[0].text == "Echo me:" + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices)
+    assert streamed == whole.choices[0].text
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(**{**kwargs, "n": 1}, extra_body={"best_of": 3})
+    assert err.value.body["param"] == "best_of"
