@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -97,7 +98,7 @@ class MooncakeStore:
             from mooncake.store import MooncakeDistributedStore
         except ImportError as exc:
             raise StoreError(f"the Mooncake backend needs the mooncake package: {INSTALL_HINT} ({exc})") from exc
-        _check_reachable(parsed.endpoints())
+        _check_reachable(parsed.endpoints(), wait_s=parsed.wait_s)
         store = MooncakeDistributedStore()
         rc = store.setup(
             parsed.local_hostname(),
@@ -221,17 +222,25 @@ class MooncakeStore:
                         self._registered[r] = count - 1
 
 
-def _check_reachable(endpoints: list[str], timeout_s: float = 3.0) -> None:
-    """Fail fast: Mooncake's setup retries an unreachable master for minutes. One endpoint must answer."""
-    errors = []
-    for endpoint in endpoints:
-        host, port = endpoint.rsplit(":", 1)
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-            return
-        except (OSError, ValueError) as exc:
-            errors.append(f"{endpoint}: {exc}")
-    raise NoStorageNodes(f"cannot reach the Mooncake master ({'; '.join(errors)})")
+def _check_reachable(endpoints: list[str], timeout_s: float = 3.0, wait_s: float = 10.0) -> None:
+    """Fail fast: Mooncake's setup retries an unreachable master for minutes. One endpoint must answer.
+
+    A refused connection is tried again for ``wait_s``: a master started beside its workers
+    (``splitserve up``) may still be binding its port.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        errors = []
+        for endpoint in endpoints:
+            host, port = endpoint.rsplit(":", 1)
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+                return
+            except (OSError, ValueError) as exc:
+                errors.append(f"{endpoint}: {exc}")
+        if time.monotonic() >= deadline:
+            raise NoStorageNodes(f"cannot reach the Mooncake master ({'; '.join(errors)})")
+        time.sleep(0.2)
 
 
 def _merged_ranges(ptrs: list[int], sizes: list[int]) -> list[tuple[int, int]]:
