@@ -57,6 +57,14 @@ def segment_owner(path: str) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped) counts as gone: it unlinks nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass  # no procfs: ask the kernel
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from bench.fault_load import Load, alive, descendants, metric, start_up, wait_for
+from kv_transfer.peer_pool import remove_orphaned_pools
+from kvstore.segment import remove_orphaned_segments
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +31,7 @@ WORKER_BUSY = ("splitserve_worker_running_requests", "splitserve_worker_waiting_
 
 def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -> None:
     stack = start_up(model, tmp_path, "--prefill", "1", "--decode", "1")
+    tree: set[int] = set()
     try:
         tree = descendants(stack.process.pid)
         # components + an engine core under each worker (+ multiprocessing's resource trackers)
@@ -39,6 +42,10 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
     finally:
         for pid in descendants(stack.process.pid):  # nothing should be left; never leak into other tests
             os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(alive(pid) for pid in tree), 15, "the killed processes exited")
+        # the killed node and prefill worker could not unlink their shared memory: what a restart would sweep
+        remove_orphaned_segments()
+        remove_orphaned_pools()
 
 
 @pytest.mark.parametrize("victim", ["kvstore-node", "kvstore-master"])
