@@ -301,6 +301,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per batched measurement (median reported)")
     parser.add_argument("--capacity", default="1GiB")
     parser.add_argument("--skip-mooncake", action="store_true", help="leave the Mooncake Store backend out")
+    parser.add_argument("--tables", default="single,batched,backends",
+                        help="which tables to measure, comma-separated (single, batched, backends)")
     parser.add_argument("--out", default="kvstore_bench.json")
     args = parser.parse_args()
 
@@ -311,14 +313,15 @@ def main() -> None:
     try:
         time.sleep(0.5)
         clients = {"remote": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
-        for size in [int(s) * 1024 for s in args.sizes_kib.split(",")]:
+        tables = set(args.tables.split(","))
+        for size in [int(s) * 1024 for s in args.sizes_kib.split(",")] if "single" in tables else []:
             total = args.total_mib << 20
             rows.append({"path": "memcpy (numpy)", "size": size, **bench_memcpy(size, total, args.latency_ops)})
             rows.append({"path": "tcp socket", "size": size, **bench_tcp(size, total, args.latency_ops)})
             for name, client in clients.items():
                 result = bench_store(client, size, total, args.batch, args.latency_ops)
                 rows.append({"path": f"kvstore {name}", "size": size, **result})
-        for n, size in parse_batches(args.batches):
+        for n, size in parse_batches(args.batches) if "batched" in tables else []:
             memcpy = bench_memcpy_batch(n, size, args.repeats)
             batch_rows.append({"path": "memcpy (numpy)", "n": n, "size": size, "put_GBps": memcpy, "get_GBps": memcpy, "get_into_GBps": memcpy, "memcpy_GBps": memcpy})
             for name, client in clients.items():
@@ -326,7 +329,8 @@ def main() -> None:
                 batch_rows.append({"path": f"kvstore {name}", "n": n, "size": size, **result, "memcpy_GBps": memcpy})
         for client in clients.values():
             client.close()
-        backend_rows = bench_backends(master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats)
+        if "backends" in tables:
+            backend_rows = bench_backends(master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats)
     finally:
         if mooncake is not None:
             mooncake.stop()
