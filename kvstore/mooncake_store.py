@@ -48,6 +48,7 @@ _LEASE_EXPIRED = -707
 # read outlived its lease (the bytes may have been reused: never hand them out)
 _MISSES = {-703, -704, -710, -712, -800, _LEASE_EXPIRED}
 _RPC_FAIL = -900
+POLL_S = 0.002  # wait_for_blocks: Mooncake has no commit notification
 
 INSTALL_HINT = (
     "pip install mooncake-transfer-engine-non-cuda (CPU) or mooncake-transfer-engine (CUDA); "
@@ -117,6 +118,20 @@ class MooncakeStore:
     def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         """Whether each block is readable now; takes no lease."""
         return self._exist([store_key(layout, k) for k in keys])
+
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        """Whether each block is readable, waiting up to ``timeout_s`` for all of them.
+
+        Mooncake's master tells no one about a commit, so this polls (every 2 ms); our store's
+        master answers at the commit instead (kvstore/client.py wait_committed).
+        """
+        names = [store_key(layout, k) for k in keys]
+        deadline = time.monotonic() + timeout_s
+        found = self._exist(names)
+        while not all(found) and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            found = self._exist(names)
+        return found
 
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]:
         """Read each block into the caller's buffer; True where found.
