@@ -11,6 +11,7 @@ The core exits when its parent (the gRPC server process) dies or asks it to.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -46,7 +47,14 @@ WARMUP_ID = "__warmup__"
 def run_engine_core(config: CoreConfig) -> None:
     """multiprocessing entry point."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    EngineCore(config).run()
+    try:
+        core = EngineCore(config)
+    except BaseException:
+        if config.engine.kv_pool_file:  # created before the failure: /dev/shm keeps it until someone unlinks it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.engine.kv_pool_file)
+        raise
+    core.run()
 
 
 def error_kind(exc: Exception) -> ErrorKind:
