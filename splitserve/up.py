@@ -1,10 +1,10 @@
 """`splitserve up`: the whole stack on one machine as processes.
 
-kvstore master + storage node (ours, or Mooncake's with --kvstore-backend mooncake), N prefill workers, M decode workers and the router,
-each the same entry point that the Helm chart runs in a pod. Progress is shown
-until every component reports healthy; Ctrl-C or SIGTERM stops everything. The
-processes are supervised (splitserve/supervisor.py): they die with `up`, and a crashed
-one is restarted with a back-off.
+kvstore master + storage node (ours, or Mooncake Store's with --kvstore-backend mooncake),
+N prefill workers, M decode workers and the router, each the same entry point that the
+Helm chart runs in a pod. Progress is shown until every component reports healthy;
+Ctrl-C or SIGTERM stops everything. The processes are supervised
+(splitserve/supervisor.py): they die with `up`, and a crashed one is restarted with a back-off.
 """
 
 from __future__ import annotations
@@ -77,9 +77,8 @@ def plan_store(args: argparse.Namespace, host: str) -> tuple[list[Component], st
         from kvstore import mooncake_processes
 
         plan = mooncake_processes.plan_local(capacity, host)
-        master_metrics = int(next(a for a in plan.master_argv if a.startswith("--metrics_port=")).split("=")[1])
         return [
-            Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port, metrics_port=master_metrics),
+            Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port, metrics_port=plan.master_metrics_port),
             Component("kvstore-node", plan.node_argv, tcp_port=plan.node_port),
         ], plan.url, ""
     py = [sys.executable, "-m", "splitserve.cli"]
@@ -142,10 +141,10 @@ def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> St
     by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]  # noqa: E731
     router = next(c for c in stack.comps if c.name == "router")
     events = router.argv[router.argv.index("--kvstore-events") + 1] if "--kvstore-events" in router.argv else ""
-    prefill = next(c for c in stack.comps if c.name.startswith(("prefill-", "decode-")))
+    worker = next(c for c in stack.comps if c.name.startswith(("prefill-", "decode-")))
     return StackInfo(
         url=url, model=model, served_model_name=served_model_name,
-        kvstore=prefill.argv[prefill.argv.index("--kvstore") + 1],
+        kvstore=worker.argv[worker.argv.index("--kvstore") + 1],
         kvstore_events=events, prefill=by_prefix("prefill-"),
         decode=by_prefix("decode-"),
         metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
