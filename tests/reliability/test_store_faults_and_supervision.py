@@ -51,7 +51,7 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("backend", "victim"), [("ours", "kvstore-node"), ("ours", "kvstore-master"),
-                                                  ("mooncake", "kvstore-node")])  # fmt: skip
+                                                  ("mooncake", "kvstore-node"), ("mooncake", "kvstore-master")])  # fmt: skip
 def test_a_killed_store_component_fails_no_request_and_is_used_again(request, backend: str, victim: str) -> None:  # type: ignore[no-untyped-def]
     stack = request.getfixturevalue("stack" if backend == "ours" else "mooncake_stack")
     master_metrics = stack.state["metrics"]["kvstore-master"]
