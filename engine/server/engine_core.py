@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -47,6 +48,9 @@ WARMUP_ID = "__warmup__"
 def run_engine_core(config: CoreConfig) -> None:
     """multiprocessing entry point."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    # SIGTERM to the worker's process group reaches the core too: leave through run()'s cleanup
+    # (its shared KV pool file stays in /dev/shm otherwise) instead of dying on the spot
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         core = EngineCore(config)
     except BaseException:
@@ -55,6 +59,10 @@ def run_engine_core(config: CoreConfig) -> None:
                 os.unlink(config.engine.kv_pool_file)
         raise
     core.run()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)
 
 
 def error_kind(exc: Exception) -> ErrorKind:
