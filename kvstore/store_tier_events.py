@@ -54,6 +54,9 @@ class AnnouncingStore:
         self._forget([k for k, ok in zip(keys, found) if not ok])
         return found
 
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        return self.backend.wait_for_blocks(layout, keys, timeout_s)  # the writer of these blocks announces them
+
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]:
         found = self.backend.get_blocks_into(layout, keys, buffers)
         self._forget([k for k, ok in zip(keys, found) if not ok])

@@ -11,9 +11,11 @@ The core exits when its parent (the gRPC server process) dies or asks it to.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -46,7 +48,21 @@ WARMUP_ID = "__warmup__"
 def run_engine_core(config: CoreConfig) -> None:
     """multiprocessing entry point."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    EngineCore(config).run()
+    # SIGTERM to the worker's process group reaches the core too: leave through run()'s cleanup
+    # (its shared KV pool file stays in /dev/shm otherwise) instead of dying on the spot
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        core = EngineCore(config)
+    except BaseException:
+        if config.engine.kv_pool_file:  # created before the failure: /dev/shm keeps it until someone unlinks it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.engine.kv_pool_file)
+        raise
+    core.run()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)
 
 
 def error_kind(exc: Exception) -> ErrorKind:

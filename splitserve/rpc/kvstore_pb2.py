@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/rpc/kvstore.proto\x12\x12splitserve.kvstore\"\x83\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x10\n\x08shm_name\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\"B\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x86\x01\n\x07Replica\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08shm_name\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x07 \x01(\t\"M\n\x0cPutStartItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x10\n\x08replicas\x18\x04 \x01(\r\"B\n\x0fPutStartRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .splitserve.kvstore.PutStartItem\"\xa8\x01\n\x0ePutStartResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.splitserve.kvstore.PutState\x12\x0e\n\x06put_id\x18\x03 \x01(\t\x12-\n\x08replicas\x18\x04 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"D\n\rPutStartReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.PutStartResult\"#\n\x10PutCommitRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"\"\n\x0fPutAbortRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"C\n\tKeyResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"<\n\nKeyResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x90\x01\n\x0eObjectLocation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12-\n\x08replicas\x18\x05 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\"?\n\x08GetReply\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.ObjectLocation\"\x1d\n\x0b\x45xistsReply\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"\x0e\n\x0cStatsRequest\"M\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\"t\n\nStatsReply\x12,\n\x05nodes\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.NodeStats\x12\x0f\n\x07objects\x18\x02 \x01(\x04\x12\x14\n\x0cpending_puts\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\"b\n\nWriteChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x16\n\x0e\x63hunk_checksum\x18\x05 \x01(\x04\"#\n\nWriteReply\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\"?\n\x0bReadRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"\x19\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\tWriteItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"A\n\x11\x42\x61tchWriteRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.WriteItem\"B\n\x10\x42\x61tchReadRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.splitserve.kvstore.ReadRequest\"\x1e\n\x0e\x42\x61tchReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\":\n\x08SealItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\x0bSealRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.splitserve.kvstore.SealItem\"=\n\x0bItemResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult*\x89\x01\n\x08PutState\x12\x19\n\x15PUT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11PUT_STATE_STARTED\x10\x01\x12\x1c\n\x18PUT_STATE_ALREADY_EXISTS\x10\x02\x12\x17\n\x13PUT_STATE_IN_FLIGHT\x10\x03\x12\x14\n\x10PUT_STATE_FAILED\x10\x04\x32\x9f\n\n\x06Master\x12^\n\x0cRegisterNode\x12\'.splitserve.kvstore.RegisterNodeRequest\x1a%.splitserve.kvstore.RegisterNodeReply\x12U\n\tHeartbeat\x12$.splitserve.kvstore.HeartbeatRequest\x1a\".splitserve.kvstore.HeartbeatReply\x12W\n\rBatchPutStart\x12#.splitserve.kvstore.PutStartRequest\x1a!.splitserve.kvstore.PutStartReply\x12V\n\x0e\x42\x61tchPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12T\n\rBatchPutAbort\x12#.splitserve.kvstore.PutAbortRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12I\n\x08\x42\x61tchGet\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1c.splitserve.kvstore.GetReply\x12O\n\x0b\x42\x61tchExists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12N\n\x0b\x42\x61tchRemove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12K\n\x08\x42\x61tchPin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12M\n\nBatchUnpin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12P\n\x08PutStart\x12 .splitserve.kvstore.PutStartItem\x1a\".splitserve.kvstore.PutStartResult\x12P\n\tPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12J\n\x03Get\x12\x1f.splitserve.kvstore.KeysRequest\x1a\".splitserve.kvstore.ObjectLocation\x12J\n\x06\x45xists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12H\n\x06Remove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12I\n\x05Stats\x12 .splitserve.kvstore.StatsRequest\x1a\x1e.splitserve.kvstore.StatsReply2\x99\x03\n\x0bStorageNode\x12I\n\x05Write\x12\x1e.splitserve.kvstore.WriteChunk\x1a\x1e.splitserve.kvstore.WriteReply(\x01\x12H\n\x04Read\x12\x1f.splitserve.kvstore.ReadRequest\x1a\x1d.splitserve.kvstore.ReadChunk0\x01\x12T\n\nBatchWrite\x12%.splitserve.kvstore.BatchWriteRequest\x1a\x1f.splitserve.kvstore.ItemResults\x12U\n\tBatchRead\x12$.splitserve.kvstore.BatchReadRequest\x1a\".splitserve.kvstore.BatchReadReply\x12H\n\x04Seal\x12\x1f.splitserve.kvstore.SealRequest\x1a\x1f.splitserve.kvstore.ItemResultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/rpc/kvstore.proto\x12\x12splitserve.kvstore\"\x83\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x10\n\x08shm_name\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\"B\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x86\x01\n\x07Replica\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08shm_name\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x07 \x01(\t\"M\n\x0cPutStartItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x10\n\x08replicas\x18\x04 \x01(\r\"B\n\x0fPutStartRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .splitserve.kvstore.PutStartItem\"\xa8\x01\n\x0ePutStartResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.splitserve.kvstore.PutState\x12\x0e\n\x06put_id\x18\x03 \x01(\t\x12-\n\x08replicas\x18\x04 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"D\n\rPutStartReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.PutStartResult\"#\n\x10PutCommitRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"\"\n\x0fPutAbortRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"C\n\tKeyResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"<\n\nKeyResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x90\x01\n\x0eObjectLocation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12-\n\x08replicas\x18\x05 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\"?\n\x08GetReply\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.ObjectLocation\"\x1d\n\x0b\x45xistsReply\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"7\n\x14WaitCommittedRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"\x0e\n\x0cStatsRequest\"M\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\"t\n\nStatsReply\x12,\n\x05nodes\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.NodeStats\x12\x0f\n\x07objects\x18\x02 \x01(\x04\x12\x14\n\x0cpending_puts\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\"b\n\nWriteChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x16\n\x0e\x63hunk_checksum\x18\x05 \x01(\x04\"#\n\nWriteReply\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\"?\n\x0bReadRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"\x19\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\tWriteItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"A\n\x11\x42\x61tchWriteRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.WriteItem\"B\n\x10\x42\x61tchReadRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.splitserve.kvstore.ReadRequest\"\x1e\n\x0e\x42\x61tchReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\":\n\x08SealItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\x0bSealRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.splitserve.kvstore.SealItem\"=\n\x0bItemResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult*\x89\x01\n\x08PutState\x12\x19\n\x15PUT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11PUT_STATE_STARTED\x10\x01\x12\x1c\n\x18PUT_STATE_ALREADY_EXISTS\x10\x02\x12\x17\n\x13PUT_STATE_IN_FLIGHT\x10\x03\x12\x14\n\x10PUT_STATE_FAILED\x10\x04\x32\xfb\n\n\x06Master\x12^\n\x0cRegisterNode\x12\'.splitserve.kvstore.RegisterNodeRequest\x1a%.splitserve.kvstore.RegisterNodeReply\x12U\n\tHeartbeat\x12$.splitserve.kvstore.HeartbeatRequest\x1a\".splitserve.kvstore.HeartbeatReply\x12W\n\rBatchPutStart\x12#.splitserve.kvstore.PutStartRequest\x1a!.splitserve.kvstore.PutStartReply\x12V\n\x0e\x42\x61tchPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12T\n\rBatchPutAbort\x12#.splitserve.kvstore.PutAbortRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12I\n\x08\x42\x61tchGet\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1c.splitserve.kvstore.GetReply\x12O\n\x0b\x42\x61tchExists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12Z\n\rWaitCommitted\x12(.splitserve.kvstore.WaitCommittedRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12N\n\x0b\x42\x61tchRemove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12K\n\x08\x42\x61tchPin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12M\n\nBatchUnpin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12P\n\x08PutStart\x12 .splitserve.kvstore.PutStartItem\x1a\".splitserve.kvstore.PutStartResult\x12P\n\tPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12J\n\x03Get\x12\x1f.splitserve.kvstore.KeysRequest\x1a\".splitserve.kvstore.ObjectLocation\x12J\n\x06\x45xists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12H\n\x06Remove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12I\n\x05Stats\x12 .splitserve.kvstore.StatsRequest\x1a\x1e.splitserve.kvstore.StatsReply2\x99\x03\n\x0bStorageNode\x12I\n\x05Write\x12\x1e.splitserve.kvstore.WriteChunk\x1a\x1e.splitserve.kvstore.WriteReply(\x01\x12H\n\x04Read\x12\x1f.splitserve.kvstore.ReadRequest\x1a\x1d.splitserve.kvstore.ReadChunk0\x01\x12T\n\nBatchWrite\x12%.splitserve.kvstore.BatchWriteRequest\x1a\x1f.splitserve.kvstore.ItemResults\x12U\n\tBatchRead\x12$.splitserve.kvstore.BatchReadRequest\x1a\".splitserve.kvstore.BatchReadReply\x12H\n\x04Seal\x12\x1f.splitserve.kvstore.SealRequest\x1a\x1f.splitserve.kvstore.ItemResultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitserve.rpc.kvstore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTSTATE']._serialized_start=2179
-  _globals['_PUTSTATE']._serialized_end=2316
+  _globals['_PUTSTATE']._serialized_start=2236
+  _globals['_PUTSTATE']._serialized_end=2373
   _globals['_REGISTERNODEREQUEST']._serialized_start=53
   _globals['_REGISTERNODEREQUEST']._serialized_end=184
   _globals['_REGISTERNODEREPLY']._serialized_start=186
@@ -67,36 +67,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREPLY']._serialized_end=1292
   _globals['_EXISTSREPLY']._serialized_start=1294
   _globals['_EXISTSREPLY']._serialized_end=1323
-  _globals['_STATSREQUEST']._serialized_start=1325
-  _globals['_STATSREQUEST']._serialized_end=1339
-  _globals['_NODESTATS']._serialized_start=1341
-  _globals['_NODESTATS']._serialized_end=1418
-  _globals['_STATSREPLY']._serialized_start=1420
-  _globals['_STATSREPLY']._serialized_end=1536
-  _globals['_WRITECHUNK']._serialized_start=1538
-  _globals['_WRITECHUNK']._serialized_end=1636
-  _globals['_WRITEREPLY']._serialized_start=1638
-  _globals['_WRITEREPLY']._serialized_end=1673
-  _globals['_READREQUEST']._serialized_start=1675
-  _globals['_READREQUEST']._serialized_end=1738
-  _globals['_READCHUNK']._serialized_start=1740
-  _globals['_READCHUNK']._serialized_end=1765
-  _globals['_WRITEITEM']._serialized_start=1767
-  _globals['_WRITEITEM']._serialized_end=1826
-  _globals['_BATCHWRITEREQUEST']._serialized_start=1828
-  _globals['_BATCHWRITEREQUEST']._serialized_end=1893
-  _globals['_BATCHREADREQUEST']._serialized_start=1895
-  _globals['_BATCHREADREQUEST']._serialized_end=1961
-  _globals['_BATCHREADREPLY']._serialized_start=1963
-  _globals['_BATCHREADREPLY']._serialized_end=1993
-  _globals['_SEALITEM']._serialized_start=1995
-  _globals['_SEALITEM']._serialized_end=2053
-  _globals['_SEALREQUEST']._serialized_start=2055
-  _globals['_SEALREQUEST']._serialized_end=2113
-  _globals['_ITEMRESULTS']._serialized_start=2115
-  _globals['_ITEMRESULTS']._serialized_end=2176
-  _globals['_MASTER']._serialized_start=2319
-  _globals['_MASTER']._serialized_end=3630
-  _globals['_STORAGENODE']._serialized_start=3633
-  _globals['_STORAGENODE']._serialized_end=4042
+  _globals['_WAITCOMMITTEDREQUEST']._serialized_start=1325
+  _globals['_WAITCOMMITTEDREQUEST']._serialized_end=1380
+  _globals['_STATSREQUEST']._serialized_start=1382
+  _globals['_STATSREQUEST']._serialized_end=1396
+  _globals['_NODESTATS']._serialized_start=1398
+  _globals['_NODESTATS']._serialized_end=1475
+  _globals['_STATSREPLY']._serialized_start=1477
+  _globals['_STATSREPLY']._serialized_end=1593
+  _globals['_WRITECHUNK']._serialized_start=1595
+  _globals['_WRITECHUNK']._serialized_end=1693
+  _globals['_WRITEREPLY']._serialized_start=1695
+  _globals['_WRITEREPLY']._serialized_end=1730
+  _globals['_READREQUEST']._serialized_start=1732
+  _globals['_READREQUEST']._serialized_end=1795
+  _globals['_READCHUNK']._serialized_start=1797
+  _globals['_READCHUNK']._serialized_end=1822
+  _globals['_WRITEITEM']._serialized_start=1824
+  _globals['_WRITEITEM']._serialized_end=1883
+  _globals['_BATCHWRITEREQUEST']._serialized_start=1885
+  _globals['_BATCHWRITEREQUEST']._serialized_end=1950
+  _globals['_BATCHREADREQUEST']._serialized_start=1952
+  _globals['_BATCHREADREQUEST']._serialized_end=2018
+  _globals['_BATCHREADREPLY']._serialized_start=2020
+  _globals['_BATCHREADREPLY']._serialized_end=2050
+  _globals['_SEALITEM']._serialized_start=2052
+  _globals['_SEALITEM']._serialized_end=2110
+  _globals['_SEALREQUEST']._serialized_start=2112
+  _globals['_SEALREQUEST']._serialized_end=2170
+  _globals['_ITEMRESULTS']._serialized_start=2172
+  _globals['_ITEMRESULTS']._serialized_end=2233
+  _globals['_MASTER']._serialized_start=2376
+  _globals['_MASTER']._serialized_end=3779
+  _globals['_STORAGENODE']._serialized_start=3782
+  _globals['_STORAGENODE']._serialized_end=4191
 # @@protoc_insertion_point(module_scope)
