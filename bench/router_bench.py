@@ -209,15 +209,16 @@ def stop_stack(proc) -> None:
 
 def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     import grpc
-    import httpx
 
+    from bench.raw_http import BlockingClient, encode_post
     from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
     prompt = list(range(100, 100 + args.prompt_len))
     channel = grpc.insecure_channel(state["decode"][0])
     stub = worker_pb2_grpc.DecodeServiceStub(channel)
-    client = httpx.Client(base_url=state["url"], timeout=30)
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
+    client = BlockingClient(host, port)  # ~30 us of client CPU a request, like the gRPC stub's on the direct path
 
     def direct(i: int) -> None:
         req = worker_pb2.GenerateRequest(request_id=f"direct-{i}", prompt_token_ids=prompt,
@@ -227,9 +228,8 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
         assert chunks and chunks[-1].finish_reason, chunks
 
     def routed(i: int) -> None:
-        reply = client.post("/v1/completions", json=body)
-        reply.raise_for_status()
-        assert reply.json()["choices"][0]["finish_reason"], reply.text
+        reply = json.loads(client.post(raw))
+        assert reply["choices"][0]["finish_reason"], reply
 
     try:
         for i in range(args.warmup):
@@ -253,39 +253,46 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
 
 
 async def saturation_level(state: dict, concurrency: int, duration_s: float) -> dict:
-    import httpx
+    """Closed loop: ``concurrency`` keep-alive connections each send the next request as soon as
+    the last one is answered. ``router_cpu_ms_per_req`` is the router's CPU time over the level
+    divided by the requests it served: the rate one core would sustain is 1000 / that figure,
+    whatever share of its core the router got on a shared machine."""
+    from bench.raw_http import AsyncClient, HTTPStatusError, encode_post
 
     prompt = list(range(100, 100 + 16))
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
     pids = {"router": process_tree(state["pids"]["router"]), "worker": process_tree(state["pids"]["decode-0"]),
             "client": [os.getpid()]}
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=state["url"], timeout=60, limits=limits) as client:
-        for _ in range(concurrency):  # open the connections before the clock starts
-            (await client.post("/v1/completions", json=body)).raise_for_status()
+    clients = [await AsyncClient.connect(host, port) for _ in range(concurrency)]
+    for client in clients:  # warm every connection before the clock starts
+        await client.post(raw)
 
-        async def loop(deadline: float) -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                try:
-                    reply = await client.post("/v1/completions", json=body)
-                    reply.raise_for_status()
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t)
+    async def loop(client: AsyncClient, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            try:
+                await client.post(raw)
+            except HTTPStatusError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t)
 
-        cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop(t0 + duration_s) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(c, t0 + duration_s) for c in clients))
+    wall = time.perf_counter() - t0
+    cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    for client in clients:
+        await client.close()
+    served = len(latencies) + errors
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "wall_s": wall,
             "rps": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": pct(latencies, 0.99) * 1e3,
+            "p99_ms": pct(latencies, 0.99) * 1e3, "load_avg": os.getloadavg()[0],
+            "router_cpu_ms_per_req": (cpu1["router"] - cpu0["router"]) / max(served, 1) * 1e3,
             "processes": {k: len(p) for k, p in pids.items()},
             **{f"{k}_cpu_pct": (cpu1[k] - cpu0[k]) / wall * 100 for k in pids}}
 
@@ -305,10 +312,13 @@ def print_tables(report: dict) -> None:
         for name in ("direct", "router", "added"):
             print(f"{name:<8}{ov[name]['p50_ms']:>12.2f}{ov[name]['p99_ms']:>12.2f}{ov[name]['mean_ms']:>12.2f}")
     if "saturation" in report:
-        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'worker %':>10}{'client %':>10}{'errors':>8}")
+        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'router ms/req':>14}{'1-core req/s':>13}"
+              f"{'worker %':>10}{'client %':>10}{'errors':>8}{'load':>6}")
         for r in report["saturation"]:
+            ms = r["router_cpu_ms_per_req"]
             print(f"{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['router_cpu_pct']:>10.0f}"
-                  f"{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}{r['errors']:>8}")
+                  f"{ms:>14.3f}{1000 / ms if ms else float('nan'):>13.0f}{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}"
+                  f"{r['errors']:>8}{r['load_avg']:>6.1f}")
         print(f"\n{report['saturation_verdict']}")
 
 

@@ -25,9 +25,7 @@ class KVUsageBelow:
     max_usage: float = 0.95
 
     def keep(self, candidate: Candidate) -> bool:
-        load = candidate.worker.load
-        usage = load.active_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else load.kv_usage
-        return usage < self.max_usage
+        return candidate.kv_usage < self.max_usage
 
 
 @dataclass(slots=True)

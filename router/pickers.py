@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,7 +38,12 @@ class MinCost:
     spread over the pool instead of all landing on the first worker listed."""
 
     def pick(self, options: Sequence[Option], turn: int) -> Option:
-        return min(options, key=lambda o: (o.cost, o.held_blocks))
+        best = min(options, key=_COST)
+        ties = [o for o in options if o.cost == best.cost]
+        return best if len(ties) == 1 else min(ties, key=_HELD)
+
+
+_COST, _HELD = attrgetter("cost"), attrgetter("held_blocks")
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from router.filters import Filter, apply_filters, build_filter
 from router.pickers import Option, Picker, build_picker
 from router.prefix_index import PrefixIndex
 from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
-from router.scorers import Candidate, WeightedScorer, build_scorer, total_cost
+from router.scorers import Candidate, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
 STORE_PUBLISHER = "kvstore"
@@ -148,22 +148,21 @@ class Scheduler:
     def _place(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
         use_index = self._reads_index and self.index is not None
         matches = self.index.match(request.block_keys) if use_index and self.index is not None else {}
-        last = max(request.prompt_tokens - 1, 0)  # the last prompt token is always computed: it yields the first token
-        store_hit = min(matches.get(STORE_PUBLISHER, 0) * request.block_size, last)
-
-        def local(worker: Worker) -> Candidate:
-            """Only the worker's own cache counts: a decode worker neither prefills (colocated)
-            nor imports (disaggregated) from the store what it already holds."""
-            return Candidate(worker, request.prompt_tokens, min(matches.get(worker.worker_id, 0) * request.block_size, last))
-
-        def with_store(worker: Worker) -> Candidate:
-            """A prefill worker pulls from the store the blocks that follow its own prefix."""
-            own = local(worker).hit_tokens
+        held = self.index.block_counts() if use_index and self.index is not None else {}
+        prompt, bs = request.prompt_tokens, request.block_size
+        last = max(prompt - 1, 0)  # the last prompt token is always computed: it yields the first token
+        store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
+        # Only the worker's own cache counts on the decode side: a decode worker neither prefills
+        # (colocated) nor imports (disaggregated) from the store what it already holds.
+        local = [Candidate.of(w, prompt, min(matches.get(w.worker_id, 0) * bs, last)) for w in decode]
+        # A prefill worker pulls from the store the blocks that follow its own prefix.
+        pulling = []
+        for w in prefill:
+            own = min(matches.get(w.worker_id, 0) * bs, last)
             hit = max(own, store_hit)
-            return Candidate(worker, request.prompt_tokens, hit, hit - own)
-
-        colocated = self._options("colocated", [local(w) for w in decode], use_index)
-        disagg = self._options("prefill", [with_store(w) for w in prefill], use_index)
+            pulling.append(Candidate.of(w, prompt, hit, hit - own))
+        colocated = self._options("colocated", local, held)
+        disagg = self._options("prefill", pulling, held)
         if self._prefer_colocated(request, colocated, disagg, prefill):
             order = [("colocated", colocated), ("prefill", disagg)]
         else:
@@ -179,7 +178,7 @@ class Scheduler:
         if chosen.colocated:
             self._turns["decode"] += 1
             return Decision(Mode.COLOCATED, None, chosen.address, chosen.candidate.hit_tokens, chosen.ttft_s)
-        decode_option = self._pick("decode", self._options("decode", [local(w) for w in decode], use_index))
+        decode_option = self._pick("decode", self._options("decode", local, held))
         self._turns["prefill"] += 1
         self._turns["decode"] += 1
         return Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.candidate.hit_tokens, chosen.ttft_s)
@@ -202,23 +201,21 @@ class Scheduler:
             return best.candidate.hit_tokens > other.candidate.hit_tokens and best.cost < other.cost
         return False
 
-    def _options(self, profile_name: str, candidates: list[Candidate], use_index: bool) -> list[Option]:
+    def _options(self, profile_name: str, candidates: list[Candidate], held: dict[str, int]) -> list[Option]:
         profile = self._profiles[profile_name]
-        kept = apply_filters(profile.filters, candidates) if candidates else candidates
-        return [self._option(c, profile, profile_name == "colocated", use_index) for c in kept]
-
-    def _option(self, candidate: Candidate, profile: _Profile, colocated: bool, use_index: bool) -> Option:
-        rate = candidate.worker.prefill_rate_tps or self.config.default_prefill_rate_tps
-        ttft = (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
-        held = self.index.num_blocks_of(candidate.worker.worker_id) if use_index and self.index is not None else 0
-        return Option(candidate, total_cost(candidate, profile.scorers), ttft, held, colocated)
+        if profile.filters and candidates:
+            candidates = apply_filters(profile.filters, candidates)
+        colocated, default_rate = profile_name == "colocated", self.config.default_prefill_rate_tps
+        return [Option(c, cost, (c.queued_prefill_tokens + c.uncached_tokens) / (c.worker.prefill_rate_tps or default_rate),
+                       held.get(c.worker.worker_id, 0), colocated)
+                for c, cost in zip(candidates, total_costs(candidates, profile.scorers))]  # fmt: skip
 
     def _pick(self, profile_name: str, options: list[Option]) -> Option:
         profile = self._profiles[profile_name]
         return profile.picker.pick(options, self._turns[profile.pool])
 
     def _pick_within_slo(self, profile_name: str, options: list[Option], slo_s: float | None) -> Option | None:
-        ok = [o for o in options if slo_s is None or o.ttft_s <= slo_s]
+        ok = options if slo_s is None else [o for o in options if o.ttft_s <= slo_s]
         return self._pick(profile_name, ok) if ok else None
 
     # -- accounting -------------------------------------------------------------

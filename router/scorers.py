@@ -6,6 +6,7 @@ the default cost of a prefill candidate is `uncached_prefill_tokens + queued tok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,26 +16,34 @@ from router.workers import Worker
 
 @dataclass(slots=True)
 class Candidate:
-    """One worker evaluated for one request."""
+    """One worker evaluated for one request.
+
+    The load fields are read from the worker once per decision (`of`), not once per scorer:
+    a decision at 64 workers scores ~100 candidates, so every attribute chain counts.
+    """
 
     worker: Worker
     prompt_tokens: int
     hit_tokens: int  # prompt tokens whose KV this worker has or can pull from the store
     store_tokens: int = 0  # of those, the ones it must pull from the store (not in its own cache)
+    uncached_tokens: int = 0  # prompt_tokens - hit_tokens
+    queued_prefill_tokens: int = 0  # Worker.queued_prefill_tokens
+    active_requests: int = 0  # Worker.active_requests
+    kv_usage: float = 0.0  # Worker.kv_fraction
 
-    @property
-    def uncached_tokens(self) -> int:
-        return max(self.prompt_tokens - self.hit_tokens, 0)
-
-    @property
-    def queued_prefill_tokens(self) -> int:
-        return self.worker.queued_prefill_tokens
+    @classmethod
+    def of(cls, worker: Worker, prompt_tokens: int, hit_tokens: int, store_tokens: int = 0) -> "Candidate":
+        return cls(worker, prompt_tokens, hit_tokens, store_tokens, max(prompt_tokens - hit_tokens, 0),
+                   worker.queued_prefill_tokens, worker.active_requests, worker.kv_fraction)  # fmt: skip
 
 
 class Scorer(Protocol):
+    """Scores a whole pool at once: one list comprehension per scorer and decision, not one
+    call per worker (a 64-worker decision has a budget of ~100 us in Python)."""
+
     name: str
 
-    def score(self, candidate: Candidate) -> float: ...
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]: ...
 
 
 @dataclass(slots=True)
@@ -45,8 +54,9 @@ class UncachedPrefillScorer:
     name: str = "uncached_prefill_tokens"
     store_token_cost: float = 0.25  # a pulled token, in computed-token equivalents (measured ~0.1 on CPU, less on GPU)
 
-    def score(self, candidate: Candidate) -> float:
-        return float(candidate.uncached_tokens) + self.store_token_cost * candidate.store_tokens
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        k = self.store_token_cost
+        return [c.uncached_tokens + k * c.store_tokens for c in candidates]
 
 
 @dataclass(slots=True)
@@ -55,8 +65,8 @@ class QueuedPrefillScorer:
 
     name: str = "queued_prefill_tokens"
 
-    def score(self, candidate: Candidate) -> float:
-        return float(candidate.queued_prefill_tokens)
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        return [c.queued_prefill_tokens for c in candidates]
 
 
 @dataclass(slots=True)
@@ -65,11 +75,8 @@ class KVUsageScorer:
 
     name: str = "kv_usage"
 
-    def score(self, candidate: Candidate) -> float:
-        load = candidate.worker.load
-        if load.total_kv_blocks:
-            return load.active_kv_blocks / load.total_kv_blocks
-        return float(load.kv_usage)
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        return [c.kv_usage for c in candidates]
 
 
 @dataclass(slots=True)
@@ -78,8 +85,8 @@ class RunningRequestsScorer:
 
     name: str = "running_requests"
 
-    def score(self, candidate: Candidate) -> float:
-        return float(candidate.worker.active_requests)
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        return [c.active_requests for c in candidates]
 
 
 @dataclass(slots=True)
@@ -93,8 +100,9 @@ class KVImportScorer:
     name: str = "kv_import_tokens"
     import_token_cost: float = 0.25  # an imported token, in computed-token equivalents
 
-    def score(self, candidate: Candidate) -> float:
-        return self.import_token_cost * candidate.uncached_tokens
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        k = self.import_token_cost
+        return [k * c.uncached_tokens for c in candidates]
 
 
 @dataclass(slots=True)
@@ -105,9 +113,10 @@ class PredictedTTFTScorer:
     name: str = "predicted_ttft_ms"
     default_rate_tps: float = 8000.0  # until the worker's rate has been measured
 
-    def score(self, candidate: Candidate) -> float:
-        rate = candidate.worker.prefill_rate_tps or self.default_rate_tps
-        return 1000.0 * (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
+    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+        default = self.default_rate_tps
+        return [1000.0 * (c.queued_prefill_tokens + c.uncached_tokens) / (c.worker.prefill_rate_tps or default)
+                for c in candidates]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -136,5 +145,10 @@ def build_scorer(spec: PluginSpec) -> WeightedScorer:
         raise TypeError(f"scorer {spec.type!r}: bad parameters {spec.params}") from exc
 
 
-def total_cost(candidate: Candidate, scorers: list[WeightedScorer]) -> float:
-    return sum(ws.weight * ws.scorer.score(candidate) for ws in scorers)
+def total_costs(candidates: Sequence[Candidate], scorers: list[WeightedScorer]) -> list[float]:
+    """Each candidate's weighted sum of its scores (0 for every candidate without scorers)."""
+    costs = [0.0] * len(candidates)
+    for ws in scorers:
+        w = ws.weight
+        costs = [cost + w * score for cost, score in zip(costs, ws.scorer.scores(candidates))]
+    return costs

@@ -70,6 +70,12 @@ class Worker:
     def active_requests(self) -> int:
         return max(self.load.running_requests + self.load.waiting_requests, self.inflight_requests)
 
+    @property
+    def kv_fraction(self) -> float:
+        """Share of the KV cache running requests hold (what the kv-usage scorer and filter read)."""
+        load = self.load
+        return load.active_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else float(load.kv_usage)
+
     def update_load(self, load: WorkerLoad) -> None:
         self.load = load
 
