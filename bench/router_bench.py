@@ -71,36 +71,44 @@ def index_bench(args: argparse.Namespace) -> dict:
 
 def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Namespace) -> dict:
     """A whole kv-aware decision (index walk, scorers of every worker, picker, charge) as the
-    router makes it, half the workers prefill and half decode; and the request's block
-    hashing, which the router does before deciding."""
+    router makes it, half the workers prefill and half decode, in three cases: a prompt the
+    workers hold (colocated: two profiles scored), a new prompt (disaggregated: all three
+    profiles) and a 16k-token held prompt; and the request's block hashing, which the router
+    does before deciding. Wall and thread-CPU percentiles: on a shared machine the wall p99
+    also counts the time other processes held the core."""
     from router.scheduler import Scheduler, ScheduleRequest
     from router.scheduler_config import load_policy
     from router.workers import Role, Worker, WorkerLoad
 
+    rng = random.Random(1)
     half = len(worker_ids) // 2
-    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345))
+    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345,
+                                               running_requests=rng.randrange(32), active_kv_blocks=rng.randrange(40_000),
+                                               queued_prefill_tokens=rng.randrange(20_000)))
                     for w in ids] for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))}  # fmt: skip
     scheduler = Scheduler(load_policy("kv-aware"), index)
     out = {}
-    for blocks in (args.chain, 1024):
-        tokens = list(range(blocks * 16))
+    for name, blocks, held in (("held", args.chain, True), ("new", args.chain, False), ("held", 1024, True)):
+        tokens = list(range(blocks * 16)) if held else list(range(7, 7 + blocks * 16))
         chain = block_keys(tokens, "bench", 16)
-        for i, w in enumerate(worker_ids):
-            index.store(w, chain[: blocks - (i % 8)])
-        times, hashing = [], []
+        if held:
+            for i, w in enumerate(worker_ids):
+                index.store(w, chain[: blocks - (i % 8)])
+        walls, cpus, hashing, modes = [], [], [], set()
         for _ in range(args.lookups):
-            t = time.perf_counter()
+            c, t = time.thread_time(), time.perf_counter()
             decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
-            times.append(time.perf_counter() - t)
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.thread_time() - c)
             decision.charge.release()
+            modes.add(decision.mode.value)
         for _ in range(max(20, args.lookups // 20)):
             t = time.perf_counter()
             block_keys(tokens, "bench", 16)
             hashing.append(time.perf_counter() - t)
-        times.sort()
-        hashing.sort()
-        out[f"decide_{blocks}"] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
-                                   "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
+        out[f"decide_{name}_{blocks}"] = {"p50_us": statistics.median(walls) * 1e6, "p99_us": pct(walls, 0.99) * 1e6,
+                                          "cpu_p50_us": statistics.median(cpus) * 1e6, "cpu_p99_us": pct(cpus, 0.99) * 1e6,
+                                          "mode": "/".join(sorted(modes)), "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
     return out
 
 
@@ -302,9 +310,12 @@ def print_tables(report: dict) -> None:
     print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {idx['index_blocks']:,} blocks, {idx['workers']} workers")
     for name in ("hit", "miss"):
         print(f"{name:<8}{idx[name]['p50_us']:>12.1f}{idx[name]['p99_us']:>12.1f}")
+    print(f"\n{'decision':<20}{'p50 us':>9}{'p99 us':>9}{'cpu p50':>9}{'cpu p99':>9}  mode           hashing the prompt")
     for name in [k for k in idx if k.startswith("decide_")]:
-        print(f"{name:<12}{idx[name]['p50_us']:>8.1f}{idx[name]['p99_us']:>12.1f}   kv-aware decision; hashing the prompt "
-              f"{idx[name]['hash_p50_us']:.0f} us")  # fmt: skip
+        d = idx[name]
+        print(f"{name:<20}{d['p50_us']:>9.1f}{d['p99_us']:>9.1f}{d['cpu_p50_us']:>9.1f}{d['cpu_p99_us']:>9.1f}  {d['mode']:<14} "
+              f"{d['hash_p50_us']:.0f} us")  # fmt: skip
+    print(f"(load average {os.getloadavg()[0]:.1f})")
     if "overhead" in report:
         ov = report["overhead"]
         print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "

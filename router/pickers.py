@@ -3,33 +3,61 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from operator import attrgetter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from router.scheduler_config import PluginSpec
-from router.scorers import Candidate
+from router.scorers import Candidates
+from router.workers import Worker
+
+
+@dataclass(slots=True)
+class Options:
+    """A profile's filtered candidates with their weighted costs and predicted times to first token."""
+
+    candidates: Candidates
+    costs: list[float]
+    ttft_s: list[float]
+    held_of: Callable[[str], int]  # blocks a publisher holds in the index: breaks cost ties towards the emptier cache
+    colocated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.costs)
+
+    def held_blocks(self, row: int) -> int:
+        return self.held_of(self.candidates.worker_ids[row])
+
+    def take(self, rows: list[int]) -> "Options":
+        return Options(self.candidates.take(rows), [self.costs[i] for i in rows], [self.ttft_s[i] for i in rows],
+                       self.held_of, self.colocated)  # fmt: skip
+
+    def option(self, row: int) -> "Option":
+        c = self.candidates
+        return Option(c.workers[row], c.hit_tokens[row], c.uncached_tokens[row], self.costs[row], self.ttft_s[row],
+                      self.colocated)  # fmt: skip
 
 
 @dataclass(slots=True)
 class Option:
-    """A filtered candidate with its weighted cost and predicted time to first token."""
+    """The picked row of an Options."""
 
-    candidate: Candidate
+    worker: Worker
+    hit_tokens: int
+    uncached_tokens: int
     cost: float
     ttft_s: float
-    held_blocks: int  # blocks the worker holds in the index: breaks cost ties towards the emptier cache
-    colocated: bool = False
+    colocated: bool
 
     @property
     def address(self) -> str:
-        return self.candidate.worker.address
+        return self.worker.address
 
 
 class Picker(Protocol):
-    def pick(self, options: Sequence[Option], turn: int) -> Option:
-        """``turn`` counts the earlier decisions of this pool (for rotating pickers)."""
+    def pick(self, options: Options, turn: int) -> int:
+        """The row to use (``options`` is never empty); ``turn`` counts the earlier decisions of
+        this pool (for rotating pickers)."""
 
 
 @dataclass(slots=True)
@@ -37,21 +65,20 @@ class MinCost:
     """Cheapest first; among equals the worker holding fewer blocks, so that new prefixes
     spread over the pool instead of all landing on the first worker listed."""
 
-    def pick(self, options: Sequence[Option], turn: int) -> Option:
-        best = min(options, key=_COST)
-        ties = [o for o in options if o.cost == best.cost]
-        return best if len(ties) == 1 else min(ties, key=_HELD)
-
-
-_COST, _HELD = attrgetter("cost"), attrgetter("held_blocks")
+    def pick(self, options: Options, turn: int) -> int:
+        costs = options.costs
+        best = min(costs)
+        ties = [i for i, cost in enumerate(costs) if cost == best]
+        return ties[0] if len(ties) == 1 else min(ties, key=options.held_blocks)
 
 
 @dataclass(slots=True)
 class RoundRobin:
     """The next worker in address order; ignores the costs."""
 
-    def pick(self, options: Sequence[Option], turn: int) -> Option:
-        ordered = sorted(options, key=lambda o: o.address)
+    def pick(self, options: Options, turn: int) -> int:
+        workers = options.candidates.workers
+        ordered = sorted(range(len(workers)), key=lambda i: workers[i].address)
         return ordered[turn % len(ordered)]
 
 
@@ -64,8 +91,8 @@ class RandomPick:
         if self.seed is not None:
             self._rng.seed(self.seed)
 
-    def pick(self, options: Sequence[Option], turn: int) -> Option:
-        return self._rng.choice(list(options))
+    def pick(self, options: Options, turn: int) -> int:
+        return self._rng.randrange(len(options))
 
 
 PICKER_TYPES: dict[str, type] = {"min-cost": MinCost, "round-robin": RoundRobin, "random": RandomPick}

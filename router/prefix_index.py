@@ -147,10 +147,6 @@ class PrefixIndex:
         """Blocks one publisher holds (on any medium)."""
         return len(self._held.get(publisher, ()))
 
-    def block_counts(self) -> dict[str, int]:
-        """Blocks each publisher holds: one pass over the publishers, not the blocks."""
-        return {publisher: len(held) for publisher, held in self._held.items()}
-
     def num_blocks(self) -> int:
         """Distinct blocks in the index (the `index_blocks` gauge)."""
         return len(self._holders)

@@ -6,8 +6,9 @@ the default cost of a prefill candidate is `uncached_prefill_tokens + queued tok
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add, mul
 from typing import Protocol
 
 from router.scheduler_config import PluginSpec
@@ -15,26 +16,41 @@ from router.workers import Worker
 
 
 @dataclass(slots=True)
-class Candidate:
-    """One worker evaluated for one request.
+class Candidates:
+    """One pool's workers evaluated for one request, column by column (row i is ``workers[i]``).
 
-    The load fields are read from the worker once per decision (`of`), not once per scorer:
-    a decision at 64 workers scores ~100 candidates, so every attribute chain counts.
+    Columns, not one object per worker: a decision at 64 workers scores ~100 of them within
+    a budget of ~100 us, and each scorer is then one list comprehension over a column. The
+    load columns are read from the workers once per decision.
     """
 
-    worker: Worker
+    workers: list[Worker]
+    worker_ids: list[str]  # the prefix index's publisher ids
     prompt_tokens: int
-    hit_tokens: int  # prompt tokens whose KV this worker has or can pull from the store
-    store_tokens: int = 0  # of those, the ones it must pull from the store (not in its own cache)
-    uncached_tokens: int = 0  # prompt_tokens - hit_tokens
-    queued_prefill_tokens: int = 0  # Worker.queued_prefill_tokens
-    active_requests: int = 0  # Worker.active_requests
-    kv_usage: float = 0.0  # Worker.kv_fraction
+    hit_tokens: list[int]  # prompt tokens whose KV the worker has or can pull from the store
+    store_tokens: list[int]  # of those, the ones it must pull from the store (not in its own cache)
+    uncached_tokens: list[int]  # prompt_tokens - hit_tokens
+    queued_prefill_tokens: list[int]  # Worker.queued_prefill_tokens
+    active_requests: list[int]  # Worker.active_requests
+    kv_usage: list[float]  # Worker.kv_fraction
+    prefill_rate_tps: list[float | None]  # Worker.prefill_rate_tps (None until measured)
 
     @classmethod
-    def of(cls, worker: Worker, prompt_tokens: int, hit_tokens: int, store_tokens: int = 0) -> "Candidate":
-        return cls(worker, prompt_tokens, hit_tokens, store_tokens, max(prompt_tokens - hit_tokens, 0),
-                   worker.queued_prefill_tokens, worker.active_requests, worker.kv_fraction)  # fmt: skip
+    def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
+           store_tokens: list[int] | None = None) -> "Candidates":  # fmt: skip
+        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers),
+                   [max(prompt_tokens - h, 0) for h in hit_tokens], [w.queued_prefill_tokens for w in workers],
+                   [w.active_requests for w in workers], [w.kv_fraction for w in workers],
+                   [w.prefill_rate_tps for w in workers])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def take(self, rows: list[int]) -> "Candidates":
+        """The candidates at ``rows``, in that order."""
+        return Candidates(*([col[i] for i in rows] if isinstance(col, list) else col for col in (
+            self.workers, self.worker_ids, self.prompt_tokens, self.hit_tokens, self.store_tokens, self.uncached_tokens,
+            self.queued_prefill_tokens, self.active_requests, self.kv_usage, self.prefill_rate_tps)))  # fmt: skip
 
 
 class Scorer(Protocol):
@@ -43,7 +59,7 @@ class Scorer(Protocol):
 
     name: str
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]: ...
+    def scores(self, candidates: Candidates) -> list[float]: ...
 
 
 @dataclass(slots=True)
@@ -54,9 +70,9 @@ class UncachedPrefillScorer:
     name: str = "uncached_prefill_tokens"
     store_token_cost: float = 0.25  # a pulled token, in computed-token equivalents (measured ~0.1 on CPU, less on GPU)
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+    def scores(self, candidates: Candidates) -> list[float]:
         k = self.store_token_cost
-        return [c.uncached_tokens + k * c.store_tokens for c in candidates]
+        return [u + k * s for u, s in zip(candidates.uncached_tokens, candidates.store_tokens)]
 
 
 @dataclass(slots=True)
@@ -65,8 +81,8 @@ class QueuedPrefillScorer:
 
     name: str = "queued_prefill_tokens"
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
-        return [c.queued_prefill_tokens for c in candidates]
+    def scores(self, candidates: Candidates) -> list[float]:
+        return candidates.queued_prefill_tokens  # type: ignore[return-value]  # ints are numbers here
 
 
 @dataclass(slots=True)
@@ -75,8 +91,8 @@ class KVUsageScorer:
 
     name: str = "kv_usage"
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
-        return [c.kv_usage for c in candidates]
+    def scores(self, candidates: Candidates) -> list[float]:
+        return candidates.kv_usage
 
 
 @dataclass(slots=True)
@@ -85,8 +101,8 @@ class RunningRequestsScorer:
 
     name: str = "running_requests"
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
-        return [c.active_requests for c in candidates]
+    def scores(self, candidates: Candidates) -> list[float]:
+        return candidates.active_requests  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -100,9 +116,9 @@ class KVImportScorer:
     name: str = "kv_import_tokens"
     import_token_cost: float = 0.25  # an imported token, in computed-token equivalents
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+    def scores(self, candidates: Candidates) -> list[float]:
         k = self.import_token_cost
-        return [k * c.uncached_tokens for c in candidates]
+        return [k * u for u in candidates.uncached_tokens]
 
 
 @dataclass(slots=True)
@@ -113,10 +129,10 @@ class PredictedTTFTScorer:
     name: str = "predicted_ttft_ms"
     default_rate_tps: float = 8000.0  # until the worker's rate has been measured
 
-    def scores(self, candidates: Sequence[Candidate]) -> list[float]:
+    def scores(self, candidates: Candidates) -> list[float]:
         default = self.default_rate_tps
-        return [1000.0 * (c.queued_prefill_tokens + c.uncached_tokens) / (c.worker.prefill_rate_tps or default)
-                for c in candidates]  # fmt: skip
+        return [1000.0 * (q + u) / (r or default)
+                for q, u, r in zip(candidates.queued_prefill_tokens, candidates.uncached_tokens, candidates.prefill_rate_tps)]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -145,10 +161,12 @@ def build_scorer(spec: PluginSpec) -> WeightedScorer:
         raise TypeError(f"scorer {spec.type!r}: bad parameters {spec.params}") from exc
 
 
-def total_costs(candidates: Sequence[Candidate], scorers: list[WeightedScorer]) -> list[float]:
-    """Each candidate's weighted sum of its scores (0 for every candidate without scorers)."""
-    costs = [0.0] * len(candidates)
+def total_costs(candidates: Candidates, scorers: list[WeightedScorer]) -> list[float]:
+    """Each candidate's weighted sum of its scores (0 for every candidate without scorers);
+    summed column-wise with C-level maps."""
+    costs: list[float] = [0.0] * len(candidates)
     for ws in scorers:
-        w = ws.weight
-        costs = [cost + w * score for cost, score in zip(costs, ws.scorer.scores(candidates))]
+        scores = ws.scorer.scores(candidates)
+        weighted = scores if ws.weight == 1 else map(mul, scores, repeat(ws.weight))
+        costs = list(map(add, costs, weighted))
     return costs
