@@ -270,7 +270,9 @@ async def saturation_level(state: dict, concurrency: int, duration_s: float) -> 
     prompt = list(range(100, 100 + 16))
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
     host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
-    pids = {"router": process_tree(state["pids"]["router"]), "worker": process_tree(state["pids"]["decode-0"]),
+    router = process_tree(state["pids"]["router"])
+    # with --sim the "worker" is this process (simulated workers and the client), the router its child
+    pids = {"router": router, "worker": [p for p in process_tree(state["pids"]["decode-0"]) if p not in router],
             "client": [os.getpid()]}
     latencies: list[float] = []
     errors = 0
