@@ -14,12 +14,12 @@ from router.workers import Worker
 
 @dataclass(slots=True)
 class Options:
-    """A profile's filtered candidates with their weighted costs and predicted times to first token."""
+    """A profile's filtered candidates with their weighted costs."""
 
     candidates: Candidates
     costs: list[float]
-    ttft_s: list[float]
     held_of: Callable[[str], int]  # blocks a publisher holds in the index: breaks cost ties towards the emptier cache
+    default_rate_tps: float  # prefill rate of a worker whose rate has not been measured yet
     colocated: bool = False
 
     def __len__(self) -> int:
@@ -28,13 +28,18 @@ class Options:
     def held_blocks(self, row: int) -> int:
         return self.held_of(self.candidates.worker_ids[row])
 
+    def ttft_s(self, row: int) -> float:
+        """Predicted time to first token: the work queued ahead plus this request's, at the worker's rate."""
+        c = self.candidates
+        return (c.queued_prefill_tokens[row] + c.uncached_tokens[row]) / (c.prefill_rate_tps[row] or self.default_rate_tps)
+
     def take(self, rows: list[int]) -> "Options":
-        return Options(self.candidates.take(rows), [self.costs[i] for i in rows], [self.ttft_s[i] for i in rows],
-                       self.held_of, self.colocated)  # fmt: skip
+        return Options(self.candidates.take(rows), [self.costs[i] for i in rows], self.held_of, self.default_rate_tps,
+                       self.colocated)  # fmt: skip
 
     def option(self, row: int) -> "Option":
         c = self.candidates
-        return Option(c.workers[row], c.hit_tokens[row], c.uncached_tokens[row], self.costs[row], self.ttft_s[row],
+        return Option(c.workers[row], c.hit_tokens[row], c.uncached_tokens[row], self.costs[row], self.ttft_s(row),
                       self.colocated)  # fmt: skip
 
 

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
@@ -30,6 +31,9 @@ from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
 STORE_PUBLISHER = "kvstore"
+
+
+_WORKER_ID = attrgetter("worker_id")
 
 
 def _no_blocks(publisher: str) -> int:
@@ -159,10 +163,10 @@ class Scheduler:
         get = matches.get
         # Only the worker's own cache counts on the decode side: a decode worker neither prefills
         # (colocated) nor imports (disaggregated) from the store what it already holds.
-        decode_ids = [w.worker_id for w in decode]
+        decode_ids = list(map(_WORKER_ID, decode))
         local = Candidates.of(decode, decode_ids, prompt, [min(get(i, 0) * bs, last) for i in decode_ids])
         # A prefill worker pulls from the store the blocks that follow its own prefix.
-        prefill_ids = [w.worker_id for w in prefill]
+        prefill_ids = list(map(_WORKER_ID, prefill))
         own = [min(get(i, 0) * bs, last) for i in prefill_ids]
         store_hit = min(get(STORE_PUBLISHER, 0) * bs, last)
         if store_hit:
@@ -182,7 +186,7 @@ class Scheduler:
         chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
         if chosen is None:
             assert slo_s is not None
-            best_ttft = min(colocated.ttft_s + disagg.ttft_s)
+            best_ttft = min(o.ttft_s(i) for o in (colocated, disagg) for i in range(len(o)))
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
         if chosen.colocated:
             self._turns["decode"] += 1
@@ -215,10 +219,8 @@ class Scheduler:
         profile = self._profiles[profile_name]
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
-        default_rate = self.config.default_prefill_rate_tps
-        ttft = [(q + u) / (r or default_rate)
-                for q, u, r in zip(candidates.queued_prefill_tokens, candidates.uncached_tokens, candidates.prefill_rate_tps)]  # fmt: skip
-        return Options(candidates, total_costs(candidates, profile.scorers), ttft, held, profile_name == "colocated")
+        return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,
+                       profile_name == "colocated")  # fmt: skip
 
     def _pick(self, profile_name: str, options: Options) -> Option:
         profile = self._profiles[profile_name]
@@ -226,7 +228,7 @@ class Scheduler:
 
     def _pick_within_slo(self, profile_name: str, options: Options, slo_s: float | None) -> Option | None:
         if slo_s is not None:
-            options = options.take([i for i, t in enumerate(options.ttft_s) if t <= slo_s])
+            options = options.take([i for i in range(len(options)) if options.ttft_s(i) <= slo_s])
         return self._pick(profile_name, options) if len(options) else None
 
     # -- accounting -------------------------------------------------------------

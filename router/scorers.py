@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
-from operator import add, mul
+from operator import add, attrgetter, mul
 from typing import Protocol
 
 from router.scheduler_config import PluginSpec
@@ -39,9 +39,8 @@ class Candidates:
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
            store_tokens: list[int] | None = None) -> "Candidates":  # fmt: skip
         return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers),
-                   [max(prompt_tokens - h, 0) for h in hit_tokens], [w.queued_prefill_tokens for w in workers],
-                   [w.active_requests for w in workers], [w.kv_fraction for w in workers],
-                   [w.prefill_rate_tps for w in workers])  # fmt: skip
+                   [max(prompt_tokens - h, 0) for h in hit_tokens], list(map(_QUEUED, workers)),
+                   list(map(_ACTIVE, workers)), list(map(_KV, workers)), list(map(_RATE, workers)))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -51,6 +50,10 @@ class Candidates:
         return Candidates(*([col[i] for i in rows] if isinstance(col, list) else col for col in (
             self.workers, self.worker_ids, self.prompt_tokens, self.hit_tokens, self.store_tokens, self.uncached_tokens,
             self.queued_prefill_tokens, self.active_requests, self.kv_usage, self.prefill_rate_tps)))  # fmt: skip
+
+
+_QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
+_KV, _RATE = attrgetter("kv_fraction"), attrgetter("prefill_rate_tps")
 
 
 class Scorer(Protocol):
