@@ -22,6 +22,7 @@ import argparse
 import json
 from collections import OrderedDict
 from pathlib import Path
+from typing import Self
 
 from bench.sim_replay import DEFAULT_TRACE
 from router import scheduler as scheduler_module
@@ -63,7 +64,7 @@ class Recorder:
         self.rows: dict[int, dict] = {}  # id(chain) -> figures at decision time
         self.pools: list[dict] = []
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Self:
         self._store, self._decide = PrefixIndex.store, scheduler_module.Scheduler.decide
         rec = self
 

@@ -75,7 +75,7 @@ class AsyncClient:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> "AsyncClient":
+    async def connect(cls, host: str, port: int) -> AsyncClient:
         reader, writer = await asyncio.open_connection(host, port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(reader, writer)

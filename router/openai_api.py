@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -321,7 +321,7 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
             metrics.itl.observe(now - last_token[0])
         last_token[0] = now
 
-    async def choice_events(i: int) -> AsyncIterator:
+    async def choice_events(i: int) -> AsyncGenerator:
         gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i), cache_salt=salt)
         first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt, priority=params.priority)
         chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt, params.priority))

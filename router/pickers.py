@@ -33,11 +33,11 @@ class Options:
         c = self.candidates
         return (c.queued_prefill_tokens[row] + c.uncached_tokens[row]) / (c.prefill_rate_tps[row] or self.default_rate_tps)
 
-    def take(self, rows: list[int]) -> "Options":
+    def take(self, rows: list[int]) -> Options:
         return Options(self.candidates.take(rows), [self.costs[i] for i in rows], self.held_of, self.default_rate_tps,
                        self.colocated)  # fmt: skip
 
-    def option(self, row: int) -> "Option":
+    def option(self, row: int) -> Option:
         c = self.candidates
         return Option(c.workers[row], c.hit_tokens[row], c.uncached_tokens[row], self.costs[row], self.ttft_s(row),
                       self.colocated)  # fmt: skip

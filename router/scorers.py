@@ -37,7 +37,7 @@ class Candidates:
 
     @classmethod
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
-           store_tokens: list[int] | None = None) -> "Candidates":  # fmt: skip
+           store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
         return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers),
                    [max(prompt_tokens - h, 0) for h in hit_tokens], list(map(_QUEUED, workers)),
                    list(map(_ACTIVE, workers)), list(map(_KV, workers)), list(map(_RATE, workers)))  # fmt: skip
@@ -45,11 +45,13 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.workers)
 
-    def take(self, rows: list[int]) -> "Candidates":
+    def take(self, rows: list[int]) -> Candidates:
         """The candidates at ``rows``, in that order."""
-        return Candidates(*([col[i] for i in rows] if isinstance(col, list) else col for col in (
-            self.workers, self.worker_ids, self.prompt_tokens, self.hit_tokens, self.store_tokens, self.uncached_tokens,
-            self.queued_prefill_tokens, self.active_requests, self.kv_usage, self.prefill_rate_tps)))  # fmt: skip
+        return Candidates([self.workers[i] for i in rows], [self.worker_ids[i] for i in rows], self.prompt_tokens,
+                          [self.hit_tokens[i] for i in rows], [self.store_tokens[i] for i in rows],
+                          [self.uncached_tokens[i] for i in rows], [self.queued_prefill_tokens[i] for i in rows],
+                          [self.active_requests[i] for i in rows], [self.kv_usage[i] for i in rows],
+                          [self.prefill_rate_tps[i] for i in rows])  # fmt: skip
 
 
 _QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
