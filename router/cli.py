@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-client-chat-template", action="store_true",
                    help="accept chat_template_kwargs.chat_template from clients (their Jinja runs sandboxed, bounded)")
     p.add_argument("--access-log", action="store_true",
-                   help="log every HTTP request (uvicorn's access log; off by default: ~5%% of a short request's cost)")
+                   help="log every HTTP request (uvicorn's access log; off by default: a log line per request is CPU on the hot path)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its request body")
     p.add_argument("--stall-timeout", type=float, default=5.0,
                    help="seconds of silence after which a request leaves a worker that fails its health checks")

@@ -224,7 +224,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
 
 class RequestCounter:
     """Counts HTTP requests by route and status: a plain ASGI middleware (Starlette's
-    BaseHTTPMiddleware costs a task and a memory stream per request, ~10% of a short one)."""
+    BaseHTTPMiddleware costs a task and a memory stream per request)."""
 
     def __init__(self, app, counter) -> None:
         self.app, self.counter = app, counter
