@@ -39,6 +39,9 @@ from kv_transfer.handle import KVHandle
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
 from kvstore.backend import StoreBackend, open_store
+from kvstore.events import KVEventPublisher
+from kvstore.mooncake_url import is_mooncake_url
+from kvstore.store_tier_events import AnnouncingStore
 
 TransferObserver = Callable[[str, int, float], None]  # (direction "in" | "out", bytes, seconds)
 ExportRows = Callable[[str, int, int], torch.Tensor]  # (request id, first block, end block) -> rows
@@ -65,9 +68,15 @@ class StoreConnector:
     name = "store"
 
     def __init__(self, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver,
-                 export_rows: ExportRows | None = None, write_budget: int | None = None) -> None:
+                 export_rows: ExportRows | None = None, write_budget: int | None = None,
+                 announce_on: KVEventPublisher | None = None) -> None:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
         self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
+        self.announcer: AnnouncingStore | None = None
+        if announce_on is not None and is_mooncake_url(address):
+            # Mooncake publishes no KV events: this writer announces its blocks (medium "store")
+            # on the worker's own event stream, and the router files them under the store tier
+            self.client = self.announcer = AnnouncingStore(self.client, publisher=announce_on)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-store")
         self.export_rows = export_rows
         self.write_budget = write_budget  # None: every block is written (the store is the handoff path)

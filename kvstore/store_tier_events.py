@@ -33,13 +33,17 @@ MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_
 class AnnouncingStore:
     """A StoreBackend whose successful writes are published as KV events; thread-safe."""
 
-    def __init__(self, backend: StoreBackend, pub_endpoint: str, snapshot_endpoint: str, topic: str = "kvstore",
-                 max_announced: int = 200_000) -> None:
+    def __init__(self, backend: StoreBackend, pub_endpoint: str = "", snapshot_endpoint: str = "", topic: str = "kvstore",
+                 max_announced: int = 200_000, publisher: KVEventPublisher | None = None) -> None:
+        """Announce on a publisher of its own (``pub_endpoint`` / ``snapshot_endpoint``), or on
+        the caller's ``publisher`` (a worker's own event stream; its snapshot function should
+        add ``snapshot()``'s "store" entry to the worker's own)."""
         self.backend = backend
         self.max_announced = max_announced
         self._announced: OrderedDict[BlockKey, None] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
-        self.publisher = KVEventPublisher(pub_endpoint, snapshot_endpoint, topic, self._snapshot)
+        self._own_publisher = publisher is None
+        self.publisher = publisher or KVEventPublisher(pub_endpoint, snapshot_endpoint, topic, self.snapshot)
 
     @property
     def events_endpoint(self) -> str:
@@ -89,7 +93,8 @@ class AnnouncingStore:
         return results
 
     def close(self) -> None:
-        self.publisher.close()
+        if self._own_publisher:
+            self.publisher.close()
         self.backend.close()
 
     def __enter__(self) -> AnnouncingStore:
@@ -108,7 +113,7 @@ class AnnouncingStore:
         if gone:
             self.publisher.publish([BlockRemoved(gone, MEDIUM)])
 
-    def _snapshot(self) -> dict[str, list[BlockKey]]:
+    def snapshot(self) -> dict[str, list[BlockKey]]:
         # Called by the publisher under its own lock; our lock keeps the set stable while copied.
         with self._lock:
             return {MEDIUM: list(self._announced)}

@@ -52,6 +52,7 @@ class RouterState:
         self.tokenizer = PromptTokenizer.from_dir(config.model_dir)
         self.metrics = RouterMetrics()
         self.index = PrefixIndex()
+        self.metrics.store_tier_blocks.set_function(lambda: self.index.num_blocks_of(STORE_PUBLISHER))
         self.subscriber = KVEventSubscriber(self.index)
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)

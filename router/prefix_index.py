@@ -17,6 +17,11 @@ from collections.abc import Iterable, Sequence
 
 from kvstore.block_key import BlockKey
 
+# The publisher id of the store tier: our store's master publishes under it, and blocks that
+# prefill workers announce with the "store" medium (Mooncake, kvstore/store_tier_events.py)
+# are filed under it too, whoever announced them.
+STORE_PUBLISHER = "kvstore"
+
 
 class PrefixIndex:
     """Thread-safe: events apply from the subscriber thread, lookups from the event loop.

@@ -102,14 +102,15 @@ class EngineCore:
         self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, 1)
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
         self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending loads
+        # before the connectors: a store connector for Mooncake announces its writes on it
+        self.publisher = KVEventPublisher(
+            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
+        )
         self.connectors = self._connectors(direct_sender)
         self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
                                     self.send) if config.role == "prefill" and self.connectors else None)
         self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
                                  lambda d, n, s: self._observe_transfer("direct", d, n, s))
-        self.publisher = KVEventPublisher(
-            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
-        )
         self._warm_up()
         self.send(
             "ready",
@@ -133,7 +134,8 @@ class EngineCore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
             observe = lambda d, n, s: self._observe_transfer("store", d, n, s)  # noqa: E731
             found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
-                                        self.engine.export_blocks, budget))
+                                        self.engine.export_blocks, budget,
+                                        announce_on=self.publisher if c.role == "prefill" else None))
         return found
 
     # ---- plumbing ---------------------------------------------------------------------------------
@@ -164,7 +166,11 @@ class EngineCore:
 
     def _snapshot(self) -> dict[str, list[bytes]]:
         with self._keys_lock:
-            return {self.medium: list(self._cached_keys)}
+            state = {self.medium: list(self._cached_keys)}
+        for connector in getattr(self, "connectors", []):  # the snapshot thread may ask before they exist
+            if isinstance(connector, StoreConnector) and connector.announcer is not None:
+                state.update(connector.announcer.snapshot())
+        return state
 
     def _on_progress(self, progress: PrefillProgress) -> None:
         self._mark_scheduled(progress.request_id)

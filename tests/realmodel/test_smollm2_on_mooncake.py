@@ -82,3 +82,5 @@ def test_up_with_mooncake_answers_the_demo_with_kv_through_mooncake(stack, smoll
     master_metrics = state["metrics"]["kvstore-master"]
     assert scrape(master_metrics, "master_key_count") > 0
     assert scrape(master_metrics, "master_allocated_bytes") > 0
+    # Mooncake announces nothing: the prefill worker announced its writes, and the router filed them under the store tier
+    assert scrape(state["metrics"]["router"], "splitserve_router_index_store_tier_blocks") > 0
