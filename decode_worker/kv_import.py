@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from engine.errors import EngineError, UnknownRequest
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from engine.server.protocol import ErrorKind
+from contracts.engine_core import ErrorKind, FromCore, RequestError
 from kv_transfer.connector import KVConnector, KVLoad
 from kv_transfer.direct import DirectConnector, DirectLoad
 from kv_transfer.handle import KVHandle
@@ -51,7 +51,8 @@ class Import:
 
 class KVImports:
     def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, done: queue.Queue,
-                 later: Callable[[float, Callable[[], None]], None], send: Callable[..., None], observe: Observe) -> None:
+                 later: Callable[[float, Callable[[], None]], None], send: Callable[[FromCore], None],
+                 observe: Observe) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.done, self.later, self.send, self.observe = done, later, send, observe
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
@@ -66,9 +67,8 @@ class KVImports:
     def num_waiting(self) -> int:
         return len(self.loading)
 
-    def start(self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, handle: dict, first: int,
+    def start(self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, h: KVHandle, first: int,
               kv_wait_s: float) -> None:
-        h = KVHandle.from_dict(handle)
         mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
         if h.layout() != mine:
             raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}")
@@ -115,9 +115,9 @@ class KVImports:
             return
         del self.loading[imp.request_id]
         if isinstance(exc, (BlocksMissing, PeerPoolUnavailable)):
-            self.send("error", imp.request_id, ErrorKind.NOT_FOUND.value, f"unknown KV handle / blocks evicted: {exc}")
+            self.send(RequestError(imp.request_id, ErrorKind.NOT_FOUND, f"unknown KV handle / blocks evicted: {exc}"))
         else:
-            self.send("error", imp.request_id, ErrorKind.UNAVAILABLE.value, f"loading the KV blocks failed: {exc}")
+            self.send(RequestError(imp.request_id, ErrorKind.UNAVAILABLE, f"loading the KV blocks failed: {exc}"))
 
     def _loaded(self, imp: Import, load: KVLoad) -> None:
         if self.loading.get(imp.request_id) is not imp or imp.load is not load:
@@ -129,7 +129,7 @@ class KVImports:
         except (EngineError, ValueError, UnknownRequest) as exc:
             load.done()
             kind = ErrorKind.INVALID_ARGUMENT if isinstance(exc, ValueError) else ErrorKind.INTERNAL
-            self.send("error", imp.request_id, kind.value, str(exc))
+            self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
             self.copying[imp.request_id] = imp

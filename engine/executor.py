@@ -36,7 +36,8 @@ from engine.model_runner import ModelRunner, resolve_device
 from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
-from engine.step_codec import EXPORT, IMPORT, STOP, encode_command, encode_step
+from contracts.rank_plan import ExportBlocks, ImportBlocks, RankPlan, Stop, encode
+from engine.step_codec import step_plan
 from splitserve.lifeline import run_tied
 
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
@@ -146,8 +147,9 @@ class ParallelExecutor:
                 raise RankDied(dead) from exc
             raise
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, plan: RankPlan) -> None:
         self.check_ranks()
+        frame = encode(plan)
         for pipe in self.plans:
             pipe.send_bytes(frame)  # a dead reader breaks the pipe: _guard turns that into RankDied
 
@@ -155,14 +157,14 @@ class ParallelExecutor:
     def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
         host, sampled = self.runner.prepare_host(plan)
         with self._guard():
-            self._send(encode_step(host))
+            self._send(step_plan(host))
             logits = self.runner.forward(self.runner.to_device(host))
         return sampled, self.runner.sample(logits, sampled)
 
     def export_kv(self, block_ids: list[int]) -> torch.Tensor:
         """Full-head rows [n, L, 2, B, Hkv, D]: each rank's head shard, gathered."""
         with self._guard():
-            self._send(encode_command(EXPORT, block_ids))
+            self._send(ExportBlocks(block_ids))
             parts = distributed.gather_list(self.kv.gather(block_ids))  # world x [n, L, 2, B, Hkv/world, D]
         return torch.cat(parts[:: self.replicas], dim=4)  # replicated heads once
 
@@ -175,7 +177,7 @@ class ParallelExecutor:
                              "export and import engines must share model and block size")
         rows = rows.to(device=self.device, dtype=self.dtype).contiguous()
         with self._guard():
-            self._send(encode_command(IMPORT, block_ids))
+            self._send(ImportBlocks(block_ids))
             distributed.broadcast(rows)
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
 
@@ -189,7 +191,7 @@ class ParallelExecutor:
         self._closed = True
         for pipe in self.plans:
             with contextlib.suppress(OSError):
-                pipe.send_bytes(encode_command(STOP))
+                pipe.send_bytes(encode(Stop()))
         for p in self.ranks:
             p.join(timeout=5)
             if p.is_alive():

@@ -25,7 +25,8 @@ from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
-from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
+from contracts.engine_core import EngineLoad, TokenLogprob
+from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampler import Sampler, SamplerOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -34,7 +35,7 @@ from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarSt
 from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
-from kvstore.events import KVEvent
+from contracts.kv_events import KVEvent
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import torch
 
 from engine import distributed
 from engine.config import EngineConfig
-from engine.step_codec import EXPORT, IMPORT, STEP, STOP, block_ids_of, decode, step_from_message
+from contracts.rank_plan import ExportBlocks, ImportBlocks, StepPlan, Stop, decode_plan
+from engine.step_codec import step_metadata
 
 POLL_S = 0.5
 
@@ -36,18 +37,18 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
                     return
                 continue
             try:
-                msg = decode(inbox.recv_bytes())
+                plan = decode_plan(inbox.recv_bytes())
             except EOFError:  # rank 0 closed the pipe
                 return
-            kind = int(msg[0])
-            if kind == STEP:
-                runner.forward(step_from_message(msg, runner.device))
-            elif kind == EXPORT:
-                distributed.gather_list(runner.kv.gather(block_ids_of(msg)))
-            elif kind == IMPORT:
-                _import_shard(runner, block_ids_of(msg))
-            elif kind == STOP:
-                return
+            match plan:
+                case StepPlan():
+                    runner.forward(step_metadata(plan, runner.device))
+                case ExportBlocks(block_ids):
+                    distributed.gather_list(runner.kv.gather(block_ids))
+                case ImportBlocks(block_ids):
+                    _import_shard(runner, block_ids)
+                case Stop():
+                    return
     finally:
         inbox.close()
         distributed.shutdown()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
 from typing import Any
+
+import msgspec
+
+from splitserve.rpc import worker_pb2 as pb
 
 GREEDY_TEMPERATURE = 1e-5  # below this a request is sampled greedily (argmax)
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
@@ -27,8 +30,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@dataclass(slots=True)
-class SamplingParams:
+class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Travels as is: router -> proto (to_proto / from_proto below) -> engine core (contracts/engine_core.py)."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # -1 or 0: disabled
@@ -39,12 +43,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     max_tokens: int = 16
     min_tokens: int = 0
-    stop_token_ids: list[int] = field(default_factory=list)
-    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = msgspec.field(default_factory=list)
+    stop: list[str] = msgspec.field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; n: sampled token's logprob + top n
-    # (token id, bias) pairs added to the logits; pairs, not a dict: msgpack maps need str keys
-    logit_bias: list[tuple[int, float]] = field(default_factory=list)
+    # (token id, bias) pairs added to the logits
+    logit_bias: list[tuple[int, float]] = msgspec.field(default_factory=list)
     # vLLM's convention: lower values are served first (waiting queue) and preempted last
     priority: int = 0
     # structured output: guided_kind in GUIDED_KINDS ("" = off) and its spec
@@ -160,24 +164,42 @@ class SamplingParams:
         if not _is_number(value) or not in_range:
             raise InvalidSamplingParams(f"{name}={value!r} is invalid: allowed a number {allowed}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SamplingParams:
-        """Build from a plain dict (e.g. a protobuf message as dict); None means the default."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InvalidSamplingParams(
-                f"unknown sampling parameter(s) {unknown}: allowed {sorted(known)}"
-            )
-        kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in d.items() if v is not None}
-        bias = kwargs.get("logit_bias")
-        if isinstance(bias, dict):  # the OpenAI shape {token id: bias}
-            bias = list(bias.items())
-        if bias is not None:  # msgpack turns the pairs into lists; validate() checks their shape
-            kwargs["logit_bias"] = [tuple(x) if isinstance(x, (list, tuple)) else x for x in bias]
-        return cls(**kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
-                for f in fields(self)}
+def to_proto(params: SamplingParams) -> pb.SamplingParams:
+    """Engine params -> worker.proto, every field set (so the worker never guesses a default)."""
+    return pb.SamplingParams(
+        temperature=params.temperature, top_k=params.top_k, min_p=params.min_p,
+        presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
+        max_tokens=params.max_tokens, min_tokens=params.min_tokens, stop_token_ids=params.stop_token_ids,
+        stop=params.stop, ignore_eos=params.ignore_eos, logit_bias=dict(params.logit_bias), priority=params.priority,
+        guided_kind=params.guided_kind, guided_spec=params.guided_spec,
+        top_p=params.top_p, repetition_penalty=params.repetition_penalty,
+        seed=params.seed, logprobs=params.logprobs,
+    )
+
+
+def from_proto(msg: pb.SamplingParams | None) -> SamplingParams:
+    """worker.proto -> engine params; an absent message or an unset optional field means the engine default."""
+    if msg is None:
+        return SamplingParams()
+    default = SamplingParams()
+    return SamplingParams(
+        temperature=msg.temperature,
+        top_p=msg.top_p if msg.HasField("top_p") else default.top_p,
+        top_k=msg.top_k,
+        min_p=msg.min_p,
+        seed=msg.seed if msg.HasField("seed") else None,
+        presence_penalty=msg.presence_penalty,
+        frequency_penalty=msg.frequency_penalty,
+        repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else default.repetition_penalty,
+        max_tokens=msg.max_tokens if msg.HasField("max_tokens") else default.max_tokens,
+        min_tokens=msg.min_tokens,
+        stop_token_ids=list(msg.stop_token_ids),
+        stop=list(msg.stop),
+        ignore_eos=msg.ignore_eos,
+        logprobs=msg.logprobs if msg.HasField("logprobs") else None,
+        logit_bias=sorted(msg.logit_bias.items()),
+        priority=msg.priority,
+        guided_kind=msg.guided_kind,
+        guided_spec=msg.guided_spec,
+    )

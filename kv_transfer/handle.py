@@ -8,21 +8,19 @@ prefill side, so a release or a restarted peer is never confused with another ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from splitserve.rpc import worker_pb2 as pb
 
 
-@dataclass(slots=True)
-class DirectOffer:
+class DirectOffer(msgspec.Struct, forbid_unknown_fields=True):
     pool: bytes  # msgpack PoolDescriptor (kv_transfer/peer_pool.py)
     block_ids: list[int]  # the prompt's blocks in the peer's pool, in order
     release_endpoint: str
     lease_deadline: float  # time.monotonic() on the shared host
 
 
-@dataclass(slots=True)
-class KVHandle:
+class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
     model_fingerprint: str
     dtype: str
     block_size: int
@@ -30,7 +28,7 @@ class KVHandle:
     block_keys: list[bytes]
     tail_key: bytes
     num_tokens: int
-    store_addresses: list[str] = field(default_factory=list)
+    store_addresses: list[str] = msgspec.field(default_factory=list)
     source_worker: str = ""
     blocks_pending: bool = False  # store writes may still be in flight when the handle is issued
     transfer_id: str = ""
@@ -44,19 +42,6 @@ class KVHandle:
         """Store keys of every block the prompt covers, the partial tail included."""
         return list(self.block_keys) + ([self.tail_key] if self.tail_key else [])
 
-    # ---- the ZMQ pipe between a worker's server and its engine core (msgpack maps) ----
-    def to_dict(self) -> dict:
-        d = {s: getattr(self, s) for s in self.__slots__ if s != "direct"}
-        d["direct"] = None if self.direct is None else {s: getattr(self.direct, s) for s in DirectOffer.__slots__}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> KVHandle:
-        d = dict(d)
-        direct = d.pop("direct", None)
-        return cls(**d, direct=DirectOffer(**direct) if direct else None)
-
-    # ---- gRPC ----
     def to_proto(self) -> pb.KVHandle:
         msg = pb.KVHandle(
             model_fingerprint=self.model_fingerprint, dtype=self.dtype, block_size=self.block_size,

@@ -15,9 +15,9 @@ import glob
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from typing import Any
 
-import msgpack
+import msgspec
 import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
 
@@ -45,25 +45,25 @@ def device_identity(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
-@dataclass(slots=True)
-class PoolDescriptor:
+class PoolDescriptor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """What a reader needs to map a peer's pool (the ``pool`` bytes of a direct offer)."""
+
     host: str
     device: str  # CUDA device uuid, or "cpu"
     shape: list[int]
     dtype: str
     owner_pid: int  # the process that owns the pool: once it is gone its handles are refused
     shm_file: str = ""  # CPU pools
-    cuda_ipc: list | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
+    cuda_ipc: list[Any] | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
 
     def encode(self) -> bytes:
-        return msgpack.packb([self.host, self.device, self.shape, self.dtype, self.owner_pid, self.shm_file,
-                              self.cuda_ipc], use_bin_type=True)
+        return msgspec.msgpack.encode(self)
 
     @classmethod
     def decode(cls, data: bytes) -> PoolDescriptor:
         try:
-            return cls(*msgpack.unpackb(data, raw=False))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            return msgspec.msgpack.decode(data, type=cls)
+        except msgspec.DecodeError as exc:
             raise PeerPoolUnavailable(f"malformed KV pool descriptor: {exc}") from exc
 
 

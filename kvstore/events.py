@@ -1,101 +1,17 @@
-"""KV events: who holds which blocks (DESIGN.md), shaped after vLLM's format.
+"""KV events on ZMQ: the publisher (PUB + a REP socket for snapshots) and the snapshot request.
 
-Wire format on a ZMQ PUB socket, one message per batch:
-    [topic, seq (8-byte big-endian), msgpack([timestamp, [event, ...]])]
-Events are tagged arrays:
-    ["BlockStored", [key, ...], parent | None, [token_id, ...], block_size, lora_id | None, medium]
-    ["BlockRemoved", [key, ...], medium]
-    ["AllBlocksCleared"]
-A subscriber that sees a gap in ``seq`` asks the publisher's snapshot socket
-(ZMQ REP) for the full state: msgpack([seq, {medium: [key, ...]}]); every event
-with a sequence number above ``seq`` then applies on top of it.
+The events and their wire format are contracts/kv_events.py.
 """
 
 from __future__ import annotations
 
-import struct
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import msgpack
-
-from kvstore.block_key import BlockKey
+from contracts.kv_events import BlockKey, KVEvent, decode_snapshot, encode_batch, encode_snapshot
 from splitserve.internal_auth import secure_zmq_client, secure_zmq_server
 
 SNAPSHOT_REQUEST = b"snapshot"
-
-
-@dataclass(slots=True)
-class BlockStored:
-    keys: list[BlockKey]
-    parent: BlockKey | None
-    medium: str
-    token_ids: list[int] = field(default_factory=list)
-    block_size: int = 16
-
-
-@dataclass(slots=True)
-class BlockRemoved:
-    keys: list[BlockKey]
-    medium: str
-
-
-@dataclass(slots=True)
-class AllBlocksCleared:
-    pass
-
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
-
-
-@dataclass(slots=True)
-class EventBatch:
-    topic: str
-    seq: int
-    timestamp: float
-    events: list[KVEvent]
-
-
-def encode_event(event: KVEvent) -> list:
-    if isinstance(event, BlockStored):
-        return ["BlockStored", event.keys, event.parent, event.token_ids, event.block_size, None, event.medium]
-    if isinstance(event, BlockRemoved):
-        return ["BlockRemoved", event.keys, event.medium]
-    if isinstance(event, AllBlocksCleared):
-        return ["AllBlocksCleared"]
-    raise TypeError(f"not a KV event: {event!r}")
-
-
-def decode_event(raw: list) -> KVEvent:
-    tag = raw[0]
-    if tag == "BlockStored":
-        _, keys, parent, token_ids, block_size, _lora, medium = raw
-        return BlockStored(list(keys), parent, medium, list(token_ids), block_size)
-    if tag == "BlockRemoved":
-        return BlockRemoved(list(raw[1]), raw[2])
-    if tag == "AllBlocksCleared":
-        return AllBlocksCleared()
-    raise ValueError(f"unknown KV event tag {tag!r}")
-
-
-def encode_batch(topic: str, seq: int, events: list[KVEvent], timestamp: float | None = None) -> list[bytes]:
-    ts = time.time() if timestamp is None else timestamp
-    payload = msgpack.packb([ts, [encode_event(e) for e in events]], use_bin_type=True)
-    return [topic.encode(), struct.pack(">Q", seq), payload]
-
-
-def decode_batch(frames: list[bytes]) -> EventBatch:
-    if len(frames) != 3 or len(frames[1]) != 8:
-        raise ValueError(f"malformed KV event message: {len(frames)} frames")
-    ts, raw_events = msgpack.unpackb(frames[2], raw=False)
-    return EventBatch(frames[0].decode(), struct.unpack(">Q", frames[1])[0], ts, [decode_event(e) for e in raw_events])
-
-
-def decode_snapshot(payload: bytes) -> tuple[int, dict[str, list[BlockKey]]]:
-    seq, by_medium = msgpack.unpackb(payload, raw=False)
-    return seq, {m: list(keys) for m, keys in by_medium.items()}
 
 
 class KVEventPublisher:
@@ -156,7 +72,7 @@ class KVEventPublisher:
             try:
                 self._rep.recv()
                 with self._lock:
-                    payload = msgpack.packb([self._seq, self._snapshot()], use_bin_type=True)
+                    payload = encode_snapshot(self._seq, self._snapshot())
                 self._rep.send(payload)
             except zmq.ZMQError:
                 if self._closed.is_set():
@@ -181,7 +97,8 @@ def request_snapshot(endpoint: str, timeout_s: float = 2.0) -> tuple[int, dict[s
     sock.connect(endpoint)
     try:
         sock.send(SNAPSHOT_REQUEST)
-        return decode_snapshot(sock.recv())
+        snapshot = decode_snapshot(sock.recv())
+        return snapshot.seq, snapshot.keys
     except zmq.Again as exc:
         raise TimeoutError(f"no KV snapshot from {endpoint} within {timeout_s}s") from exc
     finally:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from kvstore.allocator import OutOfSpace, SegmentAllocator
 from kvstore.errors import InvalidRequest, NoStorageNodes, ObjectNotFound, ObjectTooLarge, PutExpired, StoreFull
-from kvstore.events import BlockRemoved, BlockStored, KVEvent
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.master_config import MasterConfig
 
 MEDIUM = "store"
@@ -172,7 +172,7 @@ class MasterState:
         self.objects[put.key] = obj
         bk = block_key_of(put.key)
         if bk is not None:
-            self.emit([BlockStored([bk], None, MEDIUM)])
+            self.emit([BlockStored(keys=[bk], medium=MEDIUM)])
         return obj
 
     def put_abort(self, put_id: str) -> None:
@@ -287,4 +287,4 @@ class MasterState:
     def _emit_removed(self, keys: list[str]) -> None:
         block_keys = [bk for bk in (block_key_of(k) for k in keys) if bk is not None]
         if block_keys:
-            self.emit([BlockRemoved(block_keys, MEDIUM)])
+            self.emit([BlockRemoved(keys=block_keys, medium=MEDIUM)])

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from kvstore.backend import StoreBackend
 from kvstore.block_key import BlockKey, KVLayout
 from kvstore.client import PutResult, PutStatus
-from kvstore.events import BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
+from kvstore.events import KVEventPublisher
 from kvstore.payload import Payload
 
 MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_state.py)
@@ -77,9 +78,9 @@ class AnnouncingStore:
             while len(self._announced) > self.max_announced:
                 dropped.append(self._announced.popitem(last=False)[0])
             if new:
-                events.append(BlockStored(new, None, MEDIUM, [], layout.block_size))
+                events.append(BlockStored(keys=new, block_size=layout.block_size, medium=MEDIUM))
             if dropped:
-                events.append(BlockRemoved(dropped, MEDIUM))
+                events.append(BlockRemoved(keys=dropped, medium=MEDIUM))
         # Outside our lock: the publisher's snapshot thread takes its lock, then ours (_snapshot).
         # Events and the set may then disagree for a moment; both are idempotent hints.
         self.publisher.publish(events)
@@ -103,7 +104,7 @@ class AnnouncingStore:
             for k in gone:
                 del self._announced[k]
         if gone:
-            self.publisher.publish([BlockRemoved(gone, MEDIUM)])
+            self.publisher.publish([BlockRemoved(keys=gone, medium=MEDIUM)])
 
     def _snapshot(self) -> dict[str, list[BlockKey]]:
         # Called by the publisher under its own lock; our lock keeps the set stable while copied.

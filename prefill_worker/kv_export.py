@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contracts.engine_core import ErrorKind, FromCore, Prefilled, PrefillResult, RequestError
 from engine.errors import EngineError, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.server.protocol import ErrorKind, PrefillResult, record
 from kv_transfer.connector import ExportJob, KVConnector
 from kv_transfer.handle import KVHandle
 from kv_transfer.store import StoreConnector, tail_key
@@ -43,7 +43,7 @@ class PrefillJob:
 
 class PrefillJobs:
     def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, worker_id: str,
-                 epoch: str, done: queue.Queue, send: Callable[..., None]) -> None:
+                 epoch: str, done: queue.Queue, send: Callable[[FromCore], None]) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.store = next((c for c in connectors if isinstance(c, StoreConnector)), None)
         self.worker_id, self.epoch = worker_id, epoch
@@ -115,7 +115,7 @@ class PrefillJobs:
                 self.engine.add_request(rid, pj.job.prompt, sp, prefill_only=True, cache_salt=salt)
         except (EngineError, ValueError) as exc:
             del self.jobs[rid]
-            self.send("error", rid, ErrorKind.INVALID_ARGUMENT.value, str(exc))
+            self.send(RequestError(rid, ErrorKind.INVALID_ARGUMENT, str(exc)))
 
     def on_progress(self, p: PrefillProgress) -> None:
         pj = self.jobs.get(p.request_id)
@@ -137,9 +137,10 @@ class PrefillJobs:
         errors = self.store.failed(pj.job) if self.store is not None else []
         handle = self._handle(pj.job)
         if errors and handle.direct is None:  # the store was the only way: the handle would be useless
-            self.send("error", out.request_id, ErrorKind.UNAVAILABLE.value, f"writing the KV blocks to the store failed: {errors[0]}")
+            self.send(RequestError(out.request_id, ErrorKind.UNAVAILABLE,
+                                   f"writing the KV blocks to the store failed: {errors[0]}"))
         else:
-            self.send("prefilled", out.request_id, record(self._result(pj, handle)))
+            self.send(Prefilled(out.request_id, self._result(pj, handle)))
         if self.store is not None:
             self.store.on_written(pj.job, lambda: self.done.put(lambda: None))  # wake the loop
 
@@ -169,10 +170,8 @@ class PrefillJobs:
 
     def _result(self, pj: PrefillJob, handle: KVHandle) -> PrefillResult:
         out = pj.output
-        lp = out.new_logprobs[0] if out.new_logprobs else None
         return PrefillResult(
-            out.new_token_ids[0], [lp.token_id, lp.logprob, [list(t) for t in lp.top]] if lp else None, handle.to_dict(),
-            out.num_cached_tokens, len(pj.job.prompt) - out.num_cached_tokens, out.finish_reason,
+            out.new_token_ids[0], out.new_logprobs[0] if out.new_logprobs else None, handle, out.num_cached_tokens, len(pj.job.prompt) - out.num_cached_tokens, out.finish_reason,
         )
 
     def abort(self, rid: str) -> bool:

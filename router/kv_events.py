@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch, request_snapshot
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch
+from kvstore.events import request_snapshot
 from router.prefix_index import PrefixIndex
 from splitserve.internal_auth import secure_zmq_client
 

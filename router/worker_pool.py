@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.discovery import Change, DiscoveryEvent
 from router.kv_events import KVEventSubscriber
-from router.workers import Role, Worker, WorkerLoad
+from router.workers import Role, Worker
 from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
@@ -120,11 +120,10 @@ class WorkerPool:
     async def _poll_load(self, worker: Worker, channel: grpc.aio.Channel) -> None:
         stub_cls = worker_pb2_grpc.PrefillServiceStub if worker.role is Role.PREFILL else worker_pb2_grpc.DecodeServiceStub
         try:
-            msg = await stub_cls(channel).GetLoad(worker_pb2.LoadRequest(), timeout=self.check_timeout_s)
+            load = await stub_cls(channel).GetLoad(worker_pb2.LoadRequest(), timeout=self.check_timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.debug("GetLoad on %s failed: %s", worker.address, exc.code())
             return
-        load = WorkerLoad.from_proto(msg)
         old_id = worker.worker_id
         worker.update_load(load)
         if self.subscriber is not None and load.kv_events_endpoint:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvstore.block_key import BlockKey, block_keys
-from kvstore.events import BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
+from kvstore.events import KVEventPublisher
 from simulator.block_cache import BlockCache
 from simulator.clock import SimClock
 from simulator.profile import Profile
@@ -47,11 +48,11 @@ class SimNode:
 
     def announce_stored(self, keys: list[BlockKey]) -> None:
         if keys and self.publisher is not None:
-            self.publisher.publish([BlockStored(keys, None, "gpu", block_size=self.block_size)])
+            self.publisher.publish([BlockStored(keys=keys, block_size=self.block_size, medium="gpu")])
 
     def announce_removed(self, keys: list[BlockKey]) -> None:
         if keys and self.publisher is not None:
-            self.publisher.publish([BlockRemoved(keys, "gpu")])
+            self.publisher.publish([BlockRemoved(keys=keys, medium="gpu")])
 
     @staticmethod
     def token_at(position: int) -> int:

@@ -17,7 +17,7 @@ import asyncio
 import statistics
 from dataclasses import dataclass, field
 
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from router.prefix_index import PrefixIndex
 from router.scheduler import AdmissionRejected, Mode, Scheduler, SchedulerConfig, ScheduleRequest
 from router.workers import Role, Worker, WorkerLoad
@@ -120,7 +120,7 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
     async def poll() -> None:
         while True:
             for wid, sim in sims.items():
-                views[wid].update_load(WorkerLoad.from_proto(load_of(sim.node, sim)))
+                views[wid].update_load(load_of(sim.node, sim))
             await asyncio.sleep(config.poll_s)
 
     poller = asyncio.create_task(poll())

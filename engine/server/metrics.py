@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from contracts.engine_core import EngineLoad
+
 _P = "splitserve_worker_"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -48,15 +50,15 @@ class WorkerMetrics:
         KV_TRANSFER.labels(self.role, transport).observe(seconds)
         KV_TRANSFER_BYTES.labels(self.role, direction, transport).inc(nbytes)
 
-    def load(self, load: dict) -> None:
-        RUNNING.labels(self.role).set(load["running"])
-        WAITING.labels(self.role).set(load["waiting"])
-        KV_USAGE.labels(self.role).set(load["kv_usage"])
-        QUEUED_PREFILL.labels(self.role).set(load["queued_prefill_tokens"])
+    def load(self, load: EngineLoad) -> None:
+        RUNNING.labels(self.role).set(load.running)
+        WAITING.labels(self.role).set(load.waiting)
+        KV_USAGE.labels(self.role).set(load.kv_usage)
+        QUEUED_PREFILL.labels(self.role).set(load.queued_prefill_tokens)
         # the engine counts cumulatively; export the increase since the last report
-        PREFIX_QUERIES.labels(self.role).inc(max(0, load["prefix_cache_queries"] - self._last_queries))
-        PREFIX_HITS.labels(self.role).inc(max(0, load["prefix_cache_hits"] - self._last_hits))
-        self._last_queries, self._last_hits = load["prefix_cache_queries"], load["prefix_cache_hits"]
+        PREFIX_QUERIES.labels(self.role).inc(max(0, load.prefix_cache_queries - self._last_queries))
+        PREFIX_HITS.labels(self.role).inc(max(0, load.prefix_cache_hits - self._last_hits))
+        self._last_queries, self._last_hits = load.prefix_cache_queries, load.prefix_cache_hits
 
     def first_token(self, seconds: float) -> None:
         TTFT.labels(self.role).observe(seconds)

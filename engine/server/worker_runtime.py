@@ -19,9 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine.config import EngineConfig
 from engine.server.core_config import CoreConfig
-from engine.server.engine_client import AsyncEngineClient, ClientHooks, EngineDead, RequestFailed
+from contracts.engine_core import ErrorKind, Prefilled, RequestDelta, RequestError
+from engine.server.engine_client import Aborted, AsyncEngineClient, ClientHooks, EngineDead, RequestEvent, RequestFailed
 from engine.server.metrics import WorkerMetrics
-from engine.server.protocol import ErrorKind
 from engine.server.worker_options import WorkerOptions
 from splitserve.internal_auth import server_interceptors
 from splitserve.rpc import worker_pb2 as pb
@@ -136,22 +136,23 @@ class WorkerRuntime:
             if self.in_flight == 0:
                 self._idle.set()
 
-    async def next_message(self, q: asyncio.Queue) -> tuple[str, list]:
-        kind, body = await q.get()
-        if kind == "error":
-            raise RequestFailed(ErrorKind(body[0]), body[1])
-        if kind == "dead":
-            raise EngineDead(body[0])
-        return kind, body
+    async def next_message(self, q: asyncio.Queue[RequestEvent]) -> RequestDelta | Prefilled | Aborted:
+        """The request's next event; its failures raise (RequestFailed, EngineDead)."""
+        event = await q.get()
+        if isinstance(event, RequestError):
+            raise RequestFailed(event.kind, event.message)
+        if isinstance(event, EngineDead):
+            raise event
+        return event
 
     async def worker_load(self) -> pb.WorkerLoad:
         load = await self.client.load()
         info = self.client.info
         return pb.WorkerLoad(
-            worker_id=self.options.worker_id, role=self.options.role, running_requests=load["running"],
-            waiting_requests=load["waiting"], kv_usage=load["kv_usage"],
-            queued_prefill_tokens=load["queued_prefill_tokens"], active_kv_blocks=load["active_blocks"],
-            total_kv_blocks=load["total_blocks"], block_size=info.block_size,
+            worker_id=self.options.worker_id, role=self.options.role, running_requests=load.running,
+            waiting_requests=load.waiting, kv_usage=load.kv_usage,
+            queued_prefill_tokens=load.queued_prefill_tokens, active_kv_blocks=load.active_blocks,
+            total_kv_blocks=load.total_blocks, block_size=info.block_size,
             kv_events_endpoint=info.kv_events_endpoint, kv_snapshot_endpoint=info.kv_snapshot_endpoint,
             model_fingerprint=info.model_fingerprint,
         )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsplitserve/rpc/worker.proto\x12\x11splitserve.worker\"\xf9\x03\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x12\n\nmax_tokens\x18\t \x01(\x05\x12\x12\n\nmin_tokens\x18\n \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\x05\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\x01\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x0f \x03(\x0b\x32\x30.splitserve.worker.SamplingParams.LogitBiasEntry\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12\x13\n\x0bguided_kind\x18\x11 \x01(\t\x12\x13\n\x0bguided_spec\x18\x12 \x01(\t\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05_seedB\x0b\n\t_logprobs\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"]\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12*\n\x03top\x18\x03 \x03(\x0b\x32\x1d.splitserve.worker.TopLogprob\"\xac\x02\n\x08KVHandle\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\x05\x12\x0f\n\x07tp_size\x18\x04 \x01(\x05\x12\x12\n\nblock_keys\x18\x05 \x03(\x0c\x12\x10\n\x08tail_key\x18\x06 \x01(\x0c\x12\x12\n\nnum_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fstore_addresses\x18\x08 \x03(\t\x12\x15\n\rsource_worker\x18\t \x01(\t\x12\x16\n\x0e\x62locks_pending\x18\n \x01(\x08\x12\x13\n\x0btransfer_id\x18\x0b \x01(\t\x12\r\n\x05\x65poch\x18\x0c \x01(\t\x12+\n\x06\x64irect\x18\r \x01(\x0b\x32\x1b.splitserve.worker.DirectKV\"]\n\x08\x44irectKV\x12\x0c\n\x04pool\x18\x01 \x01(\x0c\x12\x11\n\tblock_ids\x18\x02 \x03(\x05\x12\x18\n\x10release_endpoint\x18\x03 \x01(\t\x12\x16\n\x0elease_deadline\x18\x04 \x01(\x01\"\x87\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.worker.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\"\xf4\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\x05\x12\x36\n\rfirst_logprob\x18\x03 \x01(\x0b\x32\x1f.splitserve.worker.TokenLogprob\x12.\n\tkv_handle\x18\x04 \x01(\x0b\x32\x1b.splitserve.worker.KVHandle\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\x05\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\x05\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\"\xfb\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.worker.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\x12\x33\n\tkv_handle\x18\x05 \x01(\x0b\x32\x1b.splitserve.worker.KVHandleH\x00\x88\x01\x01\x12\x1b\n\x0e\x66irst_token_id\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_kv_handleB\x11\n\x0f_first_token_id\"\xb9\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.splitserve.worker.TokenLogprob\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\x05\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bLoadRequest\"\xae\x02\n\nWorkerLoad\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x18\n\x10running_requests\x18\x03 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x04 \x01(\x05\x12\x10\n\x08kv_usage\x18\x05 \x01(\x02\x12\x1d\n\x15queued_prefill_tokens\x18\x06 \x01(\x03\x12\x18\n\x10\x61\x63tive_kv_blocks\x18\x07 \x01(\x05\x12\x17\n\x0ftotal_kv_blocks\x18\x08 \x01(\x05\x12\x12\n\nblock_size\x18\t \x01(\x05\x12\x1a\n\x12kv_events_endpoint\x18\n \x01(\t\x12\x1c\n\x14kv_snapshot_endpoint\x18\x0b \x01(\t\x12\x19\n\x11model_fingerprint\x18\x0c \x01(\t2\xf8\x01\n\x0ePrefillService\x12P\n\x07Prefill\x12!.splitserve.worker.PrefillRequest\x1a\".splitserve.worker.PrefillResponse\x12J\n\x05\x41\x62ort\x12\x1f.splitserve.worker.AbortRequest\x1a .splitserve.worker.AbortResponse\x12H\n\x07GetLoad\x12\x1e.splitserve.worker.LoadRequest\x1a\x1d.splitserve.worker.WorkerLoad2\xf9\x01\n\rDecodeService\x12R\n\x08Generate\x12\".splitserve.worker.GenerateRequest\x1a .splitserve.worker.GenerateChunk0\x01\x12J\n\x05\x41\x62ort\x12\x1f.splitserve.worker.AbortRequest\x1a .splitserve.worker.AbortResponse\x12H\n\x07GetLoad\x12\x1e.splitserve.worker.LoadRequest\x1a\x1d.splitserve.worker.WorkerLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsplitserve/rpc/worker.proto\x12\x11splitserve.worker\"\xb8\x04\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\t \x01(\x05H\x03\x88\x01\x01\x12\x12\n\nmin_tokens\x18\n \x01(\x05\x12\x16\n\x0estop_token_ids\x18\x0b \x03(\x05\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x12\n\nignore_eos\x18\r \x01(\x08\x12\x15\n\x08logprobs\x18\x0e \x01(\x05H\x04\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x0f \x03(\x0b\x32\x30.splitserve.worker.SamplingParams.LogitBiasEntry\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12\x13\n\x0bguided_kind\x18\x11 \x01(\t\x12\x13\n\x0bguided_spec\x18\x12 \x01(\t\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x08\n\x06_top_pB\x07\n\x05_seedB\x15\n\x13_repetition_penaltyB\r\n\x0b_max_tokensB\x0b\n\t_logprobs\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"]\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12*\n\x03top\x18\x03 \x03(\x0b\x32\x1d.splitserve.worker.TopLogprob\"\xac\x02\n\x08KVHandle\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x12\n\nblock_size\x18\x03 \x01(\x05\x12\x0f\n\x07tp_size\x18\x04 \x01(\x05\x12\x12\n\nblock_keys\x18\x05 \x03(\x0c\x12\x10\n\x08tail_key\x18\x06 \x01(\x0c\x12\x12\n\nnum_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fstore_addresses\x18\x08 \x03(\t\x12\x15\n\rsource_worker\x18\t \x01(\t\x12\x16\n\x0e\x62locks_pending\x18\n \x01(\x08\x12\x13\n\x0btransfer_id\x18\x0b \x01(\t\x12\r\n\x05\x65poch\x18\x0c \x01(\t\x12+\n\x06\x64irect\x18\r \x01(\x0b\x32\x1b.splitserve.worker.DirectKV\"]\n\x08\x44irectKV\x12\x0c\n\x04pool\x18\x01 \x01(\x0c\x12\x11\n\tblock_ids\x18\x02 \x03(\x05\x12\x18\n\x10release_endpoint\x18\x03 \x01(\t\x12\x16\n\x0elease_deadline\x18\x04 \x01(\x01\"\x87\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.worker.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\"\xf4\x01\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66irst_token_id\x18\x02 \x01(\x05\x12\x36\n\rfirst_logprob\x18\x03 \x01(\x0b\x32\x1f.splitserve.worker.TokenLogprob\x12.\n\tkv_handle\x18\x04 \x01(\x0b\x32\x1b.splitserve.worker.KVHandle\x12\x19\n\x11num_cached_tokens\x18\x05 \x01(\x05\x12\x1b\n\x13num_computed_tokens\x18\x06 \x01(\x05\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\"\xfb\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12\x33\n\x08sampling\x18\x03 \x01(\x0b\x32!.splitserve.worker.SamplingParams\x12\x12\n\ncache_salt\x18\x04 \x01(\t\x12\x33\n\tkv_handle\x18\x05 \x01(\x0b\x32\x1b.splitserve.worker.KVHandleH\x00\x88\x01\x01\x12\x1b\n\x0e\x66irst_token_id\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x0c\n\n_kv_handleB\x11\n\x0f_first_token_id\"\xb9\x01\n\rGenerateChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x31\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1f.splitserve.worker.TokenLogprob\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x19\n\x11num_cached_tokens\x18\x06 \x01(\x05\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\r\n\x0bLoadRequest\"\xae\x02\n\nWorkerLoad\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x18\n\x10running_requests\x18\x03 \x01(\x05\x12\x18\n\x10waiting_requests\x18\x04 \x01(\x05\x12\x10\n\x08kv_usage\x18\x05 \x01(\x02\x12\x1d\n\x15queued_prefill_tokens\x18\x06 \x01(\x03\x12\x18\n\x10\x61\x63tive_kv_blocks\x18\x07 \x01(\x05\x12\x17\n\x0ftotal_kv_blocks\x18\x08 \x01(\x05\x12\x12\n\nblock_size\x18\t \x01(\x05\x12\x1a\n\x12kv_events_endpoint\x18\n \x01(\t\x12\x1c\n\x14kv_snapshot_endpoint\x18\x0b \x01(\t\x12\x19\n\x11model_fingerprint\x18\x0c \x01(\t2\xf8\x01\n\x0ePrefillService\x12P\n\x07Prefill\x12!.splitserve.worker.PrefillRequest\x1a\".splitserve.worker.PrefillResponse\x12J\n\x05\x41\x62ort\x12\x1f.splitserve.worker.AbortRequest\x1a .splitserve.worker.AbortResponse\x12H\n\x07GetLoad\x12\x1e.splitserve.worker.LoadRequest\x1a\x1d.splitserve.worker.WorkerLoad2\xf9\x01\n\rDecodeService\x12R\n\x08Generate\x12\".splitserve.worker.GenerateRequest\x1a .splitserve.worker.GenerateChunk0\x01\x12J\n\x05\x41\x62ort\x12\x1f.splitserve.worker.AbortRequest\x1a .splitserve.worker.AbortResponse\x12H\n\x07GetLoad\x12\x1e.splitserve.worker.LoadRequest\x1a\x1d.splitserve.worker.WorkerLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLINGPARAMS']._serialized_start=51
-  _globals['_SAMPLINGPARAMS']._serialized_end=556
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=486
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=534
-  _globals['_TOPLOGPROB']._serialized_start=558
-  _globals['_TOPLOGPROB']._serialized_end=605
-  _globals['_TOKENLOGPROB']._serialized_start=607
-  _globals['_TOKENLOGPROB']._serialized_end=700
-  _globals['_KVHANDLE']._serialized_start=703
-  _globals['_KVHANDLE']._serialized_end=1003
-  _globals['_DIRECTKV']._serialized_start=1005
-  _globals['_DIRECTKV']._serialized_end=1098
-  _globals['_PREFILLREQUEST']._serialized_start=1101
-  _globals['_PREFILLREQUEST']._serialized_end=1236
-  _globals['_PREFILLRESPONSE']._serialized_start=1239
-  _globals['_PREFILLRESPONSE']._serialized_end=1483
-  _globals['_GENERATEREQUEST']._serialized_start=1486
-  _globals['_GENERATEREQUEST']._serialized_end=1737
-  _globals['_GENERATECHUNK']._serialized_start=1740
-  _globals['_GENERATECHUNK']._serialized_end=1925
-  _globals['_ABORTREQUEST']._serialized_start=1927
-  _globals['_ABORTREQUEST']._serialized_end=1961
-  _globals['_ABORTRESPONSE']._serialized_start=1963
-  _globals['_ABORTRESPONSE']._serialized_end=1993
-  _globals['_LOADREQUEST']._serialized_start=1995
-  _globals['_LOADREQUEST']._serialized_end=2008
-  _globals['_WORKERLOAD']._serialized_start=2011
-  _globals['_WORKERLOAD']._serialized_end=2313
-  _globals['_PREFILLSERVICE']._serialized_start=2316
-  _globals['_PREFILLSERVICE']._serialized_end=2564
-  _globals['_DECODESERVICE']._serialized_start=2567
-  _globals['_DECODESERVICE']._serialized_end=2816
+  _globals['_SAMPLINGPARAMS']._serialized_end=619
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=501
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=549
+  _globals['_TOPLOGPROB']._serialized_start=621
+  _globals['_TOPLOGPROB']._serialized_end=668
+  _globals['_TOKENLOGPROB']._serialized_start=670
+  _globals['_TOKENLOGPROB']._serialized_end=763
+  _globals['_KVHANDLE']._serialized_start=766
+  _globals['_KVHANDLE']._serialized_end=1066
+  _globals['_DIRECTKV']._serialized_start=1068
+  _globals['_DIRECTKV']._serialized_end=1161
+  _globals['_PREFILLREQUEST']._serialized_start=1164
+  _globals['_PREFILLREQUEST']._serialized_end=1299
+  _globals['_PREFILLRESPONSE']._serialized_start=1302
+  _globals['_PREFILLRESPONSE']._serialized_end=1546
+  _globals['_GENERATEREQUEST']._serialized_start=1549
+  _globals['_GENERATEREQUEST']._serialized_end=1800
+  _globals['_GENERATECHUNK']._serialized_start=1803
+  _globals['_GENERATECHUNK']._serialized_end=1988
+  _globals['_ABORTREQUEST']._serialized_start=1990
+  _globals['_ABORTREQUEST']._serialized_end=2024
+  _globals['_ABORTRESPONSE']._serialized_start=2026
+  _globals['_ABORTRESPONSE']._serialized_end=2056
+  _globals['_LOADREQUEST']._serialized_start=2058
+  _globals['_LOADREQUEST']._serialized_end=2071
+  _globals['_WORKERLOAD']._serialized_start=2074
+  _globals['_WORKERLOAD']._serialized_end=2376
+  _globals['_PREFILLSERVICE']._serialized_start=2379
+  _globals['_PREFILLSERVICE']._serialized_end=2627
+  _globals['_DECODESERVICE']._serialized_start=2630
+  _globals['_DECODESERVICE']._serialized_end=2879
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY
 
 from kvstore.block_key import KVLayout, block_keys, store_key
 from kvstore.embedded import EmbeddedStore
-from kvstore.events import BlockRemoved, BlockStored, decode_batch, request_snapshot
+from contracts.kv_events import BlockRemoved, BlockStored, decode_batch
+from kvstore.events import request_snapshot
 from kvstore.sync_client import KVStoreClient
 
 

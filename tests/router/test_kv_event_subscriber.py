@@ -9,7 +9,8 @@ import pytest
 import zmq
 
 from kvstore.block_key import block_keys
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventPublisher
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from kvstore.events import KVEventPublisher
 from router.kv_events import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 
@@ -28,11 +29,11 @@ class Worker:
 
     def store(self, keys: list[bytes]) -> None:
         self.held["gpu"].extend(keys)
-        self.pub.publish([BlockStored(keys, None, "gpu")])
+        self.pub.publish([BlockStored(keys=keys, medium="gpu")])
 
     def remove(self, keys: list[bytes]) -> None:
         self.held["gpu"] = [k for k in self.held["gpu"] if k not in keys]
-        self.pub.publish([BlockRemoved(keys, "gpu")])
+        self.pub.publish([BlockRemoved(keys=keys, medium="gpu")])
 
     def clear(self) -> None:
         self.held["gpu"] = []

@@ -11,7 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from kvstore.events import decode_batch, request_snapshot
+from contracts.kv_events import decode_batch
+from kvstore.events import request_snapshot
 from splitserve.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, start_worker, wait_serving
 import zmq
