@@ -178,7 +178,7 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     def _put_start(self, item: pb.PutStartItem) -> pb.PutStartResult:
         try:
-            out = self.state.put_start(item.key, item.size, item.checksum, item.replicas)
+            out = self.state.put_start(item.key, item.size, item.checksum, item.replicas if item.HasField("replicas") else 1)
         except StoreError as exc:
             return pb.PutStartResult(key=item.key, state=pb.PUT_STATE_FAILED, code=code_number(exc.code), message=str(exc))
         if out.put is None:

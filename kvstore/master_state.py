@@ -132,7 +132,8 @@ class MasterState:
             return PutStartOutcome(key, "exists")
         if key in self.pending_keys:
             return PutStartOutcome(key, "in_flight")
-        replicas = max(1, replicas)
+        if replicas < 1:
+            raise InvalidRequest(f"object {key!r}: replicas must be at least 1, got {replicas}")
         if not self.nodes:
             raise NoStorageNodes("no storage node is registered with the master")
         if replicas > len(self.nodes):

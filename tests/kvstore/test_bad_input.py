@@ -66,6 +66,7 @@ def test_oversized_object_is_resource_exhausted_with_sizes(master, store):
         ("Get", pb.KeysRequest(keys=["a", "b"]), "exactly one"),
         ("BatchPutStart", pb.PutStartRequest(items=[pb.PutStartItem(key="d", size=1)] * 2), "twice"),
         ("PutStart", pb.PutStartItem(key="k", size=10, replicas=5), "replicas"),
+        ("PutStart", pb.PutStartItem(key="k", size=10, replicas=0), "replicas"),  # explicit 0 is not "unset"
     ],
 )
 def test_malformed_requests_are_invalid_argument(master, call, request_, words):
