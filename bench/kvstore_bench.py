@@ -44,6 +44,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from contracts.sizes import parse_size  # noqa: E402
 from kvstore import mooncake_processes  # noqa: E402
 from kvstore.backend import StoreBackend, open_store  # noqa: E402
 from kvstore.block_key import KVLayout, block_keys  # noqa: E402
@@ -306,7 +307,7 @@ def main() -> None:
 
     master, master_addr = start(["kvstore-master", "--events-port", "0"])
     node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
-    mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, _parse_capacity(args.capacity))
+    mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, parse_size(args.capacity))
     rows, batch_rows, backend_rows = [], [], []
     try:
         time.sleep(0.5)
@@ -365,12 +366,6 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows}, f, indent=2)
     print(f"wrote {args.out}")
-
-
-def _parse_capacity(text: str) -> int:
-    from kvstore.cli import parse_size
-
-    return parse_size(text)
 
 
 if __name__ == "__main__":

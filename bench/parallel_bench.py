@@ -132,7 +132,7 @@ def allreduce_ms(shapes: list[tuple[int, int]], reps: int = 50) -> dict[str, flo
     """Mean ms of one all-reduce of [T, H] between 2 ranks, per shape."""
     import multiprocessing
 
-    from engine.executor import free_port
+    from contracts.ports import free_port
 
     out = tempfile.mktemp(suffix=".json")
     port = free_port()

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from contracts.ports import free_port
 from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
 
@@ -107,12 +107,6 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
 # ---------------------------------------------------------------- live stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.cli import _add_common, _config, _finish
 from bench.serve.runner import run_compare
-from splitserve.up import free_port
+from contracts.ports import free_port
 
 
 def start_stack(name: str, model: str, flags: list[str], log_dir: Path) -> tuple[subprocess.Popen, str]:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import socket
 import time
 from collections.abc import Iterator
 
 import torch
 
+from contracts.ports import free_port
+from contracts.rank_plan import ExportBlocks, ImportBlocks, RankPlan, Stop, encode
 from engine import distributed
 from engine.config import EngineConfig
 from engine.errors import RankDied
@@ -36,7 +37,6 @@ from engine.model_runner import ModelRunner, resolve_device
 from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
-from contracts.rank_plan import ExportBlocks, ImportBlocks, RankPlan, Stop, encode
 from engine.step_codec import step_plan
 from splitserve.lifeline import run_tied
 
@@ -45,12 +45,6 @@ DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer'
 
 def make_runner(config: EngineConfig, eos: set[int]) -> ModelRunner | ParallelExecutor:
     return ModelRunner(config, eos) if config.tensor_parallel_size == 1 else ParallelExecutor(config, eos)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

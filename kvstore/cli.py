@@ -9,15 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'4GiB' -> 4294967296; plain numbers are bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MiB, 4GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+from contracts.sizes import parse_size
 
 
 def parse_duration(text: str) -> float:

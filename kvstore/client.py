@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import grpc
 import xxhash
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
 from kvstore.block_key import BlockKey, KVLayout, store_key
 from kvstore.errors import InvalidRequest, StoreError, error_from_code
-from kvstore.master import GRPC_OPTIONS
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
 from splitserve.internal_auth import client_interceptors
@@ -57,7 +57,7 @@ class AsyncKVStoreClient:
         self.master_addr = master_addr
         self.replicas = replicas
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS, interceptors=client_interceptors())
+        self._channel = grpc.aio.insecure_channel(master_addr, options=STORE_GRPC_OPTIONS, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
         self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane)
 

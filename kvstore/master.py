@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
 from kvstore import metrics
 from kvstore.errors import InvalidRequest, StoreError, code_number
 from kvstore.events import KVEventPublisher
@@ -22,7 +23,6 @@ from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
-GRPC_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 _STATE_NAMES = {"started": pb.PUT_STATE_STARTED, "exists": pb.PUT_STATE_ALREADY_EXISTS, "in_flight": pb.PUT_STATE_IN_FLIGHT}
 
 
@@ -246,7 +246,7 @@ class MasterServer:
             snap = f"tcp://{host}:{cfg.events_port + 1}" if cfg.events_port else f"tcp://{host}:*"
             self.publisher = KVEventPublisher(pub, snap, "kvstore", self.state.snapshot)
             self.state.emit = self.publisher.publish
-        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
+        self.server = grpc.aio.server(options=STORE_GRPC_OPTIONS, interceptors=server_interceptors())
         pb_grpc.add_MasterServicer_to_server(self.servicer, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from contracts.ports import free_port
 from kvstore.mooncake_store import INSTALL_HINT
 from kvstore.mooncake_url import SCHEME
 
@@ -61,12 +62,6 @@ def node_argv(host: str, port: int, master: str, segment_bytes: int, protocol: s
         f"--global_segment_size={segment_bytes}",
         f"--protocol={protocol}",
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 20.0) -> None:

@@ -24,7 +24,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from kvstore.cli import parse_size
+from contracts.sizes import parse_size
 from kvstore.errors import InvalidRequest
 
 SCHEME = "mooncake"

@@ -16,11 +16,11 @@ import grpc
 import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
 from kvstore import metrics, wire
-from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
-from kvstore.master import GRPC_OPTIONS
-from kvstore.node_config import NodeConfig
 from kvstore.data_plane import DataPlaneServer
+from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
+from kvstore.node_config import NodeConfig
 from kvstore.segment import SharedSegment, host_identity
 from kvstore.wire import WriteChunkView, WriteItemView
 from splitserve.internal_auth import client_interceptors, server_interceptors
@@ -168,7 +168,7 @@ class NodeServer:
 
     async def start(self) -> str:
         cfg = self.config
-        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
+        self.server = grpc.aio.server(options=STORE_GRPC_OPTIONS, interceptors=server_interceptors())
         self.server.add_generic_rpc_handlers((storage_node_handler(StorageNodeServicer(self.segment, cfg.read_chunk_size)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

@@ -28,10 +28,10 @@ import grpc
 import numpy as np
 import xxhash
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
 from kvstore import wire
 from kvstore.data_plane import BAD_CHECKSUM, OK, READ, WRITE, DataPlaneClient, Item
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_from_code
-from kvstore.master import GRPC_OPTIONS
 from kvstore.segment import SharedSegment, host_identity
 from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
@@ -107,7 +107,7 @@ class NodeTransport:
 
     def stub(self, address: str) -> NodeStub:
         if address not in self._stubs:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS,
+            self._channels[address] = grpc.aio.insecure_channel(address, options=STORE_GRPC_OPTIONS,
                                                                 interceptors=client_interceptors())
             self._stubs[address] = NodeStub.on(self._channels[address])
         return self._stubs[address]

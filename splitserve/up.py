@@ -13,15 +13,21 @@ import argparse
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from contracts.ports import free_port, free_port_pair
+from contracts.sizes import parse_size
 from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
-from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested, healthy
+from splitserve.supervisor import (
+    Component,
+    RestartPolicy,
+    Stack,
+    StopRequested,
+    healthy,
+)
 
 __all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
 
@@ -44,25 +50,6 @@ class StackInfo:
     internal_secret_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A free port P with P + 1 free too (KV events on P, their snapshots on P + 1)."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of adjacent ports on 127.0.0.1")
-
-
 def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     py = [sys.executable, "-m", "splitserve.cli"]
     host = "127.0.0.1"
@@ -79,7 +66,7 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     node_port, node_metrics = free_port(), free_port()
     comps.append(Component(
         "kvstore-node",
-        py + ["kvstore-node", "--master", master, "--capacity", args.kvstore_capacity, "--host", host,
+        py + ["kvstore-node", "--master", master, "--capacity", str(args.kvstore_capacity), "--host", host,
               "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
         grpc_port=node_port, metrics_port=node_metrics,
     ))
@@ -90,9 +77,9 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
                          "--advertise-host", host, "--metrics-port", str(metrics), "--kv-events-port", str(events),
                          "--worker-id", f"{role}-{i}"]
             if args.kv_cache_bytes:
-                argv += ["--kv-cache-bytes", args.kv_cache_bytes]
+                argv += ["--kv-cache-bytes", str(args.kv_cache_bytes)]
             if role == "prefill":
-                argv += ["--kv-transport", args.kv_transport, "--store-write-budget", args.store_write_budget]
+                argv += ["--kv-transport", args.kv_transport, "--store-write-budget", str(args.store_write_budget)]
             if args.tensor_parallel_size > 1:
                 argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
             comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics))
@@ -240,13 +227,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler-config", default=None, metavar="FILE", help="router scheduler config (YAML/JSON; overrides --policy)")
     p.add_argument("--colocate-threshold", type=int, default=None,
                    help="router: uncached prompt tokens below which the decode worker prefills (default: the router's)")
-    p.add_argument("--kv-cache-bytes", default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")
+    p.add_argument("--kv-cache-bytes", type=parse_size, default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")
     p.add_argument("--kv-transport", choices=["direct", "store"], default="direct",
                    help="how prefill KV reaches decode: a direct pull on this host, or through the store")
-    p.add_argument("--store-write-budget", default="0",
+    p.add_argument("--store-write-budget", type=parse_size, default=0,
                    help="with --kv-transport direct: also write the store as a cache, at most this much in flight")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--kvstore-capacity", default="1GiB")
+    p.add_argument("--kvstore-capacity", type=parse_size, default=parse_size("1GiB"))
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")

@@ -6,6 +6,8 @@ import argparse
 import socket
 from dataclasses import dataclass
 
+from contracts.sizes import parse_size
+
 
 @dataclass(slots=True)
 class WorkerOptions:
@@ -50,14 +52,6 @@ class WorkerOptions:
 DEFAULT_PORTS = {"prefill": (50071, 9102, 5557), "decode": (50081, 9103, 5558)}
 
 
-def parse_bytes(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
-
-
 def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     port, metrics, events = DEFAULT_PORTS[role]
     p.add_argument("--model", required=True, help="HF checkpoint directory, a .gguf file, or smollm2")
@@ -72,7 +66,7 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     add_parallel_flags(p)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
+    p.add_argument("--kv-cache-bytes", type=parse_size, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--nnodes", type=int, default=1,
                    help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`")
@@ -90,7 +84,7 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
                        "store: KV reaches decode through the store only")
         p.add_argument("--kv-lease-timeout", type=float, default=30.0,
                        help="seconds a request's blocks stay held for a direct reader that never says it is done")
-        p.add_argument("--store-write-budget", type=parse_bytes, default=0,
+        p.add_argument("--store-write-budget", type=parse_size, default=0,
                        help="with --kv-transport direct: also write the blocks to the store (the cache tier for "
                        "prefix reuse by other workers), skipping writes beyond this many bytes in flight; "
                        "0 = none (the default: the writes run in the engine's process and cost TTFT, "

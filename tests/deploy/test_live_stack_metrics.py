@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from deploy_support import ALERT_RULES, RATE_INTERVAL, Render, alert_rules, dashboard_queries, metric_names
+from deploy_support import (
+    ALERT_RULES,
+    RATE_INTERVAL,
+    Render,
+    alert_rules,
+    dashboard_queries,
+    metric_names,
+)
+
+from contracts.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +51,6 @@ def missing_stack_commands() -> list[str]:
 
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return [command for command in STACK_COMMANDS if command not in subparsers.choices]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_stack import free_port, free_port_pair, spawn, start_router, wait_until
+from e2e_stack import spawn, start_router, wait_until
+
+from contracts.ports import free_port, free_port_pair
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from e2e_stack import free_port, start_router, start_worker
+from e2e_stack import start_router, start_worker
 
+from contracts.ports import free_port
 from splitserve.rpc.envoy import external_processor_pb2 as ep
 from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 

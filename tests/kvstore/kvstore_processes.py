@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from contracts.ports import free_port
 from splitserve.rpc import kvstore_pb2 as pb
 from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(slots=True)

@@ -19,27 +19,20 @@ from pathlib import Path
 
 import pytest
 
+from contracts.ports import free_port_pair
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.remote_ranks import TOKEN_ENV, RankGroupError, accept_remote_ranks, join_leader
+from engine.remote_ranks import (
+    TOKEN_ENV,
+    RankGroupError,
+    accept_remote_ranks,
+    join_leader,
+)
 from engine.sampling_params import SamplingParams
 
 PROMPTS = [[(7 * i + 3) % 370 + 5 for i in range(45)], [100, 3, 77]]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
-
-
-def free_port_pair() -> int:
-    while True:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
 
 
 def generate(engine: LLMEngine) -> list[list[int]]:

@@ -4,7 +4,6 @@ answer is never a 5xx. Bounded: a fixed number of examples per operation, no shr
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent import futures
@@ -17,6 +16,7 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 
+from contracts.ports import free_port
 from router.config import RouterConfig
 from router.openai_api import create_app
 from splitserve.rpc import worker_pb2 as pb
@@ -39,12 +39,6 @@ class Decode(pb_grpc.DecodeServiceServicer):
         return pb.WorkerLoad(worker_id="decode-fake", role="decode", total_kv_blocks=1000, block_size=16)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def router_url(model_dir):  # type: ignore[no-untyped-def]
     worker = grpc.server(futures.ThreadPoolExecutor(4))
@@ -52,7 +46,7 @@ def router_url(model_dir):  # type: ignore[no-untyped-def]
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), worker)
     worker_port = worker.add_insecure_port("127.0.0.1:0")
     worker.start()
-    port = _free_port()
+    port = free_port()
     app = create_app(RouterConfig(str(model_dir), served_model_name="tiny", decode=[f"127.0.0.1:{worker_port}"]))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contracts.ports import free_port
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
@@ -23,12 +23,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 KV_WAIT_S = 5.0  # the decode worker's --kv-wait-timeout in the test stack (test_pending_kv.py)
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass(slots=True)
 class WorkerProcess:
