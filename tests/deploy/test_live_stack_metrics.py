@@ -8,8 +8,6 @@ expression. Skipped until every command `splitserve up` launches exists.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -37,20 +35,9 @@ from contracts.ports import free_port
 
 pytestmark = pytest.mark.slow
 
-# `up` launches these, and `make-model` writes its default tiny demo model.
-STACK_COMMANDS = ("up", "make-model", "kvstore-master", "kvstore-node", "prefill", "decode", "router")
 SCRAPE_INTERVAL_S = 1
 QUERY_WINDOW = "60s"  # stands in for Grafana's $__rate_interval; spans the whole traffic burst
 READY_TIMEOUT_S = 240
-
-
-def missing_stack_commands() -> list[str]:
-    if importlib.util.find_spec("splitserve.up") is None:
-        return ["up (the splitserve.up module is missing)"]
-    from splitserve.cli import build_parser
-
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [command for command in STACK_COMMANDS if command not in subparsers.choices]
 
 
 def wait_for(
@@ -136,9 +123,6 @@ def exported_series(address: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    missing = missing_stack_commands()
-    if missing:
-        pytest.skip(f"`splitserve up` cannot run a stack yet: missing commands {missing}")
     workdir = tmp_path_factory.mktemp("up")
     state_file = workdir / "state.json"
     log = workdir / "up.log"

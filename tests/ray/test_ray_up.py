@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from contracts.ports import free_port
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[dev]' (ray[default]) to run these")
 pytestmark = pytest.mark.timeout(120)  # a hung actor or rendezvous fails here, not at the suite timeout
-httpx = pytest.importorskip("httpx")
 
 CLI = [sys.executable, "-m", "splitserve.cli"]
 COMPONENTS = {"kvstore-master", "kvstore-node", "prefill-0", "decode-0", "router"}
