@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 
 from kvstore.embedded import EmbeddedStore
 from kvstore.master_config import MasterConfig

@@ -17,7 +17,7 @@ from kvstore.backend import BACKENDS, open_store, store_address
 from kvstore.block_key import KVLayout, block_keys
 from kvstore.client import PutStatus
 from kvstore.errors import InvalidRequest, NoStorageNodes
-from store_backends import BackendCluster, backend_cluster, start_backend  # noqa: F401
+from store_backends import BackendCluster, start_backend
 
 pytestmark = pytest.mark.slow
 

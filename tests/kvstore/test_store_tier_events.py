@@ -10,7 +10,6 @@ from kvstore.block_key import KVLayout, block_keys
 from kvstore.store_tier_events import AnnouncingStore
 from router.kv_events import KVEventSubscriber
 from router.prefix_index import PrefixIndex
-from store_backends import mooncake_url  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
