@@ -13,6 +13,7 @@ checked against ``paged_attention_reference`` before it is timed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -116,11 +117,11 @@ def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_len: int, kv_
     ]
     for name, backends, gqa in attempts:
         kk, vv = (k, v) if gqa else (k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1))
-        fn = lambda: F.scaled_dot_product_attention(q, kk, vv, scale=scale, enable_gqa=gqa, **kwargs)  # noqa: E731
+        fn = functools.partial(F.scaled_dot_product_attention, q, kk, vv, scale=scale, enable_gqa=gqa, **kwargs)
         try:
             with sdpa_kernel(backends):
                 fn()
-                return bench_ms(lambda: _with_backend(backends, fn)), name
+                return bench_ms(functools.partial(_with_backend, backends, fn)), name
         except RuntimeError:
             continue
     return None, "unavailable"
@@ -187,10 +188,10 @@ def sweep(device: torch.device) -> list[dict]:
         batch = make_paged_batch([q_len] * b, [kv_len] * b, torch.bfloat16, device, heads)
         expected = paged_attention_reference(**batch) if b * q_len <= 4096 else None
         for tiles in DECODE_TILES if kind == "decode" else PREFILL_TILES:
-            fn = lambda: paged_attention_triton(**batch, max_q_len=q_len, tiles=tiles)  # noqa: E731
+            fn = functools.partial(paged_attention_triton, **batch, max_q_len=q_len, tiles=tiles)
             try:
                 out = fn()
-            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+            except Exception as exc:  # e.g. out of shared memory: report, go on
                 print(f"sweep {kind} B={b} kv={kv_len} {tiles}: {type(exc).__name__}", file=sys.stderr)
                 continue
             err = (out.float() - expected.float()).abs().max().item() if expected is not None else 0.0

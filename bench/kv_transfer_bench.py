@@ -12,6 +12,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import random
@@ -91,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             n = -(-n_tok // args.block_size)
             src, dst = rng.sample(range(num_blocks), n), rng.sample(range(num_blocks), n)
             nbytes = n * spec.bytes_per_block
-            direct = timed(lambda: copy_blocks(peer, src, mine.pool, dst), device, args.reps)
+            direct = timed(functools.partial(copy_blocks, peer, src, mine.pool, dst), device, args.reps)
             for v in filter(None, args.variants.split(",")):
                 chunk, warps = (int(x) for x in v.split("x"))
-                t = timed(lambda: _copy_triton(peer, src, mine.pool, dst, chunk, warps), device, args.reps)
+                t = timed(functools.partial(_copy_triton, peer, src, mine.pool, dst, chunk, warps), device, args.reps)
                 print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
             a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
             b = torch.empty_like(a)
-            plain = timed(lambda: b.copy_(a), device, args.reps)
+            plain = timed(functools.partial(b.copy_, a), device, args.reps)
             del a, b
             rows.append({"tokens": n_tok, "blocks": n, "mib": nbytes / 2**20, "direct_gb_s": nbytes / direct / 1e9,
                          "device_copy_gb_s": nbytes / plain / 1e9, "ratio": plain / direct,

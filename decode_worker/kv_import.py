@@ -96,7 +96,7 @@ class KVImports:
                 return  # aborted while waiting for its KV
             try:
                 complete = load.attempt()
-            except Exception as exc:  # noqa: BLE001 - reported to the caller as a status, or the next transport
+            except Exception as exc:  # reported to the caller as a status, or the next transport
                 failure = exc  # `exc` is unbound once the except block ends
                 self.done.put(lambda: self._failed(imp, load, failure))
                 return

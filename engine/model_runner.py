@@ -15,7 +15,7 @@ from engine.checkpoint import init_dummy_weights, load_hf_config, load_weights
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
-from engine.models.decoder import DecoderForCausalLM, head_dim_of
+from engine.models.decoder import DecoderForCausalLM
 from engine.models.registry import arch_features
 from engine.moe import SparseMoE, grouped_mm_works
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch
@@ -126,7 +126,7 @@ class ModelRunner:
         )
         try:
             graphs.capture()
-        except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly rather than not at all
+        except Exception as exc:  # any capture failure: serve eagerly rather than not at all
             log.warning("CUDA graph capture failed (%s: %s); decode runs eagerly (set enforce_eager to skip capture)",
                         type(exc).__name__, exc)
             torch.cuda.synchronize(self.device)

@@ -79,13 +79,13 @@ def _accept_plan_channels(server: socket.socket, token: bytes, ranks: list[RayRa
     while len(conns) < len(ranks):
         try:
             sock, _ = server.accept()
-        except TimeoutError:
+        except TimeoutError as exc:
             dead = [r for r, rank in enumerate(ranks, start=1) if not rank.is_alive()]
             if dead:
-                raise RuntimeError(f"Ray rank actor(s) {dead} exited before connecting to rank 0")
+                raise RuntimeError(f"Ray rank actor(s) {dead} exited before connecting to rank 0") from exc
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Ray rank actors did not connect within {CONNECT_TIMEOUT_S:.0f}s "
-                                   "(are there enough free CPUs/GPUs on this node for the placement group?)")
+                                   "(are there enough free CPUs/GPUs on this node for the placement group?)") from exc
             continue
         sock.settimeout(None)
         conn = Connection(sock.detach())

@@ -162,16 +162,16 @@ def _merge_splits_kernel(
     split_valid = tl.arange(0, SPLITS_PAD) < NUM_SPLITS
     dims = tl.arange(0, HEAD_DIM_PAD)
     m = tl.load(part_ml_ptr + part_row * 2, mask=split_valid, other=float("-inf"))
-    l = tl.load(part_ml_ptr + part_row * 2 + 1, mask=split_valid, other=0.0)
+    row_sum = tl.load(part_ml_ptr + part_row * 2 + 1, mask=split_valid, other=0.0)
     acc = tl.load(part_o_ptr + part_row[:, None] * HEAD_DIM_PAD + dims[None, :], mask=split_valid[:, None], other=0.0)
     w = tl.exp2(m - tl.max(m, axis=0))  # [SPLITS_PAD]
-    denom = tl.sum(w * l, axis=0)
+    denom = tl.sum(w * row_sum, axis=0)
     denom = tl.where(denom == 0.0, 1.0, denom)
     out = tl.sum(acc * w[:, None], axis=0) / denom  # [HEAD_DIM_PAD]
     tl.store(o_ptr + token * stride_ot + head * stride_oh + dims, out.to(o_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

@@ -127,7 +127,7 @@ class StoreConnector:
             for fut in job.puts:
                 try:
                     fut.result(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - a failed or unfinished put: the reader times out
+                except Exception:  # a failed or unfinished put: the reader times out
                     pass
 
     def stage(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

@@ -84,7 +84,7 @@ class PrefillJobs:
                 while local + n < usable and (local + n) in job.in_store:
                     n += 1
                 rows = store.fetch(keys[local : local + n]) if n else None
-            except Exception:  # noqa: BLE001 - the store is a cache: on any trouble, recompute
+            except Exception:  # the store is a cache: on any trouble, recompute
                 rows, job.in_store = None, set()
             self.done.put(lambda: self._admit(pj, sp, salt, local, rows))
 

@@ -101,7 +101,7 @@ class WorkerBackend:
                     assert decision.prefill_worker is not None
                     try:
                         prefill = await self._prefill(decision.prefill_worker, request, deadline)
-                    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, grpc.aio.AioRpcError) as exc:
                         log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
                         if _path_fault(exc):
                             self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
@@ -142,7 +142,7 @@ class WorkerBackend:
                             chunk.num_cached_tokens = prefill.num_cached_tokens
                         yield chunk
                     return
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, grpc.aio.AioRpcError) as exc:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
                         raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc

@@ -74,7 +74,7 @@ class SchedulerConfig:
     seed: int | None = None
     profiles: dict[str, ProfileSpec] = field(default_factory=dict)
 
-    def resolved(self) -> "SchedulerConfig":
+    def resolved(self) -> SchedulerConfig:
         """This config with its profiles filled from the shipped policy when it has none."""
         if self.profiles:
             if self.basis is None:

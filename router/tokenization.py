@@ -28,7 +28,7 @@ class PromptTokenizer:
     eos_token_ids: set[int]
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "PromptTokenizer":
+    def from_dir(cls, model_dir: str | Path) -> PromptTokenizer:
         model_dir = Path(model_dir)
         if not (model_dir / "tokenizer.json").is_file():
             raise TokenizerLoadError(f"no tokenizer.json in {model_dir}")

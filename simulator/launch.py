@@ -32,7 +32,7 @@ class ClusterThread:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, config: ClusterConfig, timeout_s: float = 60.0) -> "ClusterThread":
+    def start(cls, config: ClusterConfig, timeout_s: float = 60.0) -> ClusterThread:
         loop = asyncio.new_event_loop()
         started: list[SimCluster] = []
         ready = threading.Event()

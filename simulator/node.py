@@ -37,7 +37,7 @@ class SimNode:
 
     @classmethod
     def create(cls, worker_id: str, role: str, profile: Profile, clock: SimClock, fingerprint: str,
-               block_size: int, host: str = "127.0.0.1", capacity_blocks: int | None = None) -> "SimNode":  # fmt: skip
+               block_size: int, host: str = "127.0.0.1", capacity_blocks: int | None = None) -> SimNode:  # fmt: skip
         cache = BlockCache(capacity_blocks or profile.kv_capacity_blocks(block_size))
         node = cls(worker_id, role, profile, clock, cache, fingerprint, block_size)
         node.publisher = KVEventPublisher(f"tcp://{host}:0", f"tcp://{host}:0", worker_id, cache.snapshot)

@@ -55,7 +55,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
             import os
             import subprocess
 
-            out = open(log, "wb") if log else None  # noqa: SIM115 - the child keeps it
+            out = open(log, "wb") if log else None  # the child keeps it
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             err = subprocess.STDOUT if out else None
             self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -114,7 +114,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
         for _, actor in reversed(actors):  # router first, then workers, then the store
             try:
                 ray.get(actor.stop.remote(15.0), timeout=30)
-            except Exception as exc:  # noqa: BLE001 - an actor that died already has nothing to stop
+            except Exception as exc:  # an actor that died already has nothing to stop
                 print(f"[up] stopping an actor: {exc}", flush=True)
             ray.kill(actor)
         ray.shutdown()

@@ -57,7 +57,7 @@ class StopRequested:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.requested = True
 
 

@@ -102,7 +102,8 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
 
 
 def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> StackInfo:
-    by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]  # noqa: E731
+    def by_prefix(p: str) -> list[str]:
+        return [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]
     router = next(c for c in stack.comps if c.name == "router")
     events = router.argv[router.argv.index("--kvstore-events") + 1]
     return StackInfo(

@@ -11,6 +11,7 @@ The core exits when its parent (the gRPC server process) dies or asks it to.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
@@ -133,7 +134,7 @@ class EngineCore:
                                          c.engine.kv_pool_file, self.engine.block_ids))
         if c.kvstore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
-            observe = lambda d, n, s: self._observe_transfer("store", d, n, s)  # noqa: E731
+            observe = functools.partial(self._observe_transfer, "store")
             found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
                                         self.engine.export_blocks, budget))
         return found

@@ -40,8 +40,8 @@ def start_decode(model: str, name: str, logs: Path):  # type: ignore[no-untyped-
 
 def running_requests(metrics_address: str) -> float:
     text = httpx.get(f"http://{metrics_address}/metrics", timeout=2).text
-    lines = [l for l in text.splitlines() if l.startswith("splitserve_worker_running_requests{")]
-    return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+    lines = [line for line in text.splitlines() if line.startswith("splitserve_worker_running_requests{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def ready_decode_workers(url: str) -> int:

@@ -8,6 +8,7 @@ reads its input tokens from the device tensor of the previous step's samples.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -67,8 +68,13 @@ def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]
 
 def workload(vocab: int = 380) -> tuple[dict, dict]:
     rng = random.Random(3)
-    prompt = lambda: [rng.randrange(3, vocab) for _ in range(rng.randrange(5, 40))]  # noqa: E731
-    greedy = lambda n, **kw: SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, **kw)  # noqa: E731
+
+    def prompt() -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(rng.randrange(5, 40))]
+
+    def greedy(n: int, **kw: Any) -> SamplingParams:
+        return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, **kw)
+
     requests = {f"r{i}": (prompt(), greedy(n)) for i, n in enumerate((20, 7, 20, 13))}
     late = {"late": (prompt(), greedy(9))}
     return requests, late
@@ -80,7 +86,7 @@ def test_run_ahead_decode_equals_synchronous_decode(checkpoints, static_decode, 
     sync = run(engine_for(model, async_decode=False), requests, late=late)
     assert not ahead_calls
     # a request that stops on a token id: the step launched ahead of that token is dropped
-    rid, (prompt, params) = "r2", requests["r2"]
+    rid, (prompt, _) = "r2", requests["r2"]
     stop_token = sync[rid][0][5]
     requests[rid] = (prompt, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop_token_ids=[stop_token]))
     sync = run(engine_for(model, async_decode=False), requests, late=late)

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from engine import block_copy  # noqa: E402
-from engine.kv_cache import KVCache, KVCacheSpec  # noqa: E402
+from engine import block_copy
+from engine.kv_cache import KVCache, KVCacheSpec
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the kernel runs on the GPU, else interpreted
 SPEC = KVCacheSpec(num_layers=3, block_size=4, num_kv_heads=2, head_dim=8, dtype=torch.float32)

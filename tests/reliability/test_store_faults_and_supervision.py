@@ -91,5 +91,6 @@ def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) 
     print(f"SIGSTOP decode-0: {len(outcomes)} requests, {len(failed)} failed, longest {longest:.1f}s")
     # nothing leaks: once the load is gone, every worker is idle and holds no KV blocks for a request
     workers = [a for name, a in stack.reload()["metrics"].items() if name.startswith(("prefill-", "decode-"))]
-    idle = lambda: all(metric(a, m) == 0 for a in workers for m in WORKER_BUSY)  # noqa: E731
+    def idle() -> bool:
+        return all(metric(a, m) == 0 for a in workers for m in WORKER_BUSY)
     wait_for(idle, 30, "every worker idle with no KV in use")
