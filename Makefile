@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/rpc/envoy/*.proto)
 
-.PHONY: setup demo test test-fast protos bench-cpu clean prometheus
+.PHONY: setup demo test test-fast lint protos bench-cpu clean prometheus
 
 setup: system-deps-mooncake $(VENV)/.installed $(VENV)/.models
 
@@ -35,8 +35,13 @@ prometheus:
 demo: setup
 	$(BIN)/splitserve up --demo-request
 
-test: setup prometheus
+test: setup prometheus lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Lint and type checks of the whole tree (configured in pyproject.toml; generated stubs excluded).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 protos: setup
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)

@@ -33,7 +33,7 @@ def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
-def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:  # type: ignore[no-untyped-def]
+def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:
     state = stack.reload()
     if state["pids"][name] == old_pid:
         return False
@@ -48,7 +48,7 @@ def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:  # t
     return grpc_healthy(_port(state[role][int(index)]))
 
 
-def run_fault(stack, load: Load, name: str, kind: str, stop_s: float, settle_s: float) -> dict:  # type: ignore[no-untyped-def]
+def run_fault(stack, load: Load, name: str, kind: str, stop_s: float, settle_s: float) -> dict:
     state = stack.reload()
     pid, start = state["pids"][name], time.monotonic()
     written = metric(state["metrics"]["kvstore-master"], RECEIVED) if name == "kvstore-node" else 0.0

@@ -29,7 +29,7 @@ from engine.kv_cache import KVCache, KVCacheSpec
 from kv_transfer.peer_pool import PoolDescriptor, describe_pool, open_pool
 
 
-def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:  # type: ignore[no-untyped-def]
+def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:
     """The 'prefill' process: a pool with random KV, shared; waits until told to stop."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = KVCacheSpec(*spec_args)
@@ -41,7 +41,7 @@ def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:  # t
     conn.recv()  # keep the pool alive until the reader is done
 
 
-def timed(fn, device: torch.device, reps: int) -> float:  # type: ignore[no-untyped-def]
+def timed(fn, device: torch.device, reps: int) -> float:
     """Median seconds of ``fn`` (device events on GPU)."""
     fn()
     times = []

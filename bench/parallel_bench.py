@@ -25,7 +25,7 @@ from pathlib import Path
 PARITY_PROMPTS = [[(7 * i + 3) % 300 + 5 for i in range(45)], [100, 3, 77], [42, 43, 44, 45, 46]]
 
 
-def _free(engine, torch) -> None:  # type: ignore[no-untyped-def]
+def _free(engine, torch) -> None:
     engine.shutdown()
     del engine
     gc.collect()

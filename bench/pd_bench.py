@@ -46,7 +46,7 @@ class Result:
     failed: int = 0
 
 
-async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None, list[float]]:  # type: ignore[no-untyped-def]
+async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None, list[float]]:
     start = time.perf_counter()
     ttft, n, handoff, gaps, last = 0.0, 0, None, [], None
     if mode == "colocated":

@@ -58,7 +58,7 @@ class KVImports:
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
-        self.copying: dict[str, Import] = {}  # imported with a direct source: release once copied
+        self.copying: dict[str, DirectLoad] = {}  # imported with a direct source: release once copied
         self._next_prune = 0.0
 
     def busy(self) -> bool:
@@ -103,9 +103,12 @@ class KVImports:
             if complete:
                 self.done.put(lambda: self._loaded(imp, load))
             else:
-                self.done.put(lambda: self.later(load.next_delay(), lambda: self.pool.submit(attempt)))
+                self.done.put(lambda: self.later(load.next_delay(), resubmit))
 
-        self.pool.submit(attempt)
+        def resubmit() -> None:
+            self.pool.submit(attempt)
+
+        resubmit()
 
     def _failed(self, imp: Import, load: KVLoad, exc: Exception) -> None:
         if self.loading.get(imp.request_id) is not imp or imp.load is not load:
@@ -132,21 +135,21 @@ class KVImports:
             self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
-            self.copying[imp.request_id] = imp
+            self.copying[imp.request_id] = load
         else:
             load.done()
 
     def after_step(self) -> None:
         """Release the prefill side's blocks of every finished direct copy (or dropped request)."""
-        for rid, imp in list(self.copying.items()):
-            source = imp.load.source
+        for rid, load in list(self.copying.items()):
+            source = load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
                 self.observe("in", nbytes, source.copy_s)
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]
-            imp.load.done()
+            load.done()
         if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
             for c in self.connectors:
@@ -159,12 +162,12 @@ class KVImports:
 
     def abort(self, rid: str) -> None:
         self.loading.pop(rid, None)
-        imp = self.copying.pop(rid, None)
-        if imp is not None:
-            imp.load.done()
+        load = self.copying.pop(rid, None)
+        if load is not None:
+            load.done()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for imp in self.copying.values():
-            imp.load.done()
+        for load in self.copying.values():
+            load.done()
         self.copying.clear()

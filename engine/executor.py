@@ -54,7 +54,7 @@ def _allow_children() -> Iterator[None]:
     The ranks do not need daemon cleanup: each one exits when its parent is gone
     (engine/rank_worker.py), so lift the flag while starting them.
     """
-    config = multiprocessing.current_process()._config
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]  # private, see above
     was = config.get("daemon", False)
     config["daemon"] = False
     try:

@@ -54,7 +54,7 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
         distributed.shutdown()
 
 
-def _import_shard(runner, block_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+def _import_shard(runner, block_ids: list[int]) -> None:
     """Receive full-head rows from rank 0 and keep this rank's KV heads."""
     full = full_heads_of(runner)
     s = runner.kv_spec
@@ -63,12 +63,12 @@ def _import_shard(runner, block_ids: list[int]) -> None:  # type: ignore[no-unty
     runner.kv.scatter(block_ids, head_shard(rows, runner))
 
 
-def full_heads_of(runner) -> int:  # type: ignore[no-untyped-def]
+def full_heads_of(runner) -> int:
     cfg = runner.hf_config
     return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
 
-def head_shard(rows: torch.Tensor, runner) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def head_shard(rows: torch.Tensor, runner) -> torch.Tensor:
     """This rank's KV heads of full-head rows [n, L, 2, B, Hkv, D] (replicated heads when TP > Hkv)."""
     local = runner.kv_spec.num_kv_heads
     replicas = runner.model.attention_layers()[0].qkv_proj.kv_replicas

@@ -23,7 +23,7 @@ def step_plan(meta: StepMetadata) -> StepPlan:
 
 
 def step_metadata(plan: StepPlan, device: torch.device) -> StepMetadata:
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     host: dict[str, list[int]] = {}
     for field in _FIELDS:
         part = np.frombuffer(getattr(plan, field), dtype=np.int64)
@@ -31,5 +31,7 @@ def step_metadata(plan: StepPlan, device: torch.device) -> StepMetadata:
             host[field] = part.tolist()
         tensors[field] = torch.from_numpy(part.copy()).to(_DTYPES[field]).to(device, non_blocking=True)
     tensors["block_tables"] = tensors["block_tables"].reshape(plan.num_seqs, -1)  # [S, max_blocks]
-    return StepMetadata(max_q_len=plan.max_q_len, cu_seqlens_q_host=host["cu_seqlens_q"],
-                        seq_lens_host=host["seq_lens"], **tensors)
+    t = tensors
+    return StepMetadata(t["input_ids"], t["positions"], t["slot_mapping"], t["cu_seqlens_q"], t["seq_lens"],
+                        t["block_tables"], t["logits_indices"], max_q_len=plan.max_q_len,
+                        cu_seqlens_q_host=host["cu_seqlens_q"], seq_lens_host=host["seq_lens"])

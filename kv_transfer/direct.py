@@ -24,7 +24,7 @@ import zmq
 from engine.kv_source import KVBlockSink
 from kv_transfer.connector import ExportJob
 from kv_transfer.handle import DirectOffer, KVHandle
-from kv_transfer.peer_pool import PeerPools, PoolDescriptor, describe_pool, host_identity
+from kv_transfer.peer_pool import PeerPools, PeerPoolUnavailable, PoolDescriptor, describe_pool, host_identity
 from kv_transfer.release import ReleaseInbox, ReleaseSender
 
 LEASE_MARGIN_S = 2.0  # a reader starts a copy only with at least this much lease left
@@ -47,17 +47,18 @@ class PeerBlocks:
         return time.monotonic() < self.lease_deadline - LEASE_MARGIN_S
 
     def copy_into(self, sink: KVBlockSink, dst_block_ids: list[int], first_row: int) -> None:
-        on_gpu = self.pool.device.type == "cuda"
-        if on_gpu:
-            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            self.events[0].record()
+        events = None
+        if self.pool.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         start = time.perf_counter()
         sink.copy_blocks_from(self.pool, self.block_ids[first_row : first_row + len(dst_block_ids)], dst_block_ids)
         self.copied_at = time.perf_counter()
-        if on_gpu:
-            self.events[1].record()
+        if events is not None:
+            events[1].record()
         else:
             self.copy_s = self.copied_at - start
+        self.events = events
 
     def copy_finished(self) -> bool:
         if self.copied_at is None:
@@ -77,6 +78,8 @@ class DirectLoad:
 
     def attempt(self) -> bool:
         h, offer = self.handle, self.handle.direct
+        if offer is None:
+            raise PeerPoolUnavailable("the KV handle offers no direct pull")
         pool = self.connector.peers.get(h.source_worker, h.epoch, offer.pool)  # raises PeerPoolUnavailable
         self._source = PeerBlocks(pool, offer.block_ids[self.first_block :], offer.lease_deadline)
         return True
@@ -86,6 +89,8 @@ class DirectLoad:
 
     @property
     def source(self) -> PeerBlocks:
+        if self._source is None:
+            raise RuntimeError("DirectLoad.source before a successful attempt()")
         return self._source
 
     def done(self) -> None:
@@ -119,7 +124,7 @@ class DirectConnector:
         pass
 
     def offer(self, job: ExportJob, handle: KVHandle) -> None:
-        if self.inbox is None:
+        if self.inbox is None or self.block_ids_of is None:
             return  # a receiver only: this engine's pool is not shared
         deadline = time.monotonic() + self.lease_s
         self.leases[job.transfer_id] = deadline
@@ -140,6 +145,8 @@ class DirectConnector:
         return False
 
     def _take_releases(self) -> None:
+        if self.inbox is None:
+            return
         for transfer_id, epoch in self.inbox.take():
             if epoch == self.epoch:
                 self.leases.pop(transfer_id, None)
@@ -157,7 +164,8 @@ class DirectConnector:
         return DirectLoad(self, handle, first_block)
 
     def release(self, handle: KVHandle) -> None:
-        self.sender.send(handle.direct.release_endpoint, handle.transfer_id, handle.epoch)
+        if handle.direct is not None:
+            self.sender.send(handle.direct.release_endpoint, handle.transfer_id, handle.epoch)
 
     def close(self) -> None:
         self.sender.close()

@@ -39,7 +39,7 @@ class ReleaseInbox:
         self.socket.bind(self.endpoint)
 
     def take(self) -> list[tuple[str, str]]:
-        got = []
+        got: list[tuple[str, str]] = []
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)

@@ -58,6 +58,10 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _reader_only(request_id: str, first: int, end: int) -> torch.Tensor:
+    raise RuntimeError("a StoreConnector without export_rows only reads: it cannot save blocks")
+
+
 class StoreConnector:
     name = "store"
 
@@ -66,7 +70,7 @@ class StoreConnector:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
         self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-store")
-        self.export_rows = export_rows
+        self.export_rows = export_rows or _reader_only
         self.write_budget = write_budget  # None: every block is written (the store is the handoff path)
         self._stream: torch.cuda.Stream | None = None  # side stream for device->host staging (CUDA only)
         self._in_flight_bytes = 0
@@ -233,6 +237,8 @@ class PendingFetch:
 
     @property
     def source(self) -> KVRows:
+        if self.rows is None:
+            raise RuntimeError("StoreLoad.source before a complete attempt()")
         return KVRows(self.rows)
 
     def done(self) -> None:

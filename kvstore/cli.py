@@ -74,7 +74,7 @@ def _run_node(args: argparse.Namespace) -> int:
     return _serve("kvstore-node", NodeServer(config), config.metrics_port)
 
 
-def _serve(name: str, server, metrics_port: int | None) -> int:  # type: ignore[no-untyped-def]
+def _serve(name: str, server, metrics_port: int | None) -> int:
     """Run a server until SIGTERM / SIGINT, then stop it gracefully."""
     import asyncio
     import logging

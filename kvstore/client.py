@@ -210,13 +210,13 @@ class AsyncKVStoreClient:
 
     # ------------------------------------------------------------ plumbing
 
-    async def _key_call(self, method, keys: Sequence[str]) -> list[bool]:  # type: ignore[no-untyped-def]
+    async def _key_call(self, method, keys: Sequence[str]) -> list[bool]:
         if not keys:
             return []
         reply = await self._call(method, pb.KeysRequest(keys=list(keys)))
         return [r.ok for r in reply.results]
 
-    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request):
         try:
             return await method(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:

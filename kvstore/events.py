@@ -33,7 +33,7 @@ class KVEventPublisher:
 
         self.topic = topic
         self._snapshot = snapshot
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
         secure_zmq_server(self._pub)
@@ -90,7 +90,7 @@ def request_snapshot(endpoint: str, timeout_s: float = 2.0) -> tuple[int, dict[s
     """Ask a publisher's snapshot socket for its full state; raises TimeoutError."""
     import zmq
 
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
     secure_zmq_client(sock)

@@ -187,7 +187,7 @@ class MasterServicer(pb_grpc.MasterServicer):
             key=item.key, state=pb.PUT_STATE_STARTED, put_id=out.put.put_id, replicas=[self._replica(p.node_id, p.offset) for p in out.put.placements]
         )
 
-    def _per_key(self, key: str, fn, *args) -> pb.KeyResult:  # type: ignore[no-untyped-def]
+    def _per_key(self, key: str, fn, *args) -> pb.KeyResult:
         try:
             fn(*args)
             return pb.KeyResult(key=key, ok=True)
@@ -274,7 +274,7 @@ class MasterServer:
             self.publisher.close()
 
 
-async def _require_one(values, rpc: str, what: str, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]
+async def _require_one(values, rpc: str, what: str, context: grpc.aio.ServicerContext) -> None:
     """The singular RPCs take exactly one item; the Batch* forms take many."""
     if len(values) != 1:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc} takes exactly one {what}, got {len(values)}")

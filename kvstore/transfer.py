@@ -166,7 +166,7 @@ class NodeTransport:
             elif s != OK:
                 job.error = InvalidRequest(f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment")
 
-    def _batches(self, jobs: list, size_of) -> list[list]:  # type: ignore[no-untyped-def]
+    def _batches(self, jobs: list, size_of) -> list[list]:
         batches, current, total = [], [], 0
         for job in jobs:
             if current and total + size_of(job) > self.batch_bytes:
@@ -186,7 +186,7 @@ class NodeTransport:
         items = [pb.SealItem(offset=j.replica.offset, size=len(j.data), checksum=j.checksum) for j in jobs]
         await self._apply(jobs, self.stub(jobs[0].replica.address).seal, pb.SealRequest(items=items))
 
-    async def _apply(self, jobs: list[WriteJob], call, request) -> None:  # type: ignore[no-untyped-def]
+    async def _apply(self, jobs: list[WriteJob], call, request) -> None:
         async with self._limit:
             try:
                 reply = await call(request)

@@ -102,7 +102,7 @@ class PrefillJobs:
             raise PromptTooLong(f"prompt has {len(prompt)} tokens but the context holds {self.engine.max_model_len} "
                                 "(including at least one new token); shorten the prompt")
 
-    def _admit(self, pj: PrefillJob, sp: SamplingParams, salt: str, local: int, rows) -> None:  # type: ignore[no-untyped-def]
+    def _admit(self, pj: PrefillJob, sp: SamplingParams, salt: str, local: int, rows) -> None:
         rid = pj.job.request_id
         if self.jobs.get(rid) is not pj:
             return  # aborted during the lookup
@@ -140,7 +140,7 @@ class PrefillJobs:
             self.send(RequestError(out.request_id, ErrorKind.UNAVAILABLE,
                                    f"writing the KV blocks to the store failed: {errors[0]}"))
         else:
-            self.send(Prefilled(out.request_id, self._result(pj, handle)))
+            self.send(Prefilled(out.request_id, self._result(out, len(pj.job.prompt), handle)))
         if self.store is not None:
             self.store.on_written(pj.job, lambda: self.done.put(lambda: None))  # wake the loop
 
@@ -168,11 +168,10 @@ class PrefillJobs:
             c.offer(job, handle)
         return handle
 
-    def _result(self, pj: PrefillJob, handle: KVHandle) -> PrefillResult:
-        out = pj.output
-        return PrefillResult(
-            out.new_token_ids[0], out.new_logprobs[0] if out.new_logprobs else None, handle, out.num_cached_tokens, len(pj.job.prompt) - out.num_cached_tokens, out.finish_reason,
-        )
+    @staticmethod
+    def _result(out: RequestOutput, prompt_len: int, handle: KVHandle) -> PrefillResult:
+        return PrefillResult(out.new_token_ids[0], out.new_logprobs[0] if out.new_logprobs else None, handle,
+                             out.num_cached_tokens, prompt_len - out.num_cached_tokens, out.finish_reason)
 
     def abort(self, rid: str) -> bool:
         """False when the request was already answered: its blocks stay until no connector holds them."""

@@ -55,7 +55,7 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
             rt.metrics.prefill(elapsed)
             rt.metrics.finished(len(request.prompt_token_ids), 1)
             return pb.PrefillResponse(
-                request_id=rid, first_token_id=res.first_token_id, first_logprob=token_logprob(res.first_logprob),
+                request_id=rid, first_token_id=res.first_token_id, first_logprob=token_logprob(res.first_logprob) if res.first_logprob else None,
                 kv_handle=res.handle.to_proto(),
                 num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
                 finish_reason=res.finish_reason or "",

@@ -55,7 +55,7 @@ class KVEventSubscriber:
         self._snapshot_timeout_s = snapshot_timeout_s
         self._retry_interval_s = retry_interval_s
         self._on_resync = on_resync
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._publishers: dict[str, _Publisher] = {}
         self._commands: list[tuple[str, str, str, str]] = []  # (op, id, events, snapshot)
         self._lock = threading.Lock()

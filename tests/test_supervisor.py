@@ -17,7 +17,7 @@ CRASH = [sys.executable, "-c", "import sys; sys.exit(3)"]
 STUBBORN = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
 
 
-def _quiet(lines: list[str]):  # type: ignore[no-untyped-def]
+def _quiet(lines: list[str]):
     return lines.append
 
 

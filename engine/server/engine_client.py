@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+from multiprocessing.process import BaseProcess
 import os
 import tempfile
 import uuid
@@ -88,31 +89,32 @@ class AsyncEngineClient:
     _queues: dict[str, asyncio.Queue[RequestEvent]] = field(default_factory=dict)
     _load_waiters: dict[int, asyncio.Future[EngineLoad]] = field(default_factory=dict)
     _tokens: itertools.count = field(default_factory=itertools.count)
-    _proc: multiprocessing.Process | None = None
+    _proc: BaseProcess | None = None
     _ready: asyncio.Future[CoreInfo] | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
-    _ctx: zmq.asyncio.Context | None = None
-    _in: zmq.asyncio.Socket | None = None
-    _out: zmq.asyncio.Socket | None = None
+    _ctx: zmq.asyncio.Context = field(default_factory=zmq.asyncio.Context)
+    _in: zmq.asyncio.Socket = field(init=False)  # server -> core
+    _out: zmq.asyncio.Socket = field(init=False)  # core -> server
     _closing: bool = False
+
+    def __post_init__(self) -> None:
+        self._in = self._ctx.socket(zmq.PUSH)
+        self._in.setsockopt(zmq.LINGER, 0)
+        self._out = self._ctx.socket(zmq.PULL)
 
     async def start(self) -> CoreInfo:
         """Spawn the core and wait until it has loaded the model and warmed up."""
         base = os.path.join(tempfile.gettempdir(), f"splitserve-{uuid.uuid4().hex[:12]}")
         self.config.input_endpoint, self.config.output_endpoint = f"ipc://{base}-in", f"ipc://{base}-out"
-        self._ctx = zmq.asyncio.Context()
-        self._in = self._ctx.socket(zmq.PUSH)
-        self._in.setsockopt(zmq.LINGER, 0)
         self._in.bind(self.config.input_endpoint)
-        self._out = self._ctx.socket(zmq.PULL)
         self._out.bind(self.config.output_endpoint)
         self._ready = asyncio.get_running_loop().create_future()
-        self._proc = multiprocessing.get_context("spawn").Process(
+        self._proc = proc = multiprocessing.get_context("spawn").Process(
             target=run_tied, args=(os.getpid(), run_engine_core, self.config), name=f"engine-core-{self.config.worker_id}",
             daemon=True,
         )
-        self._proc.start()
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch())]
+        proc.start()
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch(proc))]
         self.info = await asyncio.wait_for(self._ready, STARTUP_TIMEOUT_S)
         return self.info
 
@@ -187,7 +189,7 @@ class AsyncEngineClient:
                 self.hooks.on_queued(seconds)
             case Transfer(transport, direction, nbytes, seconds) if self.hooks.on_transfer is not None:
                 self.hooks.on_transfer(transport, direction, nbytes, seconds)
-            case Ready(info) if not self._ready.done():
+            case Ready(info) if self._ready is not None and not self._ready.done():
                 self._ready.set_result(info)
 
     def _deliver(self, request_id: str, event: RequestEvent) -> None:
@@ -195,19 +197,19 @@ class AsyncEngineClient:
         if q is not None:
             q.put_nowait(event)
 
-    async def _watch(self) -> None:
+    async def _watch(self, proc: BaseProcess) -> None:
         loop = asyncio.get_running_loop()
         gone = asyncio.Event()
-        loop.add_reader(self._proc.sentinel, gone.set)
+        loop.add_reader(proc.sentinel, gone.set)
         try:
             await gone.wait()
         finally:
-            loop.remove_reader(self._proc.sentinel)
-        self._proc.join(1)
+            loop.remove_reader(proc.sentinel)
+        proc.join(1)
         if self._closing:
             self.dead = "the worker is shutting down"
             return
-        self.dead = f"the engine-core process exited (exit code {self._proc.exitcode}); this worker must be restarted"
+        self.dead = f"the engine-core process exited (exit code {proc.exitcode}); this worker must be restarted"
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineDead(self.dead))
         for q in self._queues.values():
@@ -218,11 +220,12 @@ class AsyncEngineClient:
 
     async def shutdown(self) -> None:
         self._closing = True
-        if self._proc is not None and self._proc.is_alive() and not self.dead:
+        proc = self._proc
+        if proc is not None and proc.is_alive() and not self.dead:
             await self._in.send(encode(Shutdown()))
-            await asyncio.get_running_loop().run_in_executor(None, self._proc.join, 10)
-            if self._proc.is_alive():
-                self._proc.kill()
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
+            if proc.is_alive():
+                proc.kill()
         for t in self._tasks:
             t.cancel()
         self._ctx.destroy(linger=0)

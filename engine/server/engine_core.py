@@ -84,7 +84,7 @@ def error_kind(exc: Exception) -> ErrorKind:
 class EngineCore:
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         self.inbox = ctx.socket(zmq.PULL)
         self.inbox.connect(config.input_endpoint)
         self.outbox = ctx.socket(zmq.PUSH)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +27,7 @@ from splitserve.internal_auth import server_interceptors
 from splitserve.rpc import worker_pb2 as pb
 
 LOAD_REFRESH_S = 1.0
+AddServicer = Callable[[grpc.aio.Server], None]  # adds the worker's own service to the server
 STATUS = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -64,7 +65,7 @@ class WorkerRuntime:
         self._stopped = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
-    async def start(self, add_servicer) -> int:  # type: ignore[no-untyped-def]
+    async def start(self, add_servicer: AddServicer) -> int:
         """Serve gRPC at once (health NOT_SERVING), then start the engine core; returns the port."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=server_interceptors())
@@ -104,7 +105,8 @@ class WorkerRuntime:
             self._idle.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.options.drain_timeout)
-        await self.server.stop(1.0)
+        if self.server is not None:
+            await self.server.stop(1.0)
         await self.client.shutdown()
         self._stopped.set()
 
@@ -146,8 +148,10 @@ class WorkerRuntime:
         return event
 
     async def worker_load(self) -> pb.WorkerLoad:
-        load = await self.client.load()
         info = self.client.info
+        if info is None:
+            raise RequestFailed(ErrorKind.UNAVAILABLE, "the worker is still loading its model")
+        load = await self.client.load()
         return pb.WorkerLoad(
             worker_id=self.options.worker_id, role=self.options.role, running_requests=load.running,
             waiting_requests=load.waiting, kv_usage=load.kv_usage,
@@ -177,7 +181,7 @@ class CommonWorkerRPCs:
         async with self.rt.rpc(context, admit_while_draining=True):
             return await self.rt.worker_load()
 
-def run_worker(runtime: WorkerRuntime, add_servicer) -> int:  # type: ignore[no-untyped-def]
+def run_worker(runtime: WorkerRuntime, add_servicer: AddServicer) -> int:
     async def main() -> None:
         try:
             await runtime.start(add_servicer)

@@ -58,7 +58,7 @@ PLANS = [
     rp.ImportBlocks([3]),
     rp.Stop(),
 ]
-EVENTS = [
+EVENTS: list[ev.KVEvent] = [
     ev.BlockStored(keys=[KEY], parent=None, token_ids=[1, 2], block_size=16, medium="gpu"),
     ev.BlockRemoved(keys=[KEY], medium="store"),
     ev.AllBlocksCleared(),

@@ -30,7 +30,7 @@ CLIENTS = 4
 REQUESTS = 32
 
 
-def start_decode(model: str, name: str, logs: Path):  # type: ignore[no-untyped-def]
+def start_decode(model: str, name: str, logs: Path):
     port, metrics = free_port(), free_port()
     argv = ["decode", "--model", model, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics),
             "--kv-events-port", str(free_port_pair()), "--worker-id", name, "--kv-cache-bytes", "32MiB",

@@ -35,7 +35,7 @@ def test_preemption_frees_the_least_urgent_running_request(llama_dir) -> None:
     preempted: list[str] = []
     original = engine.scheduler._preempt
 
-    def spy(seq):  # type: ignore[no-untyped-def]
+    def spy(seq):
         preempted.append(seq.request_id)
         original(seq)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -38,7 +40,7 @@ VOCAB = 100
         ("stop", [f"s{i}" for i in range(17)]),
     ],
 )
-def test_invalid_field_is_rejected_with_its_name(field: str, value: object) -> None:
+def test_invalid_field_is_rejected_with_its_name(field: str, value: Any) -> None:
     params = SamplingParams(**{field: value})
     with pytest.raises(InvalidSamplingParams, match=field) as info:
         params.validate(VOCAB)

@@ -64,7 +64,7 @@ def test_kv_cache_copies_from_a_peer_pool_of_the_same_layout() -> None:
         mine.copy_blocks_from(other.pool, [0], [0])
 
 
-def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:
     path = str(tmp_path / "pool")
     a = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)
     b = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)

@@ -36,7 +36,7 @@ def new_blocks(n: int, row: tuple[int, ...] = ROW) -> tuple[list[bytes], torch.T
     return keys, torch.randn(n, *row)
 
 
-def put_all(store, keys: list[bytes], rows: torch.Tensor) -> dict:  # type: ignore[no-untyped-def]
+def put_all(store, keys: list[bytes], rows: torch.Tensor) -> dict:
     return store.put_blocks(LAYOUT, {k: rows[i] for i, k in enumerate(keys)})
 
 

@@ -52,7 +52,7 @@ def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list
     return [done[f"g{i}"] for i in range(len(prompts))]
 
 
-def prefill_and_export(engine: LLMEngine, prompt: list[int]):  # type: ignore[no-untyped-def]
+def prefill_and_export(engine: LLMEngine, prompt: list[int]):
     engine.add_request("p", prompt, GREEDY, prefill_only=True)
     first = None
     while engine.has_unfinished():
@@ -63,7 +63,7 @@ def prefill_and_export(engine: LLMEngine, prompt: list[int]):  # type: ignore[no
     return kv, first
 
 
-def decode_imported(engine: LLMEngine, prompt: list[int], kv, first: int) -> list[int]:  # type: ignore[no-untyped-def]
+def decode_imported(engine: LLMEngine, prompt: list[int], kv, first: int) -> list[int]:
     engine.import_request("d", prompt, GREEDY, kv, num_tokens=len(prompt), first_token_id=first)
     out = None
     while engine.has_unfinished():

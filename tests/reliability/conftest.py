@@ -12,7 +12,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def stack(model: str, tmp_path_factory: pytest.TempPathFactory):
     stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "2",
                      "--colocate-threshold", "16",
                      # KV through the store, so the store-fault tests exercise the store as a cache

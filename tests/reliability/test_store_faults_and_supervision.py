@@ -42,7 +42,7 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("victim", ["kvstore-node", "kvstore-master"])
-def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, victim: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, victim: str) -> None:
     master_metrics = stack.state["metrics"]["kvstore-master"]
     load = Load(stack.url, concurrency=2).start()
     try:
@@ -65,7 +65,7 @@ def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, vict
           f"store written again {recovered - killed:.1f}s after the kill")  # fmt: skip
 
 
-def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) -> None:
     victim = stack.state["pids"]["decode-0"]
     load = Load(stack.url, concurrency=3).start()
     try:

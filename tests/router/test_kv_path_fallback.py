@@ -63,7 +63,7 @@ async def workers():
         await server.stop(None)
 
 
-async def _run(backend: WorkerBackend, decision: Decision, redecide=None) -> list[int]:  # type: ignore[no-untyped-def]
+async def _run(backend: WorkerBackend, decision: Decision, redecide=None) -> list[int]:
     def no_other(excluded: frozenset[str]) -> Decision:
         raise RuntimeError("no other worker")
 

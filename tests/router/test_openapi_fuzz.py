@@ -40,7 +40,7 @@ class Decode(pb_grpc.DecodeServiceServicer):
 
 
 @pytest.fixture(scope="module")
-def router_url(model_dir):  # type: ignore[no-untyped-def]
+def router_url(model_dir):
     worker = grpc.server(futures.ThreadPoolExecutor(4))
     pb_grpc.add_DecodeServiceServicer_to_server(Decode(), worker)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), worker)
@@ -69,11 +69,11 @@ def router_url(model_dir):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def api_schema(router_url):  # type: ignore[no-untyped-def]
+def api_schema(router_url):
     return schemathesis.openapi.from_url(f"{router_url}/openapi.json")
 
 
-def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> None:  # type: ignore[no-untyped-def]
+def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> None:
     # hypothesis directly (schemathesis' pytest plugin does not run under pytest 9): each operation in turn
     server_errors: list[str] = []
     statuses: dict[int, int] = {}
@@ -84,7 +84,7 @@ def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> Non
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck), derandomize=True, database=None)  # fmt: skip
         @given(case=operation.as_strategy())
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             response = case.call(base_url=router_url, timeout=30)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code >= 500:

@@ -44,7 +44,7 @@ async def _serve(servicer: Decode) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def _collect(backend: WorkerBackend, address: str, redecide) -> list[int]:  # type: ignore[no-untyped-def]
+async def _collect(backend: WorkerBackend, address: str, redecide) -> list[int]:
     out: list[int] = []
     request = GenerationRequest("r1", [1, 2, 3], pb.SamplingParams(temperature=0.0, max_tokens=4))
     async for chunk in backend.generate(request, Decision(Mode.COLOCATED, None, address), redecide):

@@ -11,7 +11,7 @@ from splitserve.rpc import worker_pb2 as pb
 OK = pb.SamplingParams(temperature=0.0, max_tokens=4)
 
 
-def status_of(fn) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def status_of(fn) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         fn()
     return info.value

@@ -40,7 +40,7 @@ def active_blocks(worker: WorkerProcess) -> int:
         return worker.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).active_kv_blocks
 
 
-def wait_for(predicate, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float) -> float:
     start = time.monotonic()
     while not predicate():
         assert time.monotonic() - start < timeout_s, "condition not reached in time"
@@ -60,7 +60,7 @@ def generate(decode: WorkerProcess, rid: str, prompt: list[int], first: pb.Prefi
         return [first.first_token_id] + [t for c in decode.stub(ch).Generate(request, timeout=60) for t in c.token_ids]
 
 
-def expected(reference, rid: str, prompt: list[int]) -> list[int]:  # type: ignore[no-untyped-def]
+def expected(reference, rid: str, prompt: list[int]) -> list[int]:
     return colocated(reference, [(rid, prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))])[rid]
 
 

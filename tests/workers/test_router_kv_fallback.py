@@ -38,7 +38,7 @@ class Decode(pb_grpc.DecodeServiceServicer):
         yield pb.GenerateChunk(token_ids=TOKENS[2:], finish_reason="length", prompt_tokens=3, completion_tokens=4)
 
 
-async def _serve(prefill_first: int):  # type: ignore[no-untyped-def]
+async def _serve(prefill_first: int):
     server, decode = grpc.aio.server(), Decode()
     pb_grpc.add_PrefillServiceServicer_to_server(Prefill(prefill_first), server)
     pb_grpc.add_DecodeServiceServicer_to_server(decode, server)

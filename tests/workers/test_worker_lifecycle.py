@@ -55,7 +55,7 @@ def spare(model_dir, store) -> dict[str, WorkerProcess]:
     while first_status is None and time.monotonic() < deadline:
         first_status = workers["crash"].health()
         time.sleep(0.05)
-    workers["first_status"] = first_status  # type: ignore[assignment]
+    workers["first_status"] = first_status
     wait_serving([w for k, w in workers.items() if k != "first_status"])
     yield workers
     for k, w in workers.items():

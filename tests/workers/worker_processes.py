@@ -35,7 +35,7 @@ class WorkerProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
-    def stub(self, channel: grpc.Channel):  # type: ignore[no-untyped-def]
+    def stub(self, channel: grpc.Channel):
         return (pb_grpc.PrefillServiceStub if self.role == "prefill" else pb_grpc.DecodeServiceStub)(channel)
 
     def health(self) -> int | None:
