@@ -125,11 +125,11 @@ class Sampler:
         if not rows:
             return logits
         device = logits.device
-        bias = torch.zeros_like(logits)  # [S, V]
+        added = torch.zeros_like(logits)  # [S, V]
         # index_put_ with accumulate: a token listed twice gets both biases, as a dict would not allow
-        bias.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
+        added.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
                         torch.tensor(values, device=device), accumulate=True)
-        return logits + bias
+        return logits + added
 
     def _apply_penalties(self, logits: Tensor, batch: SamplingBatch) -> Tensor:
         params = batch.params
@@ -156,8 +156,8 @@ class Sampler:
         for i, (p, out) in enumerate(zip(batch.params, batch.output_token_ids)):
             if len(out) >= p.min_tokens:
                 continue
-            blocked = set(p.stop_token_ids) if p.ignore_eos else set(p.stop_token_ids) | self.eos_token_ids
-            blocked = [t for t in blocked if 0 <= t < vocab_size]
+            stops = set(p.stop_token_ids) if p.ignore_eos else set(p.stop_token_ids) | self.eos_token_ids
+            blocked = [t for t in stops if 0 <= t < vocab_size]
             rows += [i] * len(blocked)
             cols += blocked
         if not rows:

@@ -136,9 +136,11 @@ class Stack:
             if stop is not None and stop.requested:
                 raise KeyboardInterrupt("stop requested while starting")
             for comp in list(pending):
-                if comp.process.poll() is not None:
+                proc = comp.process
+                if proc is None or proc.poll() is not None:
                     tail = (self.log_dir / f"{comp.name}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{comp.name} exited with code {comp.process.returncode}:\n{tail}")
+                    code = None if proc is None else proc.returncode
+                    raise RuntimeError(f"{comp.name} exited with code {code}:\n{tail}")
                 if healthy(comp):
                     pending.remove(comp)
                     self.say(f"{comp.name:<15} ready")
@@ -180,13 +182,14 @@ class Stack:
         """SIGTERM tier by tier (see ``stop_tier``); whatever still runs at the deadline is killed."""
         deadline = time.monotonic() + grace_s
         for tier in sorted({stop_tier(c.name) for c in self.comps}):
-            running = [c for c in self.comps if stop_tier(c.name) == tier and c.process and c.process.poll() is None]
-            for comp in running:
-                comp.process.send_signal(signal.SIGTERM)
-            for comp in running:
+            running = [(c.name, c.process) for c in self.comps
+                       if stop_tier(c.name) == tier and c.process and c.process.poll() is None]
+            for _, proc in running:
+                proc.send_signal(signal.SIGTERM)
+            for name, proc in running:
                 try:
-                    comp.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    self.say(f"{comp.name} did not stop within the grace period; killing it")
-                    comp.process.kill()
-                    comp.process.wait()
+                    self.say(f"{name} did not stop within the grace period; killing it")
+                    proc.kill()
+                    proc.wait()

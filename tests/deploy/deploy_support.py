@@ -117,7 +117,7 @@ def metric_names(expr: str) -> set[str]:
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
     """(dashboard file, panel title, expression) for every target of every dashboard."""
-    queries = []
+    queries: list[tuple[str, str, str]] = []
     for path in sorted(DASHBOARD_DIR.glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
             queries.extend((path.name, panel["title"], target["expr"]) for target in panel["targets"])
@@ -165,7 +165,7 @@ def render(chart: Any) -> Render:
 
     def _render(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
         manifests = chart.render(values or {}, name=release, namespace=NAMESPACE, is_install=True)
-        docs = []
+        docs: list[dict[str, Any]] = []
         for path, text in sorted(manifests.items()):
             if path.endswith("NOTES.txt"):
                 continue

@@ -7,6 +7,7 @@ decode worker. Both must equal the offline engine token for token (greedy).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ def client(stack: dict[str, Any]) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def http(stack: dict[str, Any]) -> httpx.Client:
+def http(stack: dict[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack["url"], timeout=120) as c:
         yield c
 

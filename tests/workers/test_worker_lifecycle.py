@@ -6,12 +6,13 @@ import os
 import signal
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from contracts.kv_events import decode_batch
+from contracts.kv_events import BlockRemoved, BlockStored, decode_batch
 from kvstore.events import request_snapshot
 from splitserve.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, start_worker, wait_serving
@@ -47,7 +48,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def spare(model_dir, store) -> dict[str, WorkerProcess]:
+def spare(model_dir, store) -> Iterator[dict[str, WorkerProcess]]:
     """Decode workers this module may break: one per failure scenario."""
     workers = {name: start_worker("decode", model_dir, store.address, f"spare-{name}") for name in ("crash", "kill", "drain")}
     first_status = None
@@ -133,7 +134,7 @@ def test_kv_events_and_snapshot_name_the_decode_workers_cached_blocks(stack) -> 
     with decode.channel() as ch:
         stub = decode.stub(ch)
         load = stub.GetLoad(pb.LoadRequest(), timeout=10)
-        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"decode-0")
         sub.connect(load.kv_events_endpoint)
         time.sleep(0.5)  # slow joiner
@@ -142,8 +143,9 @@ def test_kv_events_and_snapshot_name_the_decode_workers_cached_blocks(stack) -> 
         assert sub.poll(5000)
         batch = decode_batch(sub.recv_multipart())
         sub.close()
-    stored = [k for e in batch.events if type(e).__name__ == "BlockStored" for k in e.keys]
-    assert batch.topic == "decode-0" and stored and all(e.medium == "cpu" for e in batch.events if hasattr(e, "medium"))
+    stored = [k for e in batch.events if isinstance(e, BlockStored) for k in e.keys]
+    assert batch.topic == "decode-0" and stored
+    assert all(e.medium == "cpu" for e in batch.events if isinstance(e, (BlockStored, BlockRemoved)))
     _, snapshot = request_snapshot(load.kv_snapshot_endpoint)
     assert set(stored) <= set(snapshot["cpu"])
 
