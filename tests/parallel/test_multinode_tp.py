@@ -21,6 +21,7 @@ import pytest
 
 from contracts.ports import free_port_pair
 from engine.config import EngineConfig
+from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
 from engine.remote_ranks import (
@@ -35,15 +36,8 @@ PROMPTS = [[(7 * i + 3) % 370 + 5 for i in range(45)], [100, 3, 77]]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 
-def generate(engine: LLMEngine) -> list[list[int]]:
-    for i, prompt in enumerate(PROMPTS):
-        engine.add_request(f"g{i}", prompt, GREEDY)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o.output_token_ids
-    return [done[f"g{i}"] for i in range(len(PROMPTS))]
+def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list[int]]:
+    return [out.output_token_ids for out in run_to_completion(engine, prompts, GREEDY)]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import EngineConfig
+from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
 from engine.sampling_params import SamplingParams
@@ -42,14 +43,7 @@ def make_engine(model_dir: Path, **kw) -> LLMEngine:
 
 
 def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list[int]]:
-    for i, p in enumerate(prompts):
-        engine.add_request(f"g{i}", p, GREEDY)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o.output_token_ids
-    return [done[f"g{i}"] for i in range(len(prompts))]
+    return [out.output_token_ids for out in run_to_completion(engine, prompts, GREEDY)]
 
 
 def prefill_and_export(engine: LLMEngine, prompt: list[int]):
