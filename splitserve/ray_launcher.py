@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from splitserve.up import Component
+    from splitserve.supervisor import Component
 
 
 class RayMissing(SystemExit):
@@ -45,7 +45,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
     require_ray()
     import ray
 
-    from splitserve.up import StopRequested, healthy
+    from splitserve.supervisor import StopRequested, healthy
 
     @ray.remote
     class ComponentActor:

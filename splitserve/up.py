@@ -26,10 +26,9 @@ from splitserve.supervisor import (
     RestartPolicy,
     Stack,
     StopRequested,
-    healthy,
 )
 
-__all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
+__all__ = ["run_up", "register"]
 
 DEMO_QUESTION = "What is the capital of France?"
 
