@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -83,7 +84,9 @@ class DecodeRecorder:
 
     def decode(self, token_ids: list[int], **kwargs: Any) -> str:
         self.lengths.append(len(token_ids))
-        return self.tokenizer.decode(token_ids, **kwargs)
+        text = self.tokenizer.decode(token_ids, **kwargs)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
 
 
 def test_each_step_decodes_only_a_short_window(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -97,7 +100,7 @@ def test_each_step_decodes_only_a_short_window(tokenizer: PreTrainedTokenizerFas
 
 
 def run_until_stop(tokenizer: PreTrainedTokenizerFast, params: SamplingParams, text: str,
-                   extra_ids: list[int] = ()) -> tuple[str | None, str, int]:
+                   extra_ids: Sequence[int] = ()) -> tuple[str | None, str, int]:
     """Stream `text` token by token; return (finish_reason, final text, tokens consumed)."""
     detok = IncrementalDetokenizer(tokenizer, [])
     checker = StopChecker(params, {tokenizer.eos_token_id})

@@ -33,6 +33,7 @@ def prefill(engine: LLMEngine, params: SamplingParams) -> int:
         for o in engine.step():
             assert o.finished and len(o.new_token_ids) == 1
             first = o.new_token_ids[0]
+    assert first is not None, "the prefill produced no first token"
     return first
 
 

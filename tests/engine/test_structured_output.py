@@ -27,7 +27,7 @@ def make_engine(model_dir, **kw) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", kv_cache_bytes=4 << 20, **kw))
 
 
-def run(engine: LLMEngine) -> dict[str, tuple[list[int], str, str]]:
+def run(engine: LLMEngine) -> dict[str, tuple[list[int], str, str | None]]:
     outs = {}
     while engine.has_unfinished():
         for o in engine.step():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -46,7 +48,7 @@ def _handle(stack, prompt: list[int]) -> pb.KVHandle:
 
 def _generate(stack, prompt: list[int], handle: pb.KVHandle, first: int | None = 7) -> None:
     decode = stack["decode"]
-    extra = {"first_token_id": first} if first is not None else {}
+    extra: dict[str, Any] = {"first_token_id": first} if first is not None else {}
     with decode.channel() as ch:
         list(decode.stub(ch).Generate(pb.GenerateRequest(prompt_token_ids=prompt, sampling=OK, kv_handle=handle, **extra), timeout=30))
 

@@ -15,7 +15,7 @@ from worker_processes import WorkerProcess
 
 
 def disaggregated(prefill: WorkerProcess, decode: WorkerProcess, rid: str, prompt: list[int],
-                  sp: pb.SamplingParams) -> tuple[list[int], pb.PrefillResponse, pb.GenerateChunk]:
+                  sp: pb.SamplingParams) -> tuple[list[int], pb.PrefillResponse, pb.GenerateChunk | None]:
     with prefill.channel() as pc, decode.channel() as dc:
         first = prefill.stub(pc).Prefill(pb.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp), timeout=60)
         tokens = [first.first_token_id]
@@ -37,7 +37,7 @@ def mixed_requests(tag: str, n: int, temperature: float) -> list[tuple[str, list
         max_tokens = rng.randrange(2, 12)
         seed = 1000 + i if temperature > 0 else None
         wire = pb.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_tokens, ignore_eos=True,
-                                 **({"seed": seed} if seed is not None else {}))
+                                 seed=seed)
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed, ignore_eos=True)
         out.append((f"{tag}-{i}", prompt, wire, params))
     return out
@@ -76,6 +76,7 @@ def test_disaggregated_output_equals_colocated_output(stack, reference, temperat
         assert first.kv_handle.num_tokens == len(prompt)
         assert len(first.kv_handle.block_keys) == len(prompt) // 16
         assert bool(first.kv_handle.tail_key) == bool(len(prompt) % 16)
+        assert last is not None, f"{rid}: the decode worker streamed nothing"
         assert last.finish_reason == "length" and last.completion_tokens == wire.max_tokens
         assert last.num_cached_tokens == len(prompt)  # the decode worker computed no prompt token
 
