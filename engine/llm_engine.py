@@ -25,6 +25,7 @@ from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
+from engine.model_runner import ModelRunner
 from contracts.engine_core import EngineLoad, TokenLogprob
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampler import Sampler, SamplerOutput
@@ -311,6 +312,8 @@ class LLMEngine:
         last = self._take_inflight()
         for seq in plan:
             self.blocks.allocate(seq, seq.num_computed_tokens + 1)
+        if not isinstance(self.runner, ModelRunner):
+            raise RuntimeError("a step ahead runs on one rank's decode graphs only")
         sampled, sample_out = self.runner.execute_ahead(plan, last.out.token_ids)
         self._inflight = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
         outputs = self._emit(last)
@@ -319,6 +322,8 @@ class LLMEngine:
 
     def _take_inflight(self) -> _Step:
         step, self._inflight = self._inflight, None
+        if step is None:
+            raise RuntimeError("no engine step is in flight")
         return step
 
     def _scatter_import(self, seq: Sequence) -> None:
@@ -327,6 +332,8 @@ class LLMEngine:
         have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)
         end = -(-seq.num_computed_tokens // block_size)
         if end > have_blocks:
+            if seq.pending_kv is None:
+                raise RuntimeError(f"request {seq.request_id}: its imported KV is gone before the copy")
             seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
@@ -359,7 +366,7 @@ class LLMEngine:
             lp = None
             if seq.params.logprobs is not None and logprobs is not None:
                 k = seq.params.logprobs
-                top = list(zip(top_ids[i][:k], top_lps[i][:k])) if top_ids is not None else []
+                top = list(zip(top_ids[i][:k], top_lps[i][:k])) if top_ids is not None and top_lps is not None else []
                 lp = [TokenLogprob(token, logprobs[i], top)]
             req.detokenizer.add([token])
             reason, truncate_at = req.stop.check(seq.output_token_ids, req.detokenizer.text)

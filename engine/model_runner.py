@@ -261,6 +261,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_ahead(self, plan: dict[Sequence, int], input_ids: torch.Tensor) -> tuple[list[Sequence], SamplerOutput]:
         """A greedy decode step (graph replay) whose input tokens [S] are the previous step's samples, still on the device."""
+        if self.graphs is None:
+            raise RuntimeError("execute_ahead needs captured decode graphs: ask can_run_ahead first")
         logits, sampled = self.graphs.run(plan, input_ids=input_ids)
         return sampled, Sampler.argmax(logits)
 
