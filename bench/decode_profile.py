@@ -62,7 +62,7 @@ def kernel_profile(engine, torch, steps: int) -> dict:
     for ev in prof.key_averages():
         if "CUDA" not in str(getattr(ev, "device_type", "")):
             continue  # host-side ops; their kernels are listed on their own
-        dev_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        dev_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", None) or 0.0
         per_kind[kind_of(ev.key)] += dev_us / steps / 1000
         kernels.append((dev_us / steps / 1000, ev.count / steps, ev.key[:90]))
     kernels.sort(reverse=True)

@@ -92,7 +92,8 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
             t = time.perf_counter()
             decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
             times.append(time.perf_counter() - t)
-            decision.charge.release()
+            if decision.charge is not None:
+                decision.charge.release()
         for _ in range(max(20, args.lookups // 20)):
             t = time.perf_counter()
             block_keys(tokens, "bench", 16)
@@ -322,7 +323,7 @@ def verdict(levels: list[dict]) -> str:
     return (f"no process reached ~100% of a core, so the router's saturation rate was not reached; peak "
             f"{top['rps']:.0f} req/s at concurrency {top['concurrency']} (router {top['router_cpu_pct']:.0f}%, "
             f"worker {top['worker_cpu_pct']:.0f}%, client {top['client_cpu_pct']:.0f}%; together {total:.0f}% of "
-            f"the machine's {os.cpu_count() * 100}%, load avg {os.getloadavg()[0]:.1f}): the shared cores are the limit")
+            f"the machine's {(os.cpu_count() or 1) * 100}%, load avg {os.getloadavg()[0]:.1f}): the shared cores are the limit")
 
 
 def main() -> None:

@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
             result = decode_rate(engine, prompts, params(guided))
             if name not in best or result[0] > best[name][0]:
                 best[name] = result
-    plain, guided = best["plain"][0], best["json_schema"][0]
+    plain, guided_rate = best["plain"][0], best["json_schema"][0]
     report = {
         "model": model, "vocab_size": vocab, "device": str(engine.runner.device), "threads": torch.get_num_threads(),
         "batch": args.batch, "max_tokens": args.tokens, "schema_compile_s": compile_s,
         **{name: {"decode_tok_s": best[name][0], "tokens": best[name][1], "seconds": best[name][2],
                   "cpu_seconds": best[name][3]} for name in best},
-        "slowdown": 1 - guided / plain if plain else None,
+        "slowdown": 1 - guided_rate / plain if plain else None,
         # tokens per CPU-second of the process: robust to other load on a shared machine
         "slowdown_cpu": 1 - (best["plain"][3] / best["json_schema"][3]) if best["json_schema"][3] else None,
     }  # fmt: skip

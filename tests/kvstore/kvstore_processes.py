@@ -38,6 +38,7 @@ def start(args: list[str]) -> StoreProcess:
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "kvstore", *args, "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()

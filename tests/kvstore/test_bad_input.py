@@ -29,6 +29,7 @@ def master(store):
 
 
 def node_stub(store: EmbeddedStore) -> pb_grpc.StorageNodeStub:
+    assert store.node is not None, "the embedded store runs its node in process"
     return pb_grpc.StorageNodeStub(grpc.insecure_channel(store.node.address))
 
 

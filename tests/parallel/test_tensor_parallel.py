@@ -6,6 +6,8 @@ things: colocated greedy output, and KV export/import across TP sizes.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ PROMPTS = [
 ]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "llama": dict(arch="llama"),  # tied embeddings: vocab-parallel embedding doubles as the LM head
     "qwen2": dict(arch="qwen2"),  # qkv bias
     "qwen3": dict(arch="qwen3"),  # q/k norm
@@ -64,6 +66,7 @@ def decode_imported(engine: LLMEngine, prompt: list[int], kv, first: int) -> lis
         for o in engine.step():
             if o.finished:
                 out = o.output_token_ids
+    assert out is not None, "the imported request never finished"
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -71,7 +73,7 @@ def test_the_saturation_point_and_slo_are_router_flags(monkeypatch) -> None:
     import router.openai_api
     from splitserve.cli import build_parser
 
-    seen = {}
+    seen: dict[str, Any] = {}
     monkeypatch.setattr(router.openai_api, "create_app", lambda config: seen.setdefault("config", config))
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
     args = build_parser().parse_args(["router", "--model", "m", "--decode", "127.0.0.1:1",

@@ -33,7 +33,7 @@ def request(**kw) -> p.ChatCompletionRequest:
 def reassemble(plan, deltas: list[str]) -> tuple[str, dict[int, dict]]:
     """Feed text deltas as the router streams them; rebuild content and calls as the openai client does."""
     stream = ToolCallStream(plan)
-    content, calls = "", {}
+    content, calls = "", dict[int, dict]()
     pieces = [stream.feed(d) for d in deltas] + [stream.finish()]
     for text, call_deltas in pieces:
         content += text
