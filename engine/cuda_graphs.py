@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from engine.models.decoder import DecoderForCausalLM
 from engine.sequence import Sequence
 from engine.step_metadata import StepMetadata
 
@@ -47,7 +47,7 @@ class _Captured:
 class DecodeGraphs:
     def __init__(
         self,
-        model: nn.Module,
+        model: DecoderForCausalLM,
         max_batch: int,
         max_blocks_per_seq: int,
         block_size: int,
@@ -159,8 +159,9 @@ class DecodeGraphs:
         if input_ids is not None:
             self.tokens[0, :num_seqs].copy_(input_ids[:num_seqs])  # device to device, after the staging copy
         captured = self.graphs[b]
-        if captured.graph is not None:
-            self.copied.record()
+        if captured.graph is not None and captured.logits is not None:
+            if self.copied is not None:
+                self.copied.record()
             captured.graph.replay()
             logits = captured.logits[:num_seqs]  # [S, V], a view of the graph's output: valid until the next replay
         else:

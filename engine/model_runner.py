@@ -120,6 +120,8 @@ class ModelRunner:
         cfg = self.config
         max_len = cfg.max_model_len or self.hf_config.max_position_embeddings
         attn = self.model.attention_layers()[0]
+        if self.kv.scratch_block is None:
+            raise RuntimeError("decode graphs need the KV pool's scratch block (KVCache(scratch_block=True))")
         graphs = DecodeGraphs(
             self.model, min(cfg.max_num_seqs, cfg.max_num_batched_tokens), -(-max_len // cfg.block_size),
             cfg.block_size, self.kv.scratch_block, attn.num_heads, attn.head_dim, self.dtype, self.device,
