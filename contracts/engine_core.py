@@ -16,6 +16,7 @@ import msgspec
 
 from engine.sampling_params import SamplingParams
 from kv_transfer.handle import KVHandle
+from splitserve.rpc import worker_pb2 as pb
 
 
 class ErrorKind(str, enum.Enum):
@@ -39,6 +40,10 @@ class TokenLogprob(_Record):
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = msgspec.field(default_factory=list)  # (token id, logprob), most likely first
+
+    def to_proto(self) -> pb.TokenLogprob:
+        return pb.TokenLogprob(token_id=self.token_id, logprob=self.logprob,
+                               top=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in self.top])
 
 
 class RequestDelta(_Record):

@@ -18,7 +18,6 @@ import grpc
 from contracts.engine_core import AddRequest, ErrorKind, ImportRequest, RequestDelta
 from engine.sampling_params import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
-from engine.server.proto_convert import token_logprob
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
 from kv_transfer.handle import KVHandle
@@ -64,7 +63,7 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                         rt.metrics.inter_token(now - last)
                     last = now
                     chunk = pb.GenerateChunk(token_ids=out.new_token_ids,
-                                             logprobs=[token_logprob(lp) for lp in out.logprobs or []])
+                                             logprobs=[lp.to_proto() for lp in out.logprobs or []])
                     if finished:
                         chunk.finish_reason = out.finish_reason or "stop"
                         chunk.prompt_tokens, chunk.completion_tokens = out.num_prompt_tokens, out.num_output_tokens

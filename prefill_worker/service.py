@@ -17,7 +17,6 @@ import grpc
 from contracts.engine_core import AddRequest, ErrorKind, Prefilled
 from engine.sampling_params import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
-from engine.server.proto_convert import token_logprob
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
 from splitserve.rpc import worker_pb2 as pb
@@ -55,7 +54,7 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
             rt.metrics.prefill(elapsed)
             rt.metrics.finished(len(request.prompt_token_ids), 1)
             return pb.PrefillResponse(
-                request_id=rid, first_token_id=res.first_token_id, first_logprob=token_logprob(res.first_logprob) if res.first_logprob else None,
+                request_id=rid, first_token_id=res.first_token_id, first_logprob=res.first_logprob.to_proto() if res.first_logprob else None,
                 kv_handle=res.handle.to_proto(),
                 num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
                 finish_reason=res.finish_reason or "",
