@@ -172,17 +172,19 @@ DECODE_TILES = [dict(BLOCK_N=64, num_warps=4, num_stages=3)] + [
     if (n, w, st) != (64, 4, 3)]
 PREFILL_TILES = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st) for m, n, w, st in (
     (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4),
-    (64, 128, 4, 3), (128, 64, 8, 4), (128, 128, 4, 2))]
+    (64, 128, 4, 3), (128, 64, 8, 4), (128, 128, 4, 2), (256, 64, 8, 3), (256, 128, 8, 2), (256, 64, 16, 2),
+    (128, 64, 4, 4), (128, 128, 8, 4))]
 
 
-def sweep(device: torch.device) -> list[dict]:
+def sweep(device: torch.device, only: str | None = None) -> list[dict]:
     """Time every launch shape of DECODE_TILES / PREFILL_TILES on the engine's hot cases (each checked first)."""
     from engine.attention import paged_attention_reference
     from engine.triton_attention import paged_attention_triton
 
     heads = (NUM_HEADS, NUM_KV_HEADS, HEAD_DIM)
     cases = [("decode", 1, 1, 512), ("decode", 32, 1, 576), ("decode", 128, 1, 544), ("decode", 256, 1, 1500),
-             ("prefill", 1, 4096, 4096), ("prefill", 1, 8192, 8192)]
+             ("prefill", 1, 4096, 4096), ("prefill", 1, 8192, 8192), ("prefill", 1, 2048, 8192)]
+    cases = [c for c in cases if only in (None, c[0])]
     rows = []
     for kind, b, q_len, kv_len in cases:
         batch = make_paged_batch([q_len] * b, [kv_len] * b, torch.bfloat16, device, heads)
@@ -210,6 +212,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="path of the JSON results")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run in the Triton interpreter)")
     parser.add_argument("--sweep", action="store_true", help="time launch shapes of the engine's hot cases instead")
+    parser.add_argument("--only", choices=["decode", "prefill"], help="--sweep: only these cases")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         if not args.tiny:
@@ -218,7 +221,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.sweep:
         with open(args.out, "w") as f:
-            json.dump(sweep(device), f, indent=2)
+            json.dump(sweep(device, args.only), f, indent=2)
         return
 
     if args.tiny:

@@ -1,6 +1,10 @@
 """Where a decode step's time goes: GPU kernels by kind (torch profiler) and host phases of ``LLMEngine.step``.
 
     python -m bench.decode_profile --preset llama-3.1-8b --cases 1x512x24,256x1000x12 --json out.json
+    python -m bench.decode_profile --prefill --cases 2x8192 --json out.json   # prompt steps instead
+
+With ``--prefill`` a case BxP profiles the steps that prefill B prompts of P tokens (one
+prompt per step up to the 8192-token budget), kernels only.
 
 For each case BxPxO: B requests of P prompt tokens are prefilled, then O decode steps
 are timed twice: once under ``torch.profiler`` (kernel time per step, grouped into
@@ -107,11 +111,58 @@ def phase_times(engine, torch, steps: int) -> dict:
     return out
 
 
+def prefill_profiles(engine, torch, cases: str, json_path: str | None) -> None:
+    from engine.sampling_params import SamplingParams
+
+    results = []
+    for case in cases.split(","):
+        b, p = (int(x) for x in case.split("x")[:2])
+        rng = random.Random(b * p)
+        for warm in (True, False):  # first round compiles kernels for this shape
+            for i in range(b):
+                prompt = [rng.randrange(engine.runner.vocab_size) for _ in range(p)]
+                engine.add_request(f"pf{p}-{warm}-{i}", prompt, SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+            if warm:
+                while engine.has_unfinished():
+                    engine.step()
+        steps = 0
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            while engine.has_unfinished():
+                engine.step()
+                steps += 1
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        per_kind: dict[str, float] = collections.defaultdict(float)
+        kernels = []
+        for ev in prof.key_averages():
+            dev_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+            if not dev_us:
+                continue
+            per_kind[kind_of(ev.key)] += dev_us / b / 1000
+            kernels.append((dev_us / b / 1000, ev.count / b, ev.key[:90]))
+        kernels.sort(reverse=True)
+        row = {"case": case, "steps": steps, "wall_ms_per_prompt": 1000 * wall / b, "gpu_ms_per_prompt_by_kind": dict(per_kind),
+               "top_kernels": kernels[:16]}
+        results.append(row)
+        print(f"== prefill {case}: {steps} steps, wall {row['wall_ms_per_prompt']:.1f} ms per prompt (profiled)")
+        print("   GPU ms per prompt by kind:", {k: round(v, 2) for k, v in per_kind.items()})
+        for ms, count, name in row["top_kernels"]:
+            print(f"   {ms:8.3f} ms {count:6.1f}x  {name}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="llama-3.1-8b")
     parser.add_argument("--cases", default="1x512x24,256x1000x12")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--prefill", action="store_true", help="profile prompt (prefill) steps: cases are BxP")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -124,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     engine = LLMEngine(EngineConfig(model=model, enable_prefix_caching=False, load_format="dummy",
                                     max_num_batched_tokens=8192))
     results = []
+    if args.prefill:
+        prefill_profiles(engine, torch, args.cases, args.json)
+        return
     for case in args.cases.split(","):
         b, p, o = (int(x) for x in case.split("x"))
         prefill(engine, b, p, o)

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--variants", default="", help="GPU: extra kernel configs CHUNKxWARPS to time, e.g. 16384x8,8192x8")
+    p.add_argument("--variants", default="", help="GPU: extra kernel configs CHUNKxWARPS[xORDER] to time, e.g. 16384x8,4096x4x0")
     p.add_argument("--out", default="kv_transfer_bench.json")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             nbytes = n * spec.bytes_per_block
             direct = timed(functools.partial(copy_blocks, peer, src, mine.pool, dst), device, args.reps)
             for v in filter(None, args.variants.split(",")):
-                chunk, warps = (int(x) for x in v.split("x"))
-                t = timed(functools.partial(_copy_triton, peer, src, mine.pool, dst, chunk, warps), device, args.reps)
+                chunk, warps, *order = (int(x) for x in v.split("x"))
+                t = timed(functools.partial(_copy_triton, peer, src, mine.pool, dst, chunk, warps, *order), device,
+                          args.reps)
                 print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
             a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
             b = torch.empty_like(a)

@@ -112,7 +112,28 @@ def _paged_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     table_row = block_tables_ptr + seq * stride_bt
-    for kv_tile in range(tile_lo, tile_hi):
+    # Tiles wholly at or before the tile's first query position are visible to every row and
+    # hold only valid keys: they run without the causal and bounds masks (the prefill bulk).
+    first_pos = kv_len - q_len + tile_in_seq * BLOCK_Q
+    open_hi = tl.maximum(tl.minimum(tile_hi, (first_pos + 1) // BLOCK_N), tile_lo)
+    dim_mask = (tl.arange(0, BLOCK_N) >= 0)[:, None] & dim_valid[None, :]  # [BLOCK_N, D]; folds when D is a power of two
+    for kv_tile in range(tile_lo, open_hi):
+        keys = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        blocks = tl.load(table_row + keys // BLOCK_SIZE).to(tl.int64)
+        slots = keys % BLOCK_SIZE
+        k_offs = blocks[:, None] * stride_kb + slots[:, None] * stride_ks + kv_head * stride_kh + dims[None, :]
+        v_offs = blocks[:, None] * stride_vb + slots[:, None] * stride_vs + kv_head * stride_vh + dims[None, :]
+        k = tl.load(k_ptr + k_offs, mask=dim_mask, other=0.0)  # [BLOCK_N, D]
+        v = tl.load(v_ptr + v_offs, mask=dim_mask, other=0.0)  # [BLOCK_N, D]
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2  # [BLOCK_M, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    # the diagonal (and, for decode, the last partial) tiles: masked
+    for kv_tile in range(open_hi, tile_hi):
         keys = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
         key_valid = keys < kv_end
         blocks = tl.load(table_row + keys // BLOCK_SIZE, mask=key_valid, other=0).to(tl.int64)

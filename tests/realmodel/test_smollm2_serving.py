@@ -8,6 +8,7 @@ and the demo request (what `make demo` prints) must answer its question.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,3 +91,50 @@ def test_up_demo_request_prints_a_coherent_answer(stack: tuple[Proc, dict[str, s
     wait_until(lambda: "[up] What is the capital of France? ->" in up.tail(), 240, "demo answer printed", up)
     answer = next(line for line in up.tail().splitlines() if line.startswith("[up] What is the capital"))
     assert "Paris" in answer, answer
+
+
+CAPITAL_SCHEMA = {
+    "type": "object",
+    "properties": {"country": {"type": "string", "maxLength": 20}, "capital": {"type": "string", "maxLength": 20}},
+    "required": ["country", "capital"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                       "required": ["city"], "additionalProperties": False},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["disaggregated", "colocated"])
+def test_a_json_schema_answer_is_valid_and_right(routers: dict[str, str], path: str):
+    """A trained model under the grammar: the JSON parses, follows the schema and names Paris."""
+    body = {
+        "model": "default", "max_tokens": 48, "temperature": 0,
+        "messages": chat("What is the capital of France? Answer in JSON with the keys country and capital."),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL_SCHEMA, "strict": True}},
+    }  # fmt: skip
+    reply = httpx.post(f"{routers[path]}/v1/chat/completions", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    answer = json.loads(reply.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"country", "capital"}, answer
+    assert "Paris" in answer["capital"], answer
+
+
+@pytest.mark.parametrize("path", ["disaggregated", "colocated"])
+def test_a_forced_tool_call_names_the_city_asked_about(routers: dict[str, str], path: str):
+    body = {
+        "model": "default", "max_tokens": 48, "temperature": 0, "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "messages": chat("What is the weather like in Paris today?"),
+    }  # fmt: skip
+    reply = httpx.post(f"{routers[path]}/v1/chat/completions", json=body, timeout=300)
+    assert reply.status_code == 200, reply.text
+    message = reply.json()["choices"][0]["message"]
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert "Paris" in json.loads(call["function"]["arguments"])["city"], call
