@@ -150,7 +150,7 @@ def prefill_profiles(engine, torch, cases: str, json_path: str | None) -> None:
         results.append(row)
         print(f"== prefill {case}: {steps} steps, wall {row['wall_ms_per_prompt']:.1f} ms per prompt (profiled)")
         print("   GPU ms per prompt by kind:", {k: round(v, 2) for k, v in per_kind.items()})
-        for ms, count, name in row["top_kernels"]:
+        for ms, count, name in kernels[:16]:
             print(f"   {ms:8.3f} ms {count:6.1f}x  {name}")
     if json_path:
         with open(json_path, "w") as f:
