@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/rpc/envoy/*.proto)
 
-.PHONY: setup demo test test-fast lint protos bench-cpu clean prometheus
+.PHONY: setup demo demo-mooncake test test-fast lint protos bench-cpu clean prometheus
 
 setup: system-deps-mooncake $(VENV)/.installed $(VENV)/.models
 
@@ -34,6 +34,11 @@ prometheus:
 # ask it one question, print the answer, keep serving until Ctrl-C.
 demo: setup
 	$(BIN)/splitserve up --demo-request
+
+# The same demo with Mooncake Store in place of our store (mooncake_master + a memory node from the
+# mooncake wheel that `setup` installs), every KV block going through it.
+demo-mooncake: setup
+	$(BIN)/splitserve up --demo-request --kvstore-backend mooncake --kv-transport store --colocate-threshold 0
 
 test: setup prometheus lint
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -71,37 +71,45 @@ def index_bench(args: argparse.Namespace) -> dict:
 
 def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Namespace) -> dict:
     """A whole kv-aware decision (index walk, scorers of every worker, picker, charge) as the
-    router makes it, half the workers prefill and half decode; and the request's block
-    hashing, which the router does before deciding."""
+    router makes it, half the workers prefill and half decode, in three cases: a prompt the
+    workers hold (colocated: two profiles scored), a new prompt (disaggregated: all three
+    profiles) and a 16k-token held prompt; and the request's block hashing, which the router
+    does before deciding. Wall and thread-CPU percentiles: on a shared machine the wall p99
+    also counts the time other processes held the core."""
     from router.scheduler import Scheduler, ScheduleRequest
     from router.scheduler_config import load_policy
     from router.workers import Role, Worker, WorkerLoad
 
+    rng = random.Random(1)
     half = len(worker_ids) // 2
-    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345))
+    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345,
+                                               running_requests=rng.randrange(32), active_kv_blocks=rng.randrange(40_000),
+                                               queued_prefill_tokens=rng.randrange(20_000)))
                     for w in ids] for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))}  # fmt: skip
     scheduler = Scheduler(load_policy("kv-aware"), index)
     out = {}
-    for blocks in (args.chain, 1024):
-        tokens = list(range(blocks * 16))
+    for name, blocks, held in (("held", args.chain, True), ("new", args.chain, False), ("held", 1024, True)):
+        tokens = list(range(blocks * 16)) if held else list(range(7, 7 + blocks * 16))
         chain = block_keys(tokens, "bench", 16)
-        for i, w in enumerate(worker_ids):
-            index.store(w, chain[: blocks - (i % 8)])
-        times, hashing = [], []
+        if held:
+            for i, w in enumerate(worker_ids):
+                index.store(w, chain[: blocks - (i % 8)])
+        walls, cpus, hashing, modes = [], [], [], set()
         for _ in range(args.lookups):
-            t = time.perf_counter()
+            c, t = time.thread_time(), time.perf_counter()
             decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
-            times.append(time.perf_counter() - t)
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.thread_time() - c)
             if decision.charge is not None:
                 decision.charge.release()
+            modes.add(decision.mode.value)
         for _ in range(max(20, args.lookups // 20)):
             t = time.perf_counter()
             block_keys(tokens, "bench", 16)
             hashing.append(time.perf_counter() - t)
-        times.sort()
-        hashing.sort()
-        out[f"decide_{blocks}"] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
-                                   "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
+        out[f"decide_{name}_{blocks}"] = {"p50_us": statistics.median(walls) * 1e6, "p99_us": pct(walls, 0.99) * 1e6,
+                                          "cpu_p50_us": statistics.median(cpus) * 1e6, "cpu_p99_us": pct(cpus, 0.99) * 1e6,
+                                          "mode": "/".join(sorted(modes)), "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
     return out
 
 
@@ -204,15 +212,16 @@ def stop_stack(proc) -> None:
 
 def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     import grpc
-    import httpx
 
+    from bench.raw_http import BlockingClient, encode_post
     from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
     prompt = list(range(100, 100 + args.prompt_len))
     channel = grpc.insecure_channel(state["decode"][0])
     stub = worker_pb2_grpc.DecodeServiceStub(channel)
-    client = httpx.Client(base_url=state["url"], timeout=30)
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
+    client = BlockingClient(host, port)  # ~30 us of client CPU a request, like the gRPC stub's on the direct path
 
     def direct(i: int) -> None:
         req = worker_pb2.GenerateRequest(request_id=f"direct-{i}", prompt_token_ids=prompt,
@@ -222,9 +231,8 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
         assert chunks and chunks[-1].finish_reason, chunks
 
     def routed(i: int) -> None:
-        reply = client.post("/v1/completions", json=body)
-        reply.raise_for_status()
-        assert reply.json()["choices"][0]["finish_reason"], reply.text
+        reply = json.loads(client.post(raw))
+        assert reply["choices"][0]["finish_reason"], reply
 
     try:
         for i in range(args.warmup):
@@ -248,39 +256,48 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
 
 
 async def saturation_level(state: dict, concurrency: int, duration_s: float) -> dict:
-    import httpx
+    """Closed loop: ``concurrency`` keep-alive connections each send the next request as soon as
+    the last one is answered. ``router_cpu_ms_per_req`` is the router's CPU time over the level
+    divided by the requests it served: the rate one core would sustain is 1000 / that figure,
+    whatever share of its core the router got on a shared machine."""
+    from bench.raw_http import AsyncClient, HTTPStatusError, encode_post
 
     prompt = list(range(100, 100 + 16))
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
-    pids = {"router": process_tree(state["pids"]["router"]), "worker": process_tree(state["pids"]["decode-0"]),
+    host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
+    router = process_tree(state["pids"]["router"])
+    # with --sim the "worker" is this process (simulated workers and the client), the router its child
+    pids = {"router": router, "worker": [p for p in process_tree(state["pids"]["decode-0"]) if p not in router],
             "client": [os.getpid()]}
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=state["url"], timeout=60, limits=limits) as client:
-        for _ in range(concurrency):  # open the connections before the clock starts
-            (await client.post("/v1/completions", json=body)).raise_for_status()
+    clients = [await AsyncClient.connect(host, port) for _ in range(concurrency)]
+    for client in clients:  # warm every connection before the clock starts
+        await client.post(raw)
 
-        async def loop(deadline: float) -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                try:
-                    reply = await client.post("/v1/completions", json=body)
-                    reply.raise_for_status()
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t)
+    async def loop(client: AsyncClient, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            try:
+                await client.post(raw)
+            except HTTPStatusError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t)
 
-        cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop(t0 + duration_s) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    cpu0 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop(c, t0 + duration_s) for c in clients))
+    wall = time.perf_counter() - t0
+    cpu1 = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+    for client in clients:
+        await client.close()
+    served = len(latencies) + errors
     return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "wall_s": wall,
             "rps": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": pct(latencies, 0.99) * 1e3,
+            "p99_ms": pct(latencies, 0.99) * 1e3, "load_avg": os.getloadavg()[0],
+            "router_cpu_ms_per_req": (cpu1["router"] - cpu0["router"]) / max(served, 1) * 1e3,
             "processes": {k: len(p) for k, p in pids.items()},
             **{f"{k}_cpu_pct": (cpu1[k] - cpu0[k]) / wall * 100 for k in pids}}
 
@@ -290,9 +307,12 @@ def print_tables(report: dict) -> None:
     print(f"{'lookup':<8}{'p50 (us)':>12}{'p99 (us)':>12}   index {idx['index_blocks']:,} blocks, {idx['workers']} workers")
     for name in ("hit", "miss"):
         print(f"{name:<8}{idx[name]['p50_us']:>12.1f}{idx[name]['p99_us']:>12.1f}")
+    print(f"\n{'decision':<20}{'p50 us':>9}{'p99 us':>9}{'cpu p50':>9}{'cpu p99':>9}  mode           hashing the prompt")
     for name in [k for k in idx if k.startswith("decide_")]:
-        print(f"{name:<12}{idx[name]['p50_us']:>8.1f}{idx[name]['p99_us']:>12.1f}   kv-aware decision; hashing the prompt "
-              f"{idx[name]['hash_p50_us']:.0f} us")  # fmt: skip
+        d = idx[name]
+        print(f"{name:<20}{d['p50_us']:>9.1f}{d['p99_us']:>9.1f}{d['cpu_p50_us']:>9.1f}{d['cpu_p99_us']:>9.1f}  {d['mode']:<14} "
+              f"{d['hash_p50_us']:.0f} us")  # fmt: skip
+    print(f"(load average {os.getloadavg()[0]:.1f})")
     if "overhead" in report:
         ov = report["overhead"]
         print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "
@@ -300,10 +320,13 @@ def print_tables(report: dict) -> None:
         for name in ("direct", "router", "added"):
             print(f"{name:<8}{ov[name]['p50_ms']:>12.2f}{ov[name]['p99_ms']:>12.2f}{ov[name]['mean_ms']:>12.2f}")
     if "saturation" in report:
-        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'worker %':>10}{'client %':>10}{'errors':>8}")
+        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'router ms/req':>14}{'1-core req/s':>13}"
+              f"{'worker %':>10}{'client %':>10}{'errors':>8}{'load':>6}")
         for r in report["saturation"]:
+            ms = r["router_cpu_ms_per_req"]
             print(f"{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['router_cpu_pct']:>10.0f}"
-                  f"{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}{r['errors']:>8}")
+                  f"{ms:>14.3f}{1000 / ms if ms else float('nan'):>13.0f}{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}"
+                  f"{r['errors']:>8}{r['load_avg']:>6.1f}")
         print(f"\n{report['saturation_verdict']}")
 
 

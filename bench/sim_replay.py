@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policies", default="round-robin,least-loaded,kv-aware",
                    help="shipped policy names or scheduler config files, comma-separated")
     p.add_argument("--poll", type=float, default=1.0, help="GetLoad interval of the router (s)")
+    p.add_argument("--decode-evicts-imports-first", action="store_true",
+                   help="what-if: decode workers evict KV they imported for a disaggregated request before any other "
+                        "cached block (today they keep it as prefix cache like any other)")  # fmt: skip
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.policies.split(","):
         config = load_scheduler_config(name) if name.endswith((".yaml", ".yml", ".json")) else load_policy(name)
         start = time.perf_counter()
-        s = replay(ReplayConfig(profile, config, args.prefill, args.decode, poll_s=args.poll), requests)
+        s = replay(ReplayConfig(profile, config, args.prefill, args.decode, poll_s=args.poll,
+                                decode_keeps_imports=not args.decode_evicts_imports_first), requests)
         row = {k: v for k, v in asdict(s).items() if k != "outcomes"}
         row.update(policy=name, of_oracle=s.hit_rate / oracle.hit_rate if oracle.hit_rate else float("nan"),
                    replay_wall_s=time.perf_counter() - start)  # fmt: skip

@@ -102,6 +102,8 @@ class KVImports:
                 return
             if complete:
                 self.done.put(lambda: self._loaded(imp, load))
+            elif (notice := getattr(load, "notice", None)) is not None:
+                notice.add_done_callback(lambda _f: self._resubmit(attempt))  # the store says when: no polling
             else:
                 self.done.put(lambda: self.later(load.next_delay(), resubmit))
 
@@ -109,6 +111,12 @@ class KVImports:
             self.pool.submit(attempt)
 
         resubmit()
+
+    def _resubmit(self, attempt: Callable[[], None]) -> None:
+        try:
+            self.pool.submit(attempt)
+        except RuntimeError:
+            pass  # shutting down
 
     def _failed(self, imp: Import, load: KVLoad, exc: Exception) -> None:
         if self.loading.get(imp.request_id) is not imp or imp.load is not load:

@@ -45,6 +45,8 @@ class KVLoad(Protocol):
     """A receiver-side load; ``attempt`` runs on a transfer thread, the rest on the core thread."""
 
     def attempt(self) -> bool: ...  # True once ``source`` is complete; raises on failure
+    # A load may carry ``notice``, a Future set by a False attempt: the next attempt is due when it
+    # completes (the store announces the commit) instead of after ``next_delay``.
 
     def next_delay(self) -> float: ...  # seconds before the next attempt
 

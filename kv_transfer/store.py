@@ -15,8 +15,11 @@ cache tier too: with ``write_budget`` set (beside the direct transport) they are
 skipped while more bytes than that are in flight, and the handle then names no store.
 
 Receiver: a ``PendingFetch`` reads the blocks that are committed by now and leaves the rest
-for a later attempt (the engine core schedules attempts, so no thread sits waiting) until
-every block is read or the wait deadline passes -> BlocksMissing. The store cannot tell
+for a later attempt until every block is read or the wait deadline passes -> BlocksMissing.
+With our store the master tells when the rest commit (``notice``: a future on the store
+client's event loop, and the import schedules the next attempt when it completes), so no
+thread sits waiting and nothing polls; with Mooncake, which announces no commits, the engine
+core schedules attempts that poll, backing off from 1 ms to 5 ms. The store cannot tell
 "being written" from "never will be" for a block whose put has not started, so the deadline
 is what bounds a failed or dead writer.
 """
@@ -36,6 +39,9 @@ from kv_transfer.handle import KVHandle
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
 from kvstore.backend import StoreBackend, open_store
+from kvstore.events import KVEventPublisher
+from kvstore.mooncake_url import is_mooncake_url
+from kvstore.store_tier_events import AnnouncingStore
 
 TransferObserver = Callable[[str, int, float], None]  # (direction "in" | "out", bytes, seconds)
 ExportRows = Callable[[str, int, int], torch.Tensor]  # (request id, first block, end block) -> rows
@@ -66,9 +72,15 @@ class StoreConnector:
     name = "store"
 
     def __init__(self, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver,
-                 export_rows: ExportRows | None = None, write_budget: int | None = None) -> None:
+                 export_rows: ExportRows | None = None, write_budget: int | None = None,
+                 announce_on: KVEventPublisher | None = None) -> None:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
         self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
+        self.announcer: AnnouncingStore | None = None
+        if announce_on is not None and is_mooncake_url(address):
+            # Mooncake publishes no KV events: this writer announces its blocks (medium "store")
+            # on the worker's own event stream, and the router files them under the store tier
+            self.client = self.announcer = AnnouncingStore(self.client, publisher=announce_on)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-store")
         self.export_rows = export_rows or _reader_only
         self.write_budget = write_budget  # None: every block is written (the store is the handoff path)
@@ -168,15 +180,9 @@ class StoreConnector:
         self.observe("out", rows.numel() * rows.element_size(), time.perf_counter() - start)
 
     def _await_commit(self, keys: list[BlockKey], timeout_s: float = 5.0) -> None:
-        """Another writer is putting the same content: wait until it is readable."""
-        deadline = time.monotonic() + timeout_s
-        while keys:
-            found = self.client.blocks_exist(self.layout, keys)
-            keys = [k for k, ok in zip(keys, found) if not ok]
-            if keys and time.monotonic() > deadline:
-                raise StorePutFailed(f"{len(keys)} KV blocks written concurrently by another worker never committed")
-            if keys:
-                time.sleep(0.01)
+        """Another writer is putting the same content: wait until it is readable (told at the commit)."""
+        if keys and not all(self.client.wait_for_blocks(self.layout, keys, timeout_s)):
+            raise StorePutFailed(f"{len(keys)} KV blocks written concurrently by another worker never committed")
 
     # ---- receiver -------------------------------------------------------------------------------
     def accepts(self, handle: KVHandle) -> bool:
@@ -234,6 +240,7 @@ class PendingFetch:
         self.delay = self.FIRST_DELAY_S
         self.attempts = 0
         self._busy_s = 0.0  # time spent reading (not waiting), for the transfer metric
+        self.notice: Future[list[bool]] | None = None  # the store's word that the missing blocks committed
 
     @property
     def source(self) -> KVRows:
@@ -248,7 +255,9 @@ class PendingFetch:
         """Read what is readable now; True when every block is in ``rows``.
 
         The first attempt reads straight away (the common case: all committed, one read);
-        later ones first ask which of the rest exist (no lease taken) and read only those.
+        later ones first learn which of the rest exist (the commit notice, else an existence
+        check; no lease taken) and read only those. When blocks are still missing and the store
+        can notify, ``notice`` is set: the next attempt is due when it completes.
         Raises BlocksMissing once the deadline passes with blocks still absent.
         """
         s, self.attempts = self.store, self.attempts + 1
@@ -257,7 +266,7 @@ class PendingFetch:
             self.rows = s.empty_rows(len(self.keys))
         todo = self.todo
         if self.attempts > 1 and todo:
-            found = s.client.blocks_exist(s.layout, [self.keys[i] for i in todo])
+            found = self._committed_now(todo)
             todo = [i for i, ok in zip(todo, found) if ok]
         if todo:
             got = s.client.get_blocks_into(s.layout, [self.keys[i] for i in todo], [self.rows[i] for i in todo])
@@ -271,12 +280,22 @@ class PendingFetch:
             return True
         if self.wait_s <= 0:
             raise BlocksMissing(f"{len(self.todo)} of {len(self.keys)} KV blocks are not in the store (evicted or never written)")
-        if time.monotonic() >= self.deadline:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
             raise BlocksMissing(
                 f"{len(self.todo)} of {len(self.keys)} KV blocks did not reach the store within {self.wait_s:g} s "
                 "(the prefill worker's write failed or stalled, or the blocks were evicted)"
             )
+        notify = getattr(s.client, "when_blocks_committed", None)
+        if notify is not None:
+            self.notice = notify(s.layout, [self.keys[i] for i in self.todo], remaining)
         return False
+
+    def _committed_now(self, todo: list[int]) -> list[bool]:
+        notice, self.notice = self.notice, None
+        if notice is not None and notice.done() and notice.exception() is None:
+            return notice.result()
+        return self.store.client.blocks_exist(self.store.layout, [self.keys[i] for i in todo])
 
     def next_delay(self) -> float:
         """Seconds until the next attempt (backs off from 1 ms to 5 ms)."""

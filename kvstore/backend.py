@@ -1,12 +1,15 @@
 """The KV store as the workers see it, and how they pick one of its two implementations.
 
-A worker needs four calls of a store (engine/server/kv_transfer.py): ``blocks_exist``,
-``get_blocks_into`` (the caller's buffers), ``put_blocks`` (per-key PutResult:
-STORED / EXISTS / IN_FLIGHT / FAILED) and ``close``; ``remove_blocks`` is for tools and tests. Both backends give them the same
+A worker needs five calls of a store (kv_transfer/store.py): ``blocks_exist``,
+``wait_for_blocks`` (until blocks another writer is putting are committed), ``get_blocks_into``
+(the caller's buffers), ``put_blocks`` (per-key PutResult: STORED / EXISTS / IN_FLIGHT / FAILED)
+and ``close``; ``remove_blocks`` is for tools and tests. Both backends give them the same
 meaning:
 
 - **ours** (kvstore.sync_client.KVStoreClient): master + storage nodes over gRPC and
-  same-host shared memory, or embedded in one process; publishes KV events itself.
+  same-host shared memory, or embedded in one process; publishes KV events itself, and its
+  master answers ``wait_for_blocks`` at the commit (``when_blocks_committed`` offers that
+  wait as a future, so no thread of the reader sits in it).
 - **mooncake** (kvstore.mooncake_store.MooncakeStore): a Mooncake Store cluster
   (``mooncake_master`` + memory segments, TCP or RDMA); the writers announce what
   they stored (kvstore/store_tier_events.py).
@@ -33,6 +36,8 @@ BACKENDS = ("ours", "mooncake")
 
 class StoreBackend(Protocol):
     def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]: ...
+
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]: ...
 
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]: ...
 

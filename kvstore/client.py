@@ -176,6 +176,18 @@ class AsyncKVStoreClient:
             return []
         return list((await self._call(self._master.BatchExists, pb.KeysRequest(keys=list(keys)))).exists)
 
+    async def wait_committed(self, keys: Sequence[str], timeout_s: float) -> list[bool]:
+        """Whether each key is committed, waiting up to ``timeout_s`` for all of them (the master
+        answers at the commit: no polling). Takes no lease."""
+        if not keys:
+            return []
+        request = pb.WaitCommittedRequest(keys=list(keys), timeout_s=timeout_s)
+        try:
+            reply = await self._master.WaitCommitted(request, timeout=timeout_s + self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_code(exc.code().value[0], f"master {self.master_addr}: {exc.code().name}: {exc.details()}") from exc
+        return list(reply.exists)
+
     async def remove(self, keys: Sequence[str]) -> list[bool]:
         """Remove objects; True where removed, False where the key did not exist."""
         return await self._key_call(self._master.BatchRemove, keys)
@@ -207,6 +219,9 @@ class AsyncKVStoreClient:
 
     async def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         return await self.exists([store_key(layout, k) for k in keys])
+
+    async def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        return await self.wait_committed([store_key(layout, k) for k in keys], timeout_s)
 
     # ------------------------------------------------------------ plumbing
 

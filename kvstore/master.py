@@ -23,6 +23,7 @@ from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
+MAX_WAIT_S = 30.0  # WaitCommitted holds a call at most this long (the caller asks again)
 _STATE_NAMES = {"started": pb.PUT_STATE_STARTED, "exists": pb.PUT_STATE_ALREADY_EXISTS, "in_flight": pb.PUT_STATE_IN_FLIGHT}
 
 
@@ -47,6 +48,7 @@ class MasterServicer(pb_grpc.MasterServicer):
     def __init__(self, state: MasterState) -> None:
         self.state = state
         self._evictions_reported = 0
+        self._committed = asyncio.Condition()  # notified after every commit: wakes WaitCommitted calls
 
     # -------------------------------------------------------- nodes
 
@@ -88,6 +90,9 @@ class MasterServicer(pb_grpc.MasterServicer):
                 except StoreError as exc:
                     results.append(_failed(put_id, exc))
             self.update_gauges()
+            if any(r.ok for r in results):
+                async with self._committed:
+                    self._committed.notify_all()
             return pb.KeyResults(results=results)
 
     async def BatchPutAbort(self, request: pb.PutAbortRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
@@ -122,6 +127,24 @@ class MasterServicer(pb_grpc.MasterServicer):
                 return pb.ExistsReply(exists=[self.state.exists(k) for k in request.keys])
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
+
+    async def WaitCommitted(self, request: pb.WaitCommittedRequest, context: grpc.aio.ServicerContext) -> pb.ExistsReply:
+        """Answer once every key is committed (woken by BatchPutCommit) or at the timeout."""
+        try:
+            _check_batch(request.keys, "WaitCommitted")
+            exists = [self.state.exists(k) for k in request.keys]
+        except StoreError as exc:
+            await context.abort(exc.code, str(exc))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(request.timeout_s, 0.0), MAX_WAIT_S)
+        async with self._committed:
+            while not all(exists) and loop.time() < deadline:
+                try:
+                    await asyncio.wait_for(self._committed.wait(), deadline - loop.time())
+                except TimeoutError:
+                    pass
+                exists = [self.state.exists(k) for k in request.keys]
+        return pb.ExistsReply(exists=exists)
 
     async def BatchRemove(self, request: pb.KeysRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
         with _timed("remove"):

@@ -123,6 +123,7 @@ class LocalPlan:
 
     master_argv: list[str]
     master_port: int
+    master_metrics_port: int  # mooncake_master's Prometheus /metrics
     node_argv: list[str]
     node_port: int
     url: str  # what workers pass to --kvstore
@@ -132,11 +133,12 @@ def plan_local(segment_bytes: int, host: str = "127.0.0.1") -> LocalPlan:
     """A master and one memory node of ``segment_bytes`` on ``host`` (free ports picked now)."""
     if segment_bytes < MIN_SEGMENT_BYTES:
         raise ValueError(f"a Mooncake memory node needs at least 16 MiB, got {segment_bytes} bytes")
-    master_port, node_port = free_port(host), free_port(host)
+    master_port, metrics_port, node_port = free_port(host), free_port(host), free_port(host)
     master = f"{host}:{master_port}"
     return LocalPlan(
-        master_argv=master_argv(host, master_port, free_port(host)),
+        master_argv=master_argv(host, master_port, metrics_port),
         master_port=master_port,
+        master_metrics_port=metrics_port,
         node_argv=node_argv(host, node_port, master, segment_bytes),
         node_port=node_port,
         url=f"{SCHEME}://{master}?metadata=p2p&protocol=tcp",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +48,7 @@ _LEASE_EXPIRED = -707
 # read outlived its lease (the bytes may have been reused: never hand them out)
 _MISSES = {-703, -704, -710, -712, -800, _LEASE_EXPIRED}
 _RPC_FAIL = -900
+POLL_S = 0.002  # wait_for_blocks: Mooncake has no commit notification
 
 INSTALL_HINT = (
     "pip install mooncake-transfer-engine-non-cuda (CPU) or mooncake-transfer-engine (CUDA); "
@@ -97,7 +99,7 @@ class MooncakeStore:
             from mooncake.store import MooncakeDistributedStore
         except ImportError as exc:
             raise StoreError(f"the Mooncake backend needs the mooncake package: {INSTALL_HINT} ({exc})") from exc
-        _check_reachable(parsed.endpoints())
+        _check_reachable(parsed.endpoints(), wait_s=parsed.wait_s)
         store = MooncakeDistributedStore()
         rc = store.setup(
             parsed.local_hostname(),
@@ -116,6 +118,20 @@ class MooncakeStore:
     def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         """Whether each block is readable now; takes no lease."""
         return self._exist([store_key(layout, k) for k in keys])
+
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        """Whether each block is readable, waiting up to ``timeout_s`` for all of them.
+
+        Mooncake's master tells no one about a commit, so this polls (every 2 ms); our store's
+        master answers at the commit instead (kvstore/client.py wait_committed).
+        """
+        names = [store_key(layout, k) for k in keys]
+        deadline = time.monotonic() + timeout_s
+        found = self._exist(names)
+        while not all(found) and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            found = self._exist(names)
+        return found
 
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]:
         """Read each block into the caller's buffer; True where found.
@@ -221,17 +237,25 @@ class MooncakeStore:
                         self._registered[r] = count - 1
 
 
-def _check_reachable(endpoints: list[str], timeout_s: float = 3.0) -> None:
-    """Fail fast: Mooncake's setup retries an unreachable master for minutes. One endpoint must answer."""
-    errors = []
-    for endpoint in endpoints:
-        host, port = endpoint.rsplit(":", 1)
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-            return
-        except (OSError, ValueError) as exc:
-            errors.append(f"{endpoint}: {exc}")
-    raise NoStorageNodes(f"cannot reach the Mooncake master ({'; '.join(errors)})")
+def _check_reachable(endpoints: list[str], timeout_s: float = 3.0, wait_s: float = 10.0) -> None:
+    """Fail fast: Mooncake's setup retries an unreachable master for minutes. One endpoint must answer.
+
+    A refused connection is tried again for ``wait_s``: a master started beside its workers
+    (``splitserve up``) may still be binding its port.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        errors = []
+        for endpoint in endpoints:
+            host, port = endpoint.rsplit(":", 1)
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+                return
+            except (OSError, ValueError) as exc:
+                errors.append(f"{endpoint}: {exc}")
+        if time.monotonic() >= deadline:
+            raise NoStorageNodes(f"cannot reach the Mooncake master ({'; '.join(errors)})")
+        time.sleep(0.2)
 
 
 def _merged_ranges(ptrs: list[int], sizes: list[int]) -> list[tuple[int, int]]:

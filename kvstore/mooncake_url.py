@@ -12,6 +12,7 @@
 | segment | bytes of memory this client adds to the pool (``0``: a pure client; ``mooncake_client`` processes hold the data) | 0 |
 | local_buffer | this client's staging buffer for calls that cannot read into the caller's memory | 16MiB |
 | host | address peers reach this client at | the local address that routes to the master |
+| wait | seconds to keep trying a master that refuses connections (one started beside its workers may still be binding its port) | 10 |
 | etcd | etcd endpoints of HA masters (``mooncake_master --enable_ha``), comma-separated; replaces MASTER_HOST:PORT | "" |
 
 A plain ``HOST:PORT`` is not a Mooncake URL: kvstore.backend.open_store reads it as our store.
@@ -29,7 +30,7 @@ from kvstore.errors import InvalidRequest
 
 SCHEME = "mooncake"
 PROTOCOLS = ("tcp", "rdma")
-_KEYS = {"metadata", "protocol", "device", "replicas", "segment", "local_buffer", "host", "etcd"}
+_KEYS = {"metadata", "protocol", "device", "replicas", "segment", "local_buffer", "host", "etcd", "wait"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class MooncakeURL:
     segment: int = 0
     local_buffer: int = 16 << 20
     host: str = ""  # "" -> local_address_towards(master)
+    wait_s: float = 10.0
 
     @classmethod
     def parse(cls, url: str) -> MooncakeURL:
@@ -69,8 +71,11 @@ class MooncakeURL:
             replicas = int(query.get("replicas", "1"))
             segment = parse_size(query.get("segment", "0"))
             local_buffer = parse_size(query.get("local_buffer", "16MiB"))
+            wait_s = float(query.get("wait", "10"))
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise InvalidRequest(f"{url!r}: {exc}") from exc
+        if wait_s < 0:
+            raise InvalidRequest(f"{url!r}: wait must be >= 0 seconds, got {wait_s:g}")
         if replicas < 1:
             raise InvalidRequest(f"{url!r}: replicas must be >= 1, got {replicas}")
         if etcd:
@@ -87,6 +92,7 @@ class MooncakeURL:
             segment=segment,
             local_buffer=local_buffer,
             host=query.get("host", ""),
+            wait_s=wait_s,
         )
 
     @property

@@ -21,7 +21,7 @@ from kvstore import metrics, wire
 from kvstore.data_plane import DataPlaneServer
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
 from kvstore.node_config import NodeConfig
-from kvstore.segment import SharedSegment, host_identity
+from kvstore.segment import SharedSegment, host_identity, remove_orphaned_segments
 from kvstore.wire import WriteChunkView, WriteItemView
 from splitserve.internal_auth import client_interceptors, server_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
@@ -157,6 +157,8 @@ class NodeServer:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        for path in remove_orphaned_segments():  # before allocating: a killed node's memory is what may be missing
+            log.warning("removed %s: its storage node is gone (killed before it could clean up)", path)
         self.segment = SharedSegment.create(config.capacity)
         self.server: grpc.aio.Server | None = None  # made in start(): it binds to the running loop
         self.node_id = ""

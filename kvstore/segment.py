@@ -10,10 +10,16 @@ allocates the file's pages at creation: a first touch of a tmpfs page costs a pa
 allocation plus a fault per 4 KiB, which held copies into fresh offsets to ~0.3 GB/s
 (against ~3 GB/s into mapped pages) on the dev VM. Allocating up front also makes a
 node that /dev/shm cannot hold fail at start instead of SIGBUS on a later write.
+
+A node killed with SIGKILL cannot unlink its file, and tmpfs keeps the memory until
+someone does: the file name carries the owner's pid, and a node that starts removes the
+files of owners that are gone (``remove_orphaned_segments``), as the workers do for their
+shared KV pools (kv_transfer/peer_pool.py).
 """
 
 from __future__ import annotations
 
+import glob
 import mmap
 import os
 import socket
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+SEGMENT_PREFIX = "splitserve-kv"  # + "-<owner pid>-<random>"
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # Linux; elsewhere pages fault in lazily
 
 
@@ -43,6 +50,49 @@ def host_identity() -> tuple[str, str]:
     return socket.gethostname(), boot_id
 
 
+def segment_owner(path: str) -> int | None:
+    """The pid in a segment file's name (``<prefix>-<pid>-...``), None if it has none."""
+    parts = os.path.basename(path).split("-")
+    return int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped) counts as gone: it unlinks nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass  # no procfs: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_orphaned_segments(prefix: str = SEGMENT_PREFIX) -> list[str]:
+    """Delete this machine's segment files whose owning process is gone; returns their paths.
+
+    Only ``<prefix>-<pid>-*`` files are touched, and only when no process has that pid
+    (a pid namespace shared with /dev/shm is assumed, as on one host or in one pod).
+    """
+    removed = []
+    for path in glob.glob(os.path.join(SHM_DIR, f"{prefix}-*")):
+        owner = segment_owner(path)
+        if owner is None or owner == os.getpid() or process_alive(owner):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass  # another node swept it first
+    return removed
+
+
 @dataclass(slots=True)
 class SharedSegment:
     path: str
@@ -52,7 +102,7 @@ class SharedSegment:
     owner: bool
 
     @classmethod
-    def create(cls, capacity: int, prefix: str = "splitserve-kv") -> SharedSegment:
+    def create(cls, capacity: int, prefix: str = SEGMENT_PREFIX) -> SharedSegment:
         path = os.path.join(SHM_DIR, f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:

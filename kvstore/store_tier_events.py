@@ -34,13 +34,17 @@ MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_
 class AnnouncingStore:
     """A StoreBackend whose successful writes are published as KV events; thread-safe."""
 
-    def __init__(self, backend: StoreBackend, pub_endpoint: str, snapshot_endpoint: str, topic: str = "kvstore",
-                 max_announced: int = 200_000) -> None:
+    def __init__(self, backend: StoreBackend, pub_endpoint: str = "", snapshot_endpoint: str = "", topic: str = "kvstore",
+                 max_announced: int = 200_000, publisher: KVEventPublisher | None = None) -> None:
+        """Announce on a publisher of its own (``pub_endpoint`` / ``snapshot_endpoint``), or on
+        the caller's ``publisher`` (a worker's own event stream; its snapshot function should
+        add ``snapshot()``'s "store" entry to the worker's own)."""
         self.backend = backend
         self.max_announced = max_announced
         self._announced: OrderedDict[BlockKey, None] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
-        self.publisher = KVEventPublisher(pub_endpoint, snapshot_endpoint, topic, self._snapshot)
+        self._own_publisher = publisher is None
+        self.publisher = publisher or KVEventPublisher(pub_endpoint, snapshot_endpoint, topic, self.snapshot)
 
     @property
     def events_endpoint(self) -> str:
@@ -54,6 +58,9 @@ class AnnouncingStore:
         found = self.backend.blocks_exist(layout, keys)
         self._forget([k for k, ok in zip(keys, found) if not ok])
         return found
+
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        return self.backend.wait_for_blocks(layout, keys, timeout_s)  # the writer of these blocks announces them
 
     def get_blocks_into(self, layout: KVLayout, keys: Sequence[BlockKey], buffers: Sequence[Payload]) -> list[bool]:
         found = self.backend.get_blocks_into(layout, keys, buffers)
@@ -87,7 +94,8 @@ class AnnouncingStore:
         return results
 
     def close(self) -> None:
-        self.publisher.close()
+        if self._own_publisher:
+            self.publisher.close()
         self.backend.close()
 
     def __enter__(self) -> AnnouncingStore:
@@ -106,7 +114,7 @@ class AnnouncingStore:
         if gone:
             self.publisher.publish([BlockRemoved(keys=gone, medium=MEDIUM)])
 
-    def _snapshot(self) -> dict[str, list[BlockKey]]:
+    def snapshot(self) -> dict[str, list[BlockKey]]:
         # Called by the publisher under its own lock; our lock keeps the set stable while copied.
         with self._lock:
             return {MEDIUM: list(self._announced)}

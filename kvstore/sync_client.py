@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from kvstore.block_key import BlockKey, KVLayout, store_key
@@ -65,6 +66,14 @@ class KVStoreClient:
 
     def blocks_exist(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         return self._run(self._client.blocks_exist(layout, keys))
+
+    def wait_for_blocks(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> list[bool]:
+        """Whether each block is committed, waiting up to ``timeout_s`` for all (told by the master, no polling)."""
+        return self._run(self._client.wait_for_blocks(layout, keys, timeout_s))
+
+    def when_blocks_committed(self, layout: KVLayout, keys: Sequence[BlockKey], timeout_s: float) -> Future[list[bool]]:
+        """``wait_for_blocks`` without blocking the caller: the wait runs on the client's event loop."""
+        return asyncio.run_coroutine_threadsafe(self._client.wait_for_blocks(layout, keys, timeout_s), self._loop)
 
     def remove_blocks(self, layout: KVLayout, keys: Sequence[BlockKey]) -> list[bool]:
         return self._run(self._client.remove([store_key(layout, k) for k in keys]))

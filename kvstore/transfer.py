@@ -1,10 +1,13 @@
 """Client data plane: moving object bytes to and from storage nodes.
 
 Four paths, chosen per replica:
-- same host: copy straight into / out of the node's shared-memory segment, then
-  (for writes) ask the node to seal (verify) the bytes — only metadata on gRPC. A read
-  that finishes within the master's lease skips the checksum pass: sealed bytes cannot
-  change while leased, and no transfer happened that could corrupt them;
+- same host: copy straight into / out of the node's shared-memory segment — only
+  metadata on gRPC, with the master. A write is sealed by the writer itself: it checks the
+  bytes now in the segment against the checksum it declared, then commits (two round trips
+  per put: start and commit). Asking the node to check them would prove nothing more — a
+  client that maps the segment can write any byte of it — and cost a third round trip.
+  A read that finishes within the master's lease skips the checksum pass: sealed bytes
+  cannot change while leased, and no transfer happened that could corrupt them;
 - another host, node with a data plane (kvstore/data_plane.py): one raw-TCP request
   per node and batch, bytes sent from and received into the caller's buffers;
 - objects up to ``chunk_size`` over gRPC: packed into unary BatchWrite / BatchRead
@@ -35,7 +38,6 @@ from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_f
 from kvstore.segment import SharedSegment, host_identity
 from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 
 @dataclass(slots=True)
@@ -65,7 +67,6 @@ class NodeStub:
     read: grpc.aio.UnaryStreamMultiCallable
     batch_write: grpc.aio.UnaryUnaryMultiCallable
     batch_read: grpc.aio.UnaryUnaryMultiCallable
-    seal: grpc.aio.UnaryUnaryMultiCallable
 
     @classmethod
     def on(cls, channel: grpc.aio.Channel) -> NodeStub:
@@ -79,7 +80,6 @@ class NodeStub:
             batch_read=channel.unary_unary(
                 path + "BatchRead", request_serializer=pb.BatchReadRequest.SerializeToString, response_deserializer=wire.decode_batch_read
             ),
-            seal=pb_grpc.StorageNodeStub(channel).Seal,
         )
 
 
@@ -135,8 +135,7 @@ class NodeTransport:
         for job in jobs:
             segment = self.local_segment(job.replica)
             if segment is not None:
-                np.copyto(segment.array[job.replica.offset : job.replica.offset + len(job.data)], np.frombuffer(job.data, np.uint8))
-                by_node.setdefault("shm:" + job.replica.address, []).append(job)
+                self._shm_write(segment, job)
             elif self.use_data_plane and job.replica.data_address:
                 by_node.setdefault("tcp:" + job.replica.data_address, []).append(job)
             elif len(job.data) > self.chunk_size:
@@ -148,8 +147,17 @@ class NodeTransport:
                 tasks.append(self._raw_write(key.removeprefix("tcp:"), group))
                 continue
             for batch in self._batches(group, lambda j: len(j.data)):
-                tasks.append(self._seal(batch) if key.startswith("shm:") else self._batch_write(batch))
+                tasks.append(self._batch_write(batch))
         await asyncio.gather(*tasks)
+
+    @staticmethod
+    def _shm_write(segment: SharedSegment, job: WriteJob) -> None:
+        """Copy into the node's segment and seal: the bytes that landed must match the declared checksum."""
+        target = segment.array[job.replica.offset : job.replica.offset + len(job.data)]
+        np.copyto(target, np.frombuffer(job.data, np.uint8))
+        if xxhash.xxh3_64_intdigest(target) != job.checksum:  # the caller changed its buffer while we copied
+            job.error = ChecksumMismatch(f"object at offset {job.replica.offset}: the bytes written to shared memory do "
+                                         "not match their checksum (was the source buffer modified during the put?)")
 
     async def _raw_write(self, address: str, jobs: list[WriteJob]) -> None:
         items = [Item(j.replica.offset, len(j.data), j.checksum, j.data) for j in jobs]
@@ -181,10 +189,6 @@ class NodeTransport:
     async def _batch_write(self, jobs: list[WriteJob]) -> None:
         items = [wire.WriteItemView(j.replica.offset, j.checksum, j.data) for j in jobs]
         await self._apply(jobs, self.stub(jobs[0].replica.address).batch_write, items)
-
-    async def _seal(self, jobs: list[WriteJob]) -> None:
-        items = [pb.SealItem(offset=j.replica.offset, size=len(j.data), checksum=j.checksum) for j in jobs]
-        await self._apply(jobs, self.stub(jobs[0].replica.address).seal, pb.SealRequest(items=items))
 
     async def _apply(self, jobs: list[WriteJob], call, request) -> None:
         async with self._limit:
@@ -227,7 +231,7 @@ class NodeTransport:
                 else:
                     np.copyto(np.frombuffer(job.dest, np.uint8)[: job.size], src)
                 if time.monotonic() < job.lease_until:
-                    # No transfer to check: the node verified these bytes when it sealed them, and
+                    # No transfer to check: the writer verified these bytes when it sealed them, and
                     # the lease kept them from being evicted or reused while we copied.
                     job.ok = True
                 else:

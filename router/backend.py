@@ -187,7 +187,7 @@ class WorkerBackend:
             raise WorkerStreamError(f"no worker left to retry on: {exc}") from exc
 
     async def _prefill(self, address: str, request: GenerationRequest, deadline: float) -> worker_pb2.PrefillResponse:
-        stub = worker_pb2_grpc.PrefillServiceStub(self.pool.channel(address))
+        stub = self.pool.stub(address, worker_pb2_grpc.PrefillServiceStub)
         message = worker_pb2.PrefillRequest(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_token_ids,
@@ -210,7 +210,7 @@ class WorkerBackend:
     async def _decode(
         self, address: str, request: GenerationRequest, prefill: worker_pb2.PrefillResponse | None, deadline: float
     ) -> AsyncIterator[TokenChunk]:
-        stub = worker_pb2_grpc.DecodeServiceStub(self.pool.channel(address))
+        stub = self.pool.stub(address, worker_pb2_grpc.DecodeServiceStub)
         message = worker_pb2.GenerateRequest(
             request_id=request.request_id,
             prompt_token_ids=request.prompt_token_ids,

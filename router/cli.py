@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port")
     p.add_argument("--allow-client-chat-template", action="store_true",
                    help="accept chat_template_kwargs.chat_template from clients (their Jinja runs sandboxed, bounded)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every HTTP request (uvicorn's access log; off by default: a log line per request is CPU on the hot path)")
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its request body")
     p.add_argument("--stall-timeout", type=float, default=5.0,
                    help="seconds of silence after which a request leaves a worker that fails its health checks")
@@ -60,6 +62,8 @@ def api_keys(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
     import uvicorn
 
     from engine.model_source import resolve_model
@@ -102,5 +106,9 @@ def run(args: argparse.Namespace) -> int:
         from router.ext_proc import serve_picker_with
 
         serve_picker_with(app, args.host, args.ext_proc_port, args.ext_proc_target_port or None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # Everything built so far lives as long as the process: keep it out of the collector's
+    # full passes, which would otherwise walk it (and stall requests) every time they run.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.access_log)
     return 0

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from router.scheduler_config import PluginSpec
-from router.scorers import Candidate
+from router.scorers import Candidates
 
 
 class Filter(Protocol):
-    def keep(self, candidate: Candidate) -> bool: ...
+    def keep(self, candidates: Candidates) -> list[bool]:
+        """One flag per candidate: keep it."""
 
 
 @dataclass(slots=True)
@@ -24,10 +25,8 @@ class KVUsageBelow:
 
     max_usage: float = 0.95
 
-    def keep(self, candidate: Candidate) -> bool:
-        load = candidate.worker.load
-        usage = load.active_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else load.kv_usage
-        return usage < self.max_usage
+    def keep(self, candidates: Candidates) -> list[bool]:
+        return [u < self.max_usage for u in candidates.kv_usage]
 
 
 @dataclass(slots=True)
@@ -36,8 +35,8 @@ class QueueBelow:
 
     max_queued_tokens: int = 65536
 
-    def keep(self, candidate: Candidate) -> bool:
-        return candidate.queued_prefill_tokens <= self.max_queued_tokens
+    def keep(self, candidates: Candidates) -> list[bool]:
+        return [q <= self.max_queued_tokens for q in candidates.queued_prefill_tokens]
 
 
 FILTER_TYPES: dict[str, type] = {"kv-usage-below": KVUsageBelow, "queue-below": QueueBelow}
@@ -53,8 +52,9 @@ def build_filter(spec: PluginSpec) -> Filter:
         raise TypeError(f"filter {spec.type!r}: bad parameters {spec.params}") from exc
 
 
-def apply_filters(filters: list[Filter], candidates: list[Candidate]) -> list[Candidate]:
+def apply_filters(filters: list[Filter], candidates: Candidates) -> Candidates:
     for f in filters:
-        kept = [c for c in candidates if f.keep(c)]
-        candidates = kept or candidates
+        rows = [i for i, keep in enumerate(f.keep(candidates)) if keep]
+        if rows and len(rows) < len(candidates):
+            candidates = candidates.take(rows)
     return candidates

@@ -21,7 +21,8 @@ import zmq
 
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch
 from kvstore.events import request_snapshot
-from router.prefix_index import PrefixIndex
+from kvstore.store_tier_events import MEDIUM as STORE_MEDIUM
+from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from splitserve.internal_auth import secure_zmq_client
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class KVEventSubscriber:
             log.warning("KV snapshot from %s failed (%s); retrying", pub.publisher_id, exc)
             pub.retry_at = time.monotonic() + self._retry_interval_s
             return
+        if pub.publisher_id != STORE_PUBLISHER and STORE_MEDIUM in state:
+            # a writer's store-tier announcements (Mooncake): a hint added to the store tier
+            self.index.store(STORE_PUBLISHER, state.pop(STORE_MEDIUM), STORE_MEDIUM)
         self.index.replace(pub.publisher_id, state)
         pub.last_seq = pub.snapshot_seq = seq
         pub.draining = True
@@ -205,12 +209,17 @@ class KVEventSubscriber:
     def _apply(self, publisher_id: str, batch: EventBatch) -> None:
         for event in batch.events:
             if isinstance(event, BlockStored):
-                self.index.store(publisher_id, event.keys, event.medium)
+                self.index.store(_holder(publisher_id, event.medium), event.keys, event.medium)
             elif isinstance(event, BlockRemoved):
-                self.index.remove(publisher_id, event.keys, event.medium)
+                self.index.remove(_holder(publisher_id, event.medium), event.keys, event.medium)
             elif isinstance(event, AllBlocksCleared):
                 self.index.clear(publisher_id)
 
     def _notify(self) -> None:
         with self._synced:
             self._synced.notify_all()
+
+
+def _holder(publisher_id: str, medium: str) -> str:
+    """Where an event's blocks are filed: store-tier blocks under the store, whoever announced them."""
+    return STORE_PUBLISHER if medium == STORE_MEDIUM else publisher_id

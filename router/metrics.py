@@ -25,6 +25,9 @@ class RouterMetrics:
         self.realised_hits = Counter(p + "realised_prefix_hit_tokens_total", "Prefix-hit tokens the workers reported", registry=r)
         self.decisions = Counter(p + "decisions_total", "Placement decisions", ["role", "worker", "mode"], registry=r)
         self.index_blocks = Gauge(p + "index_blocks", "Distinct KV blocks in the prefix index", registry=r)
+        self.store_tier_blocks = Gauge(
+            p + "index_store_tier_blocks", "KV blocks the prefix index files under the store tier (a hint with Mooncake)", registry=r,
+        )
         self.ready_workers = Gauge(p + "ready_workers", "Workers in the pool", ["role"], registry=r)
         self.pool_saturation = Gauge(
             p + "pool_saturation_ratio", "Mean worker saturation per pool; 1 = at capacity (router/saturation.py)",

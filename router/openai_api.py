@@ -8,10 +8,11 @@ OpenAI-shaped error body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class RouterState:
         self.tokenizer = PromptTokenizer.from_dir(config.model_dir)
         self.metrics = RouterMetrics()
         self.index = PrefixIndex()
+        self.metrics.store_tier_blocks.set_function(lambda: self.index.num_blocks_of(STORE_PUBLISHER))
         self.subscriber = KVEventSubscriber(self.index)
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)
@@ -129,11 +131,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     auth = [Depends(check_api_key)]
     errors = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        response = await call_next(request)
-        state.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter, counter=state.metrics.requests)
 
     @app.get("/health")
     async def health() -> dict:
@@ -225,6 +223,31 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     return app
 
 
+class RequestCounter:
+    """Counts HTTP requests by route and status: a plain ASGI middleware (Starlette's
+    BaseHTTPMiddleware costs a task and a memory stream per request)."""
+
+    def __init__(self, app, counter) -> None:
+        self.app, self.counter = app, counter
+        self._children: dict[tuple[str, int], object] = {}  # (path, status) -> the labelled counter
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                key = (scope["path"], message["status"])
+                child = self._children.get(key)
+                if child is None:
+                    child = self._children[key] = self.counter.labels(key[0], str(key[1]))
+                child.inc()  # type: ignore[attr-defined]
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
 def snapshot_endpoint_of(events_endpoint: str) -> str:
     """The KV-event convention: snapshots are served on the events port + 1."""
     base, _, port = events_endpoint.rpartition(":")
@@ -299,18 +322,36 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
             metrics.itl.observe(now - last_token[0])
         last_token[0] = now
 
-    async def run_choice(i: int) -> None:
+    async def choice_events(i: int) -> AsyncGenerator:
         gen = GenerationRequest(f"{request_id}-{i}", prompt_ids, to_proto(params, i), cache_salt=salt)
         first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt, priority=params.priority)
         chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt, params.priority))
         try:
             async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
-                await queue.put(event)
+                yield event
         finally:
             await chunks.aclose()
             release(first)  # also when the generator never started (cancelled before its first step)
 
+    async def run_choice(i: int) -> None:
+        async with contextlib.aclosing(choice_events(i)) as choice:
+            async for event in choice:
+                await queue.put(event)
+
+    def record_totals() -> None:
+        metrics.e2e.observe(time.monotonic() - start)
+        metrics.generation_tokens.inc(sum(len(s.token_ids) for s in states))
+        metrics.realised_hits.inc(max((s.num_cached_tokens for s in states), default=0))
+
     async def events() -> AsyncIterator:
+        if req.n == 1:  # one choice: no task and no queue between the worker's stream and the answer
+            try:
+                async with contextlib.aclosing(choice_events(0)) as choice:
+                    async for event in choice:
+                        yield event
+            finally:
+                record_totals()
+            return
         tasks = [asyncio.create_task(run_choice(i)) for i in range(req.n)]
         pending = set(tasks)
         getter: asyncio.Task | None = None
@@ -330,10 +371,7 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
             if getter:
                 getter.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            metrics.e2e.observe(time.monotonic() - start)
-            generated = sum(len(s.token_ids) for s in states)
-            metrics.generation_tokens.inc(generated)
-            metrics.realised_hits.inc(max((s.num_cached_tokens for s in states), default=0))
+            record_totals()
 
     if req.stream:
         # the background task also runs when the client left before the stream began

@@ -17,14 +17,27 @@ from collections.abc import Iterable, Sequence
 
 from kvstore.block_key import BlockKey
 
+# The publisher id of the store tier: our store's master publishes under it, and blocks that
+# prefill workers announce with the "store" medium (Mooncake, kvstore/store_tier_events.py)
+# are filed under it too, whoever announced them.
+STORE_PUBLISHER = "kvstore"
+
 
 class PrefixIndex:
-    """Thread-safe: events apply from the subscriber thread, lookups from the event loop."""
+    """Thread-safe: events apply from the subscriber thread, lookups from the event loop.
+
+    Each publisher gets a bit; a key maps to the int mask of its holders. Ints are not
+    tracked by the garbage collector, so a million indexed blocks add no GC pauses (a set
+    per key made a full collection walk every one of them), and a lookup intersects masks.
+    """
 
     def __init__(self) -> None:
-        self._holders: dict[BlockKey, set[str]] = {}
+        self._holders: dict[BlockKey, int] = {}  # key -> mask of the publishers holding it
         # publisher -> key -> bitmask of the media holding it
         self._held: dict[str, dict[BlockKey, int]] = {}
+        self._bits: dict[str, int] = {}  # publisher -> its bit in _holders' masks
+        self._names: dict[int, str] = {}  # bit -> publisher
+        self._free_bits: list[int] = []  # bits of cleared publishers, reused before new ones
         self._media: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -35,18 +48,24 @@ class PrefixIndex:
             self._media[medium] = bit
         return bit
 
+    def _publisher_bit(self, publisher: str) -> int:
+        bit = self._bits.get(publisher)
+        if bit is None:
+            bit = self._free_bits.pop() if self._free_bits else 1 << len(self._bits)
+            self._bits[publisher] = bit
+            self._names[bit] = publisher
+        return bit
+
     def store(self, publisher: str, keys: Iterable[BlockKey], medium: str = "gpu") -> None:
         with self._lock:
             bit = self._medium_bit(medium)
+            me = self._publisher_bit(publisher)
             held = self._held.setdefault(publisher, {})
+            holders = self._holders
             for key in keys:
                 mask = held.get(key, 0)
                 if not mask:
-                    holders = self._holders.get(key)
-                    if holders is None:
-                        self._holders[key] = {publisher}
-                    else:
-                        holders.add(publisher)
+                    holders[key] = holders.get(key, 0) | me
                 held[key] = mask | bit
 
     def remove(self, publisher: str, keys: Iterable[BlockKey], medium: str = "gpu") -> None:
@@ -55,62 +74,70 @@ class PrefixIndex:
             if held is None:
                 return
             bit = self._medium_bit(medium)
+            me = self._bits[publisher]
             for key in keys:
                 mask = held.get(key, 0) & ~bit
                 if mask:
                     held[key] = mask
                 elif key in held:
                     del held[key]
-                    self._drop_holder(key, publisher)
+                    self._drop_holder(key, me)
 
     def clear(self, publisher: str) -> None:
         """Forget every block of a publisher (AllBlocksCleared, or the publisher left)."""
         with self._lock:
-            for key in self._held.pop(publisher, {}):
-                self._drop_holder(key, publisher)
+            held = self._held.pop(publisher, {})
+            me = self._bits.pop(publisher, 0)
+            for key in held:
+                self._drop_holder(key, me)
+            if me:  # no key carries its bit any more
+                del self._names[me]
+                self._free_bits.append(me)
 
     def replace(self, publisher: str, by_medium: dict[str, list[BlockKey]]) -> None:
         """Install a snapshot as the publisher's whole state."""
         self.clear(publisher)
-        self._held.setdefault(publisher, {})
+        with self._lock:
+            self._publisher_bit(publisher)
+            self._held.setdefault(publisher, {})
         for medium, keys in by_medium.items():
             self.store(publisher, keys, medium)
 
-    def _drop_holder(self, key: BlockKey, publisher: str) -> None:
-        holders = self._holders.get(key)
-        if holders is None:
-            return
-        holders.discard(publisher)
-        if not holders:
-            del self._holders[key]
+    def _drop_holder(self, key: BlockKey, me: int) -> None:
+        mask = self._holders.get(key, 0) & ~me
+        if mask:
+            self._holders[key] = mask
+        else:
+            self._holders.pop(key, None)
 
     def match(self, chain: Sequence[BlockKey]) -> dict[str, int]:
-        """Number of leading blocks of ``chain`` each publisher holds (publishers with 0 omitted)."""
+        """Number of leading blocks of ``chain`` each publisher holds (publishers with 0 omitted).
+
+        O(len(chain)): one dict lookup and one mask intersection per block, whatever the
+        index holds."""
         result: dict[str, int] = {}
         if not chain:
             return result
-        holders = self._holders
+        holders, names = self._holders, self._names
         with self._lock:
-            first = holders.get(chain[0])
-            if not first:
-                return result
-            alive = set(first)
-            for depth in range(1, len(chain)):
-                here = holders.get(chain[depth])
-                if here is None:
-                    break
-                if len(here) >= len(alive) and alive <= here:
-                    continue  # common case: nobody drops out at this depth
-                kept = alive & here
-                for publisher in alive - kept:
-                    result[publisher] = depth
-                alive = kept
+            alive = holders.get(chain[0], 0)
+            depth = 1
+            for key in chain[1:]:
                 if not alive:
-                    return result
-            else:
-                depth = len(chain)
-        for publisher in alive:
-            result[publisher] = depth
+                    break
+                kept = alive & holders.get(key, 0)
+                if kept != alive:
+                    dropped = alive ^ kept
+                    while dropped:
+                        low = dropped & -dropped
+                        result[names[low]] = depth
+                        dropped ^= low
+                    alive = kept
+                depth += 1
+            while alive:
+                low = alive & -alive
+                result[names[low]] = depth
+                alive ^= low
         return result
 
     def publishers(self) -> list[str]:

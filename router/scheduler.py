@@ -17,19 +17,26 @@ profile of filters -> weighted scorers -> picker, and a P/D decider:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
-from router.pickers import Option, Picker, build_picker
-from router.prefix_index import PrefixIndex
+from router.pickers import Option, Options, Picker, build_picker
+from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
-from router.scorers import Candidate, WeightedScorer, build_scorer, total_cost
+from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
-STORE_PUBLISHER = "kvstore"
+
+
+_WORKER_ID = attrgetter("worker_id")
+
+
+def _no_blocks(publisher: str) -> int:
+    return 0
 # Scorer types that read the prefix index; a policy without them never looks it up.
 _PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft"})
 
@@ -141,29 +148,33 @@ class Scheduler:
         decode = [w for w in decode_workers if w.available and w.address not in exclude]
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
-        decision = self._place(request, prefill, decode)
-        decision.charge = self._charge(decision, request, prefill + decode)
+        decision, workers = self._place(request, prefill, decode)
+        decision.charge = self._charge(decision, request, workers)
         return decision
 
-    def _place(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> Decision:
+    def _place(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> tuple[Decision, list[Worker]]:
+        """The decision and its workers (prefill worker first when disaggregated)."""
         use_index = self._reads_index and self.index is not None
         matches = self.index.match(request.block_keys) if use_index and self.index is not None else {}
-        last = max(request.prompt_tokens - 1, 0)  # the last prompt token is always computed: it yields the first token
-        store_hit = min(matches.get(STORE_PUBLISHER, 0) * request.block_size, last)
-
-        def local(worker: Worker) -> Candidate:
-            """Only the worker's own cache counts: a decode worker neither prefills (colocated)
-            nor imports (disaggregated) from the store what it already holds."""
-            return Candidate(worker, request.prompt_tokens, min(matches.get(worker.worker_id, 0) * request.block_size, last))
-
-        def with_store(worker: Worker) -> Candidate:
-            """A prefill worker pulls from the store the blocks that follow its own prefix."""
-            own = local(worker).hit_tokens
-            hit = max(own, store_hit)
-            return Candidate(worker, request.prompt_tokens, hit, hit - own)
-
-        colocated = self._options("colocated", [local(w) for w in decode], use_index)
-        disagg = self._options("prefill", [with_store(w) for w in prefill], use_index)
+        held = self.index.num_blocks_of if use_index and self.index is not None else _no_blocks
+        prompt, bs = request.prompt_tokens, request.block_size
+        last = max(prompt - 1, 0)  # the last prompt token is always computed: it yields the first token
+        get = matches.get
+        # Only the worker's own cache counts on the decode side: a decode worker neither prefills
+        # (colocated) nor imports (disaggregated) from the store what it already holds.
+        decode_ids = list(map(_WORKER_ID, decode))
+        local = Candidates.of(decode, decode_ids, prompt, [min(get(i, 0) * bs, last) for i in decode_ids])
+        # A prefill worker pulls from the store the blocks that follow its own prefix.
+        prefill_ids = list(map(_WORKER_ID, prefill))
+        own = [min(get(i, 0) * bs, last) for i in prefill_ids]
+        store_hit = min(get(STORE_PUBLISHER, 0) * bs, last)
+        if store_hit:
+            pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
+                                    [max(store_hit - o, 0) for o in own])  # fmt: skip
+        else:
+            pulling = Candidates.of(prefill, prefill_ids, prompt, own)
+        colocated = self._options("colocated", local, held)
+        disagg = self._options("prefill", pulling, held)
         if self._prefer_colocated(request, colocated, disagg, prefill):
             order = [("colocated", colocated), ("prefill", disagg)]
         else:
@@ -174,63 +185,61 @@ class Scheduler:
         chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
         if chosen is None:
             assert slo_s is not None
-            best_ttft = min(o.ttft_s for o in colocated + disagg)
+            best_ttft = min(o.ttft_s(i) for o in (colocated, disagg) for i in range(len(o)))
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
         if chosen.colocated:
             self._turns["decode"] += 1
-            return Decision(Mode.COLOCATED, None, chosen.address, chosen.candidate.hit_tokens, chosen.ttft_s)
-        decode_option = self._pick("decode", self._options("decode", [local(w) for w in decode], use_index))
+            return Decision(Mode.COLOCATED, None, chosen.address, chosen.hit_tokens, chosen.ttft_s), [chosen.worker]
+        decode_option = self._pick("decode", self._options("decode", local, held))
         self._turns["prefill"] += 1
         self._turns["decode"] += 1
-        return Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.candidate.hit_tokens, chosen.ttft_s)
+        decision = Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.hit_tokens, chosen.ttft_s)
+        return decision, [chosen.worker, decode_option.worker]
 
-    def _prefer_colocated(self, request: ScheduleRequest, colocated: list[Option], disagg: list[Option], prefill: list[Worker]) -> bool:
+    def _prefer_colocated(self, request: ScheduleRequest, colocated: Options, disagg: Options, prefill: list[Worker]) -> bool:
         if not prefill or not disagg:
             return True
         if self.config.basis is DeciderBasis.PROMPT:  # the baselines: prompt length only
             return request.prompt_tokens < self.config.colocate_threshold_tokens
         best = self._pick("colocated", colocated)
-        if best.candidate.uncached_tokens < self.config.colocate_threshold_tokens:
+        if best.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
         saturation = self.config.prefill_saturation_tokens
-        if all(w.queued_prefill_tokens >= saturation for w in prefill):
+        if all(q >= saturation for q in disagg.candidates.queued_prefill_tokens):
             return True
         if self.config.basis is DeciderBasis.COST:
             # A decode worker that holds more of the prompt than the chosen prefill worker, and is
             # cheaper all told, computes the rest itself (a conversation's earlier turn lives there).
             other = self._pick("prefill", disagg)
-            return best.candidate.hit_tokens > other.candidate.hit_tokens and best.cost < other.cost
+            return best.hit_tokens > other.hit_tokens and best.cost < other.cost
         return False
 
-    def _options(self, profile_name: str, candidates: list[Candidate], use_index: bool) -> list[Option]:
+    def _options(self, profile_name: str, candidates: Candidates, held: Callable[[str], int]) -> Options:
         profile = self._profiles[profile_name]
-        kept = apply_filters(profile.filters, candidates) if candidates else candidates
-        return [self._option(c, profile, profile_name == "colocated", use_index) for c in kept]
+        if profile.filters and len(candidates):
+            candidates = apply_filters(profile.filters, candidates)
+        return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,
+                       profile_name == "colocated")  # fmt: skip
 
-    def _option(self, candidate: Candidate, profile: _Profile, colocated: bool, use_index: bool) -> Option:
-        rate = candidate.worker.prefill_rate_tps or self.config.default_prefill_rate_tps
-        ttft = (candidate.queued_prefill_tokens + candidate.uncached_tokens) / rate
-        held = self.index.num_blocks_of(candidate.worker.worker_id) if use_index and self.index is not None else 0
-        return Option(candidate, total_cost(candidate, profile.scorers), ttft, held, colocated)
-
-    def _pick(self, profile_name: str, options: list[Option]) -> Option:
+    def _pick(self, profile_name: str, options: Options) -> Option:
         profile = self._profiles[profile_name]
-        return profile.picker.pick(options, self._turns[profile.pool])
+        return options.option(profile.picker.pick(options, self._turns[profile.pool]))
 
-    def _pick_within_slo(self, profile_name: str, options: list[Option], slo_s: float | None) -> Option | None:
-        ok = [o for o in options if slo_s is None or o.ttft_s <= slo_s]
-        return self._pick(profile_name, ok) if ok else None
+    def _pick_within_slo(self, profile_name: str, options: Options, slo_s: float | None) -> Option | None:
+        if slo_s is not None:
+            options = options.take([i for i in range(len(options)) if options.ttft_s(i) <= slo_s])
+        return self._pick(profile_name, options) if len(options) else None
 
     # -- accounting -------------------------------------------------------------
 
     @staticmethod
     def _charge(decision: Decision, request: ScheduleRequest, workers: list[Worker]) -> Charge:
-        """Count the decision on its workers until the backend releases it (see Charge)."""
-        by_address = {w.address: w for w in workers}
-        prefiller = by_address[decision.prefill_worker or decision.decode_worker]
+        """Count the decision on its workers until the backend releases it (see Charge);
+        ``workers``: the one computing the prompt first."""
+        prefiller = workers[0]
         charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), [])
-        prefiller.inflight_prefill_tokens += charge.prefill_tokens
-        for address in filter(None, (decision.prefill_worker, decision.decode_worker)):
-            by_address[address].inflight_requests += 1
-            charge.holders.append(by_address[address])
+        prefiller.charge(charge.prefill_tokens, 0)
+        for worker in workers:
+            worker.charge(0, 1)
+            charge.holders.append(worker)
         return charge

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from splitserve.internal_auth import client_interceptors
 from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+StubT = TypeVar("StubT")
 
 
 @dataclass(slots=True)
@@ -35,6 +37,7 @@ class WorkerPool:
     on_change: Callable[[], None] | None = None
     workers: dict[str, Worker] = field(default_factory=dict)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _stubs: dict[tuple[str, Callable], object] = field(default_factory=dict)  # (address, stub class) -> stub
     _failures: dict[str, int] = field(default_factory=dict)
 
     def role_workers(self, role: Role) -> list[Worker]:
@@ -57,6 +60,14 @@ class WorkerPool:
             self._channels[address] = ch
         return ch
 
+    def stub(self, address: str, kind: Callable[[grpc.aio.Channel], StubT]) -> StubT:
+        """A stub of ``kind`` on the worker's channel, made once: a stub builds a callable per
+        RPC method, a measurable share of a short request when made per request."""
+        stub = self._stubs.get((address, kind))
+        if stub is None:
+            stub = self._stubs[(address, kind)] = kind(self.channel(address))
+        return stub  # type: ignore[return-value]
+
     def model_fingerprint(self) -> str:
         """The fingerprint the workers report (they all serve the same model)."""
         for w in self.workers.values():
@@ -74,6 +85,7 @@ class WorkerPool:
             self._failures.pop(event.address, None)
             if self.subscriber is not None:
                 self.subscriber.remove_publisher(worker.worker_id)
+            self._stubs = {k: v for k, v in self._stubs.items() if k[0] != event.address}
             channel = self._channels.pop(event.address, None)
             if channel is not None:
                 asyncio.get_running_loop().create_task(channel.close())
@@ -139,3 +151,4 @@ class WorkerPool:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()

@@ -30,32 +30,42 @@ class Worker:
     healthy: bool = True
     ready: bool = True
     prefill_rate_tps: float | None = None  # measured, EWMA of computed tokens / second
-    inflight_prefill_tokens: int = 0
+    inflight_prefill_tokens: int = 0  # change through charge / release, which keep the fields below current
     inflight_requests: int = 0
+    # Derived from the above, recomputed on every change rather than on every read: the
+    # scheduler reads them for every worker of every decision.
+    worker_id: str = field(init=False)  # id used by the prefix index (the KV-event topic); the address until known
+    queued_prefill_tokens: int = field(init=False)  # prompt tokens ahead: polled or charged, the larger
+    active_requests: int = field(init=False)  # requests running or waiting: polled or charged, the larger
+    kv_fraction: float = field(init=False)  # share of the KV cache running requests hold
 
-    @property
-    def worker_id(self) -> str:
-        """Id used by the prefix index (the worker's KV-event topic); the address until known."""
-        return self.load.worker_id or self.address
+    def __post_init__(self) -> None:
+        self._derive()
 
     @property
     def available(self) -> bool:
         return self.healthy and self.ready
 
-    @property
-    def queued_prefill_tokens(self) -> int:
-        return max(self.load.queued_prefill_tokens, self.inflight_prefill_tokens)
-
-    @property
-    def active_requests(self) -> int:
-        return max(self.load.running_requests + self.load.waiting_requests, self.inflight_requests)
-
     def update_load(self, load: WorkerLoad) -> None:
         self.load = load
+        self._derive()
+
+    def charge(self, prefill_tokens: int, requests: int) -> None:
+        self.inflight_prefill_tokens += prefill_tokens
+        self.inflight_requests += requests
+        self._derive()
 
     def release(self, prefill_tokens: int, requests: int) -> None:
         self.inflight_prefill_tokens = max(0, self.inflight_prefill_tokens - prefill_tokens)
         self.inflight_requests = max(0, self.inflight_requests - requests)
+        self._derive()
+
+    def _derive(self) -> None:
+        load = self.load
+        self.worker_id = load.worker_id or self.address
+        self.queued_prefill_tokens = max(load.queued_prefill_tokens, self.inflight_prefill_tokens)
+        self.active_requests = max(load.running_requests + load.waiting_requests, self.inflight_requests)
+        self.kv_fraction = load.active_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else float(load.kv_usage)
 
     def record_prefill(self, computed_tokens: int, seconds: float, alpha: float = 0.2) -> None:
         if computed_tokens <= 0 or seconds <= 0:

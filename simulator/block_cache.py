@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from kvstore.block_key import BlockKey
@@ -84,7 +84,9 @@ class BlockCache:
                 evicted.append(key)
         return Allocation(hit, new_keys, evicted)
 
-    def release(self, chain: Sequence[BlockKey], anonymous: int) -> None:
+    def release(self, chain: Sequence[BlockKey], anonymous: int, evict_first: Collection[BlockKey] = ()) -> None:
+        """``evict_first``: keys that become the oldest of all instead of the newest (deepest
+        first), e.g. a copy another worker also holds."""
         with self._lock:
             self._anonymous -= anonymous
             for key in reversed(chain):  # the chain's tail becomes older than its root
@@ -94,6 +96,9 @@ class BlockCache:
                 elif count == 1:
                     del self._referenced[key]
                     self._free[key] = None
+            for key in chain:  # root first, so that the deepest ends up oldest
+                if key in evict_first and key in self._free:
+                    self._free.move_to_end(key, last=False)
 
     def snapshot(self) -> dict[str, list[BlockKey]]:
         with self._lock:

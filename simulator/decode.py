@@ -54,8 +54,12 @@ class _Seq:
 
 
 class SimDecodeWorker:
-    def __init__(self, node: SimNode, tick_s: float = 0.01, flush_s: float = 0.25) -> None:
+    def __init__(self, node: SimNode, tick_s: float = 0.01, flush_s: float = 0.25, keep_imports: bool = True) -> None:
+        """``keep_imports=False`` is a what-if, not what our decode workers do: KV imported for a
+        disaggregated request is the first to be evicted once the request ends (the prefill
+        worker holds the same blocks), so the cache keeps what only this worker has."""
         self.node = node
+        self.keep_imports = keep_imports
         self.cache: BlockCache = node.cache
         self.tick_s, self.flush_s = tick_s, flush_s
         self._waiting: deque[_Seq] = deque()
@@ -126,7 +130,7 @@ class SimDecodeWorker:
         for seq in self._running:
             if seq.request_id == request_id:
                 self._running.remove(seq)
-                self.cache.release(seq.chain, seq.anonymous)
+                self._release(seq)
                 return True
         return False
 
@@ -202,4 +206,8 @@ class SimDecodeWorker:
                 seq.pending, seq.last_flush = [], now
             if finished:
                 self._running.remove(seq)
-                self.cache.release(seq.chain, seq.anonymous)
+                self._release(seq)
+
+    def _release(self, seq: _Seq) -> None:
+        imported = () if seq.colocated or self.keep_imports else set(seq.new_keys)
+        self.cache.release(seq.chain, seq.anonymous, imported)

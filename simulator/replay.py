@@ -62,6 +62,7 @@ class ReplayConfig:
     capacity_blocks: int | None = None
     poll_s: float = 1.0  # the router's GetLoad interval
     tick_s: float = 0.05  # decode steps run per wake-up (simulated seconds; no arrival waits longer than one step)
+    decode_keeps_imports: bool = True  # False: a what-if (SimDecodeWorker.keep_imports), not today's workers
 
 
 @dataclass(slots=True)
@@ -110,7 +111,7 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
             wid = f"{role.value}-{i}"
             cache = BlockCache(config.capacity_blocks or config.profile.kv_capacity_blocks(config.block_size))
             node = SimNode(wid, role.value, config.profile, clock, cache, "sim", config.block_size, IndexSink(index, wid))
-            sims[wid] = SimPrefillWorker(node) if role is Role.PREFILL else SimDecodeWorker(node, config.tick_s, flush_s=1e9)
+            sims[wid] = SimPrefillWorker(node) if role is Role.PREFILL else SimDecodeWorker(node, config.tick_s, flush_s=1e9, keep_imports=config.decode_keeps_imports)
             views[wid] = Worker(wid, role, WorkerLoad(worker_id=wid, role=role.value))
     engines = [asyncio.create_task(s.run()) for s in sims.values()]
     scheduler = Scheduler(config.scheduler, index)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ class Component:
     argv: list[str]
     grpc_port: int | None = None  # health-checked with grpc.health.v1
     http_port: int | None = None  # health-checked with GET /health
+    tcp_port: int | None = None  # ready once it accepts a connection (programs with no health service: Mooncake's)
     metrics_port: int | None = None
     expect_workers: dict[str, int] | None = None  # router: ready only once it sees this many ready workers
     process: subprocess.Popen | None = field(default=None, repr=False)
@@ -86,9 +88,19 @@ def http_healthy(port: int, expect_workers: dict[str, int] | None) -> bool:
     return all(ready.get(role, 0) >= count for role, count in (expect_workers or {}).items())
 
 
+def tcp_accepting(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def healthy(comp: Component) -> bool:
     if comp.grpc_port is not None:
         return grpc_healthy(comp.grpc_port)
+    if comp.tcp_port is not None:
+        return tcp_accepting(comp.tcp_port)
     return comp.http_port is not None and http_healthy(comp.http_port, comp.expect_workers)
 
 

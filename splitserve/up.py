@@ -1,10 +1,10 @@
 """`splitserve up`: the whole stack on one machine as processes.
 
-kvstore master + storage node, N prefill workers, M decode workers and the router,
-each the same entry point that the Helm chart runs in a pod. Progress is shown
-until every component reports healthy; Ctrl-C or SIGTERM stops everything. The
-processes are supervised (splitserve/supervisor.py): they die with `up`, and a crashed
-one is restarted with a back-off.
+kvstore master + storage node (ours, or Mooncake Store's with --kvstore-backend mooncake),
+N prefill workers, M decode workers and the router, each the same entry point that the
+Helm chart runs in a pod. Progress is shown until every component reports healthy;
+Ctrl-C or SIGTERM stops everything. The processes are supervised
+(splitserve/supervisor.py): they die with `up`, and a crashed one is restarted with a back-off.
 """
 
 from __future__ import annotations
@@ -21,12 +21,7 @@ from pathlib import Path
 from contracts.ports import free_port, free_port_pair
 from contracts.sizes import parse_size
 from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
-from splitserve.supervisor import (
-    Component,
-    RestartPolicy,
-    Stack,
-    StopRequested,
-)
+from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested
 
 __all__ = ["run_up", "register"]
 
@@ -40,8 +35,8 @@ class StackInfo:
     url: str
     model: str  # checkpoint directory
     served_model_name: str  # the `model` field clients send
-    kvstore: str
-    kvstore_events: str  # the master's KV-event PUB endpoint (snapshots on its port + 1)
+    kvstore: str  # what workers pass to --kvstore: our master's HOST:PORT or a mooncake:// URL
+    kvstore_events: str  # our master's KV-event PUB endpoint (snapshots on its port + 1); "" for Mooncake
     prefill: list[str]
     decode: list[str]
     metrics: dict[str, str]
@@ -49,30 +44,51 @@ class StackInfo:
     internal_secret_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
-def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
+def plan_store(args: argparse.Namespace, host: str) -> tuple[list[Component], str, str]:
+    """The store tier's processes, the address workers pass to --kvstore, and the router's KV-event endpoint.
+
+    ours: our master + one storage node; the master publishes the store's KV events.
+    mooncake: ``mooncake_master`` + one ``mooncake_client`` memory node from the mooncake wheel
+    (kvstore/mooncake_processes.py); peers find each other by handshake (no metadata server),
+    and Mooncake publishes no events in our format, so the router gets none from the store.
+    """
+    capacity: int = args.kvstore_capacity
+    if args.kvstore_backend == "mooncake":
+        from kvstore import mooncake_processes
+
+        plan = mooncake_processes.plan_local(capacity, host)
+        return [
+            Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port, metrics_port=plan.master_metrics_port),
+            Component("kvstore-node", plan.node_argv, tcp_port=plan.node_port),
+        ], plan.url, ""
     py = [sys.executable, "-m", "splitserve.cli"]
-    host = "127.0.0.1"
     master_port, master_metrics, events_port = free_port(), free_port(), free_port_pair()
     master = f"{host}:{master_port}"
-    comps = [
+    node_port, node_metrics = free_port(), free_port()
+    return [
         Component(
             "kvstore-master",
             py + ["kvstore-master", "--host", host, "--port", str(master_port), "--metrics-port", str(master_metrics),
                   "--events-port", str(events_port)],
             grpc_port=master_port, metrics_port=master_metrics,
-        )
-    ]
-    node_port, node_metrics = free_port(), free_port()
-    comps.append(Component(
-        "kvstore-node",
-        py + ["kvstore-node", "--master", master, "--capacity", str(args.kvstore_capacity), "--host", host,
-              "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
-        grpc_port=node_port, metrics_port=node_metrics,
-    ))
+        ),
+        Component(
+            "kvstore-node",
+            py + ["kvstore-node", "--master", master, "--capacity", str(capacity), "--host", host,
+                  "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
+            grpc_port=node_port, metrics_port=node_metrics,
+        ),
+    ], master, f"tcp://{host}:{events_port}"
+
+
+def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
+    py = [sys.executable, "-m", "splitserve.cli"]
+    host = "127.0.0.1"
+    comps, kvstore, kvstore_events = plan_store(args, host)
     for role, count in (("prefill", args.prefill), ("decode", args.decode)):
         for i in range(count):
             port, metrics, events = free_port(), free_port(), free_port_pair()
-            argv = py + [role, "--model", model, "--kvstore", master, "--host", host, "--port", str(port),
+            argv = py + [role, "--model", model, "--kvstore", kvstore, "--host", host, "--port", str(port),
                          "--advertise-host", host, "--metrics-port", str(metrics), "--kv-events-port", str(events),
                          "--worker-id", f"{role}-{i}"]
             if args.kv_cache_bytes:
@@ -85,8 +101,9 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     prefill = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("prefill-"))
     decode = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("decode-"))
     router = py + ["router", "--model", model, "--served-model-name", args.served_model_name, "--decode", decode,
-                   "--host", args.host, "--port", str(args.port), "--policy", args.policy,
-                   "--kvstore-events", f"tcp://{host}:{events_port}"]
+                   "--host", args.host, "--port", str(args.port), "--policy", args.policy]
+    if kvstore_events:
+        router += ["--kvstore-events", kvstore_events]
     if prefill:
         router += ["--prefill", prefill]
     if args.colocate_threshold is not None:
@@ -104,9 +121,11 @@ def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> St
     def by_prefix(p: str) -> list[str]:
         return [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]
     router = next(c for c in stack.comps if c.name == "router")
-    events = router.argv[router.argv.index("--kvstore-events") + 1]
+    events = router.argv[router.argv.index("--kvstore-events") + 1] if "--kvstore-events" in router.argv else ""
+    worker = next(c for c in stack.comps if c.name.startswith(("prefill-", "decode-")))
     return StackInfo(
-        url=url, model=model, served_model_name=served_model_name, kvstore=by_prefix("kvstore-master")[0],
+        url=url, model=model, served_model_name=served_model_name,
+        kvstore=worker.argv[worker.argv.index("--kvstore") + 1],
         kvstore_events=events, prefill=by_prefix("prefill-"),
         decode=by_prefix("decode-"),
         metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
@@ -233,7 +252,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store-write-budget", type=parse_size, default=0,
                    help="with --kv-transport direct: also write the store as a cache, at most this much in flight")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--kvstore-capacity", type=parse_size, default=parse_size("1GiB"))
+    p.add_argument("--kvstore-capacity", type=parse_size, default=parse_size("1GiB"), help="memory of the store's node (either backend)")
+    p.add_argument("--kvstore-backend", choices=["ours", "mooncake"], default="ours",
+                   help="ours: our master + storage node; mooncake: mooncake_master + a mooncake_client memory node "
+                        "(pip install mooncake-transfer-engine-non-cuda), workers join it over TCP")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")

@@ -11,10 +11,12 @@ The core exits when its parent (the gRPC server process) dies or asks it to.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -68,7 +70,21 @@ WARMUP_ID = "__warmup__"
 def run_engine_core(config: CoreConfig) -> None:
     """multiprocessing entry point."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    EngineCore(config).run()
+    # SIGTERM to the worker's process group reaches the core too: leave through run()'s cleanup
+    # (its shared KV pool file stays in /dev/shm otherwise) instead of dying on the spot
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        core = EngineCore(config)
+    except BaseException:
+        if config.engine.kv_pool_file:  # created before the failure: /dev/shm keeps it until someone unlinks it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.engine.kv_pool_file)
+        raise
+    core.run()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def error_kind(exc: Exception) -> ErrorKind:
@@ -108,14 +124,15 @@ class EngineCore:
         self.layout = KVLayout(self.engine.fingerprint, dtype_name(self.engine.runner.dtype), self.block_size, 0, 1)
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
         self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending loads
+        # before the connectors: a store connector for Mooncake announces its writes on it
+        self.publisher = KVEventPublisher(
+            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
+        )
         self.connectors = self._connectors(direct_sender)
         self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
                                     self.send) if config.role == "prefill" and self.connectors else None)
         self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
                                  lambda d, n, s: self._observe_transfer("direct", d, n, s))
-        self.publisher = KVEventPublisher(
-            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
-        )
         self._warm_up()
         self.send(Ready(CoreInfo(
             config.worker_id, self.engine.fingerprint, self.layout.dtype, self.block_size, config.tp_size,
@@ -136,7 +153,8 @@ class EngineCore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
             observe = functools.partial(self._observe_transfer, "store")
             found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
-                                        self.engine.export_blocks, budget))
+                                        self.engine.export_blocks, budget,
+                                        announce_on=self.publisher if c.role == "prefill" else None))
         return found
 
     # ---- plumbing ---------------------------------------------------------------------------------
@@ -167,7 +185,11 @@ class EngineCore:
 
     def _snapshot(self) -> dict[str, list[bytes]]:
         with self._keys_lock:
-            return {self.medium: list(self._cached_keys)}
+            state = {self.medium: list(self._cached_keys)}
+        for connector in getattr(self, "connectors", []):  # the snapshot thread may ask before they exist
+            if isinstance(connector, StoreConnector) and connector.announcer is not None:
+                state.update(connector.announcer.snapshot())
+        return state
 
     def _on_progress(self, progress: PrefillProgress) -> None:
         self._mark_scheduled(progress.request_id)

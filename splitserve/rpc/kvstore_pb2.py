@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/rpc/kvstore.proto\x12\x12splitserve.kvstore\"\x83\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x10\n\x08shm_name\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\"B\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x86\x01\n\x07Replica\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08shm_name\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x07 \x01(\t\"_\n\x0cPutStartItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x15\n\x08replicas\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_replicas\"B\n\x0fPutStartRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .splitserve.kvstore.PutStartItem\"\xa8\x01\n\x0ePutStartResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.splitserve.kvstore.PutState\x12\x0e\n\x06put_id\x18\x03 \x01(\t\x12-\n\x08replicas\x18\x04 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"D\n\rPutStartReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.PutStartResult\"#\n\x10PutCommitRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"\"\n\x0fPutAbortRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"C\n\tKeyResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"<\n\nKeyResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x90\x01\n\x0eObjectLocation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12-\n\x08replicas\x18\x05 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\"?\n\x08GetReply\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.ObjectLocation\"\x1d\n\x0b\x45xistsReply\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"\x0e\n\x0cStatsRequest\"M\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\"t\n\nStatsReply\x12,\n\x05nodes\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.NodeStats\x12\x0f\n\x07objects\x18\x02 \x01(\x04\x12\x14\n\x0cpending_puts\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\"b\n\nWriteChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x16\n\x0e\x63hunk_checksum\x18\x05 \x01(\x04\"#\n\nWriteReply\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\"?\n\x0bReadRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"\x19\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\tWriteItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"A\n\x11\x42\x61tchWriteRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.WriteItem\"B\n\x10\x42\x61tchReadRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.splitserve.kvstore.ReadRequest\"\x1e\n\x0e\x42\x61tchReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\":\n\x08SealItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\x0bSealRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.splitserve.kvstore.SealItem\"=\n\x0bItemResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult*\x89\x01\n\x08PutState\x12\x19\n\x15PUT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11PUT_STATE_STARTED\x10\x01\x12\x1c\n\x18PUT_STATE_ALREADY_EXISTS\x10\x02\x12\x17\n\x13PUT_STATE_IN_FLIGHT\x10\x03\x12\x14\n\x10PUT_STATE_FAILED\x10\x04\x32\x9f\n\n\x06Master\x12^\n\x0cRegisterNode\x12\'.splitserve.kvstore.RegisterNodeRequest\x1a%.splitserve.kvstore.RegisterNodeReply\x12U\n\tHeartbeat\x12$.splitserve.kvstore.HeartbeatRequest\x1a\".splitserve.kvstore.HeartbeatReply\x12W\n\rBatchPutStart\x12#.splitserve.kvstore.PutStartRequest\x1a!.splitserve.kvstore.PutStartReply\x12V\n\x0e\x42\x61tchPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12T\n\rBatchPutAbort\x12#.splitserve.kvstore.PutAbortRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12I\n\x08\x42\x61tchGet\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1c.splitserve.kvstore.GetReply\x12O\n\x0b\x42\x61tchExists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12N\n\x0b\x42\x61tchRemove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12K\n\x08\x42\x61tchPin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12M\n\nBatchUnpin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12P\n\x08PutStart\x12 .splitserve.kvstore.PutStartItem\x1a\".splitserve.kvstore.PutStartResult\x12P\n\tPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12J\n\x03Get\x12\x1f.splitserve.kvstore.KeysRequest\x1a\".splitserve.kvstore.ObjectLocation\x12J\n\x06\x45xists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12H\n\x06Remove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12I\n\x05Stats\x12 .splitserve.kvstore.StatsRequest\x1a\x1e.splitserve.kvstore.StatsReply2\x99\x03\n\x0bStorageNode\x12I\n\x05Write\x12\x1e.splitserve.kvstore.WriteChunk\x1a\x1e.splitserve.kvstore.WriteReply(\x01\x12H\n\x04Read\x12\x1f.splitserve.kvstore.ReadRequest\x1a\x1d.splitserve.kvstore.ReadChunk0\x01\x12T\n\nBatchWrite\x12%.splitserve.kvstore.BatchWriteRequest\x1a\x1f.splitserve.kvstore.ItemResults\x12U\n\tBatchRead\x12$.splitserve.kvstore.BatchReadRequest\x1a\".splitserve.kvstore.BatchReadReply\x12H\n\x04Seal\x12\x1f.splitserve.kvstore.SealRequest\x1a\x1f.splitserve.kvstore.ItemResultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csplitserve/rpc/kvstore.proto\x12\x12splitserve.kvstore\"\x83\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x04 \x01(\t\x12\x10\n\x08shm_name\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x06 \x01(\t\"B\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x1f\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\"\x86\x01\n\x07Replica\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x05 \x01(\t\x12\x10\n\x08shm_name\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61ta_address\x18\x07 \x01(\t\"_\n\x0cPutStartItem\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x15\n\x08replicas\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_replicas\"B\n\x0fPutStartRequest\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .splitserve.kvstore.PutStartItem\"\xa8\x01\n\x0ePutStartResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.splitserve.kvstore.PutState\x12\x0e\n\x06put_id\x18\x03 \x01(\t\x12-\n\x08replicas\x18\x04 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x0c\n\x04\x63ode\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"D\n\rPutStartReply\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.PutStartResult\"#\n\x10PutCommitRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"\"\n\x0fPutAbortRequest\x12\x0f\n\x07put_ids\x18\x01 \x03(\t\"C\n\tKeyResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"<\n\nKeyResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult\"\x1b\n\x0bKeysRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x90\x01\n\x0eObjectLocation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12-\n\x08replicas\x18\x05 \x03(\x0b\x32\x1b.splitserve.kvstore.Replica\x12\x13\n\x0blease_ttl_s\x18\x06 \x01(\x01\"?\n\x08GetReply\x12\x33\n\x07objects\x18\x01 \x03(\x0b\x32\".splitserve.kvstore.ObjectLocation\"\x1d\n\x0b\x45xistsReply\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"7\n\x14WaitCommittedRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"\x0e\n\x0cStatsRequest\"M\n\tNodeStats\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0c\n\x04used\x18\x04 \x01(\x04\"t\n\nStatsReply\x12,\n\x05nodes\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.NodeStats\x12\x0f\n\x07objects\x18\x02 \x01(\x04\x12\x14\n\x0cpending_puts\x18\x03 \x01(\x04\x12\x11\n\tevictions\x18\x04 \x01(\x04\"b\n\nWriteChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x16\n\x0e\x63hunk_checksum\x18\x05 \x01(\x04\"#\n\nWriteReply\x12\x15\n\rbytes_written\x18\x01 \x01(\x04\"?\n\x0bReadRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"\x19\n\tReadChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\";\n\tWriteItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"A\n\x11\x42\x61tchWriteRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.WriteItem\"B\n\x10\x42\x61tchReadRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.splitserve.kvstore.ReadRequest\"\x1e\n\x0e\x42\x61tchReadReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\":\n\x08SealItem\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\x0bSealRequest\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.splitserve.kvstore.SealItem\"=\n\x0bItemResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.splitserve.kvstore.KeyResult*\x89\x01\n\x08PutState\x12\x19\n\x15PUT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11PUT_STATE_STARTED\x10\x01\x12\x1c\n\x18PUT_STATE_ALREADY_EXISTS\x10\x02\x12\x17\n\x13PUT_STATE_IN_FLIGHT\x10\x03\x12\x14\n\x10PUT_STATE_FAILED\x10\x04\x32\xfb\n\n\x06Master\x12^\n\x0cRegisterNode\x12\'.splitserve.kvstore.RegisterNodeRequest\x1a%.splitserve.kvstore.RegisterNodeReply\x12U\n\tHeartbeat\x12$.splitserve.kvstore.HeartbeatRequest\x1a\".splitserve.kvstore.HeartbeatReply\x12W\n\rBatchPutStart\x12#.splitserve.kvstore.PutStartRequest\x1a!.splitserve.kvstore.PutStartReply\x12V\n\x0e\x42\x61tchPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12T\n\rBatchPutAbort\x12#.splitserve.kvstore.PutAbortRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12I\n\x08\x42\x61tchGet\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1c.splitserve.kvstore.GetReply\x12O\n\x0b\x42\x61tchExists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12Z\n\rWaitCommitted\x12(.splitserve.kvstore.WaitCommittedRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12N\n\x0b\x42\x61tchRemove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12K\n\x08\x42\x61tchPin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12M\n\nBatchUnpin\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1e.splitserve.kvstore.KeyResults\x12P\n\x08PutStart\x12 .splitserve.kvstore.PutStartItem\x1a\".splitserve.kvstore.PutStartResult\x12P\n\tPutCommit\x12$.splitserve.kvstore.PutCommitRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12J\n\x03Get\x12\x1f.splitserve.kvstore.KeysRequest\x1a\".splitserve.kvstore.ObjectLocation\x12J\n\x06\x45xists\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1f.splitserve.kvstore.ExistsReply\x12H\n\x06Remove\x12\x1f.splitserve.kvstore.KeysRequest\x1a\x1d.splitserve.kvstore.KeyResult\x12I\n\x05Stats\x12 .splitserve.kvstore.StatsRequest\x1a\x1e.splitserve.kvstore.StatsReply2\x99\x03\n\x0bStorageNode\x12I\n\x05Write\x12\x1e.splitserve.kvstore.WriteChunk\x1a\x1e.splitserve.kvstore.WriteReply(\x01\x12H\n\x04Read\x12\x1f.splitserve.kvstore.ReadRequest\x1a\x1d.splitserve.kvstore.ReadChunk0\x01\x12T\n\nBatchWrite\x12%.splitserve.kvstore.BatchWriteRequest\x1a\x1f.splitserve.kvstore.ItemResults\x12U\n\tBatchRead\x12$.splitserve.kvstore.BatchReadRequest\x1a\".splitserve.kvstore.BatchReadReply\x12H\n\x04Seal\x12\x1f.splitserve.kvstore.SealRequest\x1a\x1f.splitserve.kvstore.ItemResultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'splitserve.rpc.kvstore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTSTATE']._serialized_start=2197
-  _globals['_PUTSTATE']._serialized_end=2334
+  _globals['_PUTSTATE']._serialized_start=2254
+  _globals['_PUTSTATE']._serialized_end=2391
   _globals['_REGISTERNODEREQUEST']._serialized_start=53
   _globals['_REGISTERNODEREQUEST']._serialized_end=184
   _globals['_REGISTERNODEREPLY']._serialized_start=186
@@ -67,36 +67,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETREPLY']._serialized_end=1310
   _globals['_EXISTSREPLY']._serialized_start=1312
   _globals['_EXISTSREPLY']._serialized_end=1341
-  _globals['_STATSREQUEST']._serialized_start=1343
-  _globals['_STATSREQUEST']._serialized_end=1357
-  _globals['_NODESTATS']._serialized_start=1359
-  _globals['_NODESTATS']._serialized_end=1436
-  _globals['_STATSREPLY']._serialized_start=1438
-  _globals['_STATSREPLY']._serialized_end=1554
-  _globals['_WRITECHUNK']._serialized_start=1556
-  _globals['_WRITECHUNK']._serialized_end=1654
-  _globals['_WRITEREPLY']._serialized_start=1656
-  _globals['_WRITEREPLY']._serialized_end=1691
-  _globals['_READREQUEST']._serialized_start=1693
-  _globals['_READREQUEST']._serialized_end=1756
-  _globals['_READCHUNK']._serialized_start=1758
-  _globals['_READCHUNK']._serialized_end=1783
-  _globals['_WRITEITEM']._serialized_start=1785
-  _globals['_WRITEITEM']._serialized_end=1844
-  _globals['_BATCHWRITEREQUEST']._serialized_start=1846
-  _globals['_BATCHWRITEREQUEST']._serialized_end=1911
-  _globals['_BATCHREADREQUEST']._serialized_start=1913
-  _globals['_BATCHREADREQUEST']._serialized_end=1979
-  _globals['_BATCHREADREPLY']._serialized_start=1981
-  _globals['_BATCHREADREPLY']._serialized_end=2011
-  _globals['_SEALITEM']._serialized_start=2013
-  _globals['_SEALITEM']._serialized_end=2071
-  _globals['_SEALREQUEST']._serialized_start=2073
-  _globals['_SEALREQUEST']._serialized_end=2131
-  _globals['_ITEMRESULTS']._serialized_start=2133
-  _globals['_ITEMRESULTS']._serialized_end=2194
-  _globals['_MASTER']._serialized_start=2337
-  _globals['_MASTER']._serialized_end=3648
-  _globals['_STORAGENODE']._serialized_start=3651
-  _globals['_STORAGENODE']._serialized_end=4060
+  _globals['_WAITCOMMITTEDREQUEST']._serialized_start=1343
+  _globals['_WAITCOMMITTEDREQUEST']._serialized_end=1398
+  _globals['_STATSREQUEST']._serialized_start=1400
+  _globals['_STATSREQUEST']._serialized_end=1414
+  _globals['_NODESTATS']._serialized_start=1416
+  _globals['_NODESTATS']._serialized_end=1493
+  _globals['_STATSREPLY']._serialized_start=1495
+  _globals['_STATSREPLY']._serialized_end=1611
+  _globals['_WRITECHUNK']._serialized_start=1613
+  _globals['_WRITECHUNK']._serialized_end=1711
+  _globals['_WRITEREPLY']._serialized_start=1713
+  _globals['_WRITEREPLY']._serialized_end=1748
+  _globals['_READREQUEST']._serialized_start=1750
+  _globals['_READREQUEST']._serialized_end=1813
+  _globals['_READCHUNK']._serialized_start=1815
+  _globals['_READCHUNK']._serialized_end=1840
+  _globals['_WRITEITEM']._serialized_start=1842
+  _globals['_WRITEITEM']._serialized_end=1901
+  _globals['_BATCHWRITEREQUEST']._serialized_start=1903
+  _globals['_BATCHWRITEREQUEST']._serialized_end=1968
+  _globals['_BATCHREADREQUEST']._serialized_start=1970
+  _globals['_BATCHREADREQUEST']._serialized_end=2036
+  _globals['_BATCHREADREPLY']._serialized_start=2038
+  _globals['_BATCHREADREPLY']._serialized_end=2068
+  _globals['_SEALITEM']._serialized_start=2070
+  _globals['_SEALITEM']._serialized_end=2128
+  _globals['_SEALREQUEST']._serialized_start=2130
+  _globals['_SEALREQUEST']._serialized_end=2188
+  _globals['_ITEMRESULTS']._serialized_start=2190
+  _globals['_ITEMRESULTS']._serialized_end=2251
+  _globals['_MASTER']._serialized_start=2394
+  _globals['_MASTER']._serialized_end=3797
+  _globals['_STORAGENODE']._serialized_start=3800
+  _globals['_STORAGENODE']._serialized_end=4209
 # @@protoc_insertion_point(module_scope)

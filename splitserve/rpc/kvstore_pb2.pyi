@@ -178,6 +178,14 @@ class ExistsReply(_message.Message):
     exists: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, exists: _Optional[_Iterable[bool]] = ...) -> None: ...
 
+class WaitCommittedRequest(_message.Message):
+    __slots__ = ("keys", "timeout_s")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -69,6 +69,11 @@ class MasterStub:
                 request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
                 response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
                 _registered_method=True)
+        self.WaitCommitted = channel.unary_unary(
+                '/splitserve.kvstore.Master/WaitCommitted',
+                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
+                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+                _registered_method=True)
         self.BatchRemove = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchRemove',
                 request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
@@ -159,6 +164,13 @@ class MasterServicer:
 
     def BatchExists(self, request, context):
         """never extends a lease
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitCommitted(self, request, context):
+        """answers at the commit, not at a poll
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,6 +268,11 @@ def add_MasterServicer_to_server(servicer, server):
             'BatchExists': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchExists,
                     request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
+            ),
+            'WaitCommitted': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitCommitted,
+                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.FromString,
                     response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
             ),
             'BatchRemove': grpc.unary_unary_rpc_method_handler(
@@ -492,6 +509,33 @@ class Master:
             target,
             '/splitserve.kvstore.Master/BatchExists',
             splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitCommitted(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.kvstore.Master/WaitCommitted',
+            splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
             splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
             options,
             channel_credentials,
@@ -811,7 +855,9 @@ class StorageNodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Seal(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Check bytes a same-host client wrote into the segment. Our client seals its own writes (two round
+        trips per put, kvstore/transfer.py); this stays for other clients and tools.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

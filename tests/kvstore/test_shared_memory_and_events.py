@@ -109,3 +109,29 @@ def test_a_same_host_read_that_outlives_its_lease_is_verified_and_a_changed_obje
             start = segment.tobytes().find(data[:4096])
             segment[start + 100] ^= 0xFF
             assert client.get_into(["obj"], [bytearray(len(data))]) == [False]
+
+
+def test_a_starting_node_removes_segments_of_killed_nodes_and_keeps_live_ones(tmp_path):
+    import subprocess
+    import sys
+
+    from kvstore.segment import SEGMENT_PREFIX, SHM_DIR
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    orphan = os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}-{gone.pid}-testorphan")
+    live = os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}-{alive.pid}-testlive")
+    try:
+        for path in (orphan, live):
+            with open(path, "wb") as f:
+                f.truncate(1 << 20)
+        with EmbeddedStore(1 << 20):
+            assert not os.path.exists(orphan)  # a SIGKILLed node's memory is given back to tmpfs
+            assert os.path.exists(live)  # a running node's segment is never touched
+    finally:
+        alive.kill()
+        alive.wait()
+        for path in (orphan, live):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -179,7 +179,7 @@ def test_the_backend_flag_and_the_address_choose_the_store():
     with pytest.raises(InvalidRequest, match="unknown option"):
         open_store("mooncake://m:1?protcol=tcp")
     with pytest.raises(NoStorageNodes, match="cannot reach the Mooncake master"):
-        open_store("mooncake://127.0.0.1:1")
+        open_store("mooncake://127.0.0.1:1?wait=0.3")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

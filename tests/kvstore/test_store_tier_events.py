@@ -62,3 +62,42 @@ def test_the_announced_set_is_bounded_and_the_oldest_blocks_are_announced_remove
     finally:
         subscriber.close()
         store.close()
+
+
+def test_a_prefill_workers_announcements_on_its_own_stream_are_filed_under_the_store_tier(mooncake_url: str):
+    """What a serving prefill worker does (kv_transfer/store.py): Mooncake writes announced on the
+    worker's own event stream, beside its GPU blocks; the router files "store" blocks under the
+    store tier (scheduler's store hit) and the rest under the worker."""
+    from contracts.kv_events import BlockStored
+    from kvstore.events import KVEventPublisher
+
+    gpu_keys = block_keys(list(range(1000, 1000 + 16 * 2)), LAYOUT.model_fingerprint)
+    worker_state: dict[str, list] = {"gpu": list(gpu_keys)}
+    store: AnnouncingStore | None = None
+
+    def snapshot() -> dict[str, list]:
+        return {**worker_state, **(store.snapshot() if store is not None else {})}
+
+    publisher = KVEventPublisher("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "prefill-0", snapshot)
+    store = AnnouncingStore(open_store(mooncake_url), publisher=publisher)
+    index = PrefixIndex()
+    subscriber = KVEventSubscriber(index, snapshot_timeout_s=2.0)
+    subscriber.start()
+    late = KVEventSubscriber(late_index := PrefixIndex(), snapshot_timeout_s=2.0)
+    try:
+        subscriber.add_publisher("prefill-0", publisher.pub_endpoint, publisher.snapshot_endpoint)
+        assert subscriber.wait_for(lambda: subscriber.is_synced("prefill-0"))
+        publisher.publish([BlockStored(keys=list(gpu_keys), block_size=16, medium="gpu")])
+        assert all(r.ok for r in store.put_blocks(LAYOUT, {k: ROWS[i] for i, k in enumerate(KEYS)}).values())
+        assert subscriber.wait_for(lambda: index.match(KEYS) == {"kvstore": 6})
+        assert index.match(gpu_keys) == {"prefill-0": 2}
+
+        late.start()  # a router that joins later: the worker's snapshot carries both tiers
+        late.add_publisher("prefill-0", publisher.pub_endpoint, publisher.snapshot_endpoint)
+        assert late.wait_for(lambda: late_index.match(KEYS) == {"kvstore": 6})
+        assert late_index.match(gpu_keys) == {"prefill-0": 2}
+    finally:
+        late.close()
+        subscriber.close()
+        store.close()
+        publisher.close()

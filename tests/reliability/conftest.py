@@ -21,3 +21,13 @@ def stack(model: str, tmp_path_factory: pytest.TempPathFactory):
     assert stack.stop() == 0, stack.tail()
 
 
+@pytest.fixture(scope="session")
+def mooncake_stack(model: str, tmp_path_factory: pytest.TempPathFactory):
+    """The same stack with Mooncake Store in place of ours (`up --kvstore-backend mooncake`)."""
+    stack = start_up(model, tmp_path_factory.mktemp("fault-stack-mooncake"), "--prefill", "1", "--decode", "2",
+                     "--colocate-threshold", "16", "--kv-transport", "store", "--kvstore-backend", "mooncake",
+                     "--kvstore-capacity", "64MiB")  # fmt: skip
+    yield stack
+    assert stack.stop() == 0, stack.tail()
+
+

@@ -2,7 +2,8 @@
 
 - SIGKILL of `up`: no process of the stack survives (checked by pid, engine cores included).
 - SIGKILL of the kvstore node, then of the master, under load: requests keep completing
-  (colocated recompute), `up` restarts the component, and the store is written to again.
+  (colocated recompute), `up` restarts the component, and the store is written to again; the node
+  also on Mooncake Store (`up --kvstore-backend mooncake`: its mooncake_client memory node).
 - SIGSTOP of a decode worker under load: no request waits longer than the stall bound
   (5 s of silence) plus slack; what fails says why; after SIGCONT the worker serves again,
   and once the load stops no worker holds a request or a KV block.
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import pytest
 from bench.fault_load import Load, alive, descendants, metric, start_up, wait_for
+from kv_transfer.peer_pool import remove_orphaned_pools
+from kvstore.segment import remove_orphaned_segments
 
 pytestmark = pytest.mark.slow
 
 RECEIVED = "splitserve_kvstore_received_bytes_total"
+MOONCAKE_COMMITTED = "master_batch_put_end_items_total"  # mooncake_master's count of committed objects
 LONGEST_REQUEST_S = 25.0  # a probe may wait out the decode worker's KV wait (10 s) and then recompute
 STALL_BOUND_S = 5.0  # the router's default --stall-timeout
 STOP_S = 25.0  # how long the decode worker stays stopped
@@ -29,6 +33,7 @@ WORKER_BUSY = ("splitserve_worker_running_requests", "splitserve_worker_waiting_
 
 def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -> None:
     stack = start_up(model, tmp_path, "--prefill", "1", "--decode", "1")
+    tree: set[int] = set()
     try:
         tree = descendants(stack.process.pid)
         # components + an engine core under each worker (+ multiprocessing's resource trackers)
@@ -39,11 +44,19 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
     finally:
         for pid in descendants(stack.process.pid):  # nothing should be left; never leak into other tests
             os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(alive(pid) for pid in tree), 15, "the killed processes exited")
+        # the killed node and prefill worker could not unlink their shared memory: what a restart would sweep
+        remove_orphaned_segments()
+        remove_orphaned_pools()
 
 
-@pytest.mark.parametrize("victim", ["kvstore-node", "kvstore-master"])
-def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, victim: str) -> None:
+@pytest.mark.parametrize(("backend", "victim"), [("ours", "kvstore-node"), ("ours", "kvstore-master"),
+                                                  ("mooncake", "kvstore-node"), ("mooncake", "kvstore-master")])  # fmt: skip
+def test_a_killed_store_component_fails_no_request_and_is_used_again(request: pytest.FixtureRequest, backend: str,
+                                                                     victim: str) -> None:
+    stack = request.getfixturevalue("stack" if backend == "ours" else "mooncake_stack")
     master_metrics = stack.state["metrics"]["kvstore-master"]
+    written_metric = RECEIVED if backend == "ours" else MOONCAKE_COMMITTED
     load = Load(stack.url, concurrency=2).start()
     try:
         wait_for(lambda: load.ok_since(0) >= 4, 60, "requests complete before the fault")
@@ -51,8 +64,8 @@ def test_a_killed_store_component_fails_no_request_and_is_used_again(stack, vict
         killed = time.monotonic()
         os.kill(old_pid, signal.SIGKILL)
         wait_for(lambda: stack.reload()["pids"][victim] != old_pid, 30, f"`up` restarted {victim}")
-        written = metric(master_metrics, RECEIVED) if victim == "kvstore-node" else 0.0
-        wait_for(lambda: metric(master_metrics, RECEIVED) > written, 60, "the store receives KV blocks again")
+        written = metric(master_metrics, written_metric) if victim == "kvstore-node" else 0.0
+        wait_for(lambda: metric(master_metrics, written_metric) > written, 60, "the store receives KV blocks again")
         recovered = time.monotonic()
         wait_for(lambda: load.ok_since(recovered) >= 4, 60, "requests complete after recovery")
     finally:

@@ -63,3 +63,15 @@ def test_unrelated_prompt_matches_nothing():
     index.store("w1", chain(list(range(16))))
     assert index.match(chain(list(range(100, 116)))) == {}
     assert index.match([]) == {}
+
+
+def test_a_publisher_that_joins_after_another_was_cleared_holds_only_its_own_blocks():
+    keys = chain(list(range(32)))
+    index = PrefixIndex()
+    index.store("gone", keys)
+    index.store("stays", keys[:2])
+    index.clear("gone")  # its slot is reused by the next publisher
+    index.store("new", keys[:1])
+    assert index.match(keys) == {"stays": 2, "new": 1}
+    assert index.num_blocks() == 2 and index.keys_of("gone") == set()
+

@@ -32,7 +32,7 @@ def test_prefill_saturation_is_queued_tokens_over_the_schedulers_saturation_poin
 
 def test_prefill_saturation_counts_work_the_router_sent_but_the_worker_has_not_reported() -> None:
     worker = prefill(0)
-    worker.inflight_prefill_tokens = 10_000
+    worker.charge(10_000, 0)
     assert worker_saturation(worker, SchedulerConfig(prefill_saturation_tokens=10_000)) == 1.0
 
 

@@ -234,3 +234,14 @@ def test_a_later_turn_runs_on_the_decode_worker_holding_the_conversation_when_th
     index.store("p1", req.block_keys)  # the prefill worker holds all of it: no reason to load d2
     d = sched.decide(req, prefill, [worker("d1", Role.DECODE), worker("d2", Role.DECODE)])
     assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "p1")
+
+
+def test_a_workers_load_reflects_a_poll_or_a_charge_at_once_whichever_is_larger():
+    w = worker("p1", Role.PREFILL, queued_prefill_tokens=500, running_requests=2)
+    w.charge(1_000, 1)  # placed by this router, not yet in a poll
+    assert (w.queued_prefill_tokens, w.active_requests) == (1_000, 2)
+    w.update_load(WorkerLoad(worker_id="p1-id", queued_prefill_tokens=3_000, running_requests=4, total_kv_blocks=1000))
+    assert (w.queued_prefill_tokens, w.active_requests, w.worker_id) == (3_000, 4, "p1-id")
+    w.release(1_000, 1)
+    w.update_load(WorkerLoad(worker_id="p1-id", total_kv_blocks=1000, active_kv_blocks=250))
+    assert (w.queued_prefill_tokens, w.active_requests, w.kv_fraction) == (0, 0, 0.25)

@@ -66,3 +66,14 @@ async def test_a_dead_worker_leaves_the_pool_and_comes_back_when_healthy():
     finally:
         await pool.close()
         await server.stop(None)
+
+
+async def test_a_workers_stub_is_reused_and_dropped_when_the_worker_leaves():
+    pool = WorkerPool()
+    pool.apply(DiscoveryEvent(Change.ADDED, Role.DECODE, "127.0.0.1:1"))
+    stub = pool.stub("127.0.0.1:1", worker_pb2_grpc.DecodeServiceStub)
+    assert pool.stub("127.0.0.1:1", worker_pb2_grpc.DecodeServiceStub) is stub
+    pool.apply(DiscoveryEvent(Change.REMOVED, Role.DECODE, "127.0.0.1:1"))
+    pool.apply(DiscoveryEvent(Change.ADDED, Role.DECODE, "127.0.0.1:1"))
+    assert pool.stub("127.0.0.1:1", worker_pb2_grpc.DecodeServiceStub) is not stub  # a new channel, a new stub
+    await pool.close()

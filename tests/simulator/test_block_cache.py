@@ -46,3 +46,14 @@ def test_blocks_of_running_requests_are_never_evicted_and_a_full_cache_refuses()
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="capacity"):
         BlockCache(0)
+
+
+def test_blocks_released_as_evict_first_are_evicted_before_older_ones():
+    cache = BlockCache(4)
+    old, copy = [b"o1", b"o2"], [b"c1", b"c2"]
+    cache.allocate(old, 0)
+    cache.release(old, 0)
+    cache.allocate(copy, 0)
+    cache.release(copy, 0, evict_first=set(copy))  # newer, but a copy another worker holds
+    assert cache.allocate([b"n1"], 0).evicted == [b"c2"]  # the copy's deepest block goes first
+    assert cache.match(old) == 2 and cache.match(copy) == 1

@@ -1,5 +1,6 @@
 """Prefill worker -> KV transport -> decode worker gives exactly the colocated engine's tokens,
-through each transport: the device-direct pull (prefill A) and the store (prefill B)."""
+through each transport: the device-direct pull (prefill A) and the store (prefill B), the store
+being ours or Mooncake Store."""
 
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def transferred_bytes(worker: WorkerProcess, transport: str) -> float:
                and f'transport="{transport}"' in line)
 
 
-@pytest.mark.parametrize("transport", list(TRANSPORTS))
+@pytest.mark.parametrize(("transport", "backend_stack"), [("direct", "ours"), ("store", "ours"), ("store", "mooncake")],
+                         indirect=["backend_stack"])  # fmt: skip
 @pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "seeded"])
-def test_disaggregated_output_equals_colocated_output(stack, reference, temperature: float, transport: str) -> None:
-    requests = mixed_requests(f"eq{temperature}-{transport}", 50, temperature)
+def test_disaggregated_output_equals_colocated_output(backend_stack, reference, temperature: float, transport: str) -> None:
+    stack = backend_stack.workers
+    requests = mixed_requests(f"eq{temperature}-{transport}-{backend_stack.backend}", 50, temperature)
     expected = colocated(reference, [(rid, prompt, params) for rid, prompt, _, params in requests])
     prefill, decode = stack[TRANSPORTS[transport]], stack["decode"]
     other = "store" if transport == "direct" else "direct"
@@ -81,7 +84,9 @@ def test_disaggregated_output_equals_colocated_output(stack, reference, temperat
         assert last.num_cached_tokens == len(prompt)  # the decode worker computed no prompt token
 
 
-def test_prefix_prefilled_on_worker_a_is_reused_by_worker_b_through_store(stack, reference) -> None:
+@pytest.mark.parametrize("backend_stack", ["ours", "mooncake"], indirect=True)
+def test_prefix_prefilled_on_worker_a_is_reused_by_worker_b_through_store(backend_stack, reference) -> None:
+    stack = backend_stack.workers
     rng = random.Random(5)
     shared = [rng.randrange(3, 384) for _ in range(70)]  # 4 full blocks + a tail of 6
     suffix = [rng.randrange(3, 384) for _ in range(20)]

@@ -8,13 +8,14 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from worker_processes import KV_WAIT_S, colocated
 from engine.sampling_params import SamplingParams
 from kv_transfer.store import tail_key
-from kvstore.block_key import KVLayout, block_keys, store_key
-from kvstore.sync_client import KVStoreClient
+from kvstore.backend import StoreBackend, open_store
+from kvstore.block_key import KVLayout, block_keys
 from splitserve.rpc import worker_pb2 as pb
 
 GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
@@ -28,7 +29,7 @@ def _all_keys(handle: pb.KVHandle) -> list[bytes]:
     return list(handle.block_keys) + ([handle.tail_key] if handle.tail_key else [])
 
 
-def _wait_committed(client: KVStoreClient, layout: KVLayout, keys: list[bytes], timeout_s: float = 20.0) -> None:
+def _wait_committed(client: StoreBackend, layout: KVLayout, keys: list[bytes], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(client.blocks_exist(layout, keys)):
         assert time.monotonic() < deadline, "the prefill worker's blocks never reached the store"
@@ -43,26 +44,29 @@ def _generate(stack, rid: str, prompt: list[int], handle: pb.KVHandle, first: in
         return [t for chunk in decode.stub(ch).Generate(request, timeout=60) for t in chunk.token_ids]
 
 
-def test_decode_waits_for_blocks_written_after_the_answer(stack, store, reference) -> None:
+@pytest.mark.parametrize("backend_stack", ["ours", "mooncake"], indirect=True)
+def test_decode_waits_for_blocks_written_after_the_answer(backend_stack, reference) -> None:
+    stack = backend_stack.workers  # ours: the master answers the wait at the commit; Mooncake: the reader polls
     prompt = [(i * 37 + 11) % 380 + 3 for i in range(70)]  # 4 full blocks + a tail, not seen by decode before
     prefill = stack["prefill_b"]  # store transport: the decode worker reads the store
     with prefill.channel() as ch:
         first = prefill.stub(ch).Prefill(pb.PrefillRequest(request_id="pending-kv", prompt_token_ids=prompt,
                                                            sampling=GREEDY), timeout=60)
     handle, keys = first.kv_handle, _all_keys(first.kv_handle)
-    with KVStoreClient(store.address) as client:
+    with open_store(backend_stack.kvstore) as client:
         layout = _layout(handle)
         _wait_committed(client, layout, keys)
-        blocks = client.get_blocks(layout, keys)
+        rows = np.empty((len(keys), reference.runner.transfer_spec.bytes_per_block), np.uint8)
+        assert all(client.get_blocks_into(layout, keys, list(rows)))
         # take the last blocks out of the store, as if their puts had not committed yet
         late = keys[2:]
-        assert all(client.remove([store_key(layout, k) for k in late]))
+        assert all(client.remove_blocks(layout, late))
         assert client.blocks_exist(layout, keys) == [True, True] + [False] * len(late)
         handle.blocks_pending = True
 
         def put_later() -> None:
             time.sleep(0.8)
-            client.put_blocks(layout, {k: b for k, b in zip(keys, blocks) if k in late})
+            client.put_blocks(layout, {k: rows[i] for i, k in enumerate(keys) if k in late})
 
         writer = threading.Thread(target=put_later)
         writer.start()

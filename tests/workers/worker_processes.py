@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contracts.ports import free_port
+from contracts.ports import free_port, free_port_pair
 from splitserve.rpc import worker_pb2_grpc as pb_grpc
+
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine
@@ -56,7 +57,7 @@ class WorkerProcess:
 
 
 def start_worker(role: str, model: str, kvstore: str, worker_id: str, *extra: str) -> WorkerProcess:
-    port, metrics, events = free_port(), free_port(), free_port()
+    port, metrics, events = free_port(), free_port(), free_port_pair()  # KV events on P, snapshots on P + 1
     argv = [sys.executable, "-m", "splitserve.cli", role, "--model", model, "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", str(metrics), "--kv-events-port", str(events),
             "--worker-id", worker_id, "--kv-cache-bytes", "16MiB", "--drain-timeout", "10", *extra]
