@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +12,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from grpc_tools import protoc
 
+from contracts.ports import free_port
 from kvstore.block_key import block_keys
 from router.config import RouterConfig
 from router.discovery import Change, DiscoveryEvent
@@ -196,9 +196,7 @@ async def test_the_router_app_serves_the_picker_for_its_lifetime(model_dir: path
     from router.ext_proc import serve_picker_with
     from router.openai_api import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = RouterConfig(model_dir=str(model_dir), served_model_name="default", model_fingerprint=FINGERPRINT)
     app = create_app(config, start_workers=False)
     serve_picker_with(app, "127.0.0.1", port, target_port=TARGET_PORT)

@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from contracts.ports import free_port
 from router.config import RouterConfig
 from router.openai_api import create_app
 from router.tenancy import cache_salt_for
@@ -105,9 +106,7 @@ def test_ready_fails_while_no_decode_worker_is_ready(client) -> None:
 
 def test_a_body_that_trickles_in_too_slowly_gets_408_and_the_connection_closes(model_dir) -> None:
     app = create_app(RouterConfig(str(model_dir), served_model_name="tiny", body_timeout_s=0.5), start_workers=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
