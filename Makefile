@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROTOS := $(wildcard proto/splitserve/rpc/*.proto) $(wildcard proto/splitserve/rpc/envoy/*.proto)
+PROTOS := $(wildcard proto/contracts/rpc/*.proto) $(wildcard proto/contracts/rpc/envoy/*.proto)
 
 .PHONY: setup demo demo-mooncake test test-fast lint protos bench-cpu clean prometheus
 

@@ -38,7 +38,7 @@ def kind_of(name: str) -> str:
 
 
 def prefill(engine, batch: int, prompt_len: int, steps: int) -> None:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     rng = random.Random(batch)
     # every request must outlive the prefill steps (chunked: early prompts decode meanwhile) and the timed steps
@@ -112,7 +112,7 @@ def phase_times(engine, torch, steps: int) -> dict:
 
 
 def prefill_profiles(engine, torch, cases: str, json_path: str | None) -> None:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     results = []
     for case in cases.split(","):

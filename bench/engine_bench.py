@@ -81,7 +81,7 @@ def sync(torch) -> None:
 
 
 def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight_bytes: int) -> dict:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     vocab = engine.runner.vocab_size
     rng = random.Random(batch * 7919 + prompt_len)
@@ -171,7 +171,7 @@ def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[
 
 def check_graphs(engine, torch, output_len: int = 32) -> dict:
     """Greedy tokens with eager decode steps vs graph replays (batches 1, 5 and 19: exact and padded buckets)."""
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     runner = engine.runner
     if runner.graphs is None:

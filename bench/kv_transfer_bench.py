@@ -26,7 +26,8 @@ import torch
 
 from engine.block_copy import _copy_triton, copy_blocks
 from engine.kv_cache import KVCache, KVCacheSpec
-from kv_transfer.peer_pool import PoolDescriptor, describe_pool, open_pool
+from contracts.kv_handle import PoolDescriptor
+from kv_transfer.peer_pool import describe_pool, open_pool
 
 
 def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:

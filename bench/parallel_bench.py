@@ -38,7 +38,7 @@ def greedy(model: str, max_tokens: int, **kw) -> list[list[int]]:
 
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     engine = LLMEngine(EngineConfig(model=model, dtype="float32", num_kv_blocks=256, **kw))
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import grpc
 
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 @dataclass(slots=True)

@@ -214,7 +214,7 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     import grpc
 
     from bench.raw_http import BlockingClient, encode_post
-    from splitserve.rpc import worker_pb2, worker_pb2_grpc
+    from contracts.rpc import worker_pb2, worker_pb2_grpc
 
     prompt = list(range(100, 100 + args.prompt_len))
     channel = grpc.insecure_channel(state["decode"][0])

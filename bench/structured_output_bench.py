@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
     from engine.make_model import make_model
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     model = args.model or str(make_model("llama", tempfile.mkdtemp(prefix="so-bench-"), size="small"))
     engine = LLMEngine(EngineConfig(model=model, load_format=args.load_format, kv_cache_bytes=256 << 20))

@@ -7,7 +7,7 @@ Events are tagged arrays (msgspec ``array_like`` + ``tag``, as vLLM's ``KVCacheE
     ["BlockRemoved", [key, ...], medium]
     ["AllBlocksCleared"]
 A subscriber that sees a gap in ``seq`` asks the publisher's snapshot socket
-(ZMQ REP, kvstore/events.py) for the full state: msgpack([seq, {medium: [key, ...]}]); every
+(ZMQ REP, kvstore/event_publisher.py) for the full state: msgpack([seq, {medium: [key, ...]}]); every
 event with a sequence number above ``seq`` then applies on top of it.
 Events are built by keyword (``kw_only``): the field order is the wire order, not an API.
 """

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from engine.errors import EngineError, UnknownRequest
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from contracts.engine_core import ErrorKind, FromCore, RequestError
+from contracts.sampling import SamplingParams
+from contracts.core_messages import ErrorKind, FromCore, RequestError
 from kv_transfer.connector import KVConnector, KVLoad
 from kv_transfer.direct import DirectConnector, DirectLoad
-from kv_transfer.handle import KVHandle
+from contracts.kv_handle import KVHandle
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from contracts.engine_core import AddRequest, ErrorKind, ImportRequest, RequestDelta
-from engine.sampling_params import from_proto as sampling_from_proto
+from contracts.core_messages import AddRequest, ErrorKind, ImportRequest, RequestDelta
+from contracts.sampling import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from kv_transfer.handle import KVHandle
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.kv_handle import KVHandle
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     llm = LLM(args.model, tensor_parallel_size=args.tensor_parallel_size, expert_parallel=args.expert_parallel,
               distributed_executor=args.distributed_executor)

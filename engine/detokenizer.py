@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 _REPLACEMENT_CHAR = "\ufffd"
 _PROMPT_CONTEXT_TOKENS = 5  # prompt tokens decoded as context before the first output

@@ -38,7 +38,7 @@ from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
 from engine.step_codec import step_plan
-from splitserve.lifeline import run_tied
+from contracts.lifeline import run_tied
 
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 
 class LLM:

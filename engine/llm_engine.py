@@ -26,10 +26,10 @@ from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
 from engine.model_runner import ModelRunner
-from contracts.engine_core import EngineLoad, TokenLogprob
+from contracts.core_messages import EngineLoad, TokenLogprob
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampler import Sampler, SamplerOutput
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarState

@@ -1,10 +1,10 @@
-"""What the engine hands back per request and step (its load report: contracts/engine_core.py EngineLoad)."""
+"""What the engine hands back per request and step (its load report: contracts/core_messages.py EngineLoad)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.engine_core import TokenLogprob
+from contracts.core_messages import TokenLogprob
 
 
 @dataclass(slots=True)

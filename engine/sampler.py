@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 _MIN_NOISE = 1e-20  # Exp(1) draws may round to 0; 0/0 would be NaN and win argmax

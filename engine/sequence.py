@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from engine.kv_source import KVSource
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from engine.structured_output import GrammarState
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from engine.sampling_params import InvalidSamplingParams
+from contracts.sampling import InvalidSamplingParams
 
 BITS_PER_WORD = 32
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.kv_source import KVSource
-from kv_transfer.handle import KVHandle
+from contracts.kv_handle import KVHandle
 from kvstore.block_key import BlockKey
 
 

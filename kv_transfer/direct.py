@@ -23,8 +23,8 @@ import zmq
 
 from engine.kv_source import KVBlockSink
 from kv_transfer.connector import ExportJob
-from kv_transfer.handle import DirectOffer, KVHandle
-from kv_transfer.peer_pool import PeerPools, PeerPoolUnavailable, PoolDescriptor, describe_pool, host_identity
+from contracts.kv_handle import DirectOffer, KVHandle
+from kv_transfer.peer_pool import PeerPools, PeerPoolUnavailable, describe_pool, host_identity, parse_descriptor
 from kv_transfer.release import ReleaseInbox, ReleaseSender
 
 LEASE_MARGIN_S = 2.0  # a reader starts a copy only with at least this much lease left
@@ -156,7 +156,7 @@ class DirectConnector:
         if handle.direct is None or handle.tp_size != 1:
             return False
         try:
-            return PoolDescriptor.decode(handle.direct.pool).host == self.host
+            return parse_descriptor(handle.direct.pool).host == self.host
         except RuntimeError:
             return False
 

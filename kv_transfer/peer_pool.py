@@ -15,11 +15,11 @@ import glob
 import os
 import socket
 import threading
-from typing import Any
-
 import msgspec
 import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
+
+from contracts.kv_handle import PoolDescriptor
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "splitserve-kvpool-"
@@ -45,26 +45,11 @@ def device_identity(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
-class PoolDescriptor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """What a reader needs to map a peer's pool (the ``pool`` bytes of a direct offer)."""
-
-    host: str
-    device: str  # CUDA device uuid, or "cpu"
-    shape: list[int]
-    dtype: str
-    owner_pid: int  # the process that owns the pool: once it is gone its handles are refused
-    shm_file: str = ""  # CPU pools
-    cuda_ipc: list[Any] | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
-
-    def encode(self) -> bytes:
-        return msgspec.msgpack.encode(self)
-
-    @classmethod
-    def decode(cls, data: bytes) -> PoolDescriptor:
-        try:
-            return msgspec.msgpack.decode(data, type=cls)
-        except msgspec.DecodeError as exc:
-            raise PeerPoolUnavailable(f"malformed KV pool descriptor: {exc}") from exc
+def parse_descriptor(data: bytes) -> PoolDescriptor:
+    try:
+        return PoolDescriptor.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PeerPoolUnavailable(f"malformed KV pool descriptor: {exc}") from exc
 
 
 def shm_pool_path(worker_id: str, epoch: str) -> str:
@@ -158,7 +143,7 @@ class PeerPools:
         self._lock = threading.Lock()  # maps are opened on transfer threads
 
     def get(self, peer: str, epoch: str, descriptor: bytes) -> torch.Tensor:
-        desc = PoolDescriptor.decode(descriptor)
+        desc = parse_descriptor(descriptor)
         if not process_alive(desc.owner_pid):
             self.prune()
             raise PeerPoolUnavailable(f"the peer {peer} that owns this KV pool exited (pid {desc.owner_pid})")

@@ -15,14 +15,9 @@ from collections import OrderedDict
 import msgspec
 import zmq
 
+from contracts.kv_handle import Release
+
 MAX_PEERS = 64  # PUSH sockets kept open; the least recently used goes first
-
-
-class Release(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """Decode -> prefill: the reader is done with this hold."""
-
-    transfer_id: str
-    epoch: str
 
 
 _decoder = msgspec.msgpack.Decoder(Release)

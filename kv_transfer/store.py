@@ -35,11 +35,11 @@ import torch
 from engine.kv_cache import KVCacheSpec
 from engine.kv_source import KVRows
 from kv_transfer.connector import ExportJob
-from kv_transfer.handle import KVHandle
+from contracts.kv_handle import KVHandle
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
 from kvstore.backend import StoreBackend, open_store
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.mooncake_url import is_mooncake_url
 from kvstore.store_tier_events import AnnouncingStore
 

@@ -20,9 +20,9 @@ from kvstore.block_key import BlockKey, KVLayout, store_key
 from kvstore.errors import InvalidRequest, StoreError, error_from_code
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 
 class PutStatus(enum.Enum):

@@ -14,12 +14,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from contracts.grpc_options import STORE_GRPC_OPTIONS
 from kvstore import metrics
 from kvstore.errors import InvalidRequest, StoreError, code_number
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.master_config import MasterConfig
 from kvstore.master_state import MasterState, StoredObject
-from splitserve.internal_auth import server_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 100_000

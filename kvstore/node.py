@@ -23,9 +23,9 @@ from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_nu
 from kvstore.node_config import NodeConfig
 from kvstore.segment import SharedSegment, host_identity, remove_orphaned_segments
 from kvstore.wire import WriteChunkView, WriteItemView
-from splitserve.internal_auth import client_interceptors, server_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.internal_auth import client_interceptors, server_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 STORAGE_NODE_SERVICE = "splitserve.kvstore.StorageNode"

@@ -25,7 +25,7 @@ from kvstore.backend import StoreBackend
 from kvstore.block_key import BlockKey, KVLayout
 from kvstore.client import PutResult, PutStatus
 from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.payload import Payload
 
 MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_state.py)

@@ -36,8 +36,8 @@ from kvstore import wire
 from kvstore.data_plane import BAD_CHECKSUM, OK, READ, WRITE, DataPlaneClient, Item
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_from_code
 from kvstore.segment import SharedSegment, host_identity
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import kvstore_pb2 as pb
 
 
 @dataclass(slots=True)

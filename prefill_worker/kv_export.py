@@ -6,7 +6,7 @@ on_progress():  after every chunk the newly final full blocks go to every connec
                 (the store writes them in the background while the next chunk computes; the
                 direct transport leaves them in place for the reader to pull).
 on_output():    the first token is sampled: answer "prefilled" at once with a KVHandle that
-                every connector filled in (kv_transfer/handle.py). Moving KV stays off the TTFT
+                every connector filled in (contracts/kv_handle.py). Moving KV stays off the TTFT
                 path: only the compute of the prompt is on it.
 finish_ready(): once no connector holds an answered request (its reader released it or the
                 lease ended; its store writes finished), ``release`` its engine blocks —
@@ -21,13 +21,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contracts.engine_core import ErrorKind, FromCore, Prefilled, PrefillResult, RequestError
+from contracts.core_messages import ErrorKind, FromCore, Prefilled, PrefillResult, RequestError
 from engine.errors import EngineError, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from kv_transfer.connector import ExportJob, KVConnector
-from kv_transfer.handle import KVHandle
+from contracts.kv_handle import KVHandle
 from kv_transfer.store import StoreConnector, tail_key
 from kvstore.block_key import KVLayout, block_keys
 

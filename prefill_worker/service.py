@@ -14,13 +14,13 @@ import uuid
 
 import grpc
 
-from contracts.engine_core import AddRequest, ErrorKind, Prefilled
-from engine.sampling_params import from_proto as sampling_from_proto
+from contracts.core_messages import AddRequest, ErrorKind, Prefilled
+from contracts.sampling import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):

@@ -34,7 +34,7 @@ import grpc
 from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

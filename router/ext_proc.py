@@ -32,9 +32,9 @@ from router.errors import APIError
 from router.openai_api import RouterState
 from router.scheduler import AdmissionRejected, Decision, Mode, NoWorkersAvailable
 from router.tokenization import ChatTemplateError, messages_as_dicts
-from splitserve.rpc.envoy import base_pb2, http_status_pb2
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
+from contracts.rpc.envoy import base_pb2, http_status_pb2
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 log = logging.getLogger(__name__)
 

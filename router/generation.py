@@ -6,11 +6,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
-from engine.sampling_params import to_proto as sampling_to_proto
+from contracts.sampling import InvalidSamplingParams, SamplingParams
+from contracts.sampling import to_proto as sampling_to_proto
 from router.errors import APIError
 from router.protocol import ChatCompletionRequest, CompletionRequest
-from splitserve.rpc import worker_pb2
+from contracts.rpc import worker_pb2
 
 
 @dataclass(slots=True)

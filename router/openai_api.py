@@ -30,7 +30,7 @@ from router.config import RouterConfig
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
 from router.errors import APIError, error_response, install_error_handlers, sse_error
 from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request

@@ -19,10 +19,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.discovery import Change, DiscoveryEvent
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.workers import Role, Worker
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 StubT = TypeVar("StubT")

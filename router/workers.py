@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from splitserve.rpc.worker_pb2 import WorkerLoad  # GetLoad's answer, kept as the worker sent it
+from contracts.rpc.worker_pb2 import WorkerLoad  # GetLoad's answer, kept as the worker sent it
 
 
 class Role(str, Enum):

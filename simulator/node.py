@@ -7,7 +7,7 @@ from typing import Protocol
 
 from kvstore.block_key import BlockKey, block_keys
 from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from simulator.block_cache import BlockCache
 from simulator.clock import SimClock
 from simulator.profile import Profile

@@ -1,4 +1,4 @@
-"""The real worker gRPC API (splitserve/rpc worker.proto) in front of a simulated worker."""
+"""The real worker gRPC API (contracts/rpc worker.proto) in front of a simulated worker."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from engine.sampling_params import from_proto as sampling_from_proto
+from contracts.sampling import from_proto as sampling_from_proto
 from simulator.decode import SimDecodeWorker
 from simulator.node import SimNode
 from simulator.prefill import PromptTooLarge, SimPrefillWorker
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 SimWorker = SimPrefillWorker | SimDecodeWorker
 

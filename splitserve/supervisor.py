@@ -1,7 +1,7 @@
 """The processes of a `splitserve up` stack: start, health, restart with back-off, ordered stop.
 
 What Kubernetes does for the chart's pods, on one machine:
-- every child is tied to `up` (splitserve/lifeline.py): if `up` dies, the kernel kills them;
+- every child is tied to `up` (contracts/lifeline.py): if `up` dies, the kernel kills them;
 - a component that exits while the stack runs is restarted on the same ports after a
   back-off that doubles per crash (``RestartPolicy``) and resets once it has run for a while;
 - SIGTERM stops the stack in tiers (router, then workers, then the store), each tier in
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitserve.lifeline import preexec_for
+from contracts.lifeline import preexec_for
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from contracts.ports import free_port, free_port_pair
 from contracts.sizes import parse_size
-from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
+from contracts.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
 from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested
 
 __all__ = ["run_up", "register"]

@@ -5,7 +5,7 @@ import time
 import zmq
 
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, decode_batch, encode_batch
-from kvstore.events import KVEventPublisher, request_snapshot
+from kvstore.event_publisher import KVEventPublisher, request_snapshot
 
 
 def test_event_batch_roundtrips_with_big_endian_sequence_numbers():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import zmq
 import zmq.asyncio
 
-from contracts.engine_core import (
+from contracts.core_messages import (
     Abort,
     CoreInfo,
     EngineLoad,
@@ -42,7 +42,7 @@ from contracts.engine_core import (
 )
 from engine.server.core_config import CoreConfig
 from engine.server.engine_core import run_engine_core
-from splitserve.lifeline import run_tied
+from contracts.lifeline import run_tied
 
 STARTUP_TIMEOUT_S = 600.0
 

@@ -26,7 +26,7 @@ import msgspec
 import torch
 import zmq
 
-from contracts.engine_core import (
+from contracts.core_messages import (
     Abort,
     AddRequest,
     CoreInfo,
@@ -50,7 +50,7 @@ from decode_worker.kv_import import KVImports
 from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 from engine.server.core_config import CoreConfig
 from kv_transfer.connector import KVConnector
 from kv_transfer.direct import DirectConnector
@@ -59,7 +59,7 @@ from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dty
 from kvstore.block_key import KVLayout
 from kvstore.errors import StoreError
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from prefill_worker.kv_export import PrefillJobs
 
 IDLE_POLL_MS = 500  # also how often an idle core checks that its parent lives

@@ -19,12 +19,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from engine.config import EngineConfig
 from engine.server.core_config import CoreConfig
-from contracts.engine_core import ErrorKind, Prefilled, RequestDelta, RequestError
+from contracts.core_messages import ErrorKind, Prefilled, RequestDelta, RequestError
 from engine.server.engine_client import Aborted, AsyncEngineClient, ClientHooks, EngineDead, RequestEvent, RequestFailed
 from engine.server.metrics import WorkerMetrics
 from engine.server.worker_options import WorkerOptions
-from splitserve.internal_auth import server_interceptors
-from splitserve.rpc import worker_pb2 as pb
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import worker_pb2 as pb
 
 LOAD_REFRESH_S = 1.0
 AddServicer = Callable[[grpc.aio.Server], None]  # adds the worker's own service to the server

@@ -18,13 +18,11 @@ import msgpack
 import msgspec
 import pytest
 
-from contracts import engine_core as ec
+from contracts import core_messages as ec
 from contracts import kv_events as ev
 from contracts import rank_plan as rp
-from engine.sampling_params import SamplingParams
-from kv_transfer.handle import DirectOffer, KVHandle
-from kv_transfer.peer_pool import PoolDescriptor
-from kv_transfer.release import Release
+from contracts.sampling import SamplingParams
+from contracts.kv_handle import DirectOffer, KVHandle, PoolDescriptor, Release
 
 SCHEMAS = Path(__file__).with_name("message_schemas.json")
 KEY = b"k" * 16

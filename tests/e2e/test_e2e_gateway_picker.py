@@ -17,8 +17,8 @@ import pytest
 from e2e_stack import start_router, start_worker
 
 from contracts.ports import free_port
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from engine import LLM
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 
 @pytest.fixture

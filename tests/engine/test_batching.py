@@ -9,7 +9,7 @@ import pytest
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
 from engine.config import EngineConfig
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 

@@ -16,7 +16,7 @@ from engine.cuda_graphs import DecodeGraphs, decode_buckets
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
 from engine.moe import SparseMoE
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from engine.detokenizer import IncrementalDetokenizer, StopChecker
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 OUTPUT_TEXT = "héllo 世界 🙂, the end. STOP here héllo 世界 🙂"
 

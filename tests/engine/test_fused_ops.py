@@ -23,7 +23,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.norm import RMSNorm
 from engine.rotary import RotaryEmbedding
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from engine.triton_fused import rms_norm, rope_and_cache, silu_and_mul
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

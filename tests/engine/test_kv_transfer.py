@@ -8,7 +8,7 @@ from engine.config import EngineConfig
 from engine.errors import UnknownRequest
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 PROMPT = [(7 * i + 3) % 370 + 5 for i in range(45)]  # 45 tokens: 2 full blocks + a partial one
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from kvstore.block_key import block_keys
 from contracts.kv_events import BlockRemoved, BlockStored
 

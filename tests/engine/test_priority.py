@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 PROMPT = [(5 * i + 7) % 370 + 5 for i in range(20)]
 

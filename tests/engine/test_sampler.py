@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.sampler import Sampler, SamplingBatch
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 EOS = 3
 

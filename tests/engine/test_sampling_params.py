@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from engine.sampling_params import InvalidSamplingParams, SamplingParams, from_proto, to_proto
-from splitserve.rpc import worker_pb2 as pb
+from contracts.sampling import InvalidSamplingParams, SamplingParams, from_proto, to_proto
+from contracts.rpc import worker_pb2 as pb
 
 VOCAB = 100
 

@@ -12,7 +12,7 @@ import torch
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampler import Sampler, SamplingBatch, apply_token_bitmask
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 
 PROMPT = [(11 * i + 5) % 370 + 5 for i in range(40)]
 SCHEMA = {

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from contracts.ports import free_port
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,8 +10,8 @@ from kvstore.embedded import EmbeddedStore
 from kvstore.client import PutStatus
 from kvstore.errors import InvalidRequest
 from kvstore.sync_client import KVStoreClient
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 CAPACITY = 8 << 20
 

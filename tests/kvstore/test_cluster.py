@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvstore.sync_client import KVStoreClient
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore_processes import Cluster, start_cluster
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_checked_in_stubs_match_a_fresh_generation_of_every_proto(tmp_path: pathlib.Path):
-    protos = sorted(glob.glob(str(REPO / "proto" / "splitserve" / "rpc" / "*.proto")))
+    protos = sorted(glob.glob(str(REPO / "proto" / "contracts" / "rpc" / "*.proto")))
     assert protos, "no .proto files found"
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     args = ["protoc", f"-I{REPO / 'proto'}", f"-I{include}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}"]

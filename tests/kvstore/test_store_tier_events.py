@@ -8,7 +8,7 @@ import torch
 from kvstore.backend import open_store
 from kvstore.block_key import KVLayout, block_keys
 from kvstore.store_tier_events import AnnouncingStore
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_a_prefill_workers_announcements_on_its_own_stream_are_filed_under_the_s
     worker's own event stream, beside its GPU blocks; the router files "store" blocks under the
     store tier (scheduler's store hit) and the rest under the worker."""
     from contracts.kv_events import BlockStored
-    from kvstore.events import KVEventPublisher
+    from kvstore.event_publisher import KVEventPublisher
 
     gpu_keys = block_keys(list(range(1000, 1000 + 16 * 2)), LAYOUT.model_fingerprint)
     worker_state: dict[str, list] = {"gpu": list(gpu_keys)}

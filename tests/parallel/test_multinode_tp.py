@@ -30,7 +30,7 @@ from engine.remote_ranks import (
     accept_remote_ranks,
     join_leader,
 )
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 PROMPTS = [[(7 * i + 3) % 370 + 5 for i in range(45)], [100, 3, 77]]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)

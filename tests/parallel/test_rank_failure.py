@@ -11,7 +11,7 @@ from engine.config import EngineConfig
 from engine.errors import RankDied
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 
 @pytest.mark.timeout(120)

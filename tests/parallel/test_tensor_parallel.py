@@ -16,7 +16,7 @@ from engine.config import EngineConfig
 from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one

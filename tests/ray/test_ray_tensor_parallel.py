@@ -19,7 +19,7 @@ from engine.errors import RankDied  # noqa: E402
 from engine.llm import run_to_completion  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.make_model import make_model  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
+from contracts.sampling import SamplingParams  # noqa: E402
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one

@@ -18,7 +18,7 @@ from engine.errors import CheckpointError
 from engine.llm import LLM
 from engine.make_model import make_model
 from engine.model_source import PACKAGED_MODELS, PackagedModel, resolve_model
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 # HF parameter (after model.layers.N.) -> GGUF name (after blk.N.); the reverse of the converter's map
 _TO_GGUF = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",

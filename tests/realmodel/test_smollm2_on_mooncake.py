@@ -23,7 +23,7 @@ from e2e_stack import Proc, start_up, wait_until
 from realmodel_prompts import NEW_TOKENS, chat
 
 from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from router.tokenization import PromptTokenizer
 
 pytestmark = pytest.mark.slow

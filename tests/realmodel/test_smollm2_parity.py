@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.llm import LLM
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from router.tokenization import PromptTokenizer
 from realmodel_prompts import NEW_TOKENS, QUESTIONS, chat
 

@@ -20,9 +20,9 @@ from router.ext_proc import DESTINATION, MODE_HEADER, PREFILL_HEADER, pick, star
 from router.openai_api import RouterState
 from router.scheduler import SchedulerConfig
 from router.workers import Role, WorkerLoad
-from splitserve.rpc.envoy import base_pb2
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
+from contracts.rpc.envoy import base_pb2
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TARGET_PORT = 8000
@@ -181,7 +181,7 @@ async def test_a_request_without_a_body_is_placed_on_its_headers_and_the_respons
 
 
 def test_checked_in_envoy_stubs_match_a_fresh_generation(tmp_path: pathlib.Path) -> None:
-    protos = sorted(str(p) for p in (REPO / "proto" / "splitserve" / "rpc" / "envoy").glob("*.proto"))
+    protos = sorted(str(p) for p in (REPO / "proto" / "contracts" / "rpc" / "envoy").glob("*.proto"))
     assert len(protos) == 4
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     args = ["protoc", f"-I{REPO / 'proto'}", f"-I{include}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}"]

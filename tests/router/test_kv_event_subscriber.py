@@ -10,8 +10,8 @@ import zmq
 
 from kvstore.block_key import block_keys
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
-from kvstore.events import KVEventPublisher
-from router.kv_events import KVEventSubscriber
+from kvstore.event_publisher import KVEventPublisher
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 
 KEYS = block_keys(list(range(64)), "fp", block_size=4)  # 16 blocks

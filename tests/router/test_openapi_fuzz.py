@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from contracts.ports import free_port
 from router.config import RouterConfig
 from router.openai_api import create_app
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 EXAMPLES_PER_OPERATION = 30
 

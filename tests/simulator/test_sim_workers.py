@@ -8,11 +8,11 @@ import pytest
 from sim_profile import TEST_PROFILE, within
 
 from kvstore.block_key import block_keys
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 from simulator.cluster import ClusterConfig, SimCluster
 from simulator.profile import ProfileError, load_profile, parse_profile
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 P = TEST_PROFILE

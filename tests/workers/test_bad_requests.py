@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from kvstore.block_key import block_keys
-from splitserve.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2 as pb
 
 OK = pb.SamplingParams(temperature=0.0, max_tokens=4)
 

@@ -8,8 +8,8 @@ import time
 
 import grpc
 
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from worker_processes import WorkerProcess
 
 

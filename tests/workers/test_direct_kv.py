@@ -15,10 +15,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from engine.sampling_params import SamplingParams
-from kv_transfer.handle import KVHandle
-from kv_transfer.peer_pool import PoolDescriptor, process_alive, remove_orphaned_pools
-from splitserve.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
+from contracts.kv_handle import KVHandle
+from contracts.kv_handle import PoolDescriptor
+from kv_transfer.peer_pool import process_alive, remove_orphaned_pools
+from contracts.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, colocated, start_worker, wait_serving
 
 LEASE_S = 4.0

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from worker_processes import colocated
-from engine.sampling_params import SamplingParams
-from splitserve.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
+from contracts.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess
 
 

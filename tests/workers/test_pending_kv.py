@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from worker_processes import KV_WAIT_S, colocated
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 from kv_transfer.store import tail_key
 from kvstore.backend import StoreBackend, open_store
 from kvstore.block_key import KVLayout, block_keys
-from splitserve.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2 as pb
 
 GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 

@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from contracts.kv_events import BlockRemoved, BlockStored, decode_batch
-from kvstore.events import request_snapshot
-from splitserve.rpc import worker_pb2 as pb
+from kvstore.event_publisher import request_snapshot
+from contracts.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, start_worker, wait_serving
 import zmq
 

@@ -13,12 +13,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contracts.ports import free_port, free_port_pair
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

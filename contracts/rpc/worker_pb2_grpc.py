@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from splitserve.rpc import worker_pb2 as splitserve_dot_rpc_dot_worker__pb2
+from contracts.rpc import worker_pb2 as contracts_dot_rpc_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in splitserve/rpc/worker_pb2_grpc.py depends on'
+        + ' but the generated code in contracts/rpc/worker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class PrefillServiceStub:
         """
         self.Prefill = channel.unary_unary(
                 '/splitserve.worker.PrefillService/Prefill',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.PrefillRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.PrefillResponse.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.PrefillRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.PrefillResponse.FromString,
                 _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/splitserve.worker.PrefillService/Abort',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
                 _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/splitserve.worker.PrefillService/GetLoad',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
                 _registered_method=True)
 
 
@@ -77,18 +77,18 @@ def add_PrefillServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Prefill': grpc.unary_unary_rpc_method_handler(
                     servicer.Prefill,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.PrefillRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.PrefillResponse.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.PrefillRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.PrefillResponse.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.AbortRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.AbortResponse.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.AbortRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.AbortResponse.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.LoadRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.LoadRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.WorkerLoad.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -116,8 +116,8 @@ class PrefillService:
             request,
             target,
             '/splitserve.worker.PrefillService/Prefill',
-            splitserve_dot_rpc_dot_worker__pb2.PrefillRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.PrefillResponse.FromString,
+            contracts_dot_rpc_dot_worker__pb2.PrefillRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.PrefillResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -143,8 +143,8 @@ class PrefillService:
             request,
             target,
             '/splitserve.worker.PrefillService/Abort',
-            splitserve_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
+            contracts_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -170,8 +170,8 @@ class PrefillService:
             request,
             target,
             '/splitserve.worker.PrefillService/GetLoad',
-            splitserve_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
+            contracts_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
             options,
             channel_credentials,
             insecure,
@@ -194,18 +194,18 @@ class DecodeServiceStub:
         """
         self.Generate = channel.unary_stream(
                 '/splitserve.worker.DecodeService/Generate',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
                 _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/splitserve.worker.DecodeService/Abort',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
                 _registered_method=True)
         self.GetLoad = channel.unary_unary(
                 '/splitserve.worker.DecodeService/GetLoad',
-                request_serializer=splitserve_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
                 _registered_method=True)
 
 
@@ -235,18 +235,18 @@ def add_DecodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.GenerateRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.GenerateChunk.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.SerializeToString,
             ),
             'Abort': grpc.unary_unary_rpc_method_handler(
                     servicer.Abort,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.AbortRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.AbortResponse.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.AbortRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.AbortResponse.SerializeToString,
             ),
             'GetLoad': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLoad,
-                    request_deserializer=splitserve_dot_rpc_dot_worker__pb2.LoadRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.LoadRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.WorkerLoad.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,8 +274,8 @@ class DecodeService:
             request,
             target,
             '/splitserve.worker.DecodeService/Generate',
-            splitserve_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
+            contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -301,8 +301,8 @@ class DecodeService:
             request,
             target,
             '/splitserve.worker.DecodeService/Abort',
-            splitserve_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
+            contracts_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.AbortResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -328,8 +328,8 @@ class DecodeService:
             request,
             target,
             '/splitserve.worker.DecodeService/GetLoad',
-            splitserve_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
-            splitserve_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
+            contracts_dot_rpc_dot_worker__pb2.LoadRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.WorkerLoad.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,5 @@
-"""KVHandle: where a prefilled request's prompt KV can be fetched from (worker.proto KVHandle).
+"""KVHandle: where a prefilled request's prompt KV can be fetched from (worker.proto KVHandle),
+and the two messages of the direct transport: the PoolDescriptor a reader maps, the Release it sends back.
 
 Transport-neutral: the layout that must match, the blocks by content key, and what each
 offered transport needs — ``direct`` for a pull out of the prefill engine's pool,
@@ -8,9 +9,11 @@ prefill side, so a release or a restarted peer is never confused with another ha
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
-from splitserve.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2 as pb
 
 
 class DirectOffer(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,3 +68,30 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
             h.model_fingerprint, h.dtype, h.block_size, h.tp_size, list(h.block_keys), h.tail_key, h.num_tokens,
             list(h.store_addresses), h.source_worker, h.blocks_pending, h.transfer_id, h.epoch, direct,
         )
+
+
+class PoolDescriptor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """What a reader needs to map a peer's pool (the ``pool`` bytes of a direct offer)."""
+
+    host: str
+    device: str  # CUDA device uuid, or "cpu"
+    shape: list[int]
+    dtype: str
+    owner_pid: int  # the process that owns the pool: once it is gone its handles are refused
+    shm_file: str = ""  # CPU pools
+    cuda_ipc: list[Any] | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
+
+    def encode(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> PoolDescriptor:
+        """msgspec.DecodeError (a ValueError) for bytes of another shape."""
+        return msgspec.msgpack.decode(data, type=cls)
+
+
+class Release(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """Decode -> prefill: the reader is done with this hold."""
+
+    transfer_id: str
+    epoch: str

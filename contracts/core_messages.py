@@ -14,9 +14,9 @@ import enum
 
 import msgspec
 
-from engine.sampling_params import SamplingParams
-from kv_transfer.handle import KVHandle
-from splitserve.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
+from contracts.kv_handle import KVHandle
+from contracts.rpc import worker_pb2 as pb
 
 
 class ErrorKind(str, enum.Enum):

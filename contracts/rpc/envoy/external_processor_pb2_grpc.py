@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from splitserve.rpc.envoy import external_processor_pb2 as splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2
+from contracts.rpc.envoy import external_processor_pb2 as contracts_dot_rpc_dot_envoy_dot_external__processor__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in splitserve/rpc/envoy/external_processor_pb2_grpc.py depends on'
+        + ' but the generated code in contracts/rpc/envoy/external_processor_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class ExternalProcessorStub:
         """
         self.Process = channel.stream_stream(
                 '/envoy.service.ext_proc.v3.ExternalProcessor/Process',
-                request_serializer=splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.FromString,
+                request_serializer=contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_ExternalProcessorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Process': grpc.stream_stream_rpc_method_handler(
                     servicer.Process,
-                    request_deserializer=splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class ExternalProcessor:
             request_iterator,
             target,
             '/envoy.service.ext_proc.v3.ExternalProcessor/Process',
-            splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.SerializeToString,
-            splitserve_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.FromString,
+            contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingRequest.SerializeToString,
+            contracts_dot_rpc_dot_envoy_dot_external__processor__pb2.ProcessingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from splitserve.rpc import kvstore_pb2 as splitserve_dot_rpc_dot_kvstore__pb2
+from contracts.rpc import kvstore_pb2 as contracts_dot_rpc_dot_kvstore__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in splitserve/rpc/kvstore_pb2_grpc.py depends on'
+        + ' but the generated code in contracts/rpc/kvstore_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,88 +36,88 @@ class MasterStub:
         """
         self.RegisterNode = channel.unary_unary(
                 '/splitserve.kvstore.Master/RegisterNode',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/splitserve.kvstore.Master/Heartbeat',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.HeartbeatReply.FromString,
                 _registered_method=True)
         self.BatchPutStart = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchPutStart',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartReply.FromString,
                 _registered_method=True)
         self.BatchPutCommit = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchPutCommit',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
                 _registered_method=True)
         self.BatchPutAbort = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchPutAbort',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutAbortRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutAbortRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
                 _registered_method=True)
         self.BatchGet = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchGet',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.GetReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.GetReply.FromString,
                 _registered_method=True)
         self.BatchExists = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchExists',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
                 _registered_method=True)
         self.WaitCommitted = channel.unary_unary(
                 '/splitserve.kvstore.Master/WaitCommitted',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
                 _registered_method=True)
         self.BatchRemove = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchRemove',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
                 _registered_method=True)
         self.BatchPin = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchPin',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
                 _registered_method=True)
         self.BatchUnpin = channel.unary_unary(
                 '/splitserve.kvstore.Master/BatchUnpin',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
                 _registered_method=True)
         self.PutStart = channel.unary_unary(
                 '/splitserve.kvstore.Master/PutStart',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartItem.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartResult.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartItem.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartResult.FromString,
                 _registered_method=True)
         self.PutCommit = channel.unary_unary(
                 '/splitserve.kvstore.Master/PutCommit',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/splitserve.kvstore.Master/Get',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ObjectLocation.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ObjectLocation.FromString,
                 _registered_method=True)
         self.Exists = channel.unary_unary(
                 '/splitserve.kvstore.Master/Exists',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
                 _registered_method=True)
         self.Remove = channel.unary_unary(
                 '/splitserve.kvstore.Master/Remove',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
                 _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/splitserve.kvstore.Master/Stats',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.StatsRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.StatsReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.StatsRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.StatsReply.FromString,
                 _registered_method=True)
 
 
@@ -237,88 +237,88 @@ def add_MasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterNode': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterNode,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.HeartbeatReply.SerializeToString,
             ),
             'BatchPutStart': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchPutStart,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartReply.SerializeToString,
             ),
             'BatchPutCommit': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchPutCommit,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
             ),
             'BatchPutAbort': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchPutAbort,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutAbortRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutAbortRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
             ),
             'BatchGet': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGet,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.GetReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.GetReply.SerializeToString,
             ),
             'BatchExists': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchExists,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
             ),
             'WaitCommitted': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitCommitted,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
             ),
             'BatchRemove': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchRemove,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
             ),
             'BatchPin': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchPin,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
             ),
             'BatchUnpin': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchUnpin,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResults.SerializeToString,
             ),
             'PutStart': grpc.unary_unary_rpc_method_handler(
                     servicer.PutStart,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartItem.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.PutStartResult.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartItem.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.PutStartResult.SerializeToString,
             ),
             'PutCommit': grpc.unary_unary_rpc_method_handler(
                     servicer.PutCommit,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResult.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ObjectLocation.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ObjectLocation.SerializeToString,
             ),
             'Exists': grpc.unary_unary_rpc_method_handler(
                     servicer.Exists,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.SerializeToString,
             ),
             'Remove': grpc.unary_unary_rpc_method_handler(
                     servicer.Remove,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.KeyResult.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.StatsRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.StatsReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.StatsRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.StatsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,8 +346,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/RegisterNode',
-            splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.RegisterNodeReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,8 +373,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/Heartbeat',
-            splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.HeartbeatReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.HeartbeatRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.HeartbeatReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchPutStart',
-            splitserve_dot_rpc_dot_kvstore__pb2.PutStartRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.PutStartReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutStartRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutStartReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchPutCommit',
-            splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchPutAbort',
-            splitserve_dot_rpc_dot_kvstore__pb2.PutAbortRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutAbortRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchGet',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.GetReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.GetReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -508,8 +508,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchExists',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -535,8 +535,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/WaitCommitted',
-            splitserve_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.WaitCommittedRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -562,8 +562,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchRemove',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -589,8 +589,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchPin',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -616,8 +616,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/BatchUnpin',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -643,8 +643,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/PutStart',
-            splitserve_dot_rpc_dot_kvstore__pb2.PutStartItem.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.PutStartResult.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutStartItem.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutStartResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -670,8 +670,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/PutCommit',
-            splitserve_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.PutCommitRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -697,8 +697,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/Get',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ObjectLocation.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ObjectLocation.FromString,
             options,
             channel_credentials,
             insecure,
@@ -724,8 +724,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/Exists',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ExistsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -751,8 +751,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/Remove',
-            splitserve_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeysRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.KeyResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -778,8 +778,8 @@ class Master:
             request,
             target,
             '/splitserve.kvstore.Master/Stats',
-            splitserve_dot_rpc_dot_kvstore__pb2.StatsRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.StatsReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.StatsRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.StatsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -802,28 +802,28 @@ class StorageNodeStub:
         """
         self.Write = channel.stream_unary(
                 '/splitserve.kvstore.StorageNode/Write',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.WriteChunk.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.WriteReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.WriteChunk.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.WriteReply.FromString,
                 _registered_method=True)
         self.Read = channel.unary_stream(
                 '/splitserve.kvstore.StorageNode/Read',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ReadRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ReadChunk.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.ReadRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ReadChunk.FromString,
                 _registered_method=True)
         self.BatchWrite = channel.unary_unary(
                 '/splitserve.kvstore.StorageNode/BatchWrite',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
                 _registered_method=True)
         self.BatchRead = channel.unary_unary(
                 '/splitserve.kvstore.StorageNode/BatchRead',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchReadRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchReadReply.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.BatchReadRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.BatchReadReply.FromString,
                 _registered_method=True)
         self.Seal = channel.unary_unary(
                 '/splitserve.kvstore.StorageNode/Seal',
-                request_serializer=splitserve_dot_rpc_dot_kvstore__pb2.SealRequest.SerializeToString,
-                response_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
+                request_serializer=contracts_dot_rpc_dot_kvstore__pb2.SealRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
                 _registered_method=True)
 
 
@@ -867,28 +867,28 @@ def add_StorageNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Write': grpc.stream_unary_rpc_method_handler(
                     servicer.Write,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.WriteChunk.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.WriteReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.WriteChunk.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.WriteReply.SerializeToString,
             ),
             'Read': grpc.unary_stream_rpc_method_handler(
                     servicer.Read,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.ReadRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ReadChunk.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.ReadRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ReadChunk.SerializeToString,
             ),
             'BatchWrite': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchWrite,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ItemResults.SerializeToString,
             ),
             'BatchRead': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchRead,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchReadRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.BatchReadReply.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.BatchReadRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.BatchReadReply.SerializeToString,
             ),
             'Seal': grpc.unary_unary_rpc_method_handler(
                     servicer.Seal,
-                    request_deserializer=splitserve_dot_rpc_dot_kvstore__pb2.SealRequest.FromString,
-                    response_serializer=splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.SerializeToString,
+                    request_deserializer=contracts_dot_rpc_dot_kvstore__pb2.SealRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_kvstore__pb2.ItemResults.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -916,8 +916,8 @@ class StorageNode:
             request_iterator,
             target,
             '/splitserve.kvstore.StorageNode/Write',
-            splitserve_dot_rpc_dot_kvstore__pb2.WriteChunk.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.WriteReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.WriteChunk.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.WriteReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -943,8 +943,8 @@ class StorageNode:
             request,
             target,
             '/splitserve.kvstore.StorageNode/Read',
-            splitserve_dot_rpc_dot_kvstore__pb2.ReadRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ReadChunk.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.ReadRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ReadChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -970,8 +970,8 @@ class StorageNode:
             request,
             target,
             '/splitserve.kvstore.StorageNode/BatchWrite',
-            splitserve_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.BatchWriteRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -997,8 +997,8 @@ class StorageNode:
             request,
             target,
             '/splitserve.kvstore.StorageNode/BatchRead',
-            splitserve_dot_rpc_dot_kvstore__pb2.BatchReadRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.BatchReadReply.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.BatchReadRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.BatchReadReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1024,8 +1024,8 @@ class StorageNode:
             request,
             target,
             '/splitserve.kvstore.StorageNode/Seal',
-            splitserve_dot_rpc_dot_kvstore__pb2.SealRequest.SerializeToString,
-            splitserve_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
+            contracts_dot_rpc_dot_kvstore__pb2.SealRequest.SerializeToString,
+            contracts_dot_rpc_dot_kvstore__pb2.ItemResults.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from splitserve.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2 as pb
 
 GREEDY_TEMPERATURE = 1e-5  # below this a request is sampled greedily (argmax)
 MAX_LOGPROBS = 20  # OpenAI's limit on top_logprobs
@@ -31,7 +31,7 @@ def _is_number(value: Any) -> bool:
 
 
 class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Travels as is: router -> proto (to_proto / from_proto below) -> engine core (contracts/engine_core.py)."""
+    """Travels as is: router -> proto (to_proto / from_proto below) -> engine core (contracts/core_messages.py)."""
 
     temperature: float = 1.0
     top_p: float = 1.0

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 
 from contracts.kv_events import BlockKey, KVEvent, decode_snapshot, encode_batch, encode_snapshot
-from splitserve.internal_auth import secure_zmq_client, secure_zmq_server
+from contracts.internal_auth import secure_zmq_client, secure_zmq_server
 
 SNAPSHOT_REQUEST = b"snapshot"
 

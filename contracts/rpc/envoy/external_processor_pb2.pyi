@@ -1,8 +1,8 @@
 import datetime
 
-from splitserve.rpc.envoy import base_pb2 as _base_pb2
-from splitserve.rpc.envoy import http_status_pb2 as _http_status_pb2
-from splitserve.rpc.envoy import processing_mode_pb2 as _processing_mode_pb2
+from contracts.rpc.envoy import base_pb2 as _base_pb2
+from contracts.rpc.envoy import http_status_pb2 as _http_status_pb2
+from contracts.rpc.envoy import processing_mode_pb2 as _processing_mode_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import zmq
 
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch
-from kvstore.events import request_snapshot
+from kvstore.event_publisher import request_snapshot
 from kvstore.store_tier_events import MEDIUM as STORE_MEDIUM
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
-from splitserve.internal_auth import secure_zmq_client
+from contracts.internal_auth import secure_zmq_client
 
 log = logging.getLogger(__name__)
 
