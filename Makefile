@@ -43,9 +43,11 @@ demo-mooncake: setup
 test: setup prometheus lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
-# Lint and type checks of the whole tree (configured in pyproject.toml; generated stubs excluded).
+# Lint, format and type checks of the whole tree (configured in pyproject.toml; generated stubs excluded);
+# `ruff format .` and `ruff check --fix .` fix most of what they report.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 protos: setup

@@ -92,8 +92,16 @@ def main() -> None:
     stack.process.wait()
     start = time.monotonic()
     gone = wait_for(lambda: not any(alive(p) for p in tree), 30, "the stack's processes exit")
-    rows.append({"fault": "SIGKILL up", "requests": 0, "failed": 0, "longest_s": 0.0, "recovery_s": round(gone, 2),
-                 "errors": [f"{len(tree)} processes, {sum(alive(p) for p in tree)} left after {time.monotonic() - start:.1f}s"]})  # fmt: skip
+    rows.append(
+        {
+            "fault": "SIGKILL up",
+            "requests": 0,
+            "failed": 0,
+            "longest_s": 0.0,
+            "recovery_s": round(gone, 2),
+            "errors": [f"{len(tree)} processes, {sum(alive(p) for p in tree)} left after {time.monotonic() - start:.1f}s"],
+        }
+    )
     print(f"\n{'fault':<22}{'requests':>9}{'failed':>8}{'longest s':>11}{'recovery s':>12}")
     for r in rows:
         print(f"{r['fault']:<22}{r['requests']:>9}{r['failed']:>8}{r['longest_s']:>11.2f}{r['recovery_s']:>12.2f}")

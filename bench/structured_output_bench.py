@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from contracts.sampling import SamplingParams
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
     from engine.make_model import make_model
-    from contracts.sampling import SamplingParams
 
     model = args.model or str(make_model("llama", tempfile.mkdtemp(prefix="so-bench-"), size="small"))
     engine = LLMEngine(EngineConfig(model=model, load_format=args.load_format, kv_cache_bytes=256 << 20))
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         rate, tokens, seconds, cpu = best[name]
         print(f"{name:<12} {rate:>12.1f} {tokens / cpu if cpu else 0:>10.1f} {tokens:>7} {seconds:>8.2f}")
     if plain and report["slowdown_cpu"] is not None:
-        print(f"json_schema is {report['slowdown'] * 100:.1f}% slower (wall), "
-              f"{report['slowdown_cpu'] * 100:.1f}% (CPU time)")
+        print(f"json_schema is {report['slowdown'] * 100:.1f}% slower (wall), {report['slowdown_cpu'] * 100:.1f}% (CPU time)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

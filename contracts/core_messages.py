@@ -14,9 +14,9 @@ import enum
 
 import msgspec
 
-from contracts.sampling import SamplingParams
 from contracts.kv_handle import KVHandle
 from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
 
 
 class ErrorKind(str, enum.Enum):
@@ -42,8 +42,9 @@ class TokenLogprob(_Record):
     top: list[tuple[int, float]] = msgspec.field(default_factory=list)  # (token id, logprob), most likely first
 
     def to_proto(self) -> pb.TokenLogprob:
-        return pb.TokenLogprob(token_id=self.token_id, logprob=self.logprob,
-                               top=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in self.top])
+        return pb.TokenLogprob(
+            token_id=self.token_id, logprob=self.logprob, top=[pb.TopLogprob(token_id=t, logprob=lp) for t, lp in self.top]
+        )
 
 
 class RequestDelta(_Record):

@@ -3,5 +3,4 @@
 from __future__ import annotations
 
 MAX_MESSAGE_BYTES = 256 << 20
-STORE_GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+STORE_GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]

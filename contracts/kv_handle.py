@@ -47,15 +47,26 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
 
     def to_proto(self) -> pb.KVHandle:
         msg = pb.KVHandle(
-            model_fingerprint=self.model_fingerprint, dtype=self.dtype, block_size=self.block_size,
-            tp_size=self.tp_size, block_keys=self.block_keys, tail_key=self.tail_key, num_tokens=self.num_tokens,
-            store_addresses=self.store_addresses, source_worker=self.source_worker,
-            blocks_pending=self.blocks_pending, transfer_id=self.transfer_id, epoch=self.epoch,
+            model_fingerprint=self.model_fingerprint,
+            dtype=self.dtype,
+            block_size=self.block_size,
+            tp_size=self.tp_size,
+            block_keys=self.block_keys,
+            tail_key=self.tail_key,
+            num_tokens=self.num_tokens,
+            store_addresses=self.store_addresses,
+            source_worker=self.source_worker,
+            blocks_pending=self.blocks_pending,
+            transfer_id=self.transfer_id,
+            epoch=self.epoch,
         )
         if self.direct is not None:
             o = self.direct
-            msg.direct.CopyFrom(pb.DirectKV(pool=o.pool, block_ids=o.block_ids, release_endpoint=o.release_endpoint,
-                                            lease_deadline=o.lease_deadline))
+            msg.direct.CopyFrom(
+                pb.DirectKV(
+                    pool=o.pool, block_ids=o.block_ids, release_endpoint=o.release_endpoint, lease_deadline=o.lease_deadline
+                )
+            )
         return msg
 
     @classmethod
@@ -65,8 +76,19 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
             d = h.direct
             direct = DirectOffer(d.pool, list(d.block_ids), d.release_endpoint, d.lease_deadline)
         return cls(
-            h.model_fingerprint, h.dtype, h.block_size, h.tp_size, list(h.block_keys), h.tail_key, h.num_tokens,
-            list(h.store_addresses), h.source_worker, h.blocks_pending, h.transfer_id, h.epoch, direct,
+            h.model_fingerprint,
+            h.dtype,
+            h.block_size,
+            h.tp_size,
+            list(h.block_keys),
+            h.tail_key,
+            h.num_tokens,
+            list(h.store_addresses),
+            h.source_worker,
+            h.blocks_pending,
+            h.transfer_id,
+            h.epoch,
+            direct,
         )
 
 

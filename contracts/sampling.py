@@ -69,67 +69,44 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         self._check_float("temperature", self.temperature, 0.0 <= self.temperature, ">= 0")
         self._check_float("top_p", self.top_p, 0.0 < self.top_p <= 1.0, "in (0, 1]")
         if not _is_int(self.top_k) or not (self.top_k in (-1, 0) or self.top_k >= 1):
-            raise InvalidSamplingParams(
-                f"top_k={self.top_k!r} is invalid: allowed -1 or 0 (disabled) or an integer >= 1"
-            )
+            raise InvalidSamplingParams(f"top_k={self.top_k!r} is invalid: allowed -1 or 0 (disabled) or an integer >= 1")
         self._check_float("min_p", self.min_p, 0.0 <= self.min_p <= 1.0, "in [0, 1]")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             self._check_float(name, value, -2.0 <= value <= 2.0, "in [-2, 2]")
-        self._check_float(
-            "repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "> 0"
-        )
+        self._check_float("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "> 0")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise InvalidSamplingParams(
-                f"max_tokens={self.max_tokens!r} is invalid: allowed an integer >= 1"
-            )
+            raise InvalidSamplingParams(f"max_tokens={self.max_tokens!r} is invalid: allowed an integer >= 1")
         if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
             raise InvalidSamplingParams(
-                f"min_tokens={self.min_tokens!r} is invalid: allowed an integer in "
-                f"[0, max_tokens={self.max_tokens}]"
+                f"min_tokens={self.min_tokens!r} is invalid: allowed an integer in [0, max_tokens={self.max_tokens}]"
             )
         for token_id in self.stop_token_ids:
             if not _is_int(token_id) or not 0 <= token_id < vocab_size:
-                raise InvalidSamplingParams(
-                    f"stop_token_ids contains {token_id!r}: allowed token ids in [0, {vocab_size})"
-                )
-        if self.logprobs is not None and (
-            not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
-        ):
+                raise InvalidSamplingParams(f"stop_token_ids contains {token_id!r}: allowed token ids in [0, {vocab_size})")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise InvalidSamplingParams(
-                f"logprobs={self.logprobs!r} is invalid: allowed None or an integer in "
-                f"[0, {MAX_LOGPROBS}]"
+                f"logprobs={self.logprobs!r} is invalid: allowed None or an integer in [0, {MAX_LOGPROBS}]"
             )
-        if self.seed is not None and (
-            not _is_int(self.seed) or not _INT64_MIN <= self.seed <= _INT64_MAX
-        ):
+        if self.seed is not None and (not _is_int(self.seed) or not _INT64_MIN <= self.seed <= _INT64_MAX):
             raise InvalidSamplingParams(
-                f"seed={self.seed!r} is invalid: allowed None or an integer in "
-                f"[{_INT64_MIN}, {_INT64_MAX}]"
+                f"seed={self.seed!r} is invalid: allowed None or an integer in [{_INT64_MIN}, {_INT64_MAX}]"
             )
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise InvalidSamplingParams(
-                f"stop has {len(self.stop)} strings: allowed at most {MAX_STOP_STRINGS}"
-            )
+            raise InvalidSamplingParams(f"stop has {len(self.stop)} strings: allowed at most {MAX_STOP_STRINGS}")
         for stop in self.stop:
             if not isinstance(stop, str) or not stop:
-                raise InvalidSamplingParams(
-                    f"stop contains {stop!r}: allowed non-empty strings only"
-                )
+                raise InvalidSamplingParams(f"stop contains {stop!r}: allowed non-empty strings only")
 
         self._validate_extras(vocab_size)
 
     def _validate_extras(self, vocab_size: int) -> None:
         if len(self.logit_bias) > MAX_LOGIT_BIAS:
-            raise InvalidSamplingParams(
-                f"logit_bias has {len(self.logit_bias)} entries: allowed at most {MAX_LOGIT_BIAS}"
-            )
+            raise InvalidSamplingParams(f"logit_bias has {len(self.logit_bias)} entries: allowed at most {MAX_LOGIT_BIAS}")
         for pair in self.logit_bias:
             token_id, bias = pair if isinstance(pair, (list, tuple)) and len(pair) == 2 else (pair, None)
             if not _is_int(token_id) or not 0 <= token_id < vocab_size:
-                raise InvalidSamplingParams(
-                    f"logit_bias has token id {token_id!r}: allowed token ids in [0, {vocab_size})"
-                )
+                raise InvalidSamplingParams(f"logit_bias has token id {token_id!r}: allowed token ids in [0, {vocab_size})")
             if not _is_number(bias) or not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:
                 raise InvalidSamplingParams(
                     f"logit_bias[{token_id}]={bias!r} is invalid: allowed a number in "
@@ -138,13 +115,10 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not _is_int(self.priority) or not _INT64_MIN <= self.priority <= _INT64_MAX:
             raise InvalidSamplingParams(f"priority={self.priority!r} is invalid: allowed an integer")
         if self.guided_kind not in ("", *GUIDED_KINDS):
-            raise InvalidSamplingParams(
-                f"guided_kind={self.guided_kind!r} is invalid: allowed one of {list(GUIDED_KINDS)}"
-            )
+            raise InvalidSamplingParams(f"guided_kind={self.guided_kind!r} is invalid: allowed one of {list(GUIDED_KINDS)}")
         if self.guided_kind not in ("", "json_object") and not self.guided_spec:
             raise InvalidSamplingParams(
-                f"guided_spec is empty: guided_kind={self.guided_kind!r} needs a schema, regex, "
-                "choice list or grammar"
+                f"guided_spec is empty: guided_kind={self.guided_kind!r} needs a schema, regex, choice list or grammar"
             )
         if self.guided_kind in ("json_schema", "choice"):
             # cheap checks now; whether the grammar compiles shows only when it is compiled
@@ -168,13 +142,24 @@ class SamplingParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def to_proto(params: SamplingParams) -> pb.SamplingParams:
     """Engine params -> worker.proto, every field set (so the worker never guesses a default)."""
     return pb.SamplingParams(
-        temperature=params.temperature, top_k=params.top_k, min_p=params.min_p,
-        presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
-        max_tokens=params.max_tokens, min_tokens=params.min_tokens, stop_token_ids=params.stop_token_ids,
-        stop=params.stop, ignore_eos=params.ignore_eos, logit_bias=dict(params.logit_bias), priority=params.priority,
-        guided_kind=params.guided_kind, guided_spec=params.guided_spec,
-        top_p=params.top_p, repetition_penalty=params.repetition_penalty,
-        seed=params.seed, logprobs=params.logprobs,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        max_tokens=params.max_tokens,
+        min_tokens=params.min_tokens,
+        stop_token_ids=params.stop_token_ids,
+        stop=params.stop,
+        ignore_eos=params.ignore_eos,
+        logit_bias=dict(params.logit_bias),
+        priority=params.priority,
+        guided_kind=params.guided_kind,
+        guided_spec=params.guided_spec,
+        top_p=params.top_p,
+        repetition_penalty=params.repetition_penalty,
+        seed=params.seed,
+        logprobs=params.logprobs,
     )
 
 

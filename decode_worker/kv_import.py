@@ -20,13 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from contracts.core_messages import ErrorKind, FromCore, RequestError
+from contracts.kv_handle import KVHandle
+from contracts.sampling import SamplingParams
 from engine.errors import EngineError, UnknownRequest
 from engine.llm_engine import LLMEngine
-from contracts.sampling import SamplingParams
-from contracts.core_messages import ErrorKind, FromCore, RequestError
 from kv_transfer.connector import KVConnector, KVLoad
 from kv_transfer.direct import DirectConnector, DirectLoad
-from contracts.kv_handle import KVHandle
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
@@ -50,9 +50,16 @@ class Import:
 
 
 class KVImports:
-    def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, done: queue.Queue,
-                 later: Callable[[float, Callable[[], None]], None], send: Callable[[FromCore], None],
-                 observe: Observe) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        connectors: list[KVConnector],
+        layout: KVLayout,
+        done: queue.Queue,
+        later: Callable[[float, Callable[[], None]], None],
+        send: Callable[[FromCore], None],
+        observe: Observe,
+    ) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.done, self.later, self.send, self.observe = done, later, send, observe
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
@@ -67,11 +74,14 @@ class KVImports:
     def num_waiting(self) -> int:
         return len(self.loading)
 
-    def start(self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, h: KVHandle, first: int,
-              kv_wait_s: float) -> None:
+    def start(
+        self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, h: KVHandle, first: int, kv_wait_s: float
+    ) -> None:
         mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
         if h.layout() != mine:
-            raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}")
+            raise ValueError(
+                f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}"
+            )
         if h.num_tokens != len(prompt):
             raise ValueError(f"KV handle covers {h.num_tokens} tokens but the prompt has {len(prompt)}")
         keys = block_keys(prompt, self.engine.fingerprint, self.block_size, salt)
@@ -80,8 +90,10 @@ class KVImports:
         sp.validate(self.engine.runner.vocab_size)
         candidates = [c for c in self.connectors if c.accepts(h)]
         if not candidates:
-            raise BlocksMissing("unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
-                                "from here (no direct offer on this host and no store holding them)")
+            raise BlocksMissing(
+                "unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
+                "from here (no direct offer on this host and no store holding them)"
+            )
         local = self.engine.cached_prefix_blocks(prompt, salt)
         imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
         self.loading[rid] = imp
@@ -135,8 +147,16 @@ class KVImports:
             return  # aborted while its KV was in flight
         del self.loading[imp.request_id]
         try:
-            self.engine.import_request(imp.request_id, imp.prompt, imp.params, load.source, len(imp.prompt),
-                                       imp.first_token, start_block=imp.local_blocks, cache_salt=imp.salt)
+            self.engine.import_request(
+                imp.request_id,
+                imp.prompt,
+                imp.params,
+                load.source,
+                len(imp.prompt),
+                imp.first_token,
+                start_block=imp.local_blocks,
+                cache_salt=imp.salt,
+            )
         except (EngineError, ValueError, UnknownRequest) as exc:
             load.done()
             kind = ErrorKind.INVALID_ARGUMENT if isinstance(exc, ValueError) else ErrorKind.INTERNAL

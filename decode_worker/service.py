@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from contracts.core_messages import AddRequest, ErrorKind, ImportRequest, RequestDelta
+from contracts.kv_handle import KVHandle
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from contracts.sampling import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from contracts.kv_handle import KVHandle
-from contracts.rpc import worker_pb2 as pb
-from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
@@ -42,8 +42,11 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                     if not request.HasField("first_token_id"):
                         raise RequestFailed(ErrorKind.INVALID_ARGUMENT, "a request with kv_handle needs first_token_id")
                     handle = KVHandle.from_proto(request.kv_handle)
-                    await rt.client.send(ImportRequest(rid, prompt, params, request.cache_salt, handle,
-                                                       request.first_token_id, rt.options.kv_wait_timeout))
+                    await rt.client.send(
+                        ImportRequest(
+                            rid, prompt, params, request.cache_salt, handle, request.first_token_id, rt.options.kv_wait_timeout
+                        )
+                    )
                 else:
                     await rt.client.send(AddRequest(rid, prompt, params, request.cache_salt, prefill_only=False))
                 start = last = rt.now()
@@ -62,8 +65,7 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                     else:
                         rt.metrics.inter_token(now - last)
                     last = now
-                    chunk = pb.GenerateChunk(token_ids=out.new_token_ids,
-                                             logprobs=[lp.to_proto() for lp in out.logprobs or []])
+                    chunk = pb.GenerateChunk(token_ids=out.new_token_ids, logprobs=[lp.to_proto() for lp in out.logprobs or []])
                     if finished:
                         chunk.finish_reason = out.finish_reason or "stop"
                         chunk.prompt_tokens, chunk.completion_tokens = out.num_prompt_tokens, out.num_output_tokens

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from engine.sequence import Sequence
 from kvstore.block_key import BlockKey, chain_key, root_key
-from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 
 
 @dataclass(slots=True)
@@ -114,8 +114,9 @@ class BlockManager:
                 stored.append(parent)
         if stored:
             token_ids = seq.token_ids[first_new * self.block_size : num_full * self.block_size]
-            self.events.append(BlockStored(keys=stored, parent=first_parent, token_ids=token_ids, block_size=self.block_size,
-                                           medium=self.medium))
+            self.events.append(
+                BlockStored(keys=stored, parent=first_parent, token_ids=token_ids, block_size=self.block_size, medium=self.medium)
+            )
 
     # ---- allocation ------------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_tokens: int) -> None:

@@ -76,7 +76,9 @@ class DecodeGraphs:
         self.host_seq_lens = torch.ones(b, dtype=torch.int32, pin_memory=pin)
         self.host_tables = torch.zeros(b * w, dtype=torch.int32, pin_memory=pin)
         self.np_tokens, self.np_seq_lens, self.np_tables = (
-            self.host_tokens.numpy(), self.host_seq_lens.numpy(), self.host_tables.numpy()
+            self.host_tokens.numpy(),
+            self.host_seq_lens.numpy(),
+            self.host_tables.numpy(),
         )
         # staging may be rewritten once the last step's copies are done
         self.copied = torch.cuda.Event() if pin else None

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import torch
 
+from contracts.lifeline import run_tied
 from contracts.ports import free_port
 from contracts.rank_plan import ExportBlocks, ImportBlocks, RankPlan, Stop, encode
 from engine import distributed
@@ -38,7 +39,6 @@ from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
 from engine.step_codec import step_plan
-from contracts.lifeline import run_tied
 
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
 
@@ -85,8 +85,12 @@ class ParallelExecutor:
             pipes = [mp.Pipe(duplex=False) for _ in range(1, local)]  # (reader for rank r, writer for rank 0)
             self.plans = [writer for _, writer in pipes] + self.plans
             self.ranks = [
-                mp.Process(target=run_tied, daemon=True, name=f"splitserve-rank{r}",
-                           args=(os.getpid(), run_rank, config, r, self.world, port, pipes[r - 1][0], eos))
+                mp.Process(
+                    target=run_tied,
+                    daemon=True,
+                    name=f"splitserve-rank{r}",
+                    args=(os.getpid(), run_rank, config, r, self.world, port, pipes[r - 1][0], eos),
+                )
                 for r in range(1, local)
             ] + self.ranks
             with _allow_children():
@@ -95,8 +99,15 @@ class ParallelExecutor:
         self._closed = False
         try:
             with self._guard():
-                distributed.init(0, self.world, port, resolve_device(config.device), config.expert_parallel,
-                                 config.distributed_timeout_s, config.dist_host)
+                distributed.init(
+                    0,
+                    self.world,
+                    port,
+                    resolve_device(config.device),
+                    config.expert_parallel,
+                    config.distributed_timeout_s,
+                    config.dist_host,
+                )
                 self.runner = ModelRunner(config, eos)
         except BaseException:
             self.shutdown()
@@ -116,8 +127,10 @@ class ParallelExecutor:
     def _dead_rank(self) -> str | None:
         for rank, p in enumerate(self.ranks, start=1):
             if not p.is_alive():
-                return (f"tensor-parallel rank {rank} (pid {p.pid}) exited with code {p.exitcode}; "
-                        "the engine cannot continue: restart it (that rank's log has the cause)")
+                return (
+                    f"tensor-parallel rank {rank} (pid {p.pid}) exited with code {p.exitcode}; "
+                    "the engine cannot continue: restart it (that rank's log has the cause)"
+                )
         return None
 
     def check_ranks(self) -> None:
@@ -167,8 +180,10 @@ class ParallelExecutor:
         s = self.transfer_spec
         expected = (len(block_ids), s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim)
         if tuple(rows.shape) != expected:
-            raise ValueError(f"KV rows have shape {tuple(rows.shape)}, expected full-head rows {expected}; "
-                             "export and import engines must share model and block size")
+            raise ValueError(
+                f"KV rows have shape {tuple(rows.shape)}, expected full-head rows {expected}; "
+                "export and import engines must share model and block size"
+            )
         rows = rows.to(device=self.device, dtype=self.dtype).contiguous()
         with self._guard():
             self._send(ImportBlocks(block_ids))
@@ -176,8 +191,9 @@ class ParallelExecutor:
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
 
     def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
-        raise NotImplementedError("device-direct KV import runs at tensor_parallel_size 1 only; "
-                                  "a TP engine imports KV through the store")
+        raise NotImplementedError(
+            "device-direct KV import runs at tensor_parallel_size 1 only; a TP engine imports KV through the store"
+        )
 
     def shutdown(self) -> None:
         if self._closed:

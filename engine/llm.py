@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
-from contracts.sampling import SamplingParams
 
 
 class LLM:

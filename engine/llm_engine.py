@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from contracts.core_messages import EngineLoad, TokenLogprob
+from contracts.kv_events import KVEvent
+from contracts.sampling import SamplingParams
 from engine.block_manager import BlockManager
 from engine.checkpoint import fingerprint as checkpoint_fingerprint
 from engine.config import EngineConfig
@@ -26,17 +29,14 @@ from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
 from engine.model_runner import ModelRunner
-from contracts.core_messages import EngineLoad, TokenLogprob
 from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampler import Sampler, SamplerOutput
-from contracts.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarState
 from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
-from contracts.kv_events import KVEvent
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class _Request:
 @dataclass(slots=True)
 class _Step:
     """A step's samples on their way to the host (emitted now, or by the next step when it runs ahead)."""
+
     sampled: list[Sequence]
     out: SamplerOutput
     tokens: PendingTokens
@@ -83,9 +84,7 @@ class LLMEngine:
         self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
         self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
         # guided requests wait here, not in the scheduler, until their grammar is compiled
-        self.grammars = GrammarPreparer(
-            lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
-        )
+        self.grammars = GrammarPreparer(lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids))
 
     def grammar_state(self, params: SamplingParams) -> GrammarState:
         """A fresh matcher for a guided request, compiled now (InvalidSamplingParams if it cannot be)."""
@@ -242,8 +241,9 @@ class LLMEngine:
         """Keys of the request's full computed blocks (same as kvstore.block_key.block_keys)."""
         seq = self.requests[request_id].seq
         num_full = seq.num_computed_tokens // self.config.block_size
-        return block_keys(seq.token_ids[: num_full * self.config.block_size], self.fingerprint,
-                          self.config.block_size, seq.cache_salt)
+        return block_keys(
+            seq.token_ids[: num_full * self.config.block_size], self.fingerprint, self.config.block_size, seq.cache_salt
+        )
 
     def take_kv_events(self) -> list[KVEvent]:
         return self.blocks.take_events()
@@ -290,8 +290,12 @@ class LLMEngine:
         string finishes when its token is emitted; what the step ahead computed for it is dropped.
         """
         running = self.scheduler.running
-        if (not self.config.async_decode or self.scheduler.waiting or len(running) != len(last)
-                or any(a is not b for a, b in zip(running, last))):
+        if (
+            not self.config.async_decode
+            or self.scheduler.waiting
+            or len(running) != len(last)
+            or any(a is not b for a, b in zip(running, last))
+        ):
             return None
         outputs = [seq.num_tokens - seq.num_prompt_tokens + 1 for seq in running]  # once the token in flight lands
         for seq, n in zip(running, outputs):
@@ -348,7 +352,9 @@ class LLMEngine:
             if self.on_prefill_progress is not None and start < seq.num_prompt_tokens:
                 done = seq.num_computed_tokens >= seq.num_prompt_tokens
                 self.on_prefill_progress(
-                    PrefillProgress(seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done)
+                    PrefillProgress(
+                        seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done
+                    )
                 )
 
     def _emit(self, step: _Step) -> list[RequestOutput]:

@@ -14,9 +14,9 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from contracts.rank_plan import ExportBlocks, ImportBlocks, StepPlan, Stop, decode_plan
 from engine import distributed
 from engine.config import EngineConfig
-from contracts.rank_plan import ExportBlocks, ImportBlocks, StepPlan, Stop, decode_plan
 from engine.step_codec import step_metadata
 
 POLL_S = 0.5
@@ -26,8 +26,7 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
     from engine.model_runner import ModelRunner, resolve_device
 
     device = resolve_device(config.device)
-    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s,
-                     config.dist_host)
+    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s, config.dist_host)
     runner = ModelRunner(config, eos)
     parent = multiprocessing.parent_process()
     try:

@@ -81,7 +81,9 @@ class RemoteRank:
         self.exitcode = self.exitcode if self.exitcode is not None else -9
 
 
-def accept_remote_ranks(config: EngineConfig, eos: set[int], timeout_s: float = JOIN_TIMEOUT_S) -> tuple[list[RemoteRank], list[Connection]]:
+def accept_remote_ranks(
+    config: EngineConfig, eos: set[int], timeout_s: float = JOIN_TIMEOUT_S
+) -> tuple[list[RemoteRank], list[Connection]]:
     """Leader: wait for every rank of nodes 1..nnodes-1; returns them and their plan connections."""
     token = group_token()
     wanted = set(range(config.tensor_parallel_size)) - set(local_ranks(config, 0))
@@ -93,8 +95,10 @@ def accept_remote_ranks(config: EngineConfig, eos: set[int], timeout_s: float = 
         while len(joined) < len(wanted):
             if time.monotonic() > deadline:
                 missing = sorted(wanted - set(joined))
-                raise RankGroupError(f"tensor-parallel ranks {missing} did not join within {timeout_s:.0f}s "
-                                     f"(are the other pods of the group running `splitserve tp-ranks`?)")
+                raise RankGroupError(
+                    f"tensor-parallel ranks {missing} did not join within {timeout_s:.0f}s "
+                    f"(are the other pods of the group running `splitserve tp-ranks`?)"
+                )
             try:
                 sock, peer = server.accept()
             except TimeoutError:
@@ -131,7 +135,9 @@ def join_leader(host: str, port: int, rank: int, timeout_s: float = JOIN_TIMEOUT
             break
         except OSError as exc:
             if time.monotonic() > deadline:
-                raise RankGroupError(f"rank {rank}: leader {host}:{port + 1} did not answer within {timeout_s:.0f}s: {exc}") from exc
+                raise RankGroupError(
+                    f"rank {rank}: leader {host}:{port + 1} did not answer within {timeout_s:.0f}s: {exc}"
+                ) from exc
             time.sleep(RETRY_S)
     sock.settimeout(None)
     conn = Connection(sock.detach())
@@ -158,8 +164,10 @@ def _run_remote_rank(host: str, port: int, rank: int) -> None:
 def run_node(host: str, port: int, world: int, nnodes: int, node_rank: int) -> int:
     """``splitserve tp-ranks``: run this node's ranks until the leader stops them; returns an exit code."""
     if not 0 < node_rank < nnodes or world % nnodes:
-        raise RankGroupError(f"node rank {node_rank} of {nnodes} nodes, world {world}: need 0 < node rank < nodes "
-                             "and a world divisible by the node count (node 0 is the leader worker)")
+        raise RankGroupError(
+            f"node rank {node_rank} of {nnodes} nodes, world {world}: need 0 < node rank < nodes "
+            "and a world divisible by the node count (node 0 is the leader worker)"
+        )
     per_node = world // nnodes
     # A pod's SIGTERM reaches its group's pods together, but the leader is still draining its
     # requests and needs every rank for that: the ranks stop when the leader closes their channel.

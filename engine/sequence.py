@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from engine.kv_source import KVSource
 from contracts.sampling import SamplingParams
+from engine.kv_source import KVSource
 from engine.structured_output import GrammarState
 
 

@@ -12,8 +12,15 @@ from contracts.rank_plan import StepPlan
 from engine.step_metadata import StepMetadata
 
 _FIELDS = ("input_ids", "positions", "slot_mapping", "cu_seqlens_q", "seq_lens", "block_tables", "logits_indices")
-_DTYPES = {"input_ids": torch.long, "positions": torch.long, "slot_mapping": torch.long, "cu_seqlens_q": torch.int32,
-           "seq_lens": torch.int32, "block_tables": torch.int32, "logits_indices": torch.long}
+_DTYPES = {
+    "input_ids": torch.long,
+    "positions": torch.long,
+    "slot_mapping": torch.long,
+    "cu_seqlens_q": torch.int32,
+    "seq_lens": torch.int32,
+    "block_tables": torch.int32,
+    "logits_indices": torch.long,
+}
 
 
 def step_plan(meta: StepMetadata) -> StepPlan:
@@ -32,6 +39,15 @@ def step_metadata(plan: StepPlan, device: torch.device) -> StepMetadata:
         tensors[field] = torch.from_numpy(part.copy()).to(_DTYPES[field]).to(device, non_blocking=True)
     tensors["block_tables"] = tensors["block_tables"].reshape(plan.num_seqs, -1)  # [S, max_blocks]
     t = tensors
-    return StepMetadata(t["input_ids"], t["positions"], t["slot_mapping"], t["cu_seqlens_q"], t["seq_lens"],
-                        t["block_tables"], t["logits_indices"], max_q_len=plan.max_q_len,
-                        cu_seqlens_q_host=host["cu_seqlens_q"], seq_lens_host=host["seq_lens"])
+    return StepMetadata(
+        t["input_ids"],
+        t["positions"],
+        t["slot_mapping"],
+        t["cu_seqlens_q"],
+        t["seq_lens"],
+        t["block_tables"],
+        t["logits_indices"],
+        max_q_len=plan.max_q_len,
+        cu_seqlens_q_host=host["cu_seqlens_q"],
+        seq_lens_host=host["seq_lens"],
+    )

@@ -11,9 +11,7 @@ from engine.errors import CheckpointError
 
 def load_tokenizer(model_dir: Path):
     if not (model_dir / "tokenizer.json").is_file() and not (model_dir / "tokenizer.model").is_file():
-        raise CheckpointError(
-            f"no tokenizer.json in {model_dir}; copy the tokenizer files of the model next to its weights"
-        )
+        raise CheckpointError(f"no tokenizer.json in {model_dir}; copy the tokenizer files of the model next to its weights")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)

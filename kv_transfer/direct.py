@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 import zmq
 
+from contracts.kv_handle import DirectOffer, KVHandle
 from engine.kv_source import KVBlockSink
 from kv_transfer.connector import ExportJob
-from contracts.kv_handle import DirectOffer, KVHandle
 from kv_transfer.peer_pool import PeerPools, PeerPoolUnavailable, describe_pool, host_identity, parse_descriptor
 from kv_transfer.release import ReleaseInbox, ReleaseSender
 
@@ -102,9 +102,16 @@ class DirectLoad:
 class DirectConnector:
     name = "direct"
 
-    def __init__(self, ctx: zmq.Context, local_device: torch.device, epoch: str, lease_s: float = 30.0,
-                 pool: torch.Tensor | None = None, pool_file: str | None = None,
-                 block_ids_of: Callable[[str, int], list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        local_device: torch.device,
+        epoch: str,
+        lease_s: float = 30.0,
+        pool: torch.Tensor | None = None,
+        pool_file: str | None = None,
+        block_ids_of: Callable[[str, int], list[int]] | None = None,
+    ) -> None:
         """Sender side when ``pool`` is given (this engine's pool and, on CPU, its backing file)."""
         self.epoch, self.lease_s = epoch, lease_s
         self.host = host_identity()

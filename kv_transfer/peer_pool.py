@@ -15,6 +15,7 @@ import glob
 import os
 import socket
 import threading
+
 import msgspec
 import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
@@ -80,8 +81,20 @@ def describe_pool(pool: torch.Tensor, shm_file: str | None) -> PoolDescriptor:
         _, args = reduce_tensor(pool)
         # (tensor_cls, size, stride, offset, storage_cls, dtype, device, handle, size_bytes, offset_bytes,
         #  requires_grad, ref_counter_handle, ref_counter_offset, event_handle, event_sync_required)
-        fields = [list(args[1]), list(args[2]), args[3], args[6], args[7], args[8], args[9], args[10], args[11],
-                  args[12], args[13], args[14]]
+        fields = [
+            list(args[1]),
+            list(args[2]),
+            args[3],
+            args[6],
+            args[7],
+            args[8],
+            args[9],
+            args[10],
+            args[11],
+            args[12],
+            args[13],
+            args[14],
+        ]
         return PoolDescriptor(host, device_identity(pool.device), shape, dtype, os.getpid(), cuda_ipc=fields)
     if not shm_file:
         raise ValueError("a CPU KV pool is shareable only when it is file-backed (EngineConfig.kv_pool_file)")
@@ -108,9 +121,23 @@ def open_pool(desc: PoolDescriptor, local_device: torch.device) -> torch.Tensor:
         size, stride, offset, _dev, handle, size_b, offset_b, grad, rc_handle, rc_offset, ev, ev_sync = desc.cuda_ipc
         storage_cls = type(torch.empty(0, device=local_device).untyped_storage())
         try:
-            return rebuild_cuda_tensor(torch.Tensor, tuple(size), tuple(stride), offset, storage_cls, dtype,
-                                       _local_cuda_device(desc.device), handle, size_b, offset_b, grad,
-                                       rc_handle, rc_offset, ev, ev_sync)
+            return rebuild_cuda_tensor(
+                torch.Tensor,
+                tuple(size),
+                tuple(stride),
+                offset,
+                storage_cls,
+                dtype,
+                _local_cuda_device(desc.device),
+                handle,
+                size_b,
+                offset_b,
+                grad,
+                rc_handle,
+                rc_offset,
+                ev,
+                ev_sync,
+            )
         except RuntimeError as exc:
             raise PeerPoolUnavailable(f"opening the peer's CUDA IPC handle failed: {exc}") from exc
     if local_device.type != "cpu":

@@ -32,13 +32,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from contracts.kv_handle import KVHandle
 from engine.kv_cache import KVCacheSpec
 from engine.kv_source import KVRows
 from kv_transfer.connector import ExportJob
-from contracts.kv_handle import KVHandle
+from kvstore.backend import StoreBackend, open_store
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
-from kvstore.backend import StoreBackend, open_store
 from kvstore.event_publisher import KVEventPublisher
 from kvstore.mooncake_url import is_mooncake_url
 from kvstore.store_tier_events import AnnouncingStore
@@ -71,9 +71,16 @@ def _reader_only(request_id: str, first: int, end: int) -> torch.Tensor:
 class StoreConnector:
     name = "store"
 
-    def __init__(self, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver,
-                 export_rows: ExportRows | None = None, write_budget: int | None = None,
-                 announce_on: KVEventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        layout: KVLayout,
+        spec: KVCacheSpec,
+        observe: TransferObserver,
+        export_rows: ExportRows | None = None,
+        write_budget: int | None = None,
+        announce_on: KVEventPublisher | None = None,
+    ) -> None:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
         self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
         self.announcer: AnnouncingStore | None = None

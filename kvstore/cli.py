@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node.add_argument("--port", type=int, default=50061, help="gRPC port (0: any free port)")
     node.add_argument("--advertise-host", default=None, help="host clients dial (default: --host, or 127.0.0.1)")
     node.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics (0: off)")
-    node.add_argument("--data-port", type=int, default=0, help="raw-TCP data plane for remote clients (0: any free port, -1: off)")
+    node.add_argument(
+        "--data-port", type=int, default=0, help="raw-TCP data plane for remote clients (0: any free port, -1: off)"
+    )
     node.set_defaults(func=_run_node)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from contracts.kv_events import BlockKey, KVEvent, decode_snapshot, encode_batch, encode_snapshot
 from contracts.internal_auth import secure_zmq_client, secure_zmq_server
+from contracts.kv_events import BlockKey, KVEvent, decode_snapshot, encode_batch, encode_snapshot
 
 SNAPSHOT_REQUEST = b"snapshot"
 

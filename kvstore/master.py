@@ -12,14 +12,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from contracts.grpc_options import STORE_GRPC_OPTIONS
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore import metrics
 from kvstore.errors import InvalidRequest, StoreError, code_number
 from kvstore.event_publisher import KVEventPublisher
 from kvstore.master_config import MasterConfig
 from kvstore.master_state import MasterState, StoredObject
-from contracts.internal_auth import server_interceptors
-from contracts.rpc import kvstore_pb2 as pb
-from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
@@ -54,7 +54,9 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def RegisterNode(self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext) -> pb.RegisterNodeReply:
         try:
-            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address)
+            node_id = self.state.register_node(
+                request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address
+            )
         except StoreError as exc:
             await context.abort(exc.code, str(exc))
         log.info("storage node %s registered at %s (%d bytes)", node_id, request.address, request.capacity)
@@ -194,7 +196,10 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsReply:
         s = self.state
-        nodes = [pb.NodeStats(node_id=n.node_id, address=n.address, capacity=n.allocator.capacity, used=n.allocator.used) for n in s.nodes.values()]
+        nodes = [
+            pb.NodeStats(node_id=n.node_id, address=n.address, capacity=n.allocator.capacity, used=n.allocator.used)
+            for n in s.nodes.values()
+        ]
         return pb.StatsReply(nodes=nodes, objects=len(s.objects), pending_puts=len(s.pending), evictions=s.evictions)
 
     # -------------------------------------------------------- helpers
@@ -207,7 +212,10 @@ class MasterServicer(pb_grpc.MasterServicer):
         if out.put is None:
             return pb.PutStartResult(key=item.key, state=_STATE_NAMES[out.state])
         return pb.PutStartResult(
-            key=item.key, state=pb.PUT_STATE_STARTED, put_id=out.put.put_id, replicas=[self._replica(p.node_id, p.offset) for p in out.put.placements]
+            key=item.key,
+            state=pb.PUT_STATE_STARTED,
+            put_id=out.put.put_id,
+            replicas=[self._replica(p.node_id, p.offset) for p in out.put.placements],
         )
 
     def _per_key(self, key: str, fn, *args) -> pb.KeyResult:
@@ -220,7 +228,12 @@ class MasterServicer(pb_grpc.MasterServicer):
     def _replica(self, node_id: str, offset: int) -> pb.Replica:
         n = self.state.nodes[node_id]
         return pb.Replica(
-            node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name,
+            node_id=node_id,
+            address=n.address,
+            offset=offset,
+            hostname=n.hostname,
+            boot_id=n.boot_id,
+            shm_name=n.shm_name,
             data_address=n.data_address,
         )
 

@@ -13,9 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.allocator import OutOfSpace, SegmentAllocator
 from kvstore.errors import InvalidRequest, NoStorageNodes, ObjectNotFound, ObjectTooLarge, PutExpired, StoreFull
-from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.master_config import MasterConfig
 
 MEDIUM = "store"
@@ -91,13 +91,17 @@ class MasterState:
 
     # ------------------------------------------------------------ nodes
 
-    def register_node(self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str, data_address: str = "") -> str:
+    def register_node(
+        self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str, data_address: str = ""
+    ) -> str:
         if not address or capacity <= 0:
             raise InvalidRequest(f"node registration needs an address and a positive capacity, got {address!r}, {capacity}")
         for old in [n.node_id for n in self.nodes.values() if n.address == address]:
             self.drop_node(old)  # a restarted node lost its memory
         node_id = uuid.uuid4().hex[:12]
-        self.nodes[node_id] = NodeInfo(node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock(), data_address)
+        self.nodes[node_id] = NodeInfo(
+            node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock(), data_address
+        )
         return node_id
 
     def heartbeat(self, node_id: str) -> bool:

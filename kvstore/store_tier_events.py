@@ -21,10 +21,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.backend import StoreBackend
 from kvstore.block_key import BlockKey, KVLayout
 from kvstore.client import PutResult, PutStatus
-from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.event_publisher import KVEventPublisher
 from kvstore.payload import Payload
 
@@ -34,8 +34,15 @@ MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_
 class AnnouncingStore:
     """A StoreBackend whose successful writes are published as KV events; thread-safe."""
 
-    def __init__(self, backend: StoreBackend, pub_endpoint: str = "", snapshot_endpoint: str = "", topic: str = "kvstore",
-                 max_announced: int = 200_000, publisher: KVEventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        backend: StoreBackend,
+        pub_endpoint: str = "",
+        snapshot_endpoint: str = "",
+        topic: str = "kvstore",
+        max_announced: int = 200_000,
+        publisher: KVEventPublisher | None = None,
+    ) -> None:
         """Announce on a publisher of its own (``pub_endpoint`` / ``snapshot_endpoint``), or on
         the caller's ``publisher`` (a worker's own event stream; its snapshot function should
         add ``snapshot()``'s "store" entry to the worker's own)."""

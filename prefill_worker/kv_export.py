@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from contracts.core_messages import ErrorKind, FromCore, Prefilled, PrefillResult, RequestError
+from contracts.kv_handle import KVHandle
+from contracts.sampling import SamplingParams
 from engine.errors import EngineError, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from contracts.sampling import SamplingParams
 from kv_transfer.connector import ExportJob, KVConnector
-from contracts.kv_handle import KVHandle
 from kv_transfer.store import StoreConnector, tail_key
 from kvstore.block_key import KVLayout, block_keys
 
@@ -42,8 +42,16 @@ class PrefillJob:
 
 
 class PrefillJobs:
-    def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, worker_id: str,
-                 epoch: str, done: queue.Queue, send: Callable[[FromCore], None]) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        connectors: list[KVConnector],
+        layout: KVLayout,
+        worker_id: str,
+        epoch: str,
+        done: queue.Queue,
+        send: Callable[[FromCore], None],
+    ) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.store = next((c for c in connectors if isinstance(c, StoreConnector)), None)
         self.worker_id, self.epoch = worker_id, epoch
@@ -99,8 +107,10 @@ class PrefillJobs:
         if min(prompt) < 0 or max(prompt) >= self.engine.runner.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.engine.runner.vocab_size}) for this model")
         if len(prompt) >= self.engine.max_model_len:
-            raise PromptTooLong(f"prompt has {len(prompt)} tokens but the context holds {self.engine.max_model_len} "
-                                "(including at least one new token); shorten the prompt")
+            raise PromptTooLong(
+                f"prompt has {len(prompt)} tokens but the context holds {self.engine.max_model_len} "
+                "(including at least one new token); shorten the prompt"
+            )
 
     def _admit(self, pj: PrefillJob, sp: SamplingParams, salt: str, local: int, rows) -> None:
         rid = pj.job.request_id
@@ -109,8 +119,16 @@ class PrefillJobs:
         pj.fetching = False
         try:
             if rows is not None and rows.shape[0]:
-                self.engine.import_request(rid, pj.job.prompt, sp, rows, (local + rows.shape[0]) * self.block_size,
-                                           start_block=local, cache_salt=salt, prefill_only=True)
+                self.engine.import_request(
+                    rid,
+                    pj.job.prompt,
+                    sp,
+                    rows,
+                    (local + rows.shape[0]) * self.block_size,
+                    start_block=local,
+                    cache_salt=salt,
+                    prefill_only=True,
+                )
             else:
                 self.engine.add_request(rid, pj.job.prompt, sp, prefill_only=True, cache_salt=salt)
         except (EngineError, ValueError) as exc:
@@ -137,8 +155,9 @@ class PrefillJobs:
         errors = self.store.failed(pj.job) if self.store is not None else []
         handle = self._handle(pj.job)
         if errors and handle.direct is None:  # the store was the only way: the handle would be useless
-            self.send(RequestError(out.request_id, ErrorKind.UNAVAILABLE,
-                                   f"writing the KV blocks to the store failed: {errors[0]}"))
+            self.send(
+                RequestError(out.request_id, ErrorKind.UNAVAILABLE, f"writing the KV blocks to the store failed: {errors[0]}")
+            )
         else:
             self.send(Prefilled(out.request_id, self._result(out, len(pj.job.prompt), handle)))
         if self.store is not None:
@@ -161,8 +180,16 @@ class PrefillJobs:
 
     def _handle(self, job: ExportJob) -> KVHandle:
         handle = KVHandle(
-            self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size, job.keys, job.tail,
-            len(job.prompt), source_worker=self.worker_id, transfer_id=job.transfer_id, epoch=self.epoch,
+            self.layout.model_fingerprint,
+            self.layout.dtype,
+            self.block_size,
+            self.layout.tp_size,
+            job.keys,
+            job.tail,
+            len(job.prompt),
+            source_worker=self.worker_id,
+            transfer_id=job.transfer_id,
+            epoch=self.epoch,
         )
         for c in self.connectors:
             c.offer(job, handle)
@@ -170,8 +197,14 @@ class PrefillJobs:
 
     @staticmethod
     def _result(out: RequestOutput, prompt_len: int, handle: KVHandle) -> PrefillResult:
-        return PrefillResult(out.new_token_ids[0], out.new_logprobs[0] if out.new_logprobs else None, handle,
-                             out.num_cached_tokens, prompt_len - out.num_cached_tokens, out.finish_reason)
+        return PrefillResult(
+            out.new_token_ids[0],
+            out.new_logprobs[0] if out.new_logprobs else None,
+            handle,
+            out.num_cached_tokens,
+            prompt_len - out.num_cached_tokens,
+            out.finish_reason,
+        )
 
     def abort(self, rid: str) -> bool:
         """False when the request was already answered: its blocks stay until no connector holds them."""

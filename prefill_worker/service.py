@@ -15,12 +15,12 @@ import uuid
 import grpc
 
 from contracts.core_messages import AddRequest, ErrorKind, Prefilled
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from contracts.sampling import from_proto as sampling_from_proto
 from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from contracts.rpc import worker_pb2 as pb
-from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
@@ -36,8 +36,9 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
             q = rt.client.open(rid)
             answered = False
             try:
-                await rt.client.send(AddRequest(rid, list(request.prompt_token_ids), params, request.cache_salt,
-                                                prefill_only=True))
+                await rt.client.send(
+                    AddRequest(rid, list(request.prompt_token_ids), params, request.cache_salt, prefill_only=True)
+                )
                 answer = await rt.next_message(q)
                 if isinstance(answer, Aborted):
                     raise RequestFailed(ErrorKind.CANCELLED, f"request {rid!r} was aborted")
@@ -54,9 +55,12 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
             rt.metrics.prefill(elapsed)
             rt.metrics.finished(len(request.prompt_token_ids), 1)
             return pb.PrefillResponse(
-                request_id=rid, first_token_id=res.first_token_id, first_logprob=res.first_logprob.to_proto() if res.first_logprob else None,
+                request_id=rid,
+                first_token_id=res.first_token_id,
+                first_logprob=res.first_logprob.to_proto() if res.first_logprob else None,
                 kv_handle=res.handle.to_proto(),
-                num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
+                num_cached_tokens=res.num_cached_tokens,
+                num_computed_tokens=res.num_computed_tokens,
                 finish_reason=res.finish_reason or "",
             )
 

@@ -16,7 +16,8 @@ event. Every RPC carries the request's deadline (--request-timeout, all retries
 included) and every wait on a worker a silence bound: --stall-timeout (default 5 s)
 while the pool's health checks fail for that worker (stopped, wedged, unreachable),
 the longer chunk timeout otherwise; so a stalled worker's requests fail over before
-their first token, or end with a clear error after it, and a stream never hangs. Closing the generator early (client gone) sends Abort to the worker.
+their first token, or end with a clear error after it, and a stream never hangs. Closing the generator early
+(client gone) sends Abort to the worker.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import TypeVar
 
 import grpc
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
-from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,7 +146,9 @@ class WorkerBackend:
                 except (TimeoutError, grpc.aio.AioRpcError) as exc:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
-                        raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
+                        raise WorkerStreamError(
+                            f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}"
+                        ) from exc
                     if prefill is not None and _path_fault(exc):
                         self.kv_path.failed(f"decode on {decision.decode_worker}: {_describe(exc)}")
                     if prefill is not None and _replayable(request.sampling):

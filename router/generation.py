@@ -6,11 +6,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from contracts.rpc import worker_pb2
 from contracts.sampling import InvalidSamplingParams, SamplingParams
 from contracts.sampling import to_proto as sampling_to_proto
 from router.errors import APIError
 from router.protocol import ChatCompletionRequest, CompletionRequest
-from contracts.rpc import worker_pb2
 
 
 @dataclass(slots=True)
@@ -42,7 +42,11 @@ def _logit_bias(req: CompletionRequest | ChatCompletionRequest) -> list[tuple[in
 
 
 def sampling_params(
-    req: CompletionRequest | ChatCompletionRequest, prompt_len: int, max_model_len: int, vocab_size: int, max_n: int,
+    req: CompletionRequest | ChatCompletionRequest,
+    prompt_len: int,
+    max_model_len: int,
+    vocab_size: int,
+    max_n: int,
     guide: tuple[str, ...] = ("", ""),
 ) -> SamplingParams:
     """Validate and fill OpenAI defaults (temperature 1.0; seed stays unset unless given).

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from contracts.internal_auth import secure_zmq_client
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, decode_batch
 from kvstore.event_publisher import request_snapshot
 from kvstore.store_tier_events import MEDIUM as STORE_MEDIUM
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
-from contracts.internal_auth import secure_zmq_client
 
 log = logging.getLogger(__name__)
 

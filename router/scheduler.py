@@ -30,13 +30,13 @@ from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, Sched
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
-
-
 _WORKER_ID = attrgetter("worker_id")
 
 
 def _no_blocks(publisher: str) -> int:
     return 0
+
+
 # Scorer types that read the prefix index; a policy without them never looks it up.
 _PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft"})
 

@@ -112,7 +112,9 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
 
             raw = yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-        raise SchedulerConfigError(f"scheduler config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise SchedulerConfigError(
+            f"scheduler config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     return parse_scheduler_config(raw, str(path))
 
 

@@ -16,7 +16,6 @@ from router.errors import APIError
 from router.tokenization import PromptTokenizer
 
 
-
 class Guide(NamedTuple):
     kind: str  # SamplingParams.guided_kind; "" = free text
     spec: str

@@ -93,8 +93,10 @@ def messages_as_dicts(messages: list[Any]) -> list[dict]:
         if m.name:
             item["name"] = m.name
         if m.tool_calls:  # templates read arguments as a mapping (Qwen, Llama 3 do `| tojson`)
-            item["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
-                "name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in m.tool_calls]
+            item["tool_calls"] = [
+                {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                for c in m.tool_calls
+            ]
         if m.tool_call_id:
             item["tool_call_id"] = m.tool_call_id
         out.append(item)

@@ -18,11 +18,11 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from router.discovery import Change, DiscoveryEvent
 from router.kv_event_subscriber import KVEventSubscriber
 from router.workers import Role, Worker
-from contracts.internal_auth import client_interceptors
-from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 StubT = TypeVar("StubT")
@@ -120,7 +120,12 @@ class WorkerPool:
         if not serving:
             self._failures[worker.address] = self._failures.get(worker.address, 0) + 1
             if worker.healthy and self._failures[worker.address] >= self.fail_threshold:
-                log.warning("worker %s (%s) failed %d health checks; out of the pool", worker.address, worker.role.value, self.fail_threshold)
+                log.warning(
+                    "worker %s (%s) failed %d health checks; out of the pool",
+                    worker.address,
+                    worker.role.value,
+                    self.fail_threshold,
+                )
                 worker.healthy = False
             return
         self._failures[worker.address] = 0

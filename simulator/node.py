@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvstore.block_key import BlockKey, block_keys
 from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
+from kvstore.block_key import BlockKey, block_keys
 from kvstore.event_publisher import KVEventPublisher
 from simulator.block_cache import BlockCache
 from simulator.clock import SimClock

@@ -111,7 +111,11 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
             wid = f"{role.value}-{i}"
             cache = BlockCache(config.capacity_blocks or config.profile.kv_capacity_blocks(config.block_size))
             node = SimNode(wid, role.value, config.profile, clock, cache, "sim", config.block_size, IndexSink(index, wid))
-            sims[wid] = SimPrefillWorker(node) if role is Role.PREFILL else SimDecodeWorker(node, config.tick_s, flush_s=1e9, keep_imports=config.decode_keeps_imports)
+            sims[wid] = (
+                SimPrefillWorker(node)
+                if role is Role.PREFILL
+                else SimDecodeWorker(node, config.tick_s, flush_s=1e9, keep_imports=config.decode_keeps_imports)
+            )
             views[wid] = Worker(wid, role, WorkerLoad(worker_id=wid, role=role.value))
     engines = [asyncio.create_task(s.run()) for s in sims.values()]
     scheduler = Scheduler(config.scheduler, index)

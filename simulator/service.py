@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from contracts.sampling import from_proto as sampling_from_proto
 from simulator.decode import SimDecodeWorker
 from simulator.node import SimNode
 from simulator.prefill import PromptTooLarge, SimPrefillWorker
-from contracts.rpc import worker_pb2, worker_pb2_grpc
 
 SimWorker = SimPrefillWorker | SimDecodeWorker
 
@@ -88,8 +88,10 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         await _check_prompt(context, prompt, _max_tokens(request))
         disaggregated = request.HasField("kv_handle")
         if disaggregated and request.kv_handle.model_fingerprint != self.node.fingerprint:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"KV handle is for model {request.kv_handle.model_fingerprint!r}, this worker serves {self.node.fingerprint!r}")  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"KV handle is for model {request.kv_handle.model_fingerprint!r}, this worker serves {self.node.fingerprint!r}",
+            )
         try:
             chain = self.node.chain(prompt, request.cache_salt)
             async for chunk in self.worker.generate(request.request_id, len(prompt), chain, _max_tokens(request), disaggregated):

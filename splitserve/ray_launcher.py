@@ -87,7 +87,8 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
             is_worker = comp.name.startswith(("prefill-", "decode-"))
             gpus = args.tensor_parallel_size if is_worker and has_gpus else 0
             actor = ComponentActor.options(num_gpus=gpus, num_cpus=1, name=comp.name).remote(
-                comp.argv, os.getcwd(), str(log_dir / f"{comp.name}.log") if log_dir else None)
+                comp.argv, os.getcwd(), str(log_dir / f"{comp.name}.log") if log_dir else None
+            )
             actors.append((comp, actor))
         deadline = time.monotonic() + args.ready_timeout
         pending = [comp for comp, _ in actors]
@@ -96,12 +97,13 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
                 ref = actor.poll.remote()
                 started, _ = ray.wait([ref], timeout=1.0)  # an actor still waiting for a CPU is not started yet
                 if started and (code := ray.get(ref)) is not None:
-                    raise RuntimeError(f"{comp.name} exited with code {code} on Ray "
-                                       "(its log: --log-dir, or Ray's worker logs)")
+                    raise RuntimeError(f"{comp.name} exited with code {code} on Ray (its log: --log-dir, or Ray's worker logs)")
             pending = [c for c in pending if not healthy(c)]
             if pending and time.monotonic() > deadline:
-                raise TimeoutError(f"not ready on Ray after {args.ready_timeout:.0f}s: {[c.name for c in pending]} "
-                                   "(each component needs one free CPU on the cluster: `ray status`)")
+                raise TimeoutError(
+                    f"not ready on Ray after {args.ready_timeout:.0f}s: {[c.name for c in pending]} "
+                    "(each component needs one free CPU on the cluster: `ray status`)"
+                )
             time.sleep(0.5)
         if not stop.requested:
             names = [c.name for c, _ in actors]

@@ -194,8 +194,9 @@ class Stack:
         """SIGTERM tier by tier (see ``stop_tier``); whatever still runs at the deadline is killed."""
         deadline = time.monotonic() + grace_s
         for tier in sorted({stop_tier(c.name) for c in self.comps}):
-            running = [(c.name, c.process) for c in self.comps
-                       if stop_tier(c.name) == tier and c.process and c.process.poll() is None]
+            running = [
+                (c.name, c.process) for c in self.comps if stop_tier(c.name) == tier and c.process and c.process.poll() is None
+            ]
             for _, proc in running:
                 proc.send_signal(signal.SIGTERM)
             for name, proc in running:

@@ -9,8 +9,11 @@ from kvstore.event_publisher import KVEventPublisher, request_snapshot
 
 
 def test_event_batch_roundtrips_with_big_endian_sequence_numbers():
-    events = [BlockStored(keys=[b"a" * 16, b"b" * 16], token_ids=[1, 2], medium="gpu"),
-              BlockRemoved(keys=[b"a" * 16], medium="gpu"), AllBlocksCleared()]
+    events = [
+        BlockStored(keys=[b"a" * 16, b"b" * 16], token_ids=[1, 2], medium="gpu"),
+        BlockRemoved(keys=[b"a" * 16], medium="gpu"),
+        AllBlocksCleared(),
+    ]
     frames = encode_batch("worker-1", 258, events, timestamp=12.5)
     assert frames[1] == b"\x00\x00\x00\x00\x00\x00\x01\x02"
     batch = decode_batch(frames)

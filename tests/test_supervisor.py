@@ -14,7 +14,11 @@ from pathlib import Path
 from splitserve.supervisor import Component, RestartPolicy, Stack
 
 CRASH = [sys.executable, "-c", "import sys; sys.exit(3)"]
-STUBBORN = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+]
 
 
 def _quiet(lines: list[str]):

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
-from multiprocessing.process import BaseProcess
 import os
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 
 import zmq
 import zmq.asyncio
@@ -40,9 +40,9 @@ from contracts.core_messages import (
     decode_from_core,
     encode,
 )
+from contracts.lifeline import run_tied
 from engine.server.core_config import CoreConfig
 from engine.server.engine_core import run_engine_core
-from contracts.lifeline import run_tied
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -110,7 +110,9 @@ class AsyncEngineClient:
         self._out.bind(self.config.output_endpoint)
         self._ready = asyncio.get_running_loop().create_future()
         self._proc = proc = multiprocessing.get_context("spawn").Process(
-            target=run_tied, args=(os.getpid(), run_engine_core, self.config), name=f"engine-core-{self.config.worker_id}",
+            target=run_tied,
+            args=(os.getpid(), run_engine_core, self.config),
+            name=f"engine-core-{self.config.worker_id}",
             daemon=True,
         )
         proc.start()

@@ -37,8 +37,8 @@ from contracts.core_messages import (
     LoadReport,
     Queued,
     Ready,
-    RequestError,
     RequestDelta,
+    RequestError,
     Shutdown,
     StepOutputs,
     ToCore,
@@ -46,11 +46,12 @@ from contracts.core_messages import (
     decode_to_core,
     encode,
 )
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 from decode_worker.kv_import import KVImports
 from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from contracts.sampling import InvalidSamplingParams, SamplingParams
 from engine.server.core_config import CoreConfig
 from kv_transfer.connector import KVConnector
 from kv_transfer.direct import DirectConnector
@@ -58,7 +59,6 @@ from kv_transfer.peer_pool import PeerPoolUnavailable, remove_orphaned_pools, sh
 from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dtype_name
 from kvstore.block_key import KVLayout
 from kvstore.errors import StoreError
-from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from kvstore.event_publisher import KVEventPublisher
 from prefill_worker.kv_export import PrefillJobs
 
@@ -125,20 +125,37 @@ class EngineCore:
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
         self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending loads
         # before the connectors: a store connector for Mooncake announces its writes on it
-        self.publisher = KVEventPublisher(
-            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
-        )
+        self.publisher = KVEventPublisher(config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot)
         self.connectors = self._connectors(direct_sender)
-        self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
-                                    self.send) if config.role == "prefill" and self.connectors else None)
-        self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
-                                 lambda d, n, s: self._observe_transfer("direct", d, n, s))
+        self.exports = (
+            PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done, self.send)
+            if config.role == "prefill" and self.connectors
+            else None
+        )
+        self.imports = KVImports(
+            self.engine,
+            self.connectors,
+            self.layout,
+            self.done,
+            self.later,
+            self.send,
+            lambda d, n, s: self._observe_transfer("direct", d, n, s),
+        )
         self._warm_up()
-        self.send(Ready(CoreInfo(
-            config.worker_id, self.engine.fingerprint, self.layout.dtype, self.block_size, config.tp_size,
-            self.engine.blocks.num_blocks, self._advertised(self.publisher.pub_endpoint),
-            self._advertised(self.publisher.snapshot_endpoint),
-        )))
+        self.send(
+            Ready(
+                CoreInfo(
+                    config.worker_id,
+                    self.engine.fingerprint,
+                    self.layout.dtype,
+                    self.block_size,
+                    config.tp_size,
+                    self.engine.blocks.num_blocks,
+                    self._advertised(self.publisher.pub_endpoint),
+                    self._advertised(self.publisher.snapshot_endpoint),
+                )
+            )
+        )
 
     def _connectors(self, direct_sender: bool) -> list[KVConnector]:
         """Preference order for a reader: the direct pull first (same host), then the store."""
@@ -147,14 +164,25 @@ class EngineCore:
         runner = self.engine.runner
         if c.tp_size == 1:  # the direct pull maps one pool; a TP engine's KV is spread over its ranks
             pool = runner.kv.pool if direct_sender else None
-            found.append(DirectConnector(self.zmq, runner.device, self.epoch, c.kv_lease_s, pool,
-                                         c.engine.kv_pool_file, self.engine.block_ids))
+            found.append(
+                DirectConnector(
+                    self.zmq, runner.device, self.epoch, c.kv_lease_s, pool, c.engine.kv_pool_file, self.engine.block_ids
+                )
+            )
         if c.kvstore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
             observe = functools.partial(self._observe_transfer, "store")
-            found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
-                                        self.engine.export_blocks, budget,
-                                        announce_on=self.publisher if c.role == "prefill" else None))
+            found.append(
+                StoreConnector(
+                    c.kvstore,
+                    self.layout,
+                    runner.transfer_spec,
+                    observe,
+                    self.engine.export_blocks,
+                    budget,
+                    announce_on=self.publisher if c.role == "prefill" else None,
+                )
+            )
         return found
 
     # ---- plumbing ---------------------------------------------------------------------------------
@@ -317,5 +345,13 @@ class EngineCore:
 
 
 def _delta(out: RequestOutput) -> RequestDelta:
-    return RequestDelta(out.request_id, out.new_token_ids, out.new_logprobs, out.finished, out.finish_reason,
-                        out.num_cached_tokens, len(out.prompt_token_ids), len(out.output_token_ids))
+    return RequestDelta(
+        out.request_id,
+        out.new_token_ids,
+        out.new_logprobs,
+        out.finished,
+        out.finish_reason,
+        out.num_cached_tokens,
+        len(out.prompt_token_ids),
+        len(out.output_token_ids),
+    )

@@ -22,12 +22,19 @@ TTFT = Histogram(_P + "time_to_first_token_seconds", "Request arrival to first t
 ITL = Histogram(_P + "inter_token_latency_seconds", "Time between streamed tokens", ["role"], buckets=_LATENCY)
 STEP = Histogram(_P + "step_duration_seconds", "Engine step duration", ["role"], buckets=_LATENCY)
 BATCH = Histogram(_P + "batch_size", "Requests scheduled per engine step", ["role"], buckets=_BATCH)
-QUEUE = Histogram(_P + "queue_seconds", "Arrival at the engine core to the start of the first step that computes the request", ["role"], buckets=_LATENCY)
+QUEUE = Histogram(
+    _P + "queue_seconds",
+    "Arrival at the engine core to the start of the first step that computes the request",
+    ["role"],
+    buckets=_LATENCY,
+)
 PREFILL = Histogram(_P + "prefill_seconds", "Prefill RPC duration (compute and KV write-out)", ["role"], buckets=_LATENCY)
-KV_TRANSFER = Histogram(_P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)",
-                        ["role", "transport"], buckets=_LATENCY)
-KV_TRANSFER_BYTES = Counter(_P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine",
-                            ["role", "direction", "transport"])
+KV_TRANSFER = Histogram(
+    _P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)", ["role", "transport"], buckets=_LATENCY
+)
+KV_TRANSFER_BYTES = Counter(
+    _P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine", ["role", "direction", "transport"]
+)
 
 
 class WorkerMetrics:

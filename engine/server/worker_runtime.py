@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.core_messages import ErrorKind, Prefilled, RequestDelta, RequestError
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import worker_pb2 as pb
 from engine.config import EngineConfig
 from engine.server.core_config import CoreConfig
-from contracts.core_messages import ErrorKind, Prefilled, RequestDelta, RequestError
 from engine.server.engine_client import Aborted, AsyncEngineClient, ClientHooks, EngineDead, RequestEvent, RequestFailed
 from engine.server.metrics import WorkerMetrics
 from engine.server.worker_options import WorkerOptions
-from contracts.internal_auth import server_interceptors
-from contracts.rpc import worker_pb2 as pb
 
 LOAD_REFRESH_S = 1.0
 AddServicer = Callable[[grpc.aio.Server], None]  # adds the worker's own service to the server
@@ -43,19 +43,44 @@ class WorkerRuntime:
         self.service_name = service_name
         self.metrics = WorkerMetrics(options.role)
         o = options
-        engine = EngineConfig(model=o.model, block_size=o.block_size, kv_cache_bytes=o.kv_cache_bytes,
-                              max_num_seqs=o.max_num_seqs, max_num_batched_tokens=o.max_num_batched_tokens,
-                              tensor_parallel_size=o.tensor_parallel_size, expert_parallel=o.expert_parallel,
-                              distributed_executor=o.distributed_executor,
-                              gpu_memory_utilization=o.gpu_memory_utilization, load_format=o.load_format,
-                              nnodes=o.nnodes, dist_host=o.dist_host, dist_port=o.dist_port)
+        engine = EngineConfig(
+            model=o.model,
+            block_size=o.block_size,
+            kv_cache_bytes=o.kv_cache_bytes,
+            max_num_seqs=o.max_num_seqs,
+            max_num_batched_tokens=o.max_num_batched_tokens,
+            tensor_parallel_size=o.tensor_parallel_size,
+            expert_parallel=o.expert_parallel,
+            distributed_executor=o.distributed_executor,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            load_format=o.load_format,
+            nnodes=o.nnodes,
+            dist_host=o.dist_host,
+            dist_port=o.dist_port,
+        )
         events = f"tcp://{o.host}:{o.kv_events_port}"
         snapshot = f"tcp://{o.host}:{o.kv_events_port + 1}" if o.kv_events_port else f"tcp://{o.host}:0"
         self.client = AsyncEngineClient(
-            CoreConfig(engine, o.role, o.worker_id, o.kvstore, "", "", events, snapshot, o.advertise_host,
-                       o.tensor_parallel_size, o.kv_transport, o.kv_lease_timeout, o.store_write_budget),
-            ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer,
-                        on_queued=self.metrics.queued),
+            CoreConfig(
+                engine,
+                o.role,
+                o.worker_id,
+                o.kvstore,
+                "",
+                "",
+                events,
+                snapshot,
+                o.advertise_host,
+                o.tensor_parallel_size,
+                o.kv_transport,
+                o.kv_lease_timeout,
+                o.store_write_budget,
+            ),
+            ClientHooks(
+                on_step=lambda s: self.metrics.step(s.seconds, s.batch_size),
+                on_transfer=self.metrics.transfer,
+                on_queued=self.metrics.queued,
+            ),
         )
         self.health = health.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -153,18 +178,23 @@ class WorkerRuntime:
             raise RequestFailed(ErrorKind.UNAVAILABLE, "the worker is still loading its model")
         load = await self.client.load()
         return pb.WorkerLoad(
-            worker_id=self.options.worker_id, role=self.options.role, running_requests=load.running,
-            waiting_requests=load.waiting, kv_usage=load.kv_usage,
-            queued_prefill_tokens=load.queued_prefill_tokens, active_kv_blocks=load.active_blocks,
-            total_kv_blocks=load.total_blocks, block_size=info.block_size,
-            kv_events_endpoint=info.kv_events_endpoint, kv_snapshot_endpoint=info.kv_snapshot_endpoint,
+            worker_id=self.options.worker_id,
+            role=self.options.role,
+            running_requests=load.running,
+            waiting_requests=load.waiting,
+            kv_usage=load.kv_usage,
+            queued_prefill_tokens=load.queued_prefill_tokens,
+            active_kv_blocks=load.active_blocks,
+            total_kv_blocks=load.total_blocks,
+            block_size=info.block_size,
+            kv_events_endpoint=info.kv_events_endpoint,
+            kv_snapshot_endpoint=info.kv_snapshot_endpoint,
             model_fingerprint=info.model_fingerprint,
         )
 
     @staticmethod
     def now() -> float:
         return time.perf_counter()
-
 
 
 class CommonWorkerRPCs:
@@ -180,6 +210,7 @@ class CommonWorkerRPCs:
     async def GetLoad(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.WorkerLoad:
         async with self.rt.rpc(context, admit_while_draining=True):
             return await self.rt.worker_load()
+
 
 def run_worker(runtime: WorkerRuntime, add_servicer: AddServicer) -> int:
     async def main() -> None:

@@ -21,14 +21,27 @@ import pytest
 from contracts import core_messages as ec
 from contracts import kv_events as ev
 from contracts import rank_plan as rp
-from contracts.sampling import SamplingParams
 from contracts.kv_handle import DirectOffer, KVHandle, PoolDescriptor, Release
+from contracts.sampling import SamplingParams
 
 SCHEMAS = Path(__file__).with_name("message_schemas.json")
 KEY = b"k" * 16
 
-HANDLE = KVHandle("fp", "float32", 16, 1, [KEY], b"", 16, ["store:1"], "prefill-0", True, "t1", "e1",
-                  DirectOffer(b"pool", [3], "ipc:///tmp/x", 12.5))
+HANDLE = KVHandle(
+    "fp",
+    "float32",
+    16,
+    1,
+    [KEY],
+    b"",
+    16,
+    ["store:1"],
+    "prefill-0",
+    True,
+    "t1",
+    "e1",
+    DirectOffer(b"pool", [3], "ipc:///tmp/x", 12.5),
+)
 LOAD = ec.EngineLoad(1, 2, 0, 0.25, 30, 4, 16, 16, 100, 40)
 PARAMS = SamplingParams(temperature=0.0, seed=3, stop=["\n"], logprobs=2, logit_bias=[(5, -1.0)])
 
@@ -41,8 +54,14 @@ TO_CORE = [
 ]
 FROM_CORE = [
     ec.Ready(ec.CoreInfo("w", "fp", "float32", 16, 1, 100, "tcp://h:1", "tcp://h:2")),
-    ec.StepOutputs([ec.RequestDelta("r1", [9], [ec.TokenLogprob(9, -0.5, [(9, -0.5), (2, -1.0)])], True, "stop", 0, 3, 1),
-                    ec.RequestDelta("r2", [4], None, False, None, 16, 16, 2)], 0.01, 2),
+    ec.StepOutputs(
+        [
+            ec.RequestDelta("r1", [9], [ec.TokenLogprob(9, -0.5, [(9, -0.5), (2, -1.0)])], True, "stop", 0, 3, 1),
+            ec.RequestDelta("r2", [4], None, False, None, 16, 16, 2),
+        ],
+        0.01,
+        2,
+    ),
     ec.Prefilled("r1", ec.PrefillResult(9, None, HANDLE, 0, 3, None)),
     ec.RequestError("r1", ec.ErrorKind.NOT_FOUND, "blocks evicted"),
     ec.LoadReport(4, LOAD),
@@ -50,8 +69,17 @@ FROM_CORE = [
     ec.Transfer("store", "in", 1 << 20, 0.002),
 ]
 PLANS = [
-    rp.StepPlan(max_q_len=3, num_seqs=1, input_ids=b"\0" * 24, positions=b"\0" * 24, slot_mapping=b"\0" * 24,
-                cu_seqlens_q=b"\0" * 16, seq_lens=b"\0" * 8, block_tables=b"\0" * 8, logits_indices=b"\0" * 8),
+    rp.StepPlan(
+        max_q_len=3,
+        num_seqs=1,
+        input_ids=b"\0" * 24,
+        positions=b"\0" * 24,
+        slot_mapping=b"\0" * 24,
+        cu_seqlens_q=b"\0" * 16,
+        seq_lens=b"\0" * 8,
+        block_tables=b"\0" * 8,
+        logits_indices=b"\0" * 8,
+    ),
     rp.ExportBlocks([1, 2]),
     rp.ImportBlocks([3]),
     rp.Stop(),
@@ -65,8 +93,7 @@ EVENTS: list[ev.KVEvent] = [
 
 def all_shapes() -> dict:
     """JSON schema of every message union and record that crosses a process boundary."""
-    types = [ec.ToCore, ec.FromCore, rp.RankPlan, rp.JoinRequest, rp.RankSetup, ev.KVEvent, ev.Snapshot,
-             PoolDescriptor, Release]
+    types = [ec.ToCore, ec.FromCore, rp.RankPlan, rp.JoinRequest, rp.RankSetup, ev.KVEvent, ev.Snapshot, PoolDescriptor, Release]
     _, components = msgspec.json.schema_components(types)
     return components
 
@@ -94,8 +121,10 @@ def test_rank_setup_and_join_round_trip() -> None:
 
 def test_kv_events_keep_vllms_wire_format() -> None:
     frames = ev.encode_batch("w1", 7, EVENTS, timestamp=1.5)
-    expected = [1.5, [["BlockStored", [KEY], None, [1, 2], 16, None, "gpu"], ["BlockRemoved", [KEY], "store"],
-                      ["AllBlocksCleared"]]]
+    expected = [
+        1.5,
+        [["BlockStored", [KEY], None, [1, 2], 16, None, "gpu"], ["BlockRemoved", [KEY], "store"], ["AllBlocksCleared"]],
+    ]
     assert msgpack.unpackb(frames[2], raw=False) == expected
     assert ev.decode_batch(frames).events == EVENTS
 

@@ -13,8 +13,18 @@ from kvstore.cli import register
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512", 512), ("1GiB", 1 << 30), ("1GB", 10**9), ("1gb", 10**9), ("1.5MiB", 3 << 19), ("2Gi", 2 << 30),
-     ("4 kB", 4000), ("8KiB", 8192), ("1TB", 10**12), ("0", 0)],
+    [
+        ("512", 512),
+        ("1GiB", 1 << 30),
+        ("1GB", 10**9),
+        ("1gb", 10**9),
+        ("1.5MiB", 3 << 19),
+        ("2Gi", 2 << 30),
+        ("4 kB", 4000),
+        ("8KiB", 8192),
+        ("1TB", 10**12),
+        ("0", 0),
+    ],
 )
 def test_sizes_mean_what_their_unit_says(text: str, expected: int) -> None:
     assert parse_size(text) == expected

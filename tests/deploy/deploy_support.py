@@ -132,8 +132,7 @@ def alert_rules() -> list[dict[str, Any]]:
 def as_recording_rules(exprs: list[str], window: str) -> str:
     """A rules file that makes `promtool check rules` parse each expression."""
     rules = [
-        {"record": f"splitserve_dashboard:expr_{i}", "expr": expr.replace(RATE_INTERVAL, window)}
-        for i, expr in enumerate(exprs)
+        {"record": f"splitserve_dashboard:expr_{i}", "expr": expr.replace(RATE_INTERVAL, window)} for i, expr in enumerate(exprs)
     ]
     return yaml.safe_dump({"groups": [{"name": "dashboard-expressions", "rules": rules}]}, sort_keys=False)
 

@@ -182,9 +182,7 @@ def served_traffic(stack: dict[str, Any], prometheus: str) -> int:
     return sent
 
 
-def test_dashboards_and_alerts_name_only_metrics_the_running_stack_exports(
-    stack: dict[str, Any], served_traffic: int
-) -> None:
+def test_dashboards_and_alerts_name_only_metrics_the_running_stack_exports(stack: dict[str, Any], served_traffic: int) -> None:
     exported = set().union(*(exported_series(address) for address in stack["metrics"].values()))
     expressions = [(f"{f} / {t}", e) for f, t, e in dashboard_queries()]
     expressions += [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
@@ -202,9 +200,7 @@ def test_every_dashboard_expression_returns_data_from_prometheus(prometheus: str
     assert float(generated[0]["value"][1]) > 0
 
 
-def test_alert_rules_load_and_evaluate_cleanly_in_prometheus(
-    prometheus: str, served_traffic: int, promtool: str
-) -> None:
+def test_alert_rules_load_and_evaluate_cleanly_in_prometheus(prometheus: str, served_traffic: int, promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", str(ALERT_RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]

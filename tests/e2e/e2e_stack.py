@@ -81,9 +81,7 @@ def start_worker(role: str, model: str, kvstore: str, worker_id: str, log_dir: P
     return spawn(worker_id, argv, log_dir), f"127.0.0.1:{port}", f"127.0.0.1:{metrics}"
 
 
-def start_router(
-    name: str, model: str, prefill: list[str], decode: list[str], log_dir: Path, *flags: str
-) -> tuple[Proc, str]:
+def start_router(name: str, model: str, prefill: list[str], decode: list[str], log_dir: Path, *flags: str) -> tuple[Proc, str]:
     """A `splitserve router` over the given workers; returns once it sees them all ready."""
     port = free_port()
     argv = ["router", "--model", model, "--served-model-name", "default", "--host", "127.0.0.1", "--port", str(port),

@@ -59,7 +59,7 @@ def complete(url: str, i: int) -> tuple[int, str, float, float]:
         for line in reply.iter_lines():
             if line.startswith("data: {") and '"finish_reason":"' in line.replace(" ", ""):
                 finish = line.replace(" ", "").split('"finish_reason":"', 1)[1].split('"', 1)[0]
-            assert not line.startswith("data: {\"error\""), line
+            assert not line.startswith('data: {"error"'), line
     return status, finish, start, time.monotonic()
 
 
@@ -103,4 +103,3 @@ def test_sigterm_on_a_decode_worker_under_load_fails_no_request(model_dir: str, 
     finally:
         for proc in filter(None, (router, drained, kept)):
             proc.stop()
-

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
-from contracts.sampling import SamplingParams
 
 
 @pytest.fixture
@@ -42,8 +42,12 @@ def engine_for(model: str, **overrides) -> LLMEngine:
     return LLMEngine(EngineConfig(**{**cfg, **overrides}))
 
 
-def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]], abort_after: dict[str, int] | None = None,
-        late: dict[str, tuple[list[int], SamplingParams]] | None = None) -> dict[str, tuple[list[int], str | None]]:
+def run(
+    engine: LLMEngine,
+    requests: dict[str, tuple[list[int], SamplingParams]],
+    abort_after: dict[str, int] | None = None,
+    late: dict[str, tuple[list[int], SamplingParams]] | None = None,
+) -> dict[str, tuple[list[int], str | None]]:
     """Outputs (tokens, finish reason) of each request; ``abort_after`` aborts a request after its n-th token,
     ``late`` requests are added after the third step (mid-decode)."""
     for rid, (prompt, params) in requests.items():

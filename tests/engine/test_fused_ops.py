@@ -15,15 +15,17 @@ import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)")
+pytest.importorskip(
+    "triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)"
+)
 
+from contracts.sampling import SamplingParams
 from engine import attention_layer, mlp, norm
 from engine.attention import write_kv
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.norm import RMSNorm
 from engine.rotary import RotaryEmbedding
-from contracts.sampling import SamplingParams
 from engine.triton_fused import rms_norm, rope_and_cache, silu_and_mul
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

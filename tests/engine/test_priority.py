@@ -3,9 +3,9 @@ the waiting queue is served most urgent first, and preemption frees the least ur
 
 from __future__ import annotations
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from contracts.sampling import SamplingParams
 
 PROMPT = [(5 * i + 7) % 370 + 5 for i in range(20)]
 

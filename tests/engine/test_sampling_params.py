@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from contracts.sampling import InvalidSamplingParams, SamplingParams, from_proto, to_proto
 from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import InvalidSamplingParams, SamplingParams, from_proto, to_proto
 
 VOCAB = 100
 
@@ -54,9 +54,20 @@ def test_error_message_gives_value_and_allowed_range() -> None:
 
 def test_boundary_values_are_accepted() -> None:
     SamplingParams().validate(VOCAB)
-    SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=1.0, presence_penalty=-2.0,
-                   frequency_penalty=2.0, max_tokens=1, min_tokens=1, stop_token_ids=[0, VOCAB - 1],
-                   logprobs=20, seed=-(2**63), stop=["x"] * 16).validate(VOCAB)
+    SamplingParams(
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=1.0,
+        presence_penalty=-2.0,
+        frequency_penalty=2.0,
+        max_tokens=1,
+        min_tokens=1,
+        stop_token_ids=[0, VOCAB - 1],
+        logprobs=20,
+        seed=-(2**63),
+        stop=["x"] * 16,
+    ).validate(VOCAB)
     SamplingParams(top_k=1, logprobs=0, seed=2**63 - 1).validate(VOCAB)
 
 

@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 import torch
 
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampler import Sampler, SamplingBatch, apply_token_bitmask
-from contracts.sampling import InvalidSamplingParams, SamplingParams
 
 PROMPT = [(11 * i + 5) % 370 + 5 for i in range(40)]
 SCHEMA = {
@@ -70,8 +70,15 @@ def test_logit_bias_adds_to_the_logits() -> None:
     assert out.token_ids.tolist() == [5, 2, 5]  # the unbiased middle row keeps its argmax
 
 
-@pytest.mark.parametrize("bad", [{"logit_bias": [(999, 1.0)]}, {"logit_bias": [(1, 101.0)]},
-                                 {"guided_kind": "yaml", "guided_spec": "x"}, {"guided_kind": "regex"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"logit_bias": [(999, 1.0)]},
+        {"logit_bias": [(1, 101.0)]},
+        {"guided_kind": "yaml", "guided_spec": "x"},
+        {"guided_kind": "regex"},
+    ],
+)
 def test_bad_logit_bias_or_guide_is_rejected_with_the_field_named(bad) -> None:
     with pytest.raises(InvalidSamplingParams, match=next(iter(bad)).split("_")[0]):
         SamplingParams(**bad).validate(vocab_size=384)

@@ -13,7 +13,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)")
+pytest.importorskip(
+    "triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)"
+)
 
 from engine.attention import paged_attention_reference
 from engine.triton_attention import paged_attention_triton

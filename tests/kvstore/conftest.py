@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from store_backends import BACKENDS, BackendCluster, start_backend
 
 from kvstore import mooncake_processes
-from store_backends import BACKENDS, BackendCluster, start_backend
 
 
 @pytest.fixture(params=BACKENDS, scope="module")

@@ -67,7 +67,9 @@ class Cluster:
 
 
 def start_cluster(n_nodes: int, capacity: str = "32MiB", heartbeat_timeout: str = "1.5s", put_timeout: str = "30s") -> Cluster:
-    master = start(["kvstore-master", "--events-port", "0", "--heartbeat-timeout", heartbeat_timeout, "--put-timeout", put_timeout])
+    master = start(
+        ["kvstore-master", "--events-port", "0", "--heartbeat-timeout", heartbeat_timeout, "--put-timeout", put_timeout]
+    )
     cluster = Cluster(master)
     for _ in range(n_nodes):
         cluster.nodes.append(start(["kvstore-node", "--master", master.address, "--capacity", capacity]))

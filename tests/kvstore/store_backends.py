@@ -13,9 +13,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from kvstore_processes import Cluster, start_cluster
 
 from kvstore import mooncake_processes
-from kvstore_processes import Cluster, start_cluster
 
 BACKENDS = ("ours", "mooncake")
 

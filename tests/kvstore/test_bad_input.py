@@ -6,12 +6,12 @@ import grpc
 import pytest
 import xxhash
 
-from kvstore.embedded import EmbeddedStore
-from kvstore.client import PutStatus
-from kvstore.errors import InvalidRequest
-from kvstore.sync_client import KVStoreClient
 from contracts.rpc import kvstore_pb2 as pb
 from contracts.rpc import kvstore_pb2_grpc as pb_grpc
+from kvstore.client import PutStatus
+from kvstore.embedded import EmbeddedStore
+from kvstore.errors import InvalidRequest
+from kvstore.sync_client import KVStoreClient
 
 CAPACITY = 8 << 20
 
@@ -87,7 +87,11 @@ def test_corrupted_chunk_is_data_loss_and_the_object_never_appears(master, store
             digest = xxhash.xxh3_64_intdigest(piece)
             if i == corrupt_index:
                 piece = b"\xff" + piece[1:]  # flipped on the wire: no longer matches its digest
-            header = dict(offset=replica.offset, size=len(data), checksum=xxhash.xxh3_64_intdigest(data) + bad_checksum) if i == 0 else {}
+            header = (
+                dict(offset=replica.offset, size=len(data), checksum=xxhash.xxh3_64_intdigest(data) + bad_checksum)
+                if i == 0
+                else {}
+            )
             yield pb.WriteChunk(data=piece, chunk_checksum=digest, **header)
 
     node = node_stub(store)

@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-
 from kvstore.embedded import EmbeddedStore
 from kvstore.master_config import MasterConfig
 from kvstore.sync_client import KVStoreClient

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from contracts.ports import free_port_pair
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
@@ -30,7 +31,6 @@ from engine.remote_ranks import (
     accept_remote_ranks,
     join_leader,
 )
-from contracts.sampling import SamplingParams
 
 PROMPTS = [[(7 * i + 3) % 370 + 5 for i in range(45)], [100, 3, 77]]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)

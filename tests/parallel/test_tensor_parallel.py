@@ -6,17 +6,16 @@ things: colocated greedy output, and KV export/import across TP sizes.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from contracts.sampling import SamplingParams
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one

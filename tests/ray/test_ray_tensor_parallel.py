@@ -14,12 +14,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[dev]' (ray[default]) to run these")
 pytestmark = pytest.mark.timeout(120)  # a hung actor or rendezvous fails here, not at the suite timeout
 
+from contracts.sampling import SamplingParams  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.errors import RankDied  # noqa: E402
 from engine.llm import run_to_completion  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.make_model import make_model  # noqa: E402
-from contracts.sampling import SamplingParams  # noqa: E402
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one

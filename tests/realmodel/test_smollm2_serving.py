@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_stack import Proc, start_router, start_up, wait_until
 from realmodel_prompts import NEW_TOKENS, QUESTIONS, chat
 
-from engine.llm import LLM
 from contracts.sampling import SamplingParams
+from engine.llm import LLM
 from router.tokenization import PromptTokenizer
 
 pytestmark = pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bench.fault_load import make_tiny_model, start_up
 
 
@@ -29,5 +30,3 @@ def mooncake_stack(model: str, tmp_path_factory: pytest.TempPathFactory):
                      "--kvstore-capacity", "64MiB")  # fmt: skip
     yield stack
     assert stack.stop() == 0, stack.tail()
-
-

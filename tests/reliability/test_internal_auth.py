@@ -8,12 +8,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvstore.event_publisher import request_snapshot
 from contracts import internal_auth
 from contracts.rpc import kvstore_pb2 as kv_pb
 from contracts.rpc import kvstore_pb2_grpc as kv_grpc
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
+from kvstore.event_publisher import request_snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -93,7 +93,9 @@ def test_an_allowed_client_template_renders_in_the_sandbox(model_dir) -> None:
         ok = c.post("/tokenize", json={"model": "tiny", "messages": CHAT["messages"]})
         assert ok.status_code == 200
         sandboxed = c.post("/v1/chat/completions", json={**CHAT, "chat_template_kwargs": {"chat_template": escape}})
-        rendered = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1, "chat_template_kwargs": {"chat_template": template}})
+        rendered = c.post(
+            "/v1/chat/completions", json={**CHAT, "max_tokens": 1, "chat_template_kwargs": {"chat_template": template}}
+        )
     assert "chat template failed" in _error(sandboxed, 400)["message"]  # the sandbox refuses dunder access
     assert rendered.status_code == 503  # rendered fine; only then no worker to run it (this test starts none)
 
@@ -130,4 +132,3 @@ def test_salts_differ_per_api_key_only_when_the_operator_asks() -> None:
     assert cache_salt_for("t", "sk-a", per_api_key=False) == cache_salt_for("t", "sk-b", per_api_key=False)
     a, b = cache_salt_for("t", "sk-a", per_api_key=True), cache_salt_for("t", "sk-b", per_api_key=True)
     assert a != b and "sk-a" not in a  # the key itself never enters block keys or events
-

@@ -8,8 +8,8 @@ import time
 import pytest
 import zmq
 
-from kvstore.block_key import block_keys
 from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from kvstore.block_key import block_keys
 from kvstore.event_publisher import KVEventPublisher
 from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex

@@ -17,10 +17,10 @@ from grpc_health.v1 import health, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 
 from contracts.ports import free_port
-from router.config import RouterConfig
-from router.openai_api import create_app
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
+from router.config import RouterConfig
+from router.openai_api import create_app
 
 EXAMPLES_PER_OPERATION = 30
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from prometheus_client import CollectorRegistry, Gauge
 
 from router.saturation import export_saturation, pool_saturation, worker_saturation

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
-from contracts.sampling import SamplingParams
-from contracts.kv_handle import KVHandle
-from contracts.kv_handle import PoolDescriptor
-from kv_transfer.peer_pool import process_alive, remove_orphaned_pools
-from contracts.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, colocated, start_worker, wait_serving
+
+from contracts.kv_handle import KVHandle, PoolDescriptor
+from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
+from kv_transfer.peer_pool import process_alive, remove_orphaned_pools
 
 LEASE_S = 4.0
 GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -56,8 +55,13 @@ def prefill(worker: WorkerProcess, rid: str, prompt: list[int]) -> pb.PrefillRes
 
 def generate(decode: WorkerProcess, rid: str, prompt: list[int], first: pb.PrefillResponse) -> list[int]:
     with decode.channel() as ch:
-        request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY,
-                                     kv_handle=first.kv_handle, first_token_id=first.first_token_id)
+        request = pb.GenerateRequest(
+            request_id=rid,
+            prompt_token_ids=prompt,
+            sampling=GREEDY,
+            kv_handle=first.kv_handle,
+            first_token_id=first.first_token_id,
+        )
         return [first.first_token_id] + [t for c in decode.stub(ch).Generate(request, timeout=60) for t in c.token_ids]
 
 
