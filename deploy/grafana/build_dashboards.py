@@ -125,7 +125,13 @@ ROUTING = Dashboard(
             ],
             "percentunit",
         ),
-        Panel("Prefix index size (blocks)", [("max by (instance) (splitserve_router_index_blocks)", "{{instance}}")]),
+        Panel(
+            "Prefix index size (blocks)",
+            [
+                ("max by (instance) (splitserve_router_index_blocks)", "{{instance}}"),
+                ("max by (instance) (splitserve_router_index_store_tier_blocks)", "{{instance}} store tier"),
+            ],
+        ),
         Panel("Decisions by mode", [(rate("splitserve_router_decisions_total", "mode"), "{{mode}}")], "ops"),
         Panel(
             "P/D split (share of requests)",
