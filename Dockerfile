@@ -27,6 +27,7 @@ WORKDIR /src
 # torch first, from the index that matches the base (CPU or CUDA), in its own cached layer.
 RUN pip install --index-url "$TORCH_INDEX_URL" torch
 COPY pyproject.toml README.md ./
+COPY contracts ./contracts
 COPY splitserve ./splitserve
 COPY engine ./engine
 COPY kvstore ./kvstore

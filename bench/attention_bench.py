@@ -13,6 +13,7 @@ checked against ``paged_attention_reference`` before it is timed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -60,7 +61,9 @@ def bench_graph_ms(fn) -> float | None:
     return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
 
 
-def make_paged_batch(q_lens: list[int], kv_lens: list[int], dtype: torch.dtype, device: torch.device, heads: tuple[int, int, int]) -> dict:
+def make_paged_batch(
+    q_lens: list[int], kv_lens: list[int], dtype: torch.dtype, device: torch.device, heads: tuple[int, int, int]
+) -> dict:
     """Paged cache with shuffled block ids plus the same K/V as contiguous tensors."""
     num_heads, num_kv_heads, head_dim = heads
     blocks_per_seq = [-(-n // BLOCK_SIZE) for n in kv_lens]
@@ -95,12 +98,13 @@ def contiguous_kv(batch: dict, seq: int, kv_len: int) -> tuple[torch.Tensor, tor
     return k, v
 
 
-def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_len: int, kv_len: int, scale: float) -> tuple[float | None, str]:
+def time_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_len: int, kv_len: int, scale: float
+) -> tuple[float | None, str]:
     """q [B, Hq, q_len, D], k/v [B, Hkv, kv_len, D]; flash backend first, then any."""
+    import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
-
-    import torch.nn.functional as F
 
     if q_len == 1:
         kwargs = {}
@@ -115,12 +119,16 @@ def time_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_len: int, kv_
         ("efficient, K/V expanded", [SDPBackend.EFFICIENT_ATTENTION], False),
     ]
     for name, backends, gqa in attempts:
-        kk, vv = (k, v) if gqa else (k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1))
-        fn = lambda: F.scaled_dot_product_attention(q, kk, vv, scale=scale, enable_gqa=gqa, **kwargs)  # noqa: E731
+        kk, vv = (
+            (k, v)
+            if gqa
+            else (k.repeat_interleave(q.shape[1] // k.shape[1], 1), v.repeat_interleave(q.shape[1] // v.shape[1], 1))
+        )
+        fn = functools.partial(F.scaled_dot_product_attention, q, kk, vv, scale=scale, enable_gqa=gqa, **kwargs)
         try:
             with sdpa_kernel(backends):
                 fn()
-                return bench_ms(lambda: _with_backend(backends, fn)), name
+                return bench_ms(functools.partial(_with_backend, backends, fn)), name
         except RuntimeError:
             continue
     return None, "unavailable"
@@ -133,7 +141,9 @@ def _with_backend(backends, fn):
         return fn()
 
 
-def run_case(kind: str, batch_size: int, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device, heads: tuple[int, int, int]) -> Result:
+def run_case(
+    kind: str, batch_size: int, q_len: int, kv_len: int, dtype: torch.dtype, device: torch.device, heads: tuple[int, int, int]
+) -> Result:
     from engine.attention import paged_attention_reference
     from engine.triton_attention import paged_attention_triton
 
@@ -160,19 +170,48 @@ def run_case(kind: str, batch_size: int, q_len: int, kv_len: int, dtype: torch.d
         visible = q_len * (kv_len - q_len) + q_len * (q_len + 1) // 2  # causal (query, key) pairs
         work = batch_size * 4 * head_dim * num_heads * visible / 1e12  # TFLOP
     return Result(
-        kind, batch_size, q_len, kv_len, triton_ms, graph_ms, sdpa_ms, backend,
-        work / (triton_ms / 1e3), None if graph_ms is None else work / (graph_ms / 1e3), None if sdpa_ms is None else work / (sdpa_ms / 1e3), err,
+        kind,
+        batch_size,
+        q_len,
+        kv_len,
+        triton_ms,
+        graph_ms,
+        sdpa_ms,
+        backend,
+        work / (triton_ms / 1e3),
+        None if graph_ms is None else work / (graph_ms / 1e3),
+        None if sdpa_ms is None else work / (sdpa_ms / 1e3),
+        err,
     )
 
 
 # the first of each list is the kernel's default launch shape
 DECODE_TILES = [dict(BLOCK_N=64, num_warps=4, num_stages=3)] + [
-    dict(BLOCK_N=n, num_warps=w, num_stages=st) for n in (32, 64, 128) for w in (2, 4, 8) for st in (2, 3, 4)
-    if (n, w, st) != (64, 4, 3)]
-PREFILL_TILES = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st) for m, n, w, st in (
-    (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 4),
-    (64, 128, 4, 3), (128, 64, 8, 4), (128, 128, 4, 2), (256, 64, 8, 3), (256, 128, 8, 2), (256, 64, 16, 2),
-    (128, 64, 4, 4), (128, 128, 8, 4))]
+    dict(BLOCK_N=n, num_warps=w, num_stages=st)
+    for n in (32, 64, 128)
+    for w in (2, 4, 8)
+    for st in (2, 3, 4)
+    if (n, w, st) != (64, 4, 3)
+]
+PREFILL_TILES = [
+    dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
+    for m, n, w, st in (
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+        (128, 128, 8, 3),
+        (128, 64, 4, 3),
+        (64, 64, 4, 3),
+        (128, 32, 4, 4),
+        (64, 128, 4, 3),
+        (128, 64, 8, 4),
+        (128, 128, 4, 2),
+        (256, 64, 8, 3),
+        (256, 128, 8, 2),
+        (256, 64, 16, 2),
+        (128, 64, 4, 4),
+        (128, 128, 8, 4),
+    )
+]
 
 
 def sweep(device: torch.device, only: str | None = None) -> list[dict]:
@@ -181,18 +220,25 @@ def sweep(device: torch.device, only: str | None = None) -> list[dict]:
     from engine.triton_attention import paged_attention_triton
 
     heads = (NUM_HEADS, NUM_KV_HEADS, HEAD_DIM)
-    cases = [("decode", 1, 1, 512), ("decode", 32, 1, 576), ("decode", 128, 1, 544), ("decode", 256, 1, 1500),
-             ("prefill", 1, 4096, 4096), ("prefill", 1, 8192, 8192), ("prefill", 1, 2048, 8192)]
+    cases = [
+        ("decode", 1, 1, 512),
+        ("decode", 32, 1, 576),
+        ("decode", 128, 1, 544),
+        ("decode", 256, 1, 1500),
+        ("prefill", 1, 4096, 4096),
+        ("prefill", 1, 8192, 8192),
+        ("prefill", 1, 2048, 8192),
+    ]
     cases = [c for c in cases if only in (None, c[0])]
     rows = []
     for kind, b, q_len, kv_len in cases:
         batch = make_paged_batch([q_len] * b, [kv_len] * b, torch.bfloat16, device, heads)
         expected = paged_attention_reference(**batch) if b * q_len <= 4096 else None
         for tiles in DECODE_TILES if kind == "decode" else PREFILL_TILES:
-            fn = lambda: paged_attention_triton(**batch, max_q_len=q_len, tiles=tiles)  # noqa: E731
+            fn = functools.partial(paged_attention_triton, **batch, max_q_len=q_len, tiles=tiles)
             try:
                 out = fn()
-            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: report, go on
+            except Exception as exc:  # e.g. out of shared memory: report, go on
                 print(f"sweep {kind} B={b} kv={kv_len} {tiles}: {type(exc).__name__}", file=sys.stderr)
                 continue
             err = (out.float() - expected.float()).abs().max().item() if expected is not None else 0.0
@@ -201,8 +247,10 @@ def sweep(device: torch.device, only: str | None = None) -> list[dict]:
         best = min((r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len), key=lambda r: r["ms"])
         first = next(r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len)
         shape = {k: v for k, v in best.items() if k[0].isupper() or k.startswith("num_")}
-        print(f"sweep {kind:7} B={b:3d} q={q_len:5d} kv={kv_len:5d}: default {first['ms']:.4f} ms, best {best['ms']:.4f} ms "
-              f"{shape} err {best['max_abs_err']:.3g}")
+        print(
+            f"sweep {kind:7} B={b:3d} q={q_len:5d} kv={kv_len:5d}: default {first['ms']:.4f} ms, best {best['ms']:.4f} ms "
+            f"{shape} err {best['max_abs_err']:.3g}"
+        )
     return rows
 
 
@@ -242,17 +290,33 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (interpreter)"
     print(f"paged attention, {device_name}, heads {heads[0]}/{heads[1]}, d={heads[2]}, {dtype}, block {BLOCK_SIZE}")
-    print(f"{'kind':8} {'B':>3} {'q_len':>6} {'kv_len':>6} {'triton ms':>10} {'graph ms':>9} {'sdpa ms':>9} {'triton':>9} {'graph':>9} {'sdpa':>9} unit     sdpa backend")
+    print(
+        f"{'kind':8} {'B':>3} {'q_len':>6} {'kv_len':>6} {'triton ms':>10} {'graph ms':>9} {'sdpa ms':>9} "
+        f"{'triton':>9} {'graph':>9} {'sdpa':>9} unit     sdpa backend"
+    )
     for r in results:
         unit = "GB/s" if r.kind == "decode" else "TFLOP/s"
         sdpa_ms = f"{r.sdpa_ms:9.3f}" if r.sdpa_ms is not None else f"{'-':>9}"
         sdpa_rate = f"{r.sdpa_rate:9.1f}" if r.sdpa_rate is not None else f"{'-':>9}"
         graph_rate = f"{r.triton_graph_rate:9.1f}" if r.triton_graph_rate is not None else f"{'-':>9}"
         graph_ms = f"{r.triton_graph_ms:9.3f}" if r.triton_graph_ms is not None else f"{'-':>9}"
-        print(f"{r.kind:8} {r.batch:3d} {r.q_len:6d} {r.kv_len:6d} {r.triton_ms:10.3f} {graph_ms} {sdpa_ms} {r.triton_rate:9.1f} {graph_rate} {sdpa_rate} {unit:8} {r.sdpa_backend}")
+        print(
+            f"{r.kind:8} {r.batch:3d} {r.q_len:6d} {r.kv_len:6d} {r.triton_ms:10.3f} {graph_ms} {sdpa_ms} "
+            f"{r.triton_rate:9.1f} {graph_rate} {sdpa_rate} {unit:8} {r.sdpa_backend}"
+        )
     with open(args.out, "w") as f:
-        json.dump({"device": device_name, "dtype": str(dtype), "heads": heads, "block_size": BLOCK_SIZE,
-                   "results": [asdict(r) for r in results], "failures": failures}, f, indent=2)
+        json.dump(
+            {
+                "device": device_name,
+                "dtype": str(dtype),
+                "heads": heads,
+                "block_size": BLOCK_SIZE,
+                "results": [asdict(r) for r in results],
+                "failures": failures,
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-length-scale", type=float, default=1.0, help="multiplies input lengths and blocks")
     parser.add_argument("--trace-output-scale", type=float, default=1.0, help="multiplies output lengths")
     parser.add_argument(
-        "--request-rate", type=parse_rates, default=[None], help="req/s, 'inf', or a sweep '1,2,4' (default: inf; trace: its timestamps)"
+        "--request-rate",
+        type=parse_rates,
+        default=[None],
+        help="req/s, 'inf', or a sweep '1,2,4' (default: inf; trace: its timestamps)",
     )
     parser.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrivals; 1 = Poisson")
     parser.add_argument("--max-concurrency", type=int, default=None)

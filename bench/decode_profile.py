@@ -38,7 +38,7 @@ def kind_of(name: str) -> str:
 
 
 def prefill(engine, batch: int, prompt_len: int, steps: int) -> None:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     rng = random.Random(batch)
     # every request must outlive the prefill steps (chunked: early prompts decode meanwhile) and the timed steps
@@ -66,15 +66,31 @@ def kernel_profile(engine, torch, steps: int) -> dict:
     for ev in prof.key_averages():
         if "CUDA" not in str(getattr(ev, "device_type", "")):
             continue  # host-side ops; their kernels are listed on their own
-        dev_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        dev_us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", None) or 0.0
         per_kind[kind_of(ev.key)] += dev_us / steps / 1000
         kernels.append((dev_us / steps / 1000, ev.count / steps, ev.key[:90]))
     kernels.sort(reverse=True)
-    host = {ev.key: ev.cpu_time_total / steps / 1000 for ev in prof.key_averages()
-            if ev.key in ("cudaGraphLaunch", "cudaStreamSynchronize", "cudaMemcpyAsync", "cudaEventSynchronize",
-                          "cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")}
-    return {"profiled_wall_ms": 1000 * wall, "gpu_ms_by_kind": dict(per_kind), "gpu_busy_ms": sum(per_kind.values()),
-            "top_kernels": kernels[:14], "host_api_ms": host}
+    host = {
+        ev.key: ev.cpu_time_total / steps / 1000
+        for ev in prof.key_averages()
+        if ev.key
+        in (
+            "cudaGraphLaunch",
+            "cudaStreamSynchronize",
+            "cudaMemcpyAsync",
+            "cudaEventSynchronize",
+            "cudaLaunchKernel",
+            "cuLaunchKernel",
+            "cudaLaunchKernelExC",
+        )
+    }
+    return {
+        "profiled_wall_ms": 1000 * wall,
+        "gpu_ms_by_kind": dict(per_kind),
+        "gpu_busy_ms": sum(per_kind.values()),
+        "top_kernels": kernels[:14],
+        "host_api_ms": host,
+    }
 
 
 def phase_times(engine, torch, steps: int) -> dict:
@@ -90,14 +106,17 @@ def phase_times(engine, torch, steps: int) -> dict:
                 return original(*args, **kwargs)
             finally:
                 spent[label] += time.perf_counter() - t
+
         setattr(obj, name, wrapper)
         return original
 
-    saved = [(engine.scheduler, "schedule", timed(engine.scheduler, "schedule", "schedule")),
-             (engine.runner, "execute", timed(engine.runner, "execute", "execute")),
-             (engine.runner, "execute_ahead", timed(engine.runner, "execute_ahead", "execute_ahead")),
-             (engine, "_advance", timed(engine, "_advance", "advance")),
-             (engine, "_emit", timed(engine, "_emit", "emit"))]
+    saved = [
+        (engine.scheduler, "schedule", timed(engine.scheduler, "schedule", "schedule")),
+        (engine.runner, "execute", timed(engine.runner, "execute", "execute")),
+        (engine.runner, "execute_ahead", timed(engine.runner, "execute_ahead", "execute_ahead")),
+        (engine, "_advance", timed(engine, "_advance", "advance")),
+        (engine, "_emit", timed(engine, "_emit", "emit")),
+    ]
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -112,7 +131,7 @@ def phase_times(engine, torch, steps: int) -> dict:
 
 
 def prefill_profiles(engine, torch, cases: str, json_path: str | None) -> None:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     results = []
     for case in cases.split(","):
@@ -145,12 +164,17 @@ def prefill_profiles(engine, torch, cases: str, json_path: str | None) -> None:
             per_kind[kind_of(ev.key)] += dev_us / b / 1000
             kernels.append((dev_us / b / 1000, ev.count / b, ev.key[:90]))
         kernels.sort(reverse=True)
-        row = {"case": case, "steps": steps, "wall_ms_per_prompt": 1000 * wall / b, "gpu_ms_per_prompt_by_kind": dict(per_kind),
-               "top_kernels": kernels[:16]}
+        row = {
+            "case": case,
+            "steps": steps,
+            "wall_ms_per_prompt": 1000 * wall / b,
+            "gpu_ms_per_prompt_by_kind": dict(per_kind),
+            "top_kernels": kernels[:16],
+        }
         results.append(row)
         print(f"== prefill {case}: {steps} steps, wall {row['wall_ms_per_prompt']:.1f} ms per prompt (profiled)")
         print("   GPU ms per prompt by kind:", {k: round(v, 2) for k, v in per_kind.items()})
-        for ms, count, name in row["top_kernels"]:
+        for ms, count, name in kernels[:16]:
             print(f"   {ms:8.3f} ms {count:6.1f}x  {name}")
     if json_path:
         with open(json_path, "w") as f:
@@ -172,8 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     from engine.llm_engine import LLMEngine
 
     model = str(write_preset(args.preset, tempfile.mkdtemp(prefix="preset-")))
-    engine = LLMEngine(EngineConfig(model=model, enable_prefix_caching=False, load_format="dummy",
-                                    max_num_batched_tokens=8192))
+    engine = LLMEngine(EngineConfig(model=model, enable_prefix_caching=False, load_format="dummy", max_num_batched_tokens=8192))
     results = []
     if args.prefill:
         prefill_profiles(engine, torch, args.cases, args.json)

@@ -81,7 +81,7 @@ def sync(torch) -> None:
 
 
 def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight_bytes: int) -> dict:
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     vocab = engine.runner.vocab_size
     rng = random.Random(batch * 7919 + prompt_len)
@@ -101,7 +101,9 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
     t2 = time.perf_counter()
     steps = runs.stop()
     spec = engine.runner.kv_spec
-    kv_bytes_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.tensor([], dtype=spec.dtype).element_size()
+    kv_bytes_per_token = (
+        2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.tensor([], dtype=spec.dtype).element_size()
+    )
     mean_context = prompt_len + output_len / 2
     step_s = (t2 - t1) / max(steps, 1)
     bytes_per_step = weight_bytes + batch * mean_context * kv_bytes_per_token
@@ -132,6 +134,7 @@ class ModelRunCounter:
         def wrapper(*args, **kwargs):
             self.count += 1
             return fn(*args, **kwargs)
+
         return wrapper
 
     def stop(self) -> int:
@@ -171,7 +174,7 @@ def _step_logits_diff(engine, torch, prompts: list[list[int]], params) -> tuple[
 
 def check_graphs(engine, torch, output_len: int = 32) -> dict:
     """Greedy tokens with eager decode steps vs graph replays (batches 1, 5 and 19: exact and padded buckets)."""
-    from engine.sampling_params import SamplingParams
+    from contracts.sampling import SamplingParams
 
     runner = engine.runner
     if runner.graphs is None:
@@ -194,11 +197,20 @@ def check_graphs(engine, torch, output_len: int = 32) -> dict:
         diff, scale = _step_logits_diff(engine, torch, prompts, params)
         total += batch
         same += batch - len(diverged)
-        report["batches"].append({"batch": batch, "identical": batch - len(diverged), "first_divergence": min(diverged, default=None),
-                                  "logits_max_abs_diff": diff, "logits_max_abs": scale})
-        print(f"check-graphs: batch {batch:>2}: {batch - len(diverged)}/{batch} requests identical over {output_len} tokens"
-              + (f" (earliest divergence at output token {min(diverged)})" if diverged else "")
-              + f"; one decode step: max |eager - graph| logit {diff:.3g} (max |logit| {scale:.3g})")
+        report["batches"].append(
+            {
+                "batch": batch,
+                "identical": batch - len(diverged),
+                "first_divergence": min(diverged, default=None),
+                "logits_max_abs_diff": diff,
+                "logits_max_abs": scale,
+            }
+        )
+        print(
+            f"check-graphs: batch {batch:>2}: {batch - len(diverged)}/{batch} requests identical over {output_len} tokens"
+            + (f" (earliest divergence at output token {min(diverged)})" if diverged else "")
+            + f"; one decode step: max |eager - graph| logit {diff:.3g} (max |logit| {scale:.3g})"
+        )
     report["identical"] = same == total
     print(f"check-graphs: {'IDENTICAL' if same == total else 'DIFFERENT'}: {same}/{total} requests produce the same tokens")
     return report
@@ -229,8 +241,16 @@ def main(argv: list[str] | None = None) -> None:
         from bench.model_presets import write_preset
 
         model, load_format = str(write_preset(args.preset, tempfile.mkdtemp(prefix="preset-"))), "dummy"
-    engine = LLMEngine(EngineConfig(model=model, dtype=args.dtype, enable_prefix_caching=False, load_format=load_format,
-                                    max_num_batched_tokens=args.max_num_batched_tokens, enforce_eager=args.enforce_eager))
+    engine = LLMEngine(
+        EngineConfig(
+            model=model,
+            dtype=args.dtype,
+            enable_prefix_caching=False,
+            load_format=load_format,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            enforce_eager=args.enforce_eager,
+        )
+    )
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
     checked = check_graphs(engine, torch) if args.check_graphs else None
     copy_gbps = copy_bandwidth_gbps(torch)

@@ -33,7 +33,7 @@ def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
-def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:  # type: ignore[no-untyped-def]
+def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:
     state = stack.reload()
     if state["pids"][name] == old_pid:
         return False
@@ -48,7 +48,7 @@ def _recovered(stack, name: str, old_pid: int, since_bytes: float) -> bool:  # t
     return grpc_healthy(_port(state[role][int(index)]))
 
 
-def run_fault(stack, load: Load, name: str, kind: str, stop_s: float, settle_s: float) -> dict:  # type: ignore[no-untyped-def]
+def run_fault(stack, load: Load, name: str, kind: str, stop_s: float, settle_s: float) -> dict:
     state = stack.reload()
     pid, start = state["pids"][name], time.monotonic()
     written = metric(state["metrics"]["kvstore-master"], RECEIVED) if name == "kvstore-node" else 0.0
@@ -92,8 +92,16 @@ def main() -> None:
     stack.process.wait()
     start = time.monotonic()
     gone = wait_for(lambda: not any(alive(p) for p in tree), 30, "the stack's processes exit")
-    rows.append({"fault": "SIGKILL up", "requests": 0, "failed": 0, "longest_s": 0.0, "recovery_s": round(gone, 2),
-                 "errors": [f"{len(tree)} processes, {sum(alive(p) for p in tree)} left after {time.monotonic() - start:.1f}s"]})  # fmt: skip
+    rows.append(
+        {
+            "fault": "SIGKILL up",
+            "requests": 0,
+            "failed": 0,
+            "longest_s": 0.0,
+            "recovery_s": round(gone, 2),
+            "errors": [f"{len(tree)} processes, {sum(alive(p) for p in tree)} left after {time.monotonic() - start:.1f}s"],
+        }
+    )
     print(f"\n{'fault':<22}{'requests':>9}{'failed':>8}{'longest s':>11}{'recovery s':>12}")
     for r in rows:
         print(f"{r['fault']:<22}{r['requests']:>9}{r['failed']:>8}{r['longest_s']:>11.2f}{r['recovery_s']:>12.2f}")

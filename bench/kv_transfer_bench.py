@@ -12,6 +12,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import random
@@ -23,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from contracts.kv_handle import PoolDescriptor
 from engine.block_copy import _copy_triton, copy_blocks
 from engine.kv_cache import KVCache, KVCacheSpec
-from kv_transfer.peer_pool import PoolDescriptor, describe_pool, open_pool
+from kv_transfer.peer_pool import describe_pool, open_pool
 
 
-def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:  # type: ignore[no-untyped-def]
+def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:
     """The 'prefill' process: a pool with random KV, shared; waits until told to stop."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = KVCacheSpec(*spec_args)
@@ -40,7 +42,7 @@ def owner(spec_args: tuple, num_blocks: int, pool_file: str, conn) -> None:  # t
     conn.recv()  # keep the pool alive until the reader is done
 
 
-def timed(fn, device: torch.device, reps: int) -> float:  # type: ignore[no-untyped-def]
+def timed(fn, device: torch.device, reps: int) -> float:
     """Median seconds of ``fn`` (device events on GPU)."""
     fn()
     times = []
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     here, there = ctx.Pipe()
     pool_file = str(Path(tempfile.gettempdir() if device.type == "cuda" else "/dev/shm") / f"kvbench-{time.time_ns()}")
-    proc = ctx.Process(target=owner, args=((spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim, dtype),
-                                           num_blocks, pool_file, there))
+    proc = ctx.Process(
+        target=owner,
+        args=((spec.num_layers, spec.block_size, spec.num_kv_heads, spec.head_dim, dtype), num_blocks, pool_file, there),
+    )
     proc.start()
     rows = []
     try:
@@ -91,30 +95,42 @@ def main(argv: list[str] | None = None) -> int:
             n = -(-n_tok // args.block_size)
             src, dst = rng.sample(range(num_blocks), n), rng.sample(range(num_blocks), n)
             nbytes = n * spec.bytes_per_block
-            direct = timed(lambda: copy_blocks(peer, src, mine.pool, dst), device, args.reps)
+            direct = timed(functools.partial(copy_blocks, peer, src, mine.pool, dst), device, args.reps)
             for v in filter(None, args.variants.split(",")):
                 chunk, warps, *order = (int(x) for x in v.split("x"))
-                t = timed(lambda: _copy_triton(peer, src, mine.pool, dst, chunk, warps, *order), device, args.reps)
+                t = timed(functools.partial(_copy_triton, peer, src, mine.pool, dst, chunk, warps, *order), device, args.reps)
                 print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
             a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
             b = torch.empty_like(a)
-            plain = timed(lambda: b.copy_(a), device, args.reps)
+            plain = timed(functools.partial(b.copy_, a), device, args.reps)
             del a, b
-            rows.append({"tokens": n_tok, "blocks": n, "mib": nbytes / 2**20, "direct_gb_s": nbytes / direct / 1e9,
-                         "device_copy_gb_s": nbytes / plain / 1e9, "ratio": plain / direct,
-                         "direct_us_per_token": 1e6 * direct / n_tok})
+            rows.append(
+                {
+                    "tokens": n_tok,
+                    "blocks": n,
+                    "mib": nbytes / 2**20,
+                    "direct_gb_s": nbytes / direct / 1e9,
+                    "device_copy_gb_s": nbytes / plain / 1e9,
+                    "ratio": plain / direct,
+                    "direct_us_per_token": 1e6 * direct / n_tok,
+                }
+            )
             assert torch.equal(mine.pool[:, :, dst[-1]], peer[:, :, src[-1]]), "the copy moved the wrong bytes"
     finally:
         here.send("done")
         proc.join(30)
         Path(pool_file).unlink(missing_ok=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; KV {spec.num_layers} layers x {spec.num_kv_heads} heads x {spec.head_dim}, {dtype}, "
-          f"{spec.bytes_per_block / 2**20:.2f} MiB per block")
+    print(
+        f"device: {name}; KV {spec.num_layers} layers x {spec.num_kv_heads} heads x {spec.head_dim}, {dtype}, "
+        f"{spec.bytes_per_block / 2**20:.2f} MiB per block"
+    )
     print(f"{'tokens':>7} {'MiB':>8} {'direct GB/s':>12} {'device copy GB/s':>17} {'direct/copy':>12} {'us/token':>9}")
     for r in rows:
-        print(f"{r['tokens']:>7} {r['mib']:>8.0f} {r['direct_gb_s']:>12.1f} {r['device_copy_gb_s']:>17.1f} "
-              f"{r['ratio']:>12.2f} {r['direct_us_per_token']:>9.4f}")
+        print(
+            f"{r['tokens']:>7} {r['mib']:>8.0f} {r['direct_gb_s']:>12.1f} {r['device_copy_gb_s']:>17.1f} "
+            f"{r['ratio']:>12.2f} {r['direct_us_per_token']:>9.4f}"
+        )
     Path(args.out).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
     return 0
 

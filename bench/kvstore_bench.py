@@ -45,6 +45,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from contracts.sizes import parse_size  # noqa: E402
 from kvstore import mooncake_processes  # noqa: E402
 from kvstore.backend import StoreBackend, open_store  # noqa: E402
 from kvstore.block_key import KVLayout, block_keys  # noqa: E402
@@ -112,7 +113,14 @@ def bench_memcpy(size: int, total: int, latency_ops: int) -> dict:
         t = time.perf_counter()
         np.copyto(dst, src)
         lat.append(time.perf_counter() - t)
-    return {"put_GBps": gbps, "get_GBps": gbps, "put_p50_ms": pct(lat, 50), "put_p99_ms": pct(lat, 99), "get_p50_ms": pct(lat, 50), "get_p99_ms": pct(lat, 99)}
+    return {
+        "put_GBps": gbps,
+        "get_GBps": gbps,
+        "put_p50_ms": pct(lat, 50),
+        "put_p99_ms": pct(lat, 99),
+        "get_p50_ms": pct(lat, 50),
+        "get_p99_ms": pct(lat, 99),
+    }
 
 
 def bench_tcp(size: int, total: int, latency_ops: int) -> dict:
@@ -151,11 +159,18 @@ def bench_tcp(size: int, total: int, latency_ops: int) -> dict:
     sock.close()
     thread.join()
     server.close()
-    return {"put_GBps": gbps, "get_GBps": gbps, "put_p50_ms": pct(lat, 50), "put_p99_ms": pct(lat, 99), "get_p50_ms": pct(lat, 50), "get_p99_ms": pct(lat, 99)}
+    return {
+        "put_GBps": gbps,
+        "get_GBps": gbps,
+        "put_p50_ms": pct(lat, 50),
+        "put_p99_ms": pct(lat, 99),
+        "get_p50_ms": pct(lat, 50),
+        "get_p99_ms": pct(lat, 99),
+    }
 
 
 def parse_batches(spec: str) -> list[tuple[int, int]]:
-    """"64x64,32x2048" -> [(64, 65536), (32, 2097152)]: (objects per call, bytes per object)."""
+    """ "64x64,32x2048" -> [(64, 65536), (32, 2097152)]: (objects per call, bytes per object)."""
     out = []
     for item in spec.split(","):
         n, kib = item.lower().split("x")
@@ -324,8 +339,17 @@ def bench_backends(master_addr: str, mooncake_url: str | None, batches: list[tup
             memcpy, tcp = max(memcpy, bench_memcpy_batch(n, size, repeats)), max(tcp, bench_tcp_batch(n, size, repeats))
             tcp_procs = max(tcp_procs, bench_tcp_batch_processes(n, size, repeats))
             for name, result in results.items():
-                rows.append({"path": name, "n": n, "size": size, **result, "memcpy_GBps": memcpy, "tcp_GBps": tcp,
-                             "tcp_procs_GBps": tcp_procs})
+                rows.append(
+                    {
+                        "path": name,
+                        "n": n,
+                        "size": size,
+                        **result,
+                        "memcpy_GBps": memcpy,
+                        "tcp_GBps": tcp,
+                        "tcp_procs_GBps": tcp_procs,
+                    }
+                )
     finally:
         for store in stores.values():
             store.close()
@@ -346,8 +370,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed calls per batched measurement (median reported)")
     parser.add_argument("--capacity", default="1GiB")
     parser.add_argument("--skip-mooncake", action="store_true", help="leave the Mooncake Store backend out")
-    parser.add_argument("--tables", default="single,batched,backends",
-                        help="which tables to measure, comma-separated (single, batched, backends)")
+    parser.add_argument(
+        "--tables", default="single,batched,backends", help="which tables to measure, comma-separated (single, batched, backends)"
+    )
     parser.add_argument("--out", default="kvstore_bench.json")
     args = parser.parse_args()
 
@@ -355,7 +380,7 @@ def main() -> None:
     # 64 MiB calls from filling the node with removed-but-leased objects
     master, master_addr = start(["kvstore-master", "--events-port", "0", "--lease-ttl", "0.5"])
     node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
-    mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, _parse_capacity(args.capacity))
+    mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, parse_size(args.capacity))
     rows, batch_rows, backend_rows = [], [], []
     try:
         time.sleep(0.5)
@@ -370,14 +395,26 @@ def main() -> None:
                 rows.append({"path": f"kvstore {name}", "size": size, **result})
         for n, size in parse_batches(args.batches) if "batched" in tables else []:
             memcpy = bench_memcpy_batch(n, size, args.repeats)
-            batch_rows.append({"path": "memcpy (numpy)", "n": n, "size": size, "put_GBps": memcpy, "get_GBps": memcpy, "get_into_GBps": memcpy, "memcpy_GBps": memcpy})
+            batch_rows.append(
+                {
+                    "path": "memcpy (numpy)",
+                    "n": n,
+                    "size": size,
+                    "put_GBps": memcpy,
+                    "get_GBps": memcpy,
+                    "get_into_GBps": memcpy,
+                    "memcpy_GBps": memcpy,
+                }
+            )
             for name, client in clients.items():
                 result = bench_store_batch(client, n, size, args.repeats)
                 batch_rows.append({"path": f"kvstore {name}", "n": n, "size": size, **result, "memcpy_GBps": memcpy})
         for client in clients.values():
             client.close()
         if "backends" in tables:
-            backend_rows = bench_backends(master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats)
+            backend_rows = bench_backends(
+                master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats
+            )
     finally:
         if mooncake is not None:
             mooncake.stop()
@@ -400,13 +437,18 @@ def main() -> None:
     for r in batch_rows:
         frac = [100 * r[f"{op}_GBps"] / r["memcpy_GBps"] for op in ("put", "get", "get_into")]
         print(
-            f"| {r['path']} | {r['n']} x {size_name(r['size'])} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['get_into_GBps']:.2f} | "
+            f"| {r['path']} | {r['n']} x {size_name(r['size'])} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | "
+            f"{r['get_into_GBps']:.2f} | "
             f"{frac[0]:.0f}% | {frac[1]:.0f}% | {frac[2]:.0f}% |"
         )
-    print("\nbackends side by side: put_blocks / get_blocks_into of one batch (median GB/s; % of memcpy and of raw TCP, same batch;")
+    print(
+        "\nbackends side by side: put_blocks / get_blocks_into of one batch (median GB/s; % of memcpy and of raw TCP, same batch;"
+    )
     print("tcp: sender and receiver threads of one process; tcp 2p: the receiver in another process, as a storage node is)")
-    print("| path | batch | put GB/s | get_into GB/s | memcpy GB/s | tcp GB/s | tcp 2p GB/s | put % memcpy | get_into % memcpy "
-          "| put % tcp | get_into % tcp | put % tcp 2p | get_into % tcp 2p |")
+    print(
+        "| path | batch | put GB/s | get_into GB/s | memcpy GB/s | tcp GB/s | tcp 2p GB/s | put % memcpy | get_into % memcpy "
+        "| put % tcp | get_into % tcp | put % tcp 2p | get_into % tcp 2p |"
+    )
     print("|" + " --- |" * 13)
     for r in backend_rows:
         m, t, t2 = r["memcpy_GBps"], r["tcp_GBps"], r["tcp_procs_GBps"]
@@ -420,12 +462,6 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows}, f, indent=2)
     print(f"wrote {args.out}")
-
-
-def _parse_capacity(text: str) -> int:
-    from kvstore.cli import parse_size
-
-    return parse_size(text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 PARITY_PROMPTS = [[(7 * i + 3) % 300 + 5 for i in range(45)], [100, 3, 77], [42, 43, 44, 45, 46]]
 
 
-def _free(engine, torch) -> None:  # type: ignore[no-untyped-def]
+def _free(engine, torch) -> None:
     engine.shutdown()
     del engine
     gc.collect()
@@ -36,9 +36,9 @@ def _free(engine, torch) -> None:  # type: ignore[no-untyped-def]
 def greedy(model: str, max_tokens: int, **kw) -> list[list[int]]:
     import torch
 
+    from contracts.sampling import SamplingParams
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
 
     engine = LLMEngine(EngineConfig(model=model, dtype="float32", num_kv_blocks=256, **kw))
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
@@ -66,10 +66,13 @@ def parity(size: str, max_tokens: int) -> list[dict]:
             variants["ep2"] = dict(tensor_parallel_size=2, expert_parallel=True)
         for name, kw in variants.items():
             out = greedy(model, max_tokens, **kw)
-            rows.append({"arch": arch, "size": size, "variant": name, "equal_to_tp1": out == ref,
-                         "tokens_checked": sum(map(len, ref))})
-            print(f"parity {arch:10s} {name}: {'EQUAL' if out == ref else 'DIFFERENT'} to TP=1 over {sum(map(len, ref))} tokens",
-                  flush=True)
+            rows.append(
+                {"arch": arch, "size": size, "variant": name, "equal_to_tp1": out == ref, "tokens_checked": sum(map(len, ref))}
+            )
+            print(
+                f"parity {arch:10s} {name}: {'EQUAL' if out == ref else 'DIFFERENT'} to TP=1 over {sum(map(len, ref))} tokens",
+                flush=True,
+            )
     return rows
 
 
@@ -83,19 +86,30 @@ def timing(preset: str, layers: int | None, cases: list[tuple[int, int, int]], *
 
     overrides = {"num_hidden_layers": layers} if layers else {}
     model = str(write_preset(preset, tempfile.mkdtemp(prefix="preset-"), **overrides))
-    engine = LLMEngine(EngineConfig(model=model, load_format="dummy", enable_prefix_caching=False, num_kv_blocks=4096,
-                                    max_num_batched_tokens=2048, **kw))
+    engine = LLMEngine(
+        EngineConfig(
+            model=model, load_format="dummy", enable_prefix_caching=False, num_kv_blocks=4096, max_num_batched_tokens=2048, **kw
+        )
+    )
     runner = getattr(engine.runner, "runner", engine.runner)  # rank 0's ModelRunner
     weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     run_case(engine, torch, 1, 16, 4, weight_bytes)  # warm-up: kernels compiled, allocator primed
     rows = []
     for b, p, o in cases:
         row = run_case(engine, torch, b, p, o, weight_bytes)
-        row.update(preset=preset, layers=runner.hf_config.num_hidden_layers, tp=kw.get("tensor_parallel_size", 1),
-                   ep=bool(kw.get("expert_parallel")), rank0_weight_GB=weight_bytes / 1e9)
+        row.update(
+            preset=preset,
+            layers=runner.hf_config.num_hidden_layers,
+            tp=kw.get("tensor_parallel_size", 1),
+            ep=bool(kw.get("expert_parallel")),
+            rank0_weight_GB=weight_bytes / 1e9,
+        )
         rows.append(row)
-        print(f"{preset} tp={row['tp']} ep={row['ep']} {row['case']}: prefill {row['prefill_tok_s']:.0f} tok/s, "
-              f"decode step {row['decode_step_ms']:.2f} ms", flush=True)
+        print(
+            f"{preset} tp={row['tp']} ep={row['ep']} {row['case']}: prefill {row['prefill_tok_s']:.0f} tok/s, "
+            f"decode step {row['decode_step_ms']:.2f} ms",
+            flush=True,
+        )
     _free(engine, torch)
     return rows
 
@@ -132,7 +146,7 @@ def allreduce_ms(shapes: list[tuple[int, int]], reps: int = 50) -> dict[str, flo
     """Mean ms of one all-reduce of [T, H] between 2 ranks, per shape."""
     import multiprocessing
 
-    from engine.executor import free_port
+    from contracts.ports import free_port
 
     out = tempfile.mktemp(suffix=".json")
     port = free_port()
@@ -150,8 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=".", help="directory for parallel_bench.json")
     parser.add_argument("--size", default="small", choices=["tiny", "small"], help="parity checkpoint size")
     parser.add_argument("--parity-only", action="store_true")
-    parser.add_argument("--allreduce-only", action="store_true",
-                        help="only time the all-reduces a TP=2 step makes (2 GPUs), per call and per step")
+    parser.add_argument(
+        "--allreduce-only",
+        action="store_true",
+        help="only time the all-reduces a TP=2 step makes (2 GPUs), per call and per step",
+    )
     parser.add_argument("--max-tokens", type=int, default=24)
     args = parser.parse_args(argv)
     out = Path(args.out) / "parallel_bench.json"
@@ -180,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.parity_only:
         return
     cases = [(1, 128, 32), (32, 128, 32), (4, 2048, 2)]
-    for preset, kws in (("llama-3.1-8b", [{}, {"tensor_parallel_size": 2}]),
-                        ("qwen3-30b-a3b", [{}, {"tensor_parallel_size": 2, "expert_parallel": True}])):
+    for preset, kws in (
+        ("llama-3.1-8b", [{}, {"tensor_parallel_size": 2}]),
+        ("qwen3-30b-a3b", [{}, {"tensor_parallel_size": 2, "expert_parallel": True}]),
+    ):
         for kw in kws:
             results["timing"] += timing(preset, None, cases, **kw)
             save()
@@ -202,14 +221,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_table(results: dict) -> None:
     print(f"\ndevice: {results['device']} (random weights, real shapes)")
-    print("| model | parallel | case BxPxO | prefill tok/s | decode step ms | all-reduce ms/decode step | all-reduce ms/2048-tok step |")
+    print(
+        "| model | parallel | case BxPxO | prefill tok/s | decode step ms | all-reduce ms/decode step | all-reduce "
+        "ms/2048-tok step |"
+    )
     print("|---|---|---|---:|---:|---:|---:|")
     for r in results["timing"]:
         par = "TP=1" if r["tp"] == 1 else ("EP=2 (attn TP=2)" if r["ep"] else f"TP={r['tp']}")
         ar = r.get("allreduce_decode_step_ms")
         arp = r.get("allreduce_prefill_2048_tok_step_ms")
-        print(f"| {r['preset']} | {par} | {r['case']} | {r['prefill_tok_s']:.0f} | {r['decode_step_ms']:.2f} | "
-              f"{'-' if ar is None else f'{ar:.2f}'} | {'-' if arp is None else f'{arp:.2f}'} |")
+        print(
+            f"| {r['preset']} | {par} | {r['case']} | {r['prefill_tok_s']:.0f} | {r['decode_step_ms']:.2f} | "
+            f"{'-' if ar is None else f'{ar:.2f}'} | {'-' if arp is None else f'{arp:.2f}'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import grpc
 
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 @dataclass(slots=True)
@@ -46,7 +46,9 @@ class Result:
     failed: int = 0
 
 
-async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams) -> tuple[float, int, float | None, list[float]]:  # type: ignore[no-untyped-def]
+async def one(
+    mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingParams
+) -> tuple[float, int, float | None, list[float]]:
     start = time.perf_counter()
     ttft, n, handoff, gaps, last = 0.0, 0, None, [], None
     if mode == "colocated":
@@ -54,7 +56,9 @@ async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingPara
     else:
         first = await prefill.Prefill(pb.PrefillRequest(prompt_token_ids=prompt, sampling=sp))
         ttft, n = time.perf_counter() - start, 1
-        req = pb.GenerateRequest(prompt_token_ids=prompt, sampling=sp, kv_handle=first.kv_handle, first_token_id=first.first_token_id)
+        req = pb.GenerateRequest(
+            prompt_token_ids=prompt, sampling=sp, kv_handle=first.kv_handle, first_token_id=first.first_token_id
+        )
     sent = time.perf_counter()
     async for chunk in decode.Generate(req):
         now = time.perf_counter()
@@ -69,8 +73,16 @@ async def one(mode: str, prefill, decode, prompt: list[int], sp: pb.SamplingPara
     return ttft, n, handoff, gaps
 
 
-async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_addr: str, seed: int,
-                   prompt_len: tuple[int, int] = (64, 256), max_tokens: int = 32) -> Result:
+async def run_rate(
+    mode: str,
+    rate: float,
+    n: int,
+    prefill_addr: str,
+    decode_addr: str,
+    seed: int,
+    prompt_len: tuple[int, int] = (64, 256),
+    max_tokens: int = 32,
+) -> Result:
     rng = random.Random(seed)
     async with grpc.aio.insecure_channel(prefill_addr) as pc, grpc.aio.insecure_channel(decode_addr) as dc:
         prefill, decode = pb_grpc.PrefillServiceStub(pc), pb_grpc.DecodeServiceStub(dc)
@@ -93,10 +105,18 @@ async def run_rate(mode: str, rate: float, n: int, prefill_addr: str, decode_add
     ttfts = sorted(d[0] for d in done)
     handoffs = [d[2] for d in done if d[2] is not None]
     gaps = sorted(g for d in done for g in d[3]) or [0.0]
-    return Result(mode, rate, n, 1000 * statistics.median(ttfts), 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
-                  1000 * gaps[int(0.99 * (len(gaps) - 1))],
-                  sum(d[1] for d in done) / wall, 1e6 * statistics.median(handoffs) if handoffs else None,
-                  prompt_tokens=prompt_tokens, failed=len(failed))
+    return Result(
+        mode,
+        rate,
+        n,
+        1000 * statistics.median(ttfts),
+        1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
+        1000 * gaps[int(0.99 * (len(gaps) - 1))],
+        sum(d[1] for d in done) / wall,
+        1e6 * statistics.median(handoffs) if handoffs else None,
+        prompt_tokens=prompt_tokens,
+        failed=len(failed),
+    )
 
 
 TRANSPORT_FLAGS = {
@@ -111,8 +131,11 @@ def kv_move_seconds(metrics_port: int) -> float:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("splitserve_worker_kv_transfer_seconds_sum{") and 'role="decode"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("splitserve_worker_kv_transfer_seconds_sum{") and 'role="decode"' in line
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,16 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="", help="real shapes with random weights (bench/model_presets.py), e.g. llama-3.1-8b")
     p.add_argument("--prompt-len", default="64:256", help="MIN:MAX prompt tokens")
     p.add_argument("--max-tokens", type=int, default=32, help="new tokens per request")
-    p.add_argument("--transports", default="direct,store",
-                   help=f"KV transports to compare, one prefill worker each: {', '.join(TRANSPORT_FLAGS)}")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.3,
-                   help="per worker; the prefill workers and the decode worker share one GPU")
+    p.add_argument(
+        "--transports",
+        default="direct,store",
+        help=f"KV transports to compare, one prefill worker each: {', '.join(TRANSPORT_FLAGS)}",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.3,
+        help="per worker; the prefill workers and the decode worker share one GPU",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "workers"))
+    from worker_processes import start_worker, wait_serving
+
     from engine.make_model import make_model
     from kvstore.embedded import EmbeddedStore
-    from worker_processes import start_worker, wait_serving
 
     extra: list[str] = ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     if args.preset:
@@ -146,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     store = EmbeddedStore(capacity=(32 << 30) if args.preset else (512 << 20))
     store.start()
     transports = args.transports.split(",") if args.transports else []
-    prefills = {t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra)
-                for t in transports}
+    prefills = {
+        t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
+    }
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     results = []
     try:
@@ -156,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)
                 moved = kv_move_seconds(decode.metrics_port)
-                r = asyncio.run(run_rate(mode, rate, args.requests, prefill.address, decode.address,
-                                         int(rate * 100), (lo, hi), args.max_tokens))
+                r = asyncio.run(
+                    run_rate(
+                        mode, rate, args.requests, prefill.address, decode.address, int(rate * 100), (lo, hi), args.max_tokens
+                    )
+                )
                 if mode != "colocated":
                     time.sleep(0.5)  # the last transfer's figure reaches /metrics just after its stream ends
                     r.kv_move_us_per_prompt_token = 1e6 * (kv_move_seconds(decode.metrics_port) - moved) / r.prompt_tokens
@@ -166,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
         for w in [*prefills.values(), decode]:
             w.stop()
         store.stop()
-    print(f"{'mode':<15} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'ITL p99 ms':>11} "
-          f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15} {'failed':>7}")
+    print(
+        f"{'mode':<15} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'ITL p99 ms':>11} "
+        f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15} {'failed':>7}"
+    )
     for r in results:
         h = f"{r.handoff_us_per_prompt_token:.2f}" if r.handoff_us_per_prompt_token is not None else "-"
         m = f"{r.kv_move_us_per_prompt_token:.3f}" if r.kv_move_us_per_prompt_token is not None else "-"
-        print(f"{r.mode:<15} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} "
-              f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15} {r.failed:>7}")
+        print(
+            f"{r.mode:<15} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} "
+            f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15} {r.failed:>7}"
+        )
     Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
 

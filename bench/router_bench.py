@@ -24,7 +24,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from contracts.ports import free_port
 from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
 
@@ -64,8 +64,16 @@ def index_bench(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - t)
         times.sort()
         results[name] = {"p50_us": statistics.median(times) * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6}
-    report = {"workers": args.workers, "keys": args.keys, "holders": args.holders, "chain": args.chain,
-              "index_blocks": index.num_blocks(), "build_s": build_s, **results, **decision_bench(index, workers, args)}
+    report = {
+        "workers": args.workers,
+        "keys": args.keys,
+        "holders": args.holders,
+        "chain": args.chain,
+        "index_blocks": index.num_blocks(),
+        "build_s": build_s,
+        **results,
+        **decision_bench(index, workers, args),
+    }
     return report
 
 
@@ -82,10 +90,24 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
 
     rng = random.Random(1)
     half = len(worker_ids) // 2
-    pools = {role: [Worker(w, role, WorkerLoad(worker_id=w, role=role.value, total_kv_blocks=54_345,
-                                               running_requests=rng.randrange(32), active_kv_blocks=rng.randrange(40_000),
-                                               queued_prefill_tokens=rng.randrange(20_000)))
-                    for w in ids] for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))}  # fmt: skip
+    pools = {
+        role: [
+            Worker(
+                w,
+                role,
+                WorkerLoad(
+                    worker_id=w,
+                    role=role.value,
+                    total_kv_blocks=54_345,
+                    running_requests=rng.randrange(32),
+                    active_kv_blocks=rng.randrange(40_000),
+                    queued_prefill_tokens=rng.randrange(20_000),
+                ),
+            )
+            for w in ids
+        ]
+        for role, ids in ((Role.PREFILL, worker_ids[:half]), (Role.DECODE, worker_ids[half:]))
+    }
     scheduler = Scheduler(load_policy("kv-aware"), index)
     out = {}
     for name, blocks, held in (("held", args.chain, True), ("new", args.chain, False), ("held", 1024, True)):
@@ -100,27 +122,27 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
             decision = scheduler.decide(ScheduleRequest(len(tokens), chain, 16), pools[Role.PREFILL], pools[Role.DECODE])
             walls.append(time.perf_counter() - t)
             cpus.append(time.thread_time() - c)
-            decision.charge.release()
+            if decision.charge is not None:
+                decision.charge.release()
             modes.add(decision.mode.value)
         for _ in range(max(20, args.lookups // 20)):
             t = time.perf_counter()
             block_keys(tokens, "bench", 16)
             hashing.append(time.perf_counter() - t)
-        out[f"decide_{name}_{blocks}"] = {"p50_us": statistics.median(walls) * 1e6, "p99_us": pct(walls, 0.99) * 1e6,
-                                          "cpu_p50_us": statistics.median(cpus) * 1e6, "cpu_p99_us": pct(cpus, 0.99) * 1e6,
-                                          "mode": "/".join(sorted(modes)), "hash_p50_us": statistics.median(hashing) * 1e6}  # fmt: skip
+        out[f"decide_{name}_{blocks}"] = {
+            "p50_us": statistics.median(walls) * 1e6,
+            "p99_us": pct(walls, 0.99) * 1e6,
+            "cpu_p50_us": statistics.median(cpus) * 1e6,
+            "cpu_p99_us": pct(cpus, 0.99) * 1e6,
+            "mode": "/".join(sorted(modes)),
+            "hash_p50_us": statistics.median(hashing) * 1e6,
+        }
     return out
 
 
 # ---------------------------------------------------------------- live stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -191,7 +213,9 @@ def start_sim_stack(log_dir: Path, args: argparse.Namespace) -> tuple:
     from simulator.model_dir import write_sim_model_dir
     from simulator.profile import load_profile
 
-    cluster = ClusterThread.start(ClusterConfig(load_profile("h200-llama-3.1-8b"), args.sim // 2, args.sim - args.sim // 2, speedup=1000.0))
+    cluster = ClusterThread.start(
+        ClusterConfig(load_profile("h200-llama-3.1-8b"), args.sim // 2, args.sim - args.sim // 2, speedup=1000.0)
+    )
     router = start_router(write_sim_model_dir(log_dir / "model"), cluster.cluster, log_dir / "router.log",
                           ["--policy", "kv-aware"], timeout_s=args.ready_timeout, cpu=args.router_cpu)  # fmt: skip
     state = {"url": router.url, "decode": cluster.cluster.addresses("decode"), "served_model_name": "model",
@@ -219,7 +243,7 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     import grpc
 
     from bench.raw_http import BlockingClient, encode_post
-    from splitserve.rpc import worker_pb2, worker_pb2_grpc
+    from contracts.rpc import worker_pb2, worker_pb2_grpc
 
     prompt = list(range(100, 100 + args.prompt_len))
     channel = grpc.insecure_channel(state["decode"][0])
@@ -229,9 +253,11 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     client = BlockingClient(host, port)  # ~30 us of client CPU a request, like the gRPC stub's on the direct path
 
     def direct(i: int) -> None:
-        req = worker_pb2.GenerateRequest(request_id=f"direct-{i}", prompt_token_ids=prompt,
-                                         sampling=worker_pb2.SamplingParams(temperature=0, top_p=1.0, max_tokens=1,
-                                                                            repetition_penalty=1.0))
+        req = worker_pb2.GenerateRequest(
+            request_id=f"direct-{i}",
+            prompt_token_ids=prompt,
+            sampling=worker_pb2.SamplingParams(temperature=0, top_p=1.0, max_tokens=1, repetition_penalty=1.0),
+        )
         chunks = list(stub.Generate(req, timeout=30))
         assert chunks and chunks[-1].finish_reason, chunks
 
@@ -252,8 +278,10 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     finally:
         client.close()
         channel.close()
-    out = {name: {"p50_ms": statistics.median(ts) * 1e3, "p99_ms": pct(ts, 0.99) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3}
-           for name, ts in times.items()}
+    out = {
+        name: {"p50_ms": statistics.median(ts) * 1e3, "p99_ms": pct(ts, 0.99) * 1e3, "mean_ms": statistics.fmean(ts) * 1e3}
+        for name, ts in times.items()
+    }
     out["added"] = {k: out["router"][k] - out["direct"][k] for k in ("p50_ms", "p99_ms", "mean_ms")}
     out["requests"] = args.requests
     out["prompt_len"] = args.prompt_len
@@ -272,8 +300,11 @@ async def saturation_level(state: dict, concurrency: int, duration_s: float) -> 
     host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
     router = process_tree(state["pids"]["router"])
     # with --sim the "worker" is this process (simulated workers and the client), the router its child
-    pids = {"router": router, "worker": [p for p in process_tree(state["pids"]["decode-0"]) if p not in router],
-            "client": [os.getpid()]}
+    pids = {
+        "router": router,
+        "worker": [p for p in process_tree(state["pids"]["decode-0"]) if p not in router],
+        "client": [os.getpid()],
+    }
     latencies: list[float] = []
     errors = 0
     clients = [await AsyncClient.connect(host, port) for _ in range(concurrency)]
@@ -299,12 +330,19 @@ async def saturation_level(state: dict, concurrency: int, duration_s: float) -> 
     for client in clients:
         await client.close()
     served = len(latencies) + errors
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "wall_s": wall,
-            "rps": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": pct(latencies, 0.99) * 1e3, "load_avg": os.getloadavg()[0],
-            "router_cpu_ms_per_req": (cpu1["router"] - cpu0["router"]) / max(served, 1) * 1e3,
-            "processes": {k: len(p) for k, p in pids.items()},
-            **{f"{k}_cpu_pct": (cpu1[k] - cpu0[k]) / wall * 100 for k in pids}}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "wall_s": wall,
+        "rps": len(latencies) / wall,
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": pct(latencies, 0.99) * 1e3,
+        "load_avg": os.getloadavg()[0],
+        "router_cpu_ms_per_req": (cpu1["router"] - cpu0["router"]) / max(served, 1) * 1e3,
+        "processes": {k: len(p) for k, p in pids.items()},
+        **{f"{k}_cpu_pct": (cpu1[k] - cpu0[k]) / wall * 100 for k in pids},
+    }
 
 
 def print_tables(report: dict) -> None:
@@ -320,18 +358,24 @@ def print_tables(report: dict) -> None:
     print(f"(load average {os.getloadavg()[0]:.1f})")
     if "overhead" in report:
         ov = report["overhead"]
-        print(f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "
-              f"{ov['prompt_len']} prompt tokens, max_tokens=1")
+        print(
+            f"\n{'path':<8}{'p50 (ms)':>12}{'p99 (ms)':>12}{'mean (ms)':>12}   {ov['requests']} reqs, "
+            f"{ov['prompt_len']} prompt tokens, max_tokens=1"
+        )
         for name in ("direct", "router", "added"):
             print(f"{name:<8}{ov[name]['p50_ms']:>12.2f}{ov[name]['p99_ms']:>12.2f}{ov[name]['mean_ms']:>12.2f}")
     if "saturation" in report:
-        print(f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'router ms/req':>14}{'1-core req/s':>13}"
-              f"{'worker %':>10}{'client %':>10}{'errors':>8}{'load':>6}")
+        print(
+            f"\n{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'router %':>10}{'router ms/req':>14}{'1-core req/s':>13}"
+            f"{'worker %':>10}{'client %':>10}{'errors':>8}{'load':>6}"
+        )
         for r in report["saturation"]:
             ms = r["router_cpu_ms_per_req"]
-            print(f"{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['router_cpu_pct']:>10.0f}"
-                  f"{ms:>14.3f}{1000 / ms if ms else float('nan'):>13.0f}{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}"
-                  f"{r['errors']:>8}{r['load_avg']:>6.1f}")
+            print(
+                f"{r['concurrency']:>5}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['router_cpu_pct']:>10.0f}"
+                f"{ms:>14.3f}{1000 / ms if ms else float('nan'):>13.0f}{r['worker_cpu_pct']:>10.0f}{r['client_cpu_pct']:>10.0f}"
+                f"{r['errors']:>8}{r['load_avg']:>6.1f}"
+            )
         print(f"\n{report['saturation_verdict']}")
 
 
@@ -341,17 +385,23 @@ def verdict(levels: list[dict]) -> str:
     worker_sat = [r for r in levels if r["worker_cpu_pct"] >= 90]
     if router_sat and (not worker_sat or router_sat[0]["concurrency"] <= worker_sat[0]["concurrency"]):
         r = router_sat[0]
-        return (f"router saturates first: {r['router_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
-                f"(concurrency {r['concurrency']}); peak {top['rps']:.0f} req/s")
+        return (
+            f"router saturates first: {r['router_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
+            f"(concurrency {r['concurrency']}); peak {top['rps']:.0f} req/s"
+        )
     if worker_sat:
         r = worker_sat[0]
-        return (f"decode worker saturates first: {r['worker_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
-                f"(concurrency {r['concurrency']}, router at {r['router_cpu_pct']:.0f}%); router saturation not reached")
+        return (
+            f"decode worker saturates first: {r['worker_cpu_pct']:.0f}% of a core at {r['rps']:.0f} req/s "
+            f"(concurrency {r['concurrency']}, router at {r['router_cpu_pct']:.0f}%); router saturation not reached"
+        )
     total = sum(top[k] for k in ("router_cpu_pct", "worker_cpu_pct", "client_cpu_pct"))
-    return (f"no process reached ~100% of a core, so the router's saturation rate was not reached; peak "
-            f"{top['rps']:.0f} req/s at concurrency {top['concurrency']} (router {top['router_cpu_pct']:.0f}%, "
-            f"worker {top['worker_cpu_pct']:.0f}%, client {top['client_cpu_pct']:.0f}%; together {total:.0f}% of "
-            f"the machine's {os.cpu_count() * 100}%, load avg {os.getloadavg()[0]:.1f}): the shared cores are the limit")
+    return (
+        f"no process reached ~100% of a core, so the router's saturation rate was not reached; peak "
+        f"{top['rps']:.0f} req/s at concurrency {top['concurrency']} (router {top['router_cpu_pct']:.0f}%, "
+        f"worker {top['worker_cpu_pct']:.0f}%, client {top['client_cpu_pct']:.0f}%; together {total:.0f}% of "
+        f"the machine's {(os.cpu_count() or 1) * 100}%, load avg {os.getloadavg()[0]:.1f}): the shared cores are the limit"
+    )
 
 
 def main() -> None:
@@ -386,8 +436,9 @@ def main() -> None:
             proc, state = start_sim_stack(log_dir, args) if args.sim else start_stack(log_dir, args.ready_timeout)
             print(f"[router_bench] stack up in {time.perf_counter() - t:.1f}s ({state['url']}, logs {log_dir})", flush=True)
             report["overhead"] = overhead_bench(state, args)
-            report["saturation"] = [asyncio.run(saturation_level(state, int(c), args.duration))
-                                    for c in args.concurrency.split(",")]
+            report["saturation"] = [
+                asyncio.run(saturation_level(state, int(c), args.duration)) for c in args.concurrency.split(",")
+            ]
             report["saturation_verdict"] = verdict(report["saturation"])
         finally:
             if proc is not None:

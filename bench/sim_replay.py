@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", type=int, default=8)
     p.add_argument("--decode", type=int, default=8)
     p.add_argument("--profile", default="h200-llama-3.1-8b")
-    p.add_argument("--policies", default="round-robin,least-loaded,kv-aware",
-                   help="shipped policy names or scheduler config files, comma-separated")
+    p.add_argument(
+        "--policies",
+        default="round-robin,least-loaded,kv-aware",
+        help="shipped policy names or scheduler config files, comma-separated",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="GetLoad interval of the router (s)")
     p.add_argument("--decode-evicts-imports-first", action="store_true",
                    help="what-if: decode workers evict KV they imported for a disaggregated request before any other "
@@ -65,8 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.policies.split(","):
         config = load_scheduler_config(name) if name.endswith((".yaml", ".yml", ".json")) else load_policy(name)
         start = time.perf_counter()
-        s = replay(ReplayConfig(profile, config, args.prefill, args.decode, poll_s=args.poll,
-                                decode_keeps_imports=not args.decode_evicts_imports_first), requests)
+        s = replay(
+            ReplayConfig(
+                profile,
+                config,
+                args.prefill,
+                args.decode,
+                poll_s=args.poll,
+                decode_keeps_imports=not args.decode_evicts_imports_first,
+            ),
+            requests,
+        )
         row = {k: v for k, v in asdict(s).items() if k != "outcomes"}
         row.update(policy=name, of_oracle=s.hit_rate / oracle.hit_rate if oracle.hit_rate else float("nan"),
                    replay_wall_s=time.perf_counter() - start)  # fmt: skip
@@ -75,11 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]
     print(f"\n{args.workload}: {len(requests)} requests, {args.prefill} prefill + {args.decode} decode workers, "
           f"{profile.name}; oracle hit rate {oracle.hit_rate:.3f} (unbounded {oracle.unbounded_hit_rate:.3f})")  # fmt: skip
-    print("| policy | TTFT p50 s | TTFT p90 s | TTFT p99 s | TTFT mean s | p90 vs first | TPOT p90 ms | hit rate | of oracle | colocated |")
+    print(
+        "| policy | TTFT p50 s | TTFT p90 s | TTFT p99 s | TTFT mean s | p90 vs first | TPOT p90 ms | hit rate | of "
+        "oracle | colocated |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['policy']} | {r['ttft_p50_s']:.3f} | {r['ttft_p90_s']:.3f} | {r['ttft_p99_s']:.3f} | {r['ttft_mean_s']:.3f} | "
-              f"{base['ttft_p90_s'] / r['ttft_p90_s']:.2f}x | {r['tpot_p90_s'] * 1000:.1f} | {r['hit_rate']:.3f} | {r['of_oracle']:.2f} | {r['colocated_fraction']:.2f} |")  # fmt: skip
+        print(
+            f"| {r['policy']} | {r['ttft_p50_s']:.3f} | {r['ttft_p90_s']:.3f} | {r['ttft_p99_s']:.3f} | "
+            f"{r['ttft_mean_s']:.3f} | "
+            f"{base['ttft_p90_s'] / r['ttft_p90_s']:.2f}x | {r['tpot_p90_s'] * 1000:.1f} | {r['hit_rate']:.3f} | "
+            f"{r['of_oracle']:.2f} | {r['colocated_fraction']:.2f} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "oracle": asdict(oracle), "rows": rows}, indent=2))
     return 0

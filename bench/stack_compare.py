@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench.cli import _add_common, _config, _finish
 from bench.serve.runner import run_compare
-from splitserve.up import free_port
+from contracts.ports import free_port
 
 
 def start_stack(name: str, model: str, flags: list[str], log_dir: Path) -> tuple[subprocess.Popen, str]:
@@ -38,7 +38,7 @@ def start_stack(name: str, model: str, flags: list[str], log_dir: Path) -> tuple
 
 
 def wait_ready(procs: dict[str, tuple[subprocess.Popen, str]], timeout_s: float = 300.0) -> dict[str, str]:
-    deadline, urls = time.monotonic() + timeout_s, {}
+    deadline, urls = time.monotonic() + timeout_s, dict[str, str]()
     while len(urls) < len(procs):
         for name, (proc, state) in procs.items():
             if proc.poll() is not None:

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from contracts.sampling import SamplingParams
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
     from engine.make_model import make_model
-    from engine.sampling_params import SamplingParams
 
     model = args.model or str(make_model("llama", tempfile.mkdtemp(prefix="so-bench-"), size="small"))
     engine = LLMEngine(EngineConfig(model=model, load_format=args.load_format, kv_cache_bytes=256 << 20))
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
             result = decode_rate(engine, prompts, params(guided))
             if name not in best or result[0] > best[name][0]:
                 best[name] = result
-    plain, guided = best["plain"][0], best["json_schema"][0]
+    plain, guided_rate = best["plain"][0], best["json_schema"][0]
     report = {
         "model": model, "vocab_size": vocab, "device": str(engine.runner.device), "threads": torch.get_num_threads(),
         "batch": args.batch, "max_tokens": args.tokens, "schema_compile_s": compile_s,
         **{name: {"decode_tok_s": best[name][0], "tokens": best[name][1], "seconds": best[name][2],
                   "cpu_seconds": best[name][3]} for name in best},
-        "slowdown": 1 - guided / plain if plain else None,
+        "slowdown": 1 - guided_rate / plain if plain else None,
         # tokens per CPU-second of the process: robust to other load on a shared machine
         "slowdown_cpu": 1 - (best["plain"][3] / best["json_schema"][3]) if best["json_schema"][3] else None,
     }  # fmt: skip
@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         rate, tokens, seconds, cpu = best[name]
         print(f"{name:<12} {rate:>12.1f} {tokens / cpu if cpu else 0:>10.1f} {tokens:>7} {seconds:>8.2f}")
     if plain and report["slowdown_cpu"] is not None:
-        print(f"json_schema is {report['slowdown'] * 100:.1f}% slower (wall), "
-              f"{report['slowdown_cpu'] * 100:.1f}% (CPU time)")
+        print(f"json_schema is {report['slowdown'] * 100:.1f}% slower (wall), {report['slowdown_cpu'] * 100:.1f}% (CPU time)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from engine.server.worker_options import options_from_args
     from decode_worker.service import serve
+    from engine.server.worker_options import options_from_args
 
     return serve(options_from_args(args, "decode"))

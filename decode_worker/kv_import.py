@@ -20,13 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from contracts.core_messages import ErrorKind, FromCore, RequestError
+from contracts.kv_handle import KVHandle
+from contracts.sampling import SamplingParams
 from engine.errors import EngineError, UnknownRequest
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.server.protocol import ErrorKind
 from kv_transfer.connector import KVConnector, KVLoad
 from kv_transfer.direct import DirectConnector, DirectLoad
-from kv_transfer.handle import KVHandle
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
@@ -50,14 +50,22 @@ class Import:
 
 
 class KVImports:
-    def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, done: queue.Queue,
-                 later: Callable[[float, Callable[[], None]], None], send: Callable[..., None], observe: Observe) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        connectors: list[KVConnector],
+        layout: KVLayout,
+        done: queue.Queue,
+        later: Callable[[float, Callable[[], None]], None],
+        send: Callable[[FromCore], None],
+        observe: Observe,
+    ) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.done, self.later, self.send, self.observe = done, later, send, observe
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
-        self.copying: dict[str, Import] = {}  # imported with a direct source: release once copied
+        self.copying: dict[str, DirectLoad] = {}  # imported with a direct source: release once copied
         self._next_prune = 0.0
 
     def busy(self) -> bool:
@@ -66,12 +74,14 @@ class KVImports:
     def num_waiting(self) -> int:
         return len(self.loading)
 
-    def start(self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, handle: dict, first: int,
-              kv_wait_s: float) -> None:
-        h = KVHandle.from_dict(handle)
+    def start(
+        self, rid: str, prompt: list[int], sp: SamplingParams, salt: str, h: KVHandle, first: int, kv_wait_s: float
+    ) -> None:
         mine = (self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size)
         if h.layout() != mine:
-            raise ValueError(f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}")
+            raise ValueError(
+                f"KV handle layout (fingerprint, dtype, block size, tp size) {h.layout()} does not match this worker's {mine}"
+            )
         if h.num_tokens != len(prompt):
             raise ValueError(f"KV handle covers {h.num_tokens} tokens but the prompt has {len(prompt)}")
         keys = block_keys(prompt, self.engine.fingerprint, self.block_size, salt)
@@ -80,8 +90,10 @@ class KVImports:
         sp.validate(self.engine.runner.vocab_size)
         candidates = [c for c in self.connectors if c.accepts(h)]
         if not candidates:
-            raise BlocksMissing("unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
-                                "from here (no direct offer on this host and no store holding them)")
+            raise BlocksMissing(
+                "unknown KV handle / blocks evicted: no KV transport reaches this handle's blocks "
+                "from here (no direct offer on this host and no store holding them)"
+            )
         local = self.engine.cached_prefix_blocks(prompt, salt)
         imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
         self.loading[rid] = imp
@@ -96,7 +108,7 @@ class KVImports:
                 return  # aborted while waiting for its KV
             try:
                 complete = load.attempt()
-            except Exception as exc:  # noqa: BLE001 - reported to the caller as a status, or the next transport
+            except Exception as exc:  # reported to the caller as a status, or the next transport
                 failure = exc  # `exc` is unbound once the except block ends
                 self.done.put(lambda: self._failed(imp, load, failure))
                 return
@@ -105,9 +117,12 @@ class KVImports:
             elif (notice := getattr(load, "notice", None)) is not None:
                 notice.add_done_callback(lambda _f: self._resubmit(attempt))  # the store says when: no polling
             else:
-                self.done.put(lambda: self.later(load.next_delay(), lambda: self.pool.submit(attempt)))
+                self.done.put(lambda: self.later(load.next_delay(), resubmit))
 
-        self.pool.submit(attempt)
+        def resubmit() -> None:
+            self.pool.submit(attempt)
+
+        resubmit()
 
     def _resubmit(self, attempt: Callable[[], None]) -> None:
         try:
@@ -123,38 +138,46 @@ class KVImports:
             return
         del self.loading[imp.request_id]
         if isinstance(exc, (BlocksMissing, PeerPoolUnavailable)):
-            self.send("error", imp.request_id, ErrorKind.NOT_FOUND.value, f"unknown KV handle / blocks evicted: {exc}")
+            self.send(RequestError(imp.request_id, ErrorKind.NOT_FOUND, f"unknown KV handle / blocks evicted: {exc}"))
         else:
-            self.send("error", imp.request_id, ErrorKind.UNAVAILABLE.value, f"loading the KV blocks failed: {exc}")
+            self.send(RequestError(imp.request_id, ErrorKind.UNAVAILABLE, f"loading the KV blocks failed: {exc}"))
 
     def _loaded(self, imp: Import, load: KVLoad) -> None:
         if self.loading.get(imp.request_id) is not imp or imp.load is not load:
             return  # aborted while its KV was in flight
         del self.loading[imp.request_id]
         try:
-            self.engine.import_request(imp.request_id, imp.prompt, imp.params, load.source, len(imp.prompt),
-                                       imp.first_token, start_block=imp.local_blocks, cache_salt=imp.salt)
+            self.engine.import_request(
+                imp.request_id,
+                imp.prompt,
+                imp.params,
+                load.source,
+                len(imp.prompt),
+                imp.first_token,
+                start_block=imp.local_blocks,
+                cache_salt=imp.salt,
+            )
         except (EngineError, ValueError, UnknownRequest) as exc:
             load.done()
             kind = ErrorKind.INVALID_ARGUMENT if isinstance(exc, ValueError) else ErrorKind.INTERNAL
-            self.send("error", imp.request_id, kind.value, str(exc))
+            self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
-            self.copying[imp.request_id] = imp
+            self.copying[imp.request_id] = load
         else:
             load.done()
 
     def after_step(self) -> None:
         """Release the prefill side's blocks of every finished direct copy (or dropped request)."""
-        for rid, imp in list(self.copying.items()):
-            source = imp.load.source
+        for rid, load in list(self.copying.items()):
+            source = load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
                 self.observe("in", nbytes, source.copy_s)
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]
-            imp.load.done()
+            load.done()
         if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
             for c in self.connectors:
@@ -167,12 +190,12 @@ class KVImports:
 
     def abort(self, rid: str) -> None:
         self.loading.pop(rid, None)
-        imp = self.copying.pop(rid, None)
-        if imp is not None:
-            imp.load.done()
+        load = self.copying.pop(rid, None)
+        if load is not None:
+            load.done()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for imp in self.copying.values():
-            imp.load.done()
+        for load in self.copying.values():
+            load.done()
         self.copying.clear()

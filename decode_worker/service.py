@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from engine.server import wire
-from engine.server.engine_client import RequestFailed
-from engine.server.protocol import ErrorKind
+from contracts.core_messages import AddRequest, ErrorKind, ImportRequest, RequestDelta
+from contracts.kv_handle import KVHandle
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
+from contracts.sampling import from_proto as sampling_from_proto
+from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from kv_transfer.handle import KVHandle
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 
 class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
@@ -33,7 +33,7 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
         rt = self.rt
         async with rt.rpc(context):
             rid = request.request_id or f"generate-{uuid.uuid4().hex}"
-            params = wire.sampling_params(request.sampling, request.HasField("sampling"))
+            params = sampling_from_proto(request.sampling if request.HasField("sampling") else None)
             prompt = list(request.prompt_token_ids)
             q = rt.client.open(rid)
             finished = False
@@ -41,30 +41,36 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                 if request.HasField("kv_handle"):
                     if not request.HasField("first_token_id"):
                         raise RequestFailed(ErrorKind.INVALID_ARGUMENT, "a request with kv_handle needs first_token_id")
-                    handle = KVHandle.from_proto(request.kv_handle).to_dict()
-                    await rt.client.send("import", rid, prompt, params.to_dict(), request.cache_salt, handle,
-                                         request.first_token_id, rt.options.kv_wait_timeout)
+                    handle = KVHandle.from_proto(request.kv_handle)
+                    await rt.client.send(
+                        ImportRequest(
+                            rid, prompt, params, request.cache_salt, handle, request.first_token_id, rt.options.kv_wait_timeout
+                        )
+                    )
                 else:
-                    await rt.client.send("add", rid, prompt, params.to_dict(), request.cache_salt, False)
+                    await rt.client.send(AddRequest(rid, prompt, params, request.cache_salt, prefill_only=False))
                 start = last = rt.now()
                 while not finished:
-                    kind, body = await rt.next_message(q)
-                    if kind == "aborted":
+                    out = await rt.next_message(q)
+                    if isinstance(out, Aborted):
                         finished = True
                         yield pb.GenerateChunk(finish_reason="abort", prompt_tokens=len(prompt))
                         return
-                    _, new, lps, finished, reason, cached, n_prompt, n_out = body
+                    if not isinstance(out, RequestDelta):
+                        raise RequestFailed(ErrorKind.INTERNAL, f"unexpected engine message {out!r} for a decode")
+                    finished = out.finished
                     now = rt.now()
                     if last == start:
                         rt.metrics.first_token(now - start)
                     else:
                         rt.metrics.inter_token(now - last)
                     last = now
-                    chunk = pb.GenerateChunk(token_ids=new, logprobs=[wire.token_logprob(lp) for lp in lps or []])
+                    chunk = pb.GenerateChunk(token_ids=out.new_token_ids, logprobs=[lp.to_proto() for lp in out.logprobs or []])
                     if finished:
-                        chunk.finish_reason = reason or "stop"
-                        chunk.prompt_tokens, chunk.completion_tokens, chunk.num_cached_tokens = n_prompt, n_out, cached
-                        rt.metrics.finished(n_prompt, n_out)
+                        chunk.finish_reason = out.finish_reason or "stop"
+                        chunk.prompt_tokens, chunk.completion_tokens = out.num_prompt_tokens, out.num_output_tokens
+                        chunk.num_cached_tokens = out.num_cached_tokens
+                        rt.metrics.finished(out.num_prompt_tokens, out.num_output_tokens)
                     yield chunk
             finally:
                 if not finished:

@@ -11,7 +11,7 @@ _EXPORTS = {
     "LLMEngine": "engine.llm_engine",
     "EngineConfig": "engine.config",
     "RequestOutput": "engine.outputs",
-    "SamplingParams": "engine.sampling_params",
+    "SamplingParams": "contracts.sampling",
 }
 
 

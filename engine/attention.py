@@ -106,7 +106,17 @@ def paged_attention(
     if use_triton(q.device):
         from engine.triton_attention import paged_attention_triton
 
-        return paged_attention_triton(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale,
-                                      meta.max_q_len, out=meta.attn_out)
-    return paged_attention_reference(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale,
-                                     meta.cu_seqlens_q_host, meta.seq_lens_host)
+        return paged_attention_triton(
+            q, k_cache, v_cache, meta.cu_seqlens_q, meta.seq_lens, meta.block_tables, scale, meta.max_q_len, out=meta.attn_out
+        )
+    return paged_attention_reference(
+        q,
+        k_cache,
+        v_cache,
+        meta.cu_seqlens_q,
+        meta.seq_lens,
+        meta.block_tables,
+        scale,
+        meta.cu_seqlens_q_host,
+        meta.seq_lens_host,
+    )

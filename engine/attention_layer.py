@@ -44,7 +44,7 @@ class PagedAttention(nn.Module):
         q = q.reshape(-1, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = k.reshape(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.k_cache.numel() and meta.rope is not None and fused_ops_enabled(q):
             from engine.triton_fused import rope_and_cache

@@ -47,8 +47,15 @@ def consecutive_runs(src_ids: list[int], dst_ids: list[int]) -> list[tuple[int, 
     return runs
 
 
-def _copy_triton(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int],
-                 chunk: int = COPY_CHUNK, warps: int = COPY_WARPS, order: int = COPY_ORDER) -> None:
+def _copy_triton(
+    src: torch.Tensor,
+    src_ids: list[int],
+    dst: torch.Tensor,
+    dst_ids: list[int],
+    chunk: int = COPY_CHUNK,
+    warps: int = COPY_WARPS,
+    order: int = COPY_ORDER,
+) -> None:
     lk = src.shape[0] * src.shape[1]
     elems = src[0, 0, 0].numel()  # B * Hkv * D per block and layer half
     on_gpu = dst.device.type == "cuda"
@@ -58,8 +65,9 @@ def _copy_triton(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_i
         grid = (n, lk, -(-elems // chunk))
     else:
         grid = (n * lk,)
-    _kernel()[grid](src, dst, ids, n, lk, src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=chunk,
-                    ORDER=order, num_warps=warps)
+    _kernel()[grid](
+        src, dst, ids, n, lk, src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=chunk, ORDER=order, num_warps=warps
+    )
 
 
 @functools.cache
@@ -69,8 +77,9 @@ def _kernel() -> Callable:
     import triton.language as tl
 
     @triton.jit
-    def copy_blocks_kernel(src, dst, ids, n, lk_total, src_lk_stride, dst_lk_stride, elems,
-                           CHUNK: tl.constexpr, ORDER: tl.constexpr):
+    def copy_blocks_kernel(
+        src, dst, ids, n, lk_total, src_lk_stride, dst_lk_stride, elems, CHUNK: tl.constexpr, ORDER: tl.constexpr
+    ):
         if ORDER == 0:
             pair = tl.program_id(0)
             lk = tl.program_id(1).to(tl.int64)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from engine.sequence import Sequence
 from kvstore.block_key import BlockKey, chain_key, root_key
-from kvstore.events import BlockRemoved, BlockStored, KVEvent
 
 
 @dataclass(slots=True)
@@ -114,7 +114,9 @@ class BlockManager:
                 stored.append(parent)
         if stored:
             token_ids = seq.token_ids[first_new * self.block_size : num_full * self.block_size]
-            self.events.append(BlockStored(stored, first_parent, self.medium, token_ids, self.block_size))
+            self.events.append(
+                BlockStored(keys=stored, parent=first_parent, token_ids=token_ids, block_size=self.block_size, medium=self.medium)
+            )
 
     # ---- allocation ------------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_tokens: int) -> None:
@@ -147,7 +149,7 @@ class BlockManager:
             block.key = None
         self.cached.clear()
         if removed:
-            self.events.append(BlockRemoved(removed, self.medium))
+            self.events.append(BlockRemoved(keys=removed, medium=self.medium))
         return True
 
     def take_events(self) -> list[KVEvent]:
@@ -164,5 +166,5 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.key is not None:
             del self.cached[block.key]
-            self.events.append(BlockRemoved([block.key], self.medium))
+            self.events.append(BlockRemoved(keys=[block.key], medium=self.medium))
             block.key = None

@@ -99,7 +99,10 @@ def _expand_fused_experts(name: str, tensor: torch.Tensor) -> Iterator[tuple[str
 def _copy_loader(param: nn.Parameter, full: torch.Tensor) -> None:
     """Replicated parameters (norms): the shard is the whole tensor."""
     if param.shape != full.shape:
-        raise CheckpointError(f"weight of shape {tuple(full.shape)} does not fit parameter {tuple(param.shape)}; config.json disagrees with the weights")
+        raise CheckpointError(
+            f"weight of shape {tuple(full.shape)} does not fit parameter {tuple(param.shape)}; config.json disagrees "
+            "with the weights"
+        )
     param.data.copy_(full)
 
 
@@ -124,7 +127,9 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                     continue
                 if ".experts." in target:
                     continue  # an expert this rank does not own
-                raise CheckpointError(f"checkpoint tensor {raw_name!r} matches no model parameter; is config.json the one of these weights?")
+                raise CheckpointError(
+                    f"checkpoint tensor {raw_name!r} matches no model parameter; is config.json the one of these weights?"
+                )
             loader = getattr(param, "weight_loader", _copy_loader)
             if shard is None:
                 loader(param, tensor)

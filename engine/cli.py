@@ -38,23 +38,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from contracts.sampling import SamplingParams
     from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
 
-    llm = LLM(args.model, tensor_parallel_size=args.tensor_parallel_size, expert_parallel=args.expert_parallel,
-              distributed_executor=args.distributed_executor)
+    llm = LLM(
+        args.model,
+        tensor_parallel_size=args.tensor_parallel_size,
+        expert_parallel=args.expert_parallel,
+        distributed_executor=args.distributed_executor,
+    )
     params = SamplingParams(temperature=args.temperature, seed=args.seed, max_tokens=args.max_tokens)
     try:
         out = llm.generate([args.prompt], params)[0]
     finally:
         llm.engine.shutdown()
     if args.json:
-        print(json.dumps({
-            "prompt_token_ids": out.prompt_token_ids,
-            "output_token_ids": out.output_token_ids,
-            "text": out.text,
-            "finish_reason": out.finish_reason,
-        }))
+        print(
+            json.dumps(
+                {
+                    "prompt_token_ids": out.prompt_token_ids,
+                    "output_token_ids": out.output_token_ids,
+                    "text": out.text,
+                    "finish_reason": out.finish_reason,
+                }
+            )
+        )
     else:
         print(out.text)
     return 0

@@ -20,10 +20,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from torch import nn
 
+from engine.models.decoder import DecoderForCausalLM
 from engine.sequence import Sequence
 from engine.step_metadata import StepMetadata
 
@@ -48,7 +47,7 @@ class _Captured:
 class DecodeGraphs:
     def __init__(
         self,
-        model: nn.Module,
+        model: DecoderForCausalLM,
         max_batch: int,
         max_blocks_per_seq: int,
         block_size: int,
@@ -77,7 +76,9 @@ class DecodeGraphs:
         self.host_seq_lens = torch.ones(b, dtype=torch.int32, pin_memory=pin)
         self.host_tables = torch.zeros(b * w, dtype=torch.int32, pin_memory=pin)
         self.np_tokens, self.np_seq_lens, self.np_tables = (
-            self.host_tokens.numpy(), self.host_seq_lens.numpy(), self.host_tables.numpy()
+            self.host_tokens.numpy(),
+            self.host_seq_lens.numpy(),
+            self.host_tables.numpy(),
         )
         # staging may be rewritten once the last step's copies are done
         self.copied = torch.cuda.Event() if pin else None
@@ -160,8 +161,9 @@ class DecodeGraphs:
         if input_ids is not None:
             self.tokens[0, :num_seqs].copy_(input_ids[:num_seqs])  # device to device, after the staging copy
         captured = self.graphs[b]
-        if captured.graph is not None:
-            self.copied.record()
+        if captured.graph is not None and captured.logits is not None:
+            if self.copied is not None:
+                self.copied.record()
             captured.graph.replay()
             logits = captured.logits[:num_seqs]  # [S, V], a view of the graph's output: valid until the next replay
         else:

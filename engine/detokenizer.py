@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 _REPLACEMENT_CHAR = "\ufffd"
 _PROMPT_CONTEXT_TOKENS = 5  # prompt tokens decoded as context before the first output
@@ -26,8 +26,7 @@ def _is_rust_tokenizer(obj: Any) -> bool:
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_token_ids: list[int],
-                 skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer  # transformers PreTrainedTokenizerBase
         # a fast tokenizer's Rust backend decodes the same text without the Python wrapper's
         # per-call conversions (4-5x less host time per token at batch 256)
@@ -66,7 +65,7 @@ class IncrementalDetokenizer:
         return self._emit(prefix_text, new_text)
 
     def _emit(self, prefix_text: str, new_text: str) -> str:
-        delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        delta = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._token_ids)
         self._text += delta

@@ -35,7 +35,12 @@ def single_rank() -> Iterator[None]:
 
 
 def init(
-    rank: int, world_size: int, port: int, device: torch.device, expert_parallel: bool, timeout_s: float,
+    rank: int,
+    world_size: int,
+    port: int,
+    device: torch.device,
+    expert_parallel: bool,
+    timeout_s: float,
     host: str = "127.0.0.1",
 ) -> None:
     """Join the engine's group over TCP at ``host:port`` (rank 0 hosts the store; a multi-node
@@ -45,7 +50,10 @@ def init(
         raise RuntimeError("this process already belongs to a process group; shut the other parallel engine down first")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world_size,
+        backend,
+        init_method=f"tcp://{host}:{port}",
+        rank=rank,
+        world_size=world_size,
         timeout=timedelta(seconds=timeout_s),
     )
     _expert_parallel = expert_parallel

@@ -22,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import socket
 import time
 from collections.abc import Iterator
 
 import torch
 
+from contracts.lifeline import run_tied
+from contracts.ports import free_port
+from contracts.rank_plan import ExportBlocks, ImportBlocks, RankPlan, Stop, encode
 from engine import distributed
 from engine.config import EngineConfig
 from engine.errors import RankDied
@@ -36,20 +38,13 @@ from engine.model_runner import ModelRunner, resolve_device
 from engine.rank_worker import full_heads_of, head_shard, run_rank
 from engine.sampler import SamplerOutput
 from engine.sequence import Sequence
-from engine.step_codec import EXPORT, IMPORT, STOP, encode_command, encode_step
-from splitserve.lifeline import run_tied
+from engine.step_codec import step_plan
 
 DEATH_GRACE_S = 3.0  # after a failed collective: how long to wait for the peer's exit to become visible
 
 
 def make_runner(config: EngineConfig, eos: set[int]) -> ModelRunner | ParallelExecutor:
     return ModelRunner(config, eos) if config.tensor_parallel_size == 1 else ParallelExecutor(config, eos)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -59,7 +54,7 @@ def _allow_children() -> Iterator[None]:
     The ranks do not need daemon cleanup: each one exits when its parent is gone
     (engine/rank_worker.py), so lift the flag while starting them.
     """
-    config = multiprocessing.current_process()._config  # noqa: SLF001
+    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]  # private, see above
     was = config.get("daemon", False)
     config["daemon"] = False
     try:
@@ -90,8 +85,12 @@ class ParallelExecutor:
             pipes = [mp.Pipe(duplex=False) for _ in range(1, local)]  # (reader for rank r, writer for rank 0)
             self.plans = [writer for _, writer in pipes] + self.plans
             self.ranks = [
-                mp.Process(target=run_tied, daemon=True, name=f"splitserve-rank{r}",
-                           args=(os.getpid(), run_rank, config, r, self.world, port, pipes[r - 1][0], eos))
+                mp.Process(
+                    target=run_tied,
+                    daemon=True,
+                    name=f"splitserve-rank{r}",
+                    args=(os.getpid(), run_rank, config, r, self.world, port, pipes[r - 1][0], eos),
+                )
                 for r in range(1, local)
             ] + self.ranks
             with _allow_children():
@@ -100,8 +99,15 @@ class ParallelExecutor:
         self._closed = False
         try:
             with self._guard():
-                distributed.init(0, self.world, port, resolve_device(config.device), config.expert_parallel,
-                                 config.distributed_timeout_s, config.dist_host)
+                distributed.init(
+                    0,
+                    self.world,
+                    port,
+                    resolve_device(config.device),
+                    config.expert_parallel,
+                    config.distributed_timeout_s,
+                    config.dist_host,
+                )
                 self.runner = ModelRunner(config, eos)
         except BaseException:
             self.shutdown()
@@ -121,8 +127,10 @@ class ParallelExecutor:
     def _dead_rank(self) -> str | None:
         for rank, p in enumerate(self.ranks, start=1):
             if not p.is_alive():
-                return (f"tensor-parallel rank {rank} (pid {p.pid}) exited with code {p.exitcode}; "
-                        "the engine cannot continue: restart it (that rank's log has the cause)")
+                return (
+                    f"tensor-parallel rank {rank} (pid {p.pid}) exited with code {p.exitcode}; "
+                    "the engine cannot continue: restart it (that rank's log has the cause)"
+                )
         return None
 
     def check_ranks(self) -> None:
@@ -146,8 +154,9 @@ class ParallelExecutor:
                 raise RankDied(dead) from exc
             raise
 
-    def _send(self, frame: bytes) -> None:
+    def _send(self, plan: RankPlan) -> None:
         self.check_ranks()
+        frame = encode(plan)
         for pipe in self.plans:
             pipe.send_bytes(frame)  # a dead reader breaks the pipe: _guard turns that into RankDied
 
@@ -155,14 +164,14 @@ class ParallelExecutor:
     def execute(self, plan: dict[Sequence, int]) -> tuple[list[Sequence], SamplerOutput | None]:
         host, sampled = self.runner.prepare_host(plan)
         with self._guard():
-            self._send(encode_step(host))
+            self._send(step_plan(host))
             logits = self.runner.forward(self.runner.to_device(host))
         return sampled, self.runner.sample(logits, sampled)
 
     def export_kv(self, block_ids: list[int]) -> torch.Tensor:
         """Full-head rows [n, L, 2, B, Hkv, D]: each rank's head shard, gathered."""
         with self._guard():
-            self._send(encode_command(EXPORT, block_ids))
+            self._send(ExportBlocks(block_ids))
             parts = distributed.gather_list(self.kv.gather(block_ids))  # world x [n, L, 2, B, Hkv/world, D]
         return torch.cat(parts[:: self.replicas], dim=4)  # replicated heads once
 
@@ -171,17 +180,20 @@ class ParallelExecutor:
         s = self.transfer_spec
         expected = (len(block_ids), s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim)
         if tuple(rows.shape) != expected:
-            raise ValueError(f"KV rows have shape {tuple(rows.shape)}, expected full-head rows {expected}; "
-                             "export and import engines must share model and block size")
+            raise ValueError(
+                f"KV rows have shape {tuple(rows.shape)}, expected full-head rows {expected}; "
+                "export and import engines must share model and block size"
+            )
         rows = rows.to(device=self.device, dtype=self.dtype).contiguous()
         with self._guard():
-            self._send(encode_command(IMPORT, block_ids))
+            self._send(ImportBlocks(block_ids))
             distributed.broadcast(rows)
         self.kv.scatter(block_ids, head_shard(rows, self.runner))
 
     def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
-        raise NotImplementedError("device-direct KV import runs at tensor_parallel_size 1 only; "
-                                  "a TP engine imports KV through the store")
+        raise NotImplementedError(
+            "device-direct KV import runs at tensor_parallel_size 1 only; a TP engine imports KV through the store"
+        )
 
     def shutdown(self) -> None:
         if self._closed:
@@ -189,7 +201,7 @@ class ParallelExecutor:
         self._closed = True
         for pipe in self.plans:
             with contextlib.suppress(OSError):
-                pipe.send_bytes(encode_command(STOP))
+                pipe.send_bytes(encode(Stop()))
         for p in self.ranks:
             p.join(timeout=5)
             if p.is_alive():

@@ -111,7 +111,9 @@ def read_metadata(reader: GGUFReader, source: Path) -> GGUFModel:
         raise CheckpointError(f"{source}: no token_embd.weight tensor; is this a complete model file?")
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     vocab = int(embd.shape[1])  # ggml order [hidden, vocab]: the rows the model can actually emit
-    eos, bos = _field(reader, "tokenizer.ggml.eos_token_id"), _field(reader, "tokenizer.ggml.bos_token_id")
+    eos_field, bos_field = _field(reader, "tokenizer.ggml.eos_token_id"), _field(reader, "tokenizer.ggml.bos_token_id")
+    eos = None if eos_field is None else int(eos_field)
+    bos = None if bos_field is None else int(bos_field)
     config = {
         "architectures": [hf_arch],
         "model_type": model_type,
@@ -126,12 +128,12 @@ def read_metadata(reader: GGUFReader, source: Path) -> GGUFModel:
         "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
         "vocab_size": vocab,
         "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": None if bos is None else int(bos),
-        "eos_token_id": None if eos is None else int(eos),
+        "bos_token_id": bos,
+        "eos_token_id": eos,
         "hidden_act": "silu",
         "torch_dtype": "bfloat16",
     }
-    return GGUFModel(arch, config, _field(reader, "tokenizer.chat_template"), config["eos_token_id"], config["bos_token_id"])
+    return GGUFModel(arch, config, _field(reader, "tokenizer.chat_template"), eos, bos)
 
 
 def hf_tensor_name(gguf_name: str) -> str:

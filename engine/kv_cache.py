@@ -32,8 +32,14 @@ class KVCacheSpec:
 
 
 class KVCache:
-    def __init__(self, spec: KVCacheSpec, num_blocks: int, device: torch.device, scratch_block: bool = False,
-                 shared_file: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: KVCacheSpec,
+        num_blocks: int,
+        device: torch.device,
+        scratch_block: bool = False,
+        shared_file: str | None = None,
+    ) -> None:
         """``shared_file`` (CPU only): back the pool with that file (e.g. under /dev/shm) so that a
         worker on the same host can map it; on CUDA any pool can be shared through CUDA IPC."""
         self.spec = spec
@@ -72,12 +78,17 @@ class KVCache:
         rows = rows.to(device=device, dtype=self.spec.dtype)
         self.pool.index_copy_(2, idx, rows.permute(1, 2, 0, 3, 4, 5))  # [n, L, 2, ...] -> [L, 2, n, ...]
 
-
     def copy_blocks_from(self, src_pool: torch.Tensor, src_ids: list[int], dst_ids: list[int]) -> None:
         """Copy blocks of another engine's pool (same layout, mapped into this process) into ours."""
-        if src_pool.shape[:2] != self.pool.shape[:2] or src_pool.shape[3:] != self.pool.shape[3:] or src_pool.dtype != self.pool.dtype:
-            raise ValueError(f"peer KV pool {tuple(src_pool.shape)} {src_pool.dtype} does not match this engine's "
-                             f"{tuple(self.pool.shape)} {self.pool.dtype}")
+        if (
+            src_pool.shape[:2] != self.pool.shape[:2]
+            or src_pool.shape[3:] != self.pool.shape[3:]
+            or src_pool.dtype != self.pool.dtype
+        ):
+            raise ValueError(
+                f"peer KV pool {tuple(src_pool.shape)} {src_pool.dtype} does not match this engine's "
+                f"{tuple(self.pool.shape)} {self.pool.dtype}"
+            )
         copy_blocks(src_pool, src_ids, self.pool, dst_ids)
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from contracts.core_messages import EngineLoad, TokenLogprob
+from contracts.kv_events import KVEvent
+from contracts.sampling import SamplingParams
 from engine.block_manager import BlockManager
 from engine.checkpoint import fingerprint as checkpoint_fingerprint
 from engine.config import EngineConfig
@@ -25,16 +28,15 @@ from engine.detokenizer import IncrementalDetokenizer, StopChecker
 from engine.errors import OutOfKVBlocks, PromptTooLong, UnknownRequest
 from engine.executor import make_runner
 from engine.kv_source import KVRows, KVSource
-from engine.outputs import EngineLoad, PrefillProgress, RequestOutput, TokenLogprob
+from engine.model_runner import ModelRunner
+from engine.outputs import PrefillProgress, RequestOutput
 from engine.sampler import Sampler, SamplerOutput
-from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence, SequenceStatus
 from engine.structured_output import GrammarCompiler, GrammarPreparer, GrammarState
 from engine.token_readback import PendingTokens, TokenReadback
 from engine.tokenizer_files import eos_token_ids, load_tokenizer
 from kvstore.block_key import block_keys
-from kvstore.events import KVEvent
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class _Request:
 @dataclass(slots=True)
 class _Step:
     """A step's samples on their way to the host (emitted now, or by the next step when it runs ahead)."""
+
     sampled: list[Sequence]
     out: SamplerOutput
     tokens: PendingTokens
@@ -81,9 +84,7 @@ class LLMEngine:
         self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
         self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
         # guided requests wait here, not in the scheduler, until their grammar is compiled
-        self.grammars = GrammarPreparer(
-            lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids)
-        )
+        self.grammars = GrammarPreparer(lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids))
 
     def grammar_state(self, params: SamplingParams) -> GrammarState:
         """A fresh matcher for a guided request, compiled now (InvalidSamplingParams if it cannot be)."""
@@ -240,8 +241,9 @@ class LLMEngine:
         """Keys of the request's full computed blocks (same as kvstore.block_key.block_keys)."""
         seq = self.requests[request_id].seq
         num_full = seq.num_computed_tokens // self.config.block_size
-        return block_keys(seq.token_ids[: num_full * self.config.block_size], self.fingerprint,
-                          self.config.block_size, seq.cache_salt)
+        return block_keys(
+            seq.token_ids[: num_full * self.config.block_size], self.fingerprint, self.config.block_size, seq.cache_salt
+        )
 
     def take_kv_events(self) -> list[KVEvent]:
         return self.blocks.take_events()
@@ -288,8 +290,12 @@ class LLMEngine:
         string finishes when its token is emitted; what the step ahead computed for it is dropped.
         """
         running = self.scheduler.running
-        if (not self.config.async_decode or self.scheduler.waiting or len(running) != len(last)
-                or any(a is not b for a, b in zip(running, last))):
+        if (
+            not self.config.async_decode
+            or self.scheduler.waiting
+            or len(running) != len(last)
+            or any(a is not b for a, b in zip(running, last))
+        ):
             return None
         outputs = [seq.num_tokens - seq.num_prompt_tokens + 1 for seq in running]  # once the token in flight lands
         for seq, n in zip(running, outputs):
@@ -310,6 +316,8 @@ class LLMEngine:
         last = self._take_inflight()
         for seq in plan:
             self.blocks.allocate(seq, seq.num_computed_tokens + 1)
+        if not isinstance(self.runner, ModelRunner):
+            raise RuntimeError("a step ahead runs on one rank's decode graphs only")
         sampled, sample_out = self.runner.execute_ahead(plan, last.out.token_ids)
         self._inflight = _Step(sampled, sample_out, self._readback.start(sample_out.token_ids))
         outputs = self._emit(last)
@@ -318,6 +326,8 @@ class LLMEngine:
 
     def _take_inflight(self) -> _Step:
         step, self._inflight = self._inflight, None
+        if step is None:
+            raise RuntimeError("no engine step is in flight")
         return step
 
     def _scatter_import(self, seq: Sequence) -> None:
@@ -326,6 +336,8 @@ class LLMEngine:
         have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)
         end = -(-seq.num_computed_tokens // block_size)
         if end > have_blocks:
+            if seq.pending_kv is None:
+                raise RuntimeError(f"request {seq.request_id}: its imported KV is gone before the copy")
             seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
@@ -340,7 +352,9 @@ class LLMEngine:
             if self.on_prefill_progress is not None and start < seq.num_prompt_tokens:
                 done = seq.num_computed_tokens >= seq.num_prompt_tokens
                 self.on_prefill_progress(
-                    PrefillProgress(seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done)
+                    PrefillProgress(
+                        seq.request_id, min(seq.num_computed_tokens, seq.num_prompt_tokens), seq.num_prompt_tokens, done
+                    )
                 )
 
     def _emit(self, step: _Step) -> list[RequestOutput]:
@@ -358,7 +372,7 @@ class LLMEngine:
             lp = None
             if seq.params.logprobs is not None and logprobs is not None:
                 k = seq.params.logprobs
-                top = list(zip(top_ids[i][:k], top_lps[i][:k])) if top_ids is not None else []
+                top = list(zip(top_ids[i][:k], top_lps[i][:k])) if top_ids is not None and top_lps is not None else []
                 lp = [TokenLogprob(token, logprobs[i], top)]
             req.detokenizer.add([token])
             reason, truncate_at = req.stop.check(seq.output_token_ids, req.detokenizer.text)

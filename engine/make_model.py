@@ -27,10 +27,24 @@ _CORPUS = (
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "qwen3-moe")
 SIZES = {
     # hidden, layers, heads, kv heads, head_dim, intermediate, vocab
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                 intermediate_size=128, vocab_size=384),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                  intermediate_size=512, vocab_size=1024),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=384,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=512,
+        vocab_size=1024,
+    ),
 }
 
 
@@ -65,8 +79,14 @@ def hf_config(arch: str, size: str = "tiny", **overrides):
     kw = dict(SIZES[size], max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-6)
     if arch == "llama":
         cls = transformers.LlamaConfig
-        kw["rope_scaling"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        kw["rope_scaling"] = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
     elif arch == "mistral":
         cls = transformers.MistralConfig
         kw["tie_word_embeddings"] = False
@@ -76,14 +96,27 @@ def hf_config(arch: str, size: str = "tiny", **overrides):
         cls = transformers.Qwen3Config
     else:
         cls = transformers.Qwen3MoeConfig
-        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=kw["intermediate_size"] // 2,
-                  norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[0])
+        kw.update(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=kw["intermediate_size"] // 2,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[0],
+        )
     kw.update(overrides)
     return cls(**kw)
 
 
-def make_model(arch: str, model_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32,
-               max_shard_size: str | None = None, **overrides) -> Path:
+def make_model(
+    arch: str,
+    model_dir: str | Path,
+    size: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    **overrides,
+) -> Path:
     """Write a random checkpoint of ``arch`` to ``model_dir``; returns the directory."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -102,7 +135,9 @@ def make_model(arch: str, model_dir: str | Path, size: str = "tiny", seed: int =
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(model_dir, **kwargs)
     GenerationConfig(eos_token_id=eos, pad_token_id=eos).save_pretrained(model_dir)
-    (model_dir / "README.md").write_text(f"Random {arch} ({size}) weights made by `splitserve make-model`: not a trained model.\n")
+    (model_dir / "README.md").write_text(
+        f"Random {arch} ({size}) weights made by `splitserve make-model`: not a trained model.\n"
+    )
     return model_dir
 
 

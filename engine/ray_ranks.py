@@ -79,13 +79,15 @@ def _accept_plan_channels(server: socket.socket, token: bytes, ranks: list[RayRa
     while len(conns) < len(ranks):
         try:
             sock, _ = server.accept()
-        except TimeoutError:
+        except TimeoutError as exc:
             dead = [r for r, rank in enumerate(ranks, start=1) if not rank.is_alive()]
             if dead:
-                raise RuntimeError(f"Ray rank actor(s) {dead} exited before connecting to rank 0")
+                raise RuntimeError(f"Ray rank actor(s) {dead} exited before connecting to rank 0") from exc
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Ray rank actors did not connect within {CONNECT_TIMEOUT_S:.0f}s "
-                                   "(are there enough free CPUs/GPUs on this node for the placement group?)")
+                raise TimeoutError(
+                    f"Ray rank actors did not connect within {CONNECT_TIMEOUT_S:.0f}s "
+                    "(are there enough free CPUs/GPUs on this node for the placement group?)"
+                ) from exc
             continue
         sock.settimeout(None)
         conn = Connection(sock.detach())
@@ -96,9 +98,7 @@ def _accept_plan_channels(server: socket.socket, token: bytes, ranks: list[RayRa
     return conns
 
 
-def start_ray_ranks(
-    config: EngineConfig, world: int, port: int, eos: set[int]
-) -> tuple[list[RayRank], list[Connection]]:
+def start_ray_ranks(config: EngineConfig, world: int, port: int, eos: set[int]) -> tuple[list[RayRank], list[Connection]]:
     """Start ranks 1..world-1 as actors; returns them and rank 0's plan connection to each."""
     try:
         import ray

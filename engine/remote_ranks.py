@@ -9,7 +9,7 @@ rank, which
 1. dials the leader's plan channel (``dist_host:dist_port+1``, retrying while the
    leader starts), sends the group token (env ``SPLITSERVE_RANK_TOKEN``, the same secret
    on every node) and its rank;
-2. receives the leader's EngineConfig, world size and EOS ids as JSON (never pickle off
+2. receives the leader's EngineConfig, world size and EOS ids (contracts/rank_plan.py RankSetup; never pickle off
    the network), so that every rank builds exactly the engine rank 0 built;
 3. joins torch.distributed at ``tcp://dist_host:dist_port`` (rank 0 hosts the store)
    and runs the ordinary rank loop (engine/rank_worker.py) on the connection.
@@ -23,7 +23,6 @@ when the leader's connection closes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import signal
@@ -31,6 +30,7 @@ import socket
 import time
 from multiprocessing.connection import Connection
 
+from contracts.rank_plan import JoinRequest, RankSetup, decode_join, decode_setup, encode
 from engine.config import EngineConfig
 
 TOKEN_ENV = "SPLITSERVE_RANK_TOKEN"
@@ -81,11 +81,13 @@ class RemoteRank:
         self.exitcode = self.exitcode if self.exitcode is not None else -9
 
 
-def accept_remote_ranks(config: EngineConfig, eos: set[int], timeout_s: float = JOIN_TIMEOUT_S) -> tuple[list[RemoteRank], list[Connection]]:
+def accept_remote_ranks(
+    config: EngineConfig, eos: set[int], timeout_s: float = JOIN_TIMEOUT_S
+) -> tuple[list[RemoteRank], list[Connection]]:
     """Leader: wait for every rank of nodes 1..nnodes-1; returns them and their plan connections."""
     token = group_token()
     wanted = set(range(config.tensor_parallel_size)) - set(local_ranks(config, 0))
-    setup = json.dumps({"config": dataclasses.asdict(config), "eos": sorted(eos)}).encode()
+    setup = encode(RankSetup(dataclasses.asdict(config), sorted(eos)))
     joined: dict[int, RemoteRank] = {}
     deadline = time.monotonic() + timeout_s
     with socket.create_server(("0.0.0.0", config.dist_port + 1), reuse_port=False) as server:
@@ -93,8 +95,10 @@ def accept_remote_ranks(config: EngineConfig, eos: set[int], timeout_s: float = 
         while len(joined) < len(wanted):
             if time.monotonic() > deadline:
                 missing = sorted(wanted - set(joined))
-                raise RankGroupError(f"tensor-parallel ranks {missing} did not join within {timeout_s:.0f}s "
-                                     f"(are the other pods of the group running `splitserve tp-ranks`?)")
+                raise RankGroupError(
+                    f"tensor-parallel ranks {missing} did not join within {timeout_s:.0f}s "
+                    f"(are the other pods of the group running `splitserve tp-ranks`?)"
+                )
             try:
                 sock, peer = server.accept()
             except TimeoutError:
@@ -115,8 +119,8 @@ def _admit(conn: Connection, token: bytes, open_ranks: set[int]) -> int | None:
     try:
         if not conn.poll(10) or conn.recv_bytes() != token or not conn.poll(10):
             return None
-        rank = json.loads(conn.recv_bytes())["rank"]
-    except (EOFError, OSError, ValueError, KeyError, TypeError):
+        rank = decode_join(conn.recv_bytes()).rank
+    except (EOFError, OSError, ValueError):
         return None
     return rank if rank in open_ranks else None
 
@@ -131,21 +135,23 @@ def join_leader(host: str, port: int, rank: int, timeout_s: float = JOIN_TIMEOUT
             break
         except OSError as exc:
             if time.monotonic() > deadline:
-                raise RankGroupError(f"rank {rank}: leader {host}:{port + 1} did not answer within {timeout_s:.0f}s: {exc}") from exc
+                raise RankGroupError(
+                    f"rank {rank}: leader {host}:{port + 1} did not answer within {timeout_s:.0f}s: {exc}"
+                ) from exc
             time.sleep(RETRY_S)
     sock.settimeout(None)
     conn = Connection(sock.detach())
     conn.send_bytes(token)
-    conn.send_bytes(json.dumps({"rank": rank}).encode())
+    conn.send_bytes(encode(JoinRequest(rank)))
     refused = f"rank {rank}: leader {host}:{port + 1} refused it (wrong {TOKEN_ENV}, or rank taken?)"
     try:
         if not conn.poll(30):
             raise RankGroupError(refused)
-        setup = json.loads(conn.recv_bytes())
-    except (EOFError, OSError) as exc:
+        setup = decode_setup(conn.recv_bytes())
+    except (EOFError, OSError, ValueError) as exc:
         conn.close()
         raise RankGroupError(refused) from exc
-    return conn, EngineConfig(**setup["config"]), set(setup["eos"])
+    return conn, EngineConfig(**setup.config), set(setup.eos)
 
 
 def _run_remote_rank(host: str, port: int, rank: int) -> None:
@@ -158,8 +164,10 @@ def _run_remote_rank(host: str, port: int, rank: int) -> None:
 def run_node(host: str, port: int, world: int, nnodes: int, node_rank: int) -> int:
     """``splitserve tp-ranks``: run this node's ranks until the leader stops them; returns an exit code."""
     if not 0 < node_rank < nnodes or world % nnodes:
-        raise RankGroupError(f"node rank {node_rank} of {nnodes} nodes, world {world}: need 0 < node rank < nodes "
-                             "and a world divisible by the node count (node 0 is the leader worker)")
+        raise RankGroupError(
+            f"node rank {node_rank} of {nnodes} nodes, world {world}: need 0 < node rank < nodes "
+            "and a world divisible by the node count (node 0 is the leader worker)"
+        )
     per_node = world // nnodes
     # A pod's SIGTERM reaches its group's pods together, but the leader is still draining its
     # requests and needs every rank for that: the ranks stop when the leader closes their channel.

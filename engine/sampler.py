@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.sampling_params import SamplingParams
+from contracts.sampling import SamplingParams
 
 _MASK64 = (1 << 64) - 1
 _MIN_NOISE = 1e-20  # Exp(1) draws may round to 0; 0/0 would be NaN and win argmax
@@ -79,8 +79,9 @@ class Sampler:
         random_rows = [i for i, p in enumerate(batch.params) if not p.is_greedy]
         if random_rows:
             rows = torch.tensor(random_rows, device=logits.device)  # [R]
-            sampled = self._sample(logits[rows], [batch.params[i] for i in random_rows],
-                                   [len(batch.output_token_ids[i]) for i in random_rows])
+            sampled = self._sample(
+                logits[rows], [batch.params[i] for i in random_rows], [len(batch.output_token_ids[i]) for i in random_rows]
+            )
             token_ids = token_ids.index_copy(0, rows, sampled)
         return self._logprobs(raw_logprobs, token_ids, batch.params)
 
@@ -89,9 +90,14 @@ class Sampler:
         """True when the argmax of the raw logits is the whole answer for every row:
         greedy, no penalties, no min_tokens still to enforce, no logprobs."""
         return all(
-            p.is_greedy and p.logprobs is None and n >= p.min_tokens and p.repetition_penalty == 1.0
-            and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0
-            and not p.logit_bias and not p.is_guided
+            p.is_greedy
+            and p.logprobs is None
+            and n >= p.min_tokens
+            and p.repetition_penalty == 1.0
+            and p.frequency_penalty == 0.0
+            and p.presence_penalty == 0.0
+            and not p.logit_bias
+            and not p.is_guided
             for p, n in zip(params, num_output_tokens)
         )
 
@@ -125,20 +131,23 @@ class Sampler:
         if not rows:
             return logits
         device = logits.device
-        bias = torch.zeros_like(logits)  # [S, V]
+        added = torch.zeros_like(logits)  # [S, V]
         # index_put_ with accumulate: a token listed twice gets both biases, as a dict would not allow
-        bias.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
-                        torch.tensor(values, device=device), accumulate=True)
-        return logits + bias
+        added.index_put_(
+            (torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
+            torch.tensor(values, device=device),
+            accumulate=True,
+        )
+        return logits + added
 
     def _apply_penalties(self, logits: Tensor, batch: SamplingBatch) -> Tensor:
         params = batch.params
         device = logits.device
         num_rows, vocab_size = logits.shape
         if any(p.repetition_penalty != 1.0 for p in params):
-            seen = _token_counts(
-                [p + o for p, o in zip(batch.prompt_token_ids, batch.output_token_ids)],
-                vocab_size, device) > 0  # [S, V]
+            seen = (
+                _token_counts([p + o for p, o in zip(batch.prompt_token_ids, batch.output_token_ids)], vocab_size, device) > 0
+            )  # [S, V]
             penalty = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]
             penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
             logits = torch.where(seen, penalised, logits)
@@ -156,15 +165,14 @@ class Sampler:
         for i, (p, out) in enumerate(zip(batch.params, batch.output_token_ids)):
             if len(out) >= p.min_tokens:
                 continue
-            blocked = set(p.stop_token_ids) if p.ignore_eos else set(p.stop_token_ids) | self.eos_token_ids
-            blocked = [t for t in blocked if 0 <= t < vocab_size]
+            stops = set(p.stop_token_ids) if p.ignore_eos else set(p.stop_token_ids) | self.eos_token_ids
+            blocked = [t for t in stops if 0 <= t < vocab_size]
             rows += [i] * len(blocked)
             cols += blocked
         if not rows:
             return logits
         logits = logits.clone()
-        logits[torch.tensor(rows, device=logits.device),
-               torch.tensor(cols, device=logits.device)] = float("-inf")
+        logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = float("-inf")
         return logits
 
     def _sample(self, logits: Tensor, params: list[SamplingParams], positions: list[int]) -> Tensor:
@@ -184,8 +192,7 @@ class Sampler:
         vocab_size = logits.shape[1]
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # [R, V]
         rank = torch.arange(vocab_size, device=device)[None, :]  # [1, V]
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab_size for p in params],
-                             device=device)[:, None]
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab_size for p in params], device=device)[:, None]
         drop = rank >= top_k  # [R, V]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         probs = torch.softmax(sorted_logits, dim=-1)  # [R, V], renormalised after top-k
@@ -198,8 +205,7 @@ class Sampler:
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
-    def _noise(self, params: list[SamplingParams], positions: list[int], vocab_size: int,
-               device: torch.device) -> Tensor:
+    def _noise(self, params: list[SamplingParams], positions: list[int], vocab_size: int, device: torch.device) -> Tensor:
         """q ~ Exp(1), [R, V]: seeded rows from (seed, position) only, others from the sampler."""
         q = torch.empty(len(params), vocab_size, device=device)
         unseeded = [i for i, p in enumerate(params) if p.seed is None]
@@ -229,8 +235,7 @@ class Sampler:
         return gen
 
     @staticmethod
-    def _logprobs(raw_logprobs: Tensor | None, token_ids: Tensor,
-                  params: list[SamplingParams]) -> SamplerOutput:
+    def _logprobs(raw_logprobs: Tensor | None, token_ids: Tensor, params: list[SamplingParams]) -> SamplerOutput:
         requested = [p.logprobs for p in params if p.logprobs is not None]
         if not requested or raw_logprobs is None:
             return SamplerOutput(token_ids, None, None, None)
@@ -255,7 +260,6 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int, device: torch.d
     longest = max((len(t) for t in token_lists), default=0)
     counts = torch.zeros(len(token_lists), vocab_size + 1, device=device)  # [S, V+1], V = padding
     if longest:
-        padded = torch.tensor([t + [vocab_size] * (longest - len(t)) for t in token_lists],
-                              device=device)  # [S, L]
+        padded = torch.tensor([t + [vocab_size] * (longest - len(t)) for t in token_lists], device=device)  # [S, L]
         counts.scatter_add_(1, padded, torch.ones(padded.shape, device=device))
     return counts[:, :vocab_size]

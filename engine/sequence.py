@@ -5,8 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from contracts.sampling import SamplingParams
 from engine.kv_source import KVSource
-from engine.sampling_params import SamplingParams
 from engine.structured_output import GrammarState
 
 

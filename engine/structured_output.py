@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from engine.sampling_params import InvalidSamplingParams
+from contracts.sampling import InvalidSamplingParams
 
 BITS_PER_WORD = 32
 
@@ -42,8 +42,8 @@ def choice_grammar(spec: str) -> str:
 
 # xgrammar 0.2's rule for the characters of a length-bounded string lets raw control
 # characters through, which JSON forbids (json.loads rejects them); close that gap.
-_LOOSE_STRING_CHAR = r'[^\"\\\r\n]'
-_JSON_STRING_CHAR = r'[^\0-\x1f\"\\\r\n]'
+_LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\\r\n]"
 
 
 def _no_control_chars(ebnf: str) -> str:

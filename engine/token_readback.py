@@ -24,8 +24,9 @@ class TokenReadback:
 
     def __init__(self, device: torch.device, max_rows: int) -> None:
         self.cuda = device.type == "cuda"
-        self._buffers = [torch.empty(max_rows, dtype=torch.long, pin_memory=True) for _ in range(self.NUM_BUFFERS)] \
-            if self.cuda else []
+        self._buffers = (
+            [torch.empty(max_rows, dtype=torch.long, pin_memory=True) for _ in range(self.NUM_BUFFERS)] if self.cuda else []
+        )
         self._events = [torch.cuda.Event() for _ in self._buffers]
         self._next = 0
 

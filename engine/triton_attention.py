@@ -51,15 +51,27 @@ def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr,  # q/o [T, Hq, D]; k/v [N, B, Hkv, D]
-    part_o_ptr, part_ml_ptr,  # [T, Hq, SPLITS, D] fp32; [T, Hq, SPLITS, 2] fp32
-    cu_seqlens_q_ptr, seq_lens_ptr, block_tables_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,  # q/o [T, Hq, D]; k/v [N, B, Hkv, D]
+    part_o_ptr,
+    part_ml_ptr,  # [T, Hq, SPLITS, D] fp32; [T, Hq, SPLITS, 2] fp32
+    cu_seqlens_q_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
     qk_scale_log2,  # scale * log2(e)
     num_seqs,
-    stride_qt, stride_qh,
-    stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
     stride_bt,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
@@ -170,8 +182,11 @@ def _paged_attention_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    o_ptr, part_o_ptr, part_ml_ptr,
-    stride_ot, stride_oh,
+    o_ptr,
+    part_o_ptr,
+    part_ml_ptr,
+    stride_ot,
+    stride_oh,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PAD: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
@@ -183,16 +198,16 @@ def _merge_splits_kernel(
     split_valid = tl.arange(0, SPLITS_PAD) < NUM_SPLITS
     dims = tl.arange(0, HEAD_DIM_PAD)
     m = tl.load(part_ml_ptr + part_row * 2, mask=split_valid, other=float("-inf"))
-    l = tl.load(part_ml_ptr + part_row * 2 + 1, mask=split_valid, other=0.0)
+    row_sum = tl.load(part_ml_ptr + part_row * 2 + 1, mask=split_valid, other=0.0)
     acc = tl.load(part_o_ptr + part_row[:, None] * HEAD_DIM_PAD + dims[None, :], mask=split_valid[:, None], other=0.0)
     w = tl.exp2(m - tl.max(m, axis=0))  # [SPLITS_PAD]
-    denom = tl.sum(w * l, axis=0)
+    denom = tl.sum(w * row_sum, axis=0)
     denom = tl.where(denom == 0.0, 1.0, denom)
     out = tl.sum(acc * w[:, None], axis=0) / denom  # [HEAD_DIM_PAD]
     tl.store(o_ptr + token * stride_ot + head * stride_oh + dims, out.to(o_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -281,15 +296,27 @@ def paged_attention_triton(
         part_o = part_ml = out  # unused by the kernel
     dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _paged_attention_kernel[(num_tiles, num_kv_heads, splits)](
-        q, k_cache, v_cache, out,
-        part_o, part_ml,
-        cu_seqlens_q, seq_lens, block_tables,
+        q,
+        k_cache,
+        v_cache,
+        out,
+        part_o,
+        part_ml,
+        cu_seqlens_q,
+        seq_lens,
+        block_tables,
         scale * _LOG2E,
         num_seqs,
-        q.stride(0), q.stride(1),
-        out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         block_tables.stride(0),
         HEAD_DIM=head_dim,
         HEAD_DIM_PAD=head_dim_pad,
@@ -306,8 +333,11 @@ def paged_attention_triton(
     )
     if splits > 1:
         _merge_splits_kernel[(num_tokens, num_heads)](
-            out, part_o, part_ml,
-            out.stride(0), out.stride(1),
+            out,
+            part_o,
+            part_ml,
+            out.stride(0),
+            out.stride(1),
             HEAD_DIM=head_dim,
             HEAD_DIM_PAD=head_dim_pad,
             NUM_SPLITS=splits,

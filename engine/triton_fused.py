@@ -25,9 +25,15 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr,
-    stride_x, stride_res, stride_out,
-    hidden, eps,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    stride_x,
+    stride_res,
+    stride_out,
+    hidden,
+    eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -37,7 +43,7 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         # round the sum to the model dtype first: the next layer adds to exactly this value
-        x = (x.to(tl.float32) + tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32))
+        x = x.to(tl.float32) + tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
         x = x.to(res_ptr.dtype.element_ty)
         tl.store(res_ptr + row * stride_res + cols, x, mask=mask)
     x32 = x.to(tl.float32)
@@ -63,9 +69,15 @@ def rms_norm(
         raise ValueError("rms_norm needs a contiguous last dimension")
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(x2.shape[0],)](
-        x2, res, weight, out,
-        x2.stride(0), res.stride(0), out.stride(0),
-        hidden, eps,
+        x2,
+        res,
+        weight,
+        out,
+        x2.stride(0),
+        res.stride(0),
+        out.stride(0),
+        hidden,
+        eps,
         HAS_RESIDUAL=residual is not None,
         BLOCK=block,
         num_warps=max(1, min(16, block // 256)),
@@ -75,12 +87,31 @@ def rms_norm(
 
 @triton.jit
 def _rope_and_cache_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, slot_ptr,
-    q_out_ptr, k_cache_ptr, v_cache_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_cos, stride_sin, stride_qot, stride_qoh,
-    stride_cb, stride_cs, stride_ch,
-    stride_vb, stride_vs, stride_vch,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    slot_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_cos,
+    stride_sin,
+    stride_qot,
+    stride_qoh,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    stride_vb,
+    stride_vs,
+    stride_vch,
     NUM_Q_HEADS: tl.constexpr,
     HALF: tl.constexpr,
     HALF_PAD: tl.constexpr,
@@ -138,12 +169,31 @@ def rope_and_cache(
         return q_out
     half = head_dim // 2
     _rope_and_cache_kernel[(num_tokens, num_heads + num_kv_heads)](
-        q, k, v, cos, sin, slot_mapping,
-        q_out, k_cache, v_cache,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        cos.stride(0), sin.stride(0), q_out.stride(0), q_out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        slot_mapping,
+        q_out,
+        k_cache,
+        v_cache,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         NUM_Q_HEADS=num_heads,
         HALF=half,
         HALF_PAD=triton.next_power_of_2(half),
@@ -174,7 +224,13 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:  # [T, 2I] (gate | up) -> [T,
         raise ValueError("silu_and_mul needs a contiguous last dimension")
     block = min(1024, triton.next_power_of_2(inter))
     _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(inter, block))](
-        x2, out, x2.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4,
+        x2,
+        out,
+        x2.stride(0),
+        out.stride(0),
+        inter,
+        BLOCK=block,
+        num_warps=4,
     )
     return out.view(*x.shape[:-1], inter)
 

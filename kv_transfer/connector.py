@@ -21,8 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from contracts.kv_handle import KVHandle
 from engine.kv_source import KVSource
-from kv_transfer.handle import KVHandle
 from kvstore.block_key import BlockKey
 
 
@@ -45,6 +45,7 @@ class KVLoad(Protocol):
     """A receiver-side load; ``attempt`` runs on a transfer thread, the rest on the core thread."""
 
     def attempt(self) -> bool: ...  # True once ``source`` is complete; raises on failure
+
     # A load may carry ``notice``, a Future set by a False attempt: the next attempt is due when it
     # completes (the store announces the commit) instead of after ``next_delay``.
 

@@ -21,10 +21,10 @@ from collections.abc import Callable
 import torch
 import zmq
 
+from contracts.kv_handle import DirectOffer, KVHandle
 from engine.kv_source import KVBlockSink
 from kv_transfer.connector import ExportJob
-from kv_transfer.handle import DirectOffer, KVHandle
-from kv_transfer.peer_pool import PeerPools, PoolDescriptor, describe_pool, host_identity
+from kv_transfer.peer_pool import PeerPools, PeerPoolUnavailable, describe_pool, host_identity, parse_descriptor
 from kv_transfer.release import ReleaseInbox, ReleaseSender
 
 LEASE_MARGIN_S = 2.0  # a reader starts a copy only with at least this much lease left
@@ -47,17 +47,18 @@ class PeerBlocks:
         return time.monotonic() < self.lease_deadline - LEASE_MARGIN_S
 
     def copy_into(self, sink: KVBlockSink, dst_block_ids: list[int], first_row: int) -> None:
-        on_gpu = self.pool.device.type == "cuda"
-        if on_gpu:
-            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            self.events[0].record()
+        events = None
+        if self.pool.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
         start = time.perf_counter()
         sink.copy_blocks_from(self.pool, self.block_ids[first_row : first_row + len(dst_block_ids)], dst_block_ids)
         self.copied_at = time.perf_counter()
-        if on_gpu:
-            self.events[1].record()
+        if events is not None:
+            events[1].record()
         else:
             self.copy_s = self.copied_at - start
+        self.events = events
 
     def copy_finished(self) -> bool:
         if self.copied_at is None:
@@ -77,6 +78,8 @@ class DirectLoad:
 
     def attempt(self) -> bool:
         h, offer = self.handle, self.handle.direct
+        if offer is None:
+            raise PeerPoolUnavailable("the KV handle offers no direct pull")
         pool = self.connector.peers.get(h.source_worker, h.epoch, offer.pool)  # raises PeerPoolUnavailable
         self._source = PeerBlocks(pool, offer.block_ids[self.first_block :], offer.lease_deadline)
         return True
@@ -86,6 +89,8 @@ class DirectLoad:
 
     @property
     def source(self) -> PeerBlocks:
+        if self._source is None:
+            raise RuntimeError("DirectLoad.source before a successful attempt()")
         return self._source
 
     def done(self) -> None:
@@ -97,9 +102,16 @@ class DirectLoad:
 class DirectConnector:
     name = "direct"
 
-    def __init__(self, ctx: zmq.Context, local_device: torch.device, epoch: str, lease_s: float = 30.0,
-                 pool: torch.Tensor | None = None, pool_file: str | None = None,
-                 block_ids_of: Callable[[str, int], list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        local_device: torch.device,
+        epoch: str,
+        lease_s: float = 30.0,
+        pool: torch.Tensor | None = None,
+        pool_file: str | None = None,
+        block_ids_of: Callable[[str, int], list[int]] | None = None,
+    ) -> None:
         """Sender side when ``pool`` is given (this engine's pool and, on CPU, its backing file)."""
         self.epoch, self.lease_s = epoch, lease_s
         self.host = host_identity()
@@ -119,7 +131,7 @@ class DirectConnector:
         pass
 
     def offer(self, job: ExportJob, handle: KVHandle) -> None:
-        if self.inbox is None:
+        if self.inbox is None or self.block_ids_of is None:
             return  # a receiver only: this engine's pool is not shared
         deadline = time.monotonic() + self.lease_s
         self.leases[job.transfer_id] = deadline
@@ -140,6 +152,8 @@ class DirectConnector:
         return False
 
     def _take_releases(self) -> None:
+        if self.inbox is None:
+            return
         for transfer_id, epoch in self.inbox.take():
             if epoch == self.epoch:
                 self.leases.pop(transfer_id, None)
@@ -149,7 +163,7 @@ class DirectConnector:
         if handle.direct is None or handle.tp_size != 1:
             return False
         try:
-            return PoolDescriptor.decode(handle.direct.pool).host == self.host
+            return parse_descriptor(handle.direct.pool).host == self.host
         except RuntimeError:
             return False
 
@@ -157,7 +171,8 @@ class DirectConnector:
         return DirectLoad(self, handle, first_block)
 
     def release(self, handle: KVHandle) -> None:
-        self.sender.send(handle.direct.release_endpoint, handle.transfer_id, handle.epoch)
+        if handle.direct is not None:
+            self.sender.send(handle.direct.release_endpoint, handle.transfer_id, handle.epoch)
 
     def close(self) -> None:
         self.sender.close()

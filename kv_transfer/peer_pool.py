@@ -15,11 +15,12 @@ import glob
 import os
 import socket
 import threading
-from dataclasses import dataclass
 
-import msgpack
+import msgspec
 import torch
 from torch.multiprocessing.reductions import rebuild_cuda_tensor, reduce_tensor
+
+from contracts.kv_handle import PoolDescriptor
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "splitserve-kvpool-"
@@ -45,26 +46,11 @@ def device_identity(device: torch.device) -> str:
     return str(torch.cuda.get_device_properties(device).uuid)
 
 
-@dataclass(slots=True)
-class PoolDescriptor:
-    host: str
-    device: str  # CUDA device uuid, or "cpu"
-    shape: list[int]
-    dtype: str
-    owner_pid: int  # the process that owns the pool: once it is gone its handles are refused
-    shm_file: str = ""  # CPU pools
-    cuda_ipc: list | None = None  # CUDA pools: reduce_tensor's fields without the two class objects
-
-    def encode(self) -> bytes:
-        return msgpack.packb([self.host, self.device, self.shape, self.dtype, self.owner_pid, self.shm_file,
-                              self.cuda_ipc], use_bin_type=True)
-
-    @classmethod
-    def decode(cls, data: bytes) -> PoolDescriptor:
-        try:
-            return cls(*msgpack.unpackb(data, raw=False))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise PeerPoolUnavailable(f"malformed KV pool descriptor: {exc}") from exc
+def parse_descriptor(data: bytes) -> PoolDescriptor:
+    try:
+        return PoolDescriptor.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PeerPoolUnavailable(f"malformed KV pool descriptor: {exc}") from exc
 
 
 def shm_pool_path(worker_id: str, epoch: str) -> str:
@@ -95,8 +81,20 @@ def describe_pool(pool: torch.Tensor, shm_file: str | None) -> PoolDescriptor:
         _, args = reduce_tensor(pool)
         # (tensor_cls, size, stride, offset, storage_cls, dtype, device, handle, size_bytes, offset_bytes,
         #  requires_grad, ref_counter_handle, ref_counter_offset, event_handle, event_sync_required)
-        fields = [list(args[1]), list(args[2]), args[3], args[6], args[7], args[8], args[9], args[10], args[11],
-                  args[12], args[13], args[14]]
+        fields = [
+            list(args[1]),
+            list(args[2]),
+            args[3],
+            args[6],
+            args[7],
+            args[8],
+            args[9],
+            args[10],
+            args[11],
+            args[12],
+            args[13],
+            args[14],
+        ]
         return PoolDescriptor(host, device_identity(pool.device), shape, dtype, os.getpid(), cuda_ipc=fields)
     if not shm_file:
         raise ValueError("a CPU KV pool is shareable only when it is file-backed (EngineConfig.kv_pool_file)")
@@ -123,9 +121,23 @@ def open_pool(desc: PoolDescriptor, local_device: torch.device) -> torch.Tensor:
         size, stride, offset, _dev, handle, size_b, offset_b, grad, rc_handle, rc_offset, ev, ev_sync = desc.cuda_ipc
         storage_cls = type(torch.empty(0, device=local_device).untyped_storage())
         try:
-            return rebuild_cuda_tensor(torch.Tensor, tuple(size), tuple(stride), offset, storage_cls, dtype,
-                                       _local_cuda_device(desc.device), handle, size_b, offset_b, grad,
-                                       rc_handle, rc_offset, ev, ev_sync)
+            return rebuild_cuda_tensor(
+                torch.Tensor,
+                tuple(size),
+                tuple(stride),
+                offset,
+                storage_cls,
+                dtype,
+                _local_cuda_device(desc.device),
+                handle,
+                size_b,
+                offset_b,
+                grad,
+                rc_handle,
+                rc_offset,
+                ev,
+                ev_sync,
+            )
         except RuntimeError as exc:
             raise PeerPoolUnavailable(f"opening the peer's CUDA IPC handle failed: {exc}") from exc
     if local_device.type != "cpu":
@@ -158,7 +170,7 @@ class PeerPools:
         self._lock = threading.Lock()  # maps are opened on transfer threads
 
     def get(self, peer: str, epoch: str, descriptor: bytes) -> torch.Tensor:
-        desc = PoolDescriptor.decode(descriptor)
+        desc = parse_descriptor(descriptor)
         if not process_alive(desc.owner_pid):
             self.prune()
             raise PeerPoolUnavailable(f"the peer {peer} that owns this KV pool exited (pid {desc.owner_pid})")

@@ -12,10 +12,15 @@ import tempfile
 import uuid
 from collections import OrderedDict
 
-import msgpack
+import msgspec
 import zmq
 
+from contracts.kv_handle import Release
+
 MAX_PEERS = 64  # PUSH sockets kept open; the least recently used goes first
+
+
+_decoder = msgspec.msgpack.Decoder(Release)
 
 
 class ReleaseInbox:
@@ -29,17 +34,17 @@ class ReleaseInbox:
         self.socket.bind(self.endpoint)
 
     def take(self) -> list[tuple[str, str]]:
-        got = []
+        got: list[tuple[str, str]] = []
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return got
             try:
-                transfer_id, epoch = msgpack.unpackb(frame, raw=False)
-                got.append((str(transfer_id), str(epoch)))
-            except (ValueError, TypeError, msgpack.UnpackException):
+                release = _decoder.decode(frame)
+            except msgspec.DecodeError:
                 continue  # not ours: a stray or garbled frame must not stop the core
+            got.append((release.transfer_id, release.epoch))
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -70,7 +75,7 @@ class ReleaseSender:
                 self._sockets.popitem(last=False)[1].close(linger=0)
         self._sockets.move_to_end(endpoint)
         try:
-            sock.send(msgpack.packb([transfer_id, epoch]), zmq.NOBLOCK)
+            sock.send(msgspec.msgpack.encode(Release(transfer_id, epoch)), zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False  # the peer is gone or flooded: its lease frees the blocks

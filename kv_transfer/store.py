@@ -32,14 +32,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from contracts.kv_handle import KVHandle
 from engine.kv_cache import KVCacheSpec
 from engine.kv_source import KVRows
 from kv_transfer.connector import ExportJob
-from kv_transfer.handle import KVHandle
+from kvstore.backend import StoreBackend, open_store
 from kvstore.block_key import BlockKey, KVLayout, chain_key, root_key
 from kvstore.client import PutStatus
-from kvstore.backend import StoreBackend, open_store
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.mooncake_url import is_mooncake_url
 from kvstore.store_tier_events import AnnouncingStore
 
@@ -64,12 +64,23 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _reader_only(request_id: str, first: int, end: int) -> torch.Tensor:
+    raise RuntimeError("a StoreConnector without export_rows only reads: it cannot save blocks")
+
+
 class StoreConnector:
     name = "store"
 
-    def __init__(self, address: str, layout: KVLayout, spec: KVCacheSpec, observe: TransferObserver,
-                 export_rows: ExportRows | None = None, write_budget: int | None = None,
-                 announce_on: KVEventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        layout: KVLayout,
+        spec: KVCacheSpec,
+        observe: TransferObserver,
+        export_rows: ExportRows | None = None,
+        write_budget: int | None = None,
+        announce_on: KVEventPublisher | None = None,
+    ) -> None:
         self.address, self.layout, self.spec, self.observe = address, layout, spec, observe
         self.client: StoreBackend = open_store(address)  # our store (HOST:PORT) or mooncake://...
         self.announcer: AnnouncingStore | None = None
@@ -78,7 +89,7 @@ class StoreConnector:
             # on the worker's own event stream, and the router files them under the store tier
             self.client = self.announcer = AnnouncingStore(self.client, publisher=announce_on)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-store")
-        self.export_rows = export_rows
+        self.export_rows = export_rows or _reader_only
         self.write_budget = write_budget  # None: every block is written (the store is the handoff path)
         self._stream: torch.cuda.Stream | None = None  # side stream for device->host staging (CUDA only)
         self._in_flight_bytes = 0
@@ -139,7 +150,7 @@ class StoreConnector:
             for fut in job.puts:
                 try:
                     fut.result(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - a failed or unfinished put: the reader times out
+                except Exception:  # a failed or unfinished put: the reader times out
                     pass
 
     def stage(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -240,6 +251,8 @@ class PendingFetch:
 
     @property
     def source(self) -> KVRows:
+        if self.rows is None:
+            raise RuntimeError("StoreLoad.source before a complete attempt()")
         return KVRows(self.rows)
 
     def done(self) -> None:

@@ -47,6 +47,10 @@ class StoreBackend(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> StoreBackend: ...  # every backend closes itself at the end of a with block
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def open_store(address: str, **options: Any) -> StoreBackend:
     """A connected store client for ``address`` (HOST:PORT -> ours, mooncake://... -> Mooncake).

@@ -9,15 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'4GiB' -> 4294967296; plain numbers are bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512MiB, 4GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+from contracts.sizes import parse_size
 
 
 def parse_duration(text: str) -> float:
@@ -46,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node.add_argument("--port", type=int, default=50061, help="gRPC port (0: any free port)")
     node.add_argument("--advertise-host", default=None, help="host clients dial (default: --host, or 127.0.0.1)")
     node.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics (0: off)")
-    node.add_argument("--data-port", type=int, default=0, help="raw-TCP data plane for remote clients (0: any free port, -1: off)")
+    node.add_argument(
+        "--data-port", type=int, default=0, help="raw-TCP data plane for remote clients (0: any free port, -1: off)"
+    )
     node.set_defaults(func=_run_node)
 
 
@@ -82,7 +76,7 @@ def _run_node(args: argparse.Namespace) -> int:
     return _serve("kvstore-node", NodeServer(config), config.metrics_port)
 
 
-def _serve(name: str, server, metrics_port: int | None) -> int:  # type: ignore[no-untyped-def]
+def _serve(name: str, server, metrics_port: int | None) -> int:
     """Run a server until SIGTERM / SIGINT, then stop it gracefully."""
     import asyncio
     import logging

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import grpc
 import xxhash
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore.block_key import BlockKey, KVLayout, store_key
 from kvstore.errors import InvalidRequest, StoreError, error_from_code
-from kvstore.master import GRPC_OPTIONS
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 
 class PutStatus(enum.Enum):
@@ -57,9 +57,11 @@ class AsyncKVStoreClient:
         self.master_addr = master_addr
         self.replicas = replicas
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(master_addr, options=GRPC_OPTIONS, interceptors=client_interceptors())
+        self._channel = grpc.aio.insecure_channel(master_addr, options=STORE_GRPC_OPTIONS, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
-        self._nodes = NodeTransport(chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane)
+        self._nodes = NodeTransport(
+            chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane
+        )
 
     async def __aenter__(self) -> AsyncKVStoreClient:
         return self
@@ -76,7 +78,9 @@ class AsyncKVStoreClient:
         views = {key: readable_view(value) for key, value in items.items()}
         checksums = {key: xxhash.xxh3_64_intdigest(view) for key, view in views.items()}
         n = self.replicas if replicas is None else replicas
-        request = pb.PutStartRequest(items=[pb.PutStartItem(key=k, size=len(v), checksum=checksums[k], replicas=n) for k, v in views.items()])
+        request = pb.PutStartRequest(
+            items=[pb.PutStartItem(key=k, size=len(v), checksum=checksums[k], replicas=n) for k, v in views.items()]
+        )
         reply = await self._call(self._master.BatchPutStart, request)
         results: dict[str, PutResult] = {}
         jobs: dict[str, list[WriteJob]] = {}
@@ -105,7 +109,9 @@ class AsyncKVStoreClient:
         if commit:
             reply = await self._call(self._master.BatchPutCommit, pb.PutCommitRequest(put_ids=[put_ids[k] for k in commit]))
             for key, r in zip(commit, reply.results):
-                results[key] = PutResult(PutStatus.STORED) if r.ok else PutResult(PutStatus.FAILED, error_from_code(r.code, r.message))
+                results[key] = (
+                    PutResult(PutStatus.STORED) if r.ok else PutResult(PutStatus.FAILED, error_from_code(r.code, r.message))
+                )
         return results
 
     # ------------------------------------------------------------ get
@@ -157,7 +163,9 @@ class AsyncKVStoreClient:
         pending = list(order)
         while pending:
             jobs = {
-                i: ReadJob(order[i][attempt], locations[i].size, locations[i].checksum, dests[i], asked + locations[i].lease_ttl_s)
+                i: ReadJob(
+                    order[i][attempt], locations[i].size, locations[i].checksum, dests[i], asked + locations[i].lease_ttl_s
+                )
                 for i in pending
             }
             await self._nodes.read(list(jobs.values()))
@@ -225,13 +233,13 @@ class AsyncKVStoreClient:
 
     # ------------------------------------------------------------ plumbing
 
-    async def _key_call(self, method, keys: Sequence[str]) -> list[bool]:  # type: ignore[no-untyped-def]
+    async def _key_call(self, method, keys: Sequence[str]) -> list[bool]:
         if not keys:
             return []
         reply = await self._call(method, pb.KeysRequest(keys=list(keys)))
         return [r.ok for r in reply.results]
 
-    async def _call(self, method, request):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request):
         try:
             return await method(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:

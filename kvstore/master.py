@@ -11,19 +11,19 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore import metrics
 from kvstore.errors import InvalidRequest, StoreError, code_number
-from kvstore.events import KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.master_config import MasterConfig
 from kvstore.master_state import MasterState, StoredObject
-from splitserve.internal_auth import server_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
 MAX_WAIT_S = 30.0  # WaitCommitted holds a call at most this long (the caller asks again)
-GRPC_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 _STATE_NAMES = {"started": pb.PUT_STATE_STARTED, "exists": pb.PUT_STATE_ALREADY_EXISTS, "in_flight": pb.PUT_STATE_IN_FLIGHT}
 
 
@@ -54,7 +54,9 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def RegisterNode(self, request: pb.RegisterNodeRequest, context: grpc.aio.ServicerContext) -> pb.RegisterNodeReply:
         try:
-            node_id = self.state.register_node(request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address)
+            node_id = self.state.register_node(
+                request.address, request.capacity, request.hostname, request.boot_id, request.shm_name, request.data_address
+            )
         except StoreError as exc:
             await context.abort(exc.code, str(exc))
         log.info("storage node %s registered at %s (%d bytes)", node_id, request.address, request.capacity)
@@ -194,23 +196,29 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def Stats(self, request: pb.StatsRequest, context: grpc.aio.ServicerContext) -> pb.StatsReply:
         s = self.state
-        nodes = [pb.NodeStats(node_id=n.node_id, address=n.address, capacity=n.allocator.capacity, used=n.allocator.used) for n in s.nodes.values()]
+        nodes = [
+            pb.NodeStats(node_id=n.node_id, address=n.address, capacity=n.allocator.capacity, used=n.allocator.used)
+            for n in s.nodes.values()
+        ]
         return pb.StatsReply(nodes=nodes, objects=len(s.objects), pending_puts=len(s.pending), evictions=s.evictions)
 
     # -------------------------------------------------------- helpers
 
     def _put_start(self, item: pb.PutStartItem) -> pb.PutStartResult:
         try:
-            out = self.state.put_start(item.key, item.size, item.checksum, item.replicas)
+            out = self.state.put_start(item.key, item.size, item.checksum, item.replicas if item.HasField("replicas") else 1)
         except StoreError as exc:
             return pb.PutStartResult(key=item.key, state=pb.PUT_STATE_FAILED, code=code_number(exc.code), message=str(exc))
         if out.put is None:
             return pb.PutStartResult(key=item.key, state=_STATE_NAMES[out.state])
         return pb.PutStartResult(
-            key=item.key, state=pb.PUT_STATE_STARTED, put_id=out.put.put_id, replicas=[self._replica(p.node_id, p.offset) for p in out.put.placements]
+            key=item.key,
+            state=pb.PUT_STATE_STARTED,
+            put_id=out.put.put_id,
+            replicas=[self._replica(p.node_id, p.offset) for p in out.put.placements],
         )
 
-    def _per_key(self, key: str, fn, *args) -> pb.KeyResult:  # type: ignore[no-untyped-def]
+    def _per_key(self, key: str, fn, *args) -> pb.KeyResult:
         try:
             fn(*args)
             return pb.KeyResult(key=key, ok=True)
@@ -220,7 +228,12 @@ class MasterServicer(pb_grpc.MasterServicer):
     def _replica(self, node_id: str, offset: int) -> pb.Replica:
         n = self.state.nodes[node_id]
         return pb.Replica(
-            node_id=node_id, address=n.address, offset=offset, hostname=n.hostname, boot_id=n.boot_id, shm_name=n.shm_name,
+            node_id=node_id,
+            address=n.address,
+            offset=offset,
+            hostname=n.hostname,
+            boot_id=n.boot_id,
+            shm_name=n.shm_name,
             data_address=n.data_address,
         )
 
@@ -269,7 +282,7 @@ class MasterServer:
             snap = f"tcp://{host}:{cfg.events_port + 1}" if cfg.events_port else f"tcp://{host}:*"
             self.publisher = KVEventPublisher(pub, snap, "kvstore", self.state.snapshot)
             self.state.emit = self.publisher.publish
-        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
+        self.server = grpc.aio.server(options=STORE_GRPC_OPTIONS, interceptors=server_interceptors())
         pb_grpc.add_MasterServicer_to_server(self.servicer, self.server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -297,7 +310,7 @@ class MasterServer:
             self.publisher.close()
 
 
-async def _require_one(values, rpc: str, what: str, context: grpc.aio.ServicerContext) -> None:  # type: ignore[no-untyped-def]
+async def _require_one(values, rpc: str, what: str, context: grpc.aio.ServicerContext) -> None:
     """The singular RPCs take exactly one item; the Batch* forms take many."""
     if len(values) != 1:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc} takes exactly one {what}, got {len(values)}")

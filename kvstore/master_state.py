@@ -13,9 +13,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.allocator import OutOfSpace, SegmentAllocator
 from kvstore.errors import InvalidRequest, NoStorageNodes, ObjectNotFound, ObjectTooLarge, PutExpired, StoreFull
-from kvstore.events import BlockRemoved, BlockStored, KVEvent
 from kvstore.master_config import MasterConfig
 
 MEDIUM = "store"
@@ -91,13 +91,17 @@ class MasterState:
 
     # ------------------------------------------------------------ nodes
 
-    def register_node(self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str, data_address: str = "") -> str:
+    def register_node(
+        self, address: str, capacity: int, hostname: str, boot_id: str, shm_name: str, data_address: str = ""
+    ) -> str:
         if not address or capacity <= 0:
             raise InvalidRequest(f"node registration needs an address and a positive capacity, got {address!r}, {capacity}")
         for old in [n.node_id for n in self.nodes.values() if n.address == address]:
             self.drop_node(old)  # a restarted node lost its memory
         node_id = uuid.uuid4().hex[:12]
-        self.nodes[node_id] = NodeInfo(node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock(), data_address)
+        self.nodes[node_id] = NodeInfo(
+            node_id, address, hostname, boot_id, shm_name, SegmentAllocator(capacity), self.clock(), data_address
+        )
         return node_id
 
     def heartbeat(self, node_id: str) -> bool:
@@ -132,7 +136,8 @@ class MasterState:
             return PutStartOutcome(key, "exists")
         if key in self.pending_keys:
             return PutStartOutcome(key, "in_flight")
-        replicas = max(1, replicas)
+        if replicas < 1:
+            raise InvalidRequest(f"object {key!r}: replicas must be at least 1, got {replicas}")
         if not self.nodes:
             raise NoStorageNodes("no storage node is registered with the master")
         if replicas > len(self.nodes):
@@ -172,7 +177,7 @@ class MasterState:
         self.objects[put.key] = obj
         bk = block_key_of(put.key)
         if bk is not None:
-            self.emit([BlockStored([bk], None, MEDIUM)])
+            self.emit([BlockStored(keys=[bk], medium=MEDIUM)])
         return obj
 
     def put_abort(self, put_id: str) -> None:
@@ -287,4 +292,4 @@ class MasterState:
     def _emit_removed(self, keys: list[str]) -> None:
         block_keys = [bk for bk in (block_key_of(k) for k in keys) if bk is not None]
         if block_keys:
-            self.emit([BlockRemoved(block_keys, MEDIUM)])
+            self.emit([BlockRemoved(keys=block_keys, medium=MEDIUM)])

@@ -17,12 +17,14 @@ MISSES = Counter(_P + "misses_total", "Keys not found by get", ["component"])
 EVICTIONS = Counter(_P + "evictions_total", "Objects evicted to stay under the watermark", ["component"])
 RECEIVED = Counter(
     _P + "received_bytes_total",
-    "Object bytes stored: component=master counts every commit (gRPC and shared memory), node the bytes that crossed its network paths (gRPC and the raw-TCP data plane)",
+    "Object bytes stored: component=master counts every commit (gRPC and shared memory), node the bytes that crossed "
+    "its network paths (gRPC and the raw-TCP data plane)",
     ["component"],
 )
 SENT = Counter(
     _P + "sent_bytes_total",
-    "Object bytes served to readers: component=master counts every read (gRPC and shared memory), node the bytes that crossed its network paths (gRPC and the raw-TCP data plane)",
+    "Object bytes served to readers: component=master counts every read (gRPC and shared memory), node the bytes that "
+    "crossed its network paths (gRPC and the raw-TCP data plane)",
     ["component"],
 )
 OPERATION_SECONDS = Histogram(

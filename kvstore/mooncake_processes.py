@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from contracts.ports import free_port
 from kvstore.mooncake_store import INSTALL_HINT
 from kvstore.mooncake_url import SCHEME
 
@@ -33,13 +34,23 @@ def program(name: str) -> str:
     return path
 
 
-def master_argv(host: str, port: int, metrics_port: int, *, lease_ttl_ms: int = 5000, client_ttl_s: int = 10,
-                eviction_high_watermark: float = 0.9, etcd_endpoints: str = "") -> list[str]:
+def master_argv(
+    host: str,
+    port: int,
+    metrics_port: int,
+    *,
+    lease_ttl_ms: int = 5000,
+    client_ttl_s: int = 10,
+    eviction_high_watermark: float = 0.9,
+    etcd_endpoints: str = "",
+) -> list[str]:
     """mooncake_master serving RPC on host:port; with ``etcd_endpoints`` it runs in HA mode."""
     argv = [
         program("mooncake_master"),
-        f"--rpc_address={host}", f"--rpc_port={port}",
-        f"--metrics_host={host}", f"--metrics_port={metrics_port}",
+        f"--rpc_address={host}",
+        f"--rpc_port={port}",
+        f"--metrics_host={host}",
+        f"--metrics_port={metrics_port}",
         f"--default_kv_lease_ttl={lease_ttl_ms}",
         f"--client_ttl={client_ttl_s}",
         f"--eviction_high_watermark_ratio={eviction_high_watermark}",
@@ -51,22 +62,19 @@ def master_argv(host: str, port: int, metrics_port: int, *, lease_ttl_ms: int = 
     return argv
 
 
-def node_argv(host: str, port: int, master: str, segment_bytes: int, protocol: str = "tcp", metadata: str = "P2PHANDSHAKE") -> list[str]:
+def node_argv(
+    host: str, port: int, master: str, segment_bytes: int, protocol: str = "tcp", metadata: str = "P2PHANDSHAKE"
+) -> list[str]:
     """mooncake_client adding ``segment_bytes`` of its memory to the cluster of ``master``."""
     return [
         program("mooncake_client"),
-        f"--host={host}", f"--port={port}",
+        f"--host={host}",
+        f"--port={port}",
         f"--master_server_address={master}",
         f"--metadata_server={metadata}",
         f"--global_segment_size={segment_bytes}",
         f"--protocol={protocol}",
     ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 20.0) -> None:
@@ -160,8 +168,13 @@ def _spawn(argv: list[str], log_dir: str | None, name: str) -> subprocess.Popen:
             out.close()
 
 
-def start_cluster(n_nodes: int = 1, segment_bytes: int = 256 << 20, host: str = "127.0.0.1", log_dir: str | None = None,
-                  **master_options: object) -> MooncakeCluster:
+def start_cluster(
+    n_nodes: int = 1,
+    segment_bytes: int = 256 << 20,
+    host: str = "127.0.0.1",
+    log_dir: str | None = None,
+    **master_options: object,
+) -> MooncakeCluster:
     """Start a master and ``n_nodes`` memory nodes on ``host``; call ``stop()`` when done."""
     port = free_port(host)
     master = _spawn(master_argv(host, port, free_port(host), **master_options), log_dir, "master")  # type: ignore[arg-type]

@@ -61,7 +61,9 @@ def mooncake_error(code: int, what: str) -> StoreError:
     if code == _NO_AVAILABLE_HANDLE:
         return StoreFull(f"{what}: Mooncake has no room even after eviction (code {code})")
     if code == _SEGMENT_NOT_FOUND:
-        return NoStorageNodes(f"{what}: no memory segment is mounted in the Mooncake cluster (start mooncake_client, or set segment= in the URL)")
+        return NoStorageNodes(
+            f"{what}: no memory segment is mounted in the Mooncake cluster (start mooncake_client, or set segment= in the URL)"
+        )
     if code in (_INVALID_KEY, _INVALID_PARAMS):
         return InvalidRequest(f"{what}: Mooncake rejected the request as invalid (code {code})")
     if code == _LEASE_EXPIRED:
@@ -111,7 +113,9 @@ class MooncakeStore:
             parsed.master,
         )
         if rc != 0:
-            raise NoStorageNodes(f"cannot join the Mooncake master at {parsed.master} (metadata {parsed.metadata}): setup returned {rc}")
+            raise NoStorageNodes(
+                f"cannot join the Mooncake master at {parsed.master} (metadata {parsed.metadata}): setup returned {rc}"
+            )
         return cls(parsed, store)
 
     # ---- the worker-facing calls (same names and meaning as KVStoreClient's) ------------------
@@ -207,7 +211,9 @@ class MooncakeStore:
             return []
         codes = self._store.batch_is_exist(names)
         if any(c < 0 for c in codes):
-            raise NoStorageNodes(f"exists: the Mooncake master at {self.url.master} did not answer for {sum(c < 0 for c in codes)} key(s)")
+            raise NoStorageNodes(
+                f"exists: the Mooncake master at {self.url.master} did not answer for {sum(c < 0 for c in codes)} key(s)"
+            )
         return [c == 1 for c in codes]
 
     @contextmanager

@@ -5,14 +5,15 @@
 
 | query key | meaning | default |
 | --- | --- | --- |
-| metadata | transfer-engine metadata: ``p2p`` (handshake between peers, no server), ``http://H:P/metadata`` (the master's ``--enable_http_metadata_server``) or ``etcd://H:P`` | p2p |
+| metadata | transfer-engine metadata: ``p2p`` (handshake between peers, no server), ``http://H:P/metadata`` | p2p |
+|  | (the master's ``--enable_http_metadata_server``) or ``etcd://H:P`` | |
 | protocol | transfer protocol: ``tcp`` or ``rdma`` | tcp |
 | device | RDMA device names (``mlx5_0,mlx5_1``); rdma only | "" |
 | replicas | copies of each block, on distinct segments | 1 |
 | segment | bytes of memory this client adds to the pool (``0``: a pure client; ``mooncake_client`` processes hold the data) | 0 |
 | local_buffer | this client's staging buffer for calls that cannot read into the caller's memory | 16MiB |
 | host | address peers reach this client at | the local address that routes to the master |
-| wait | seconds to keep trying a master that refuses connections (one started beside its workers may still be binding its port) | 10 |
+| wait | seconds to keep trying a master that refuses connections (one started beside its workers may still bind) | 10 |
 | etcd | etcd endpoints of HA masters (``mooncake_master --enable_ha``), comma-separated; replaces MASTER_HOST:PORT | "" |
 
 A plain ``HOST:PORT`` is not a Mooncake URL: kvstore.backend.open_store reads it as our store.
@@ -25,7 +26,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from kvstore.cli import parse_size
+from contracts.sizes import parse_size
 from kvstore.errors import InvalidRequest
 
 SCHEME = "mooncake"

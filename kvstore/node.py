@@ -16,16 +16,16 @@ import grpc
 import xxhash
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
+from contracts.internal_auth import client_interceptors, server_interceptors
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore import metrics, wire
-from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
-from kvstore.master import GRPC_OPTIONS
-from kvstore.node_config import NodeConfig
 from kvstore.data_plane import DataPlaneServer
+from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, code_number
+from kvstore.node_config import NodeConfig
 from kvstore.segment import SharedSegment, host_identity, remove_orphaned_segments
 from kvstore.wire import WriteChunkView, WriteItemView
-from splitserve.internal_auth import client_interceptors, server_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 STORAGE_NODE_SERVICE = "splitserve.kvstore.StorageNode"
@@ -45,12 +45,16 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
 
     def _check_range(self, offset: int, size: int) -> None:
         if size <= 0 or offset + size > self.segment.capacity:
-            raise InvalidRequest(f"range offset={offset} size={size} is empty or outside the {self.segment.capacity}-byte segment")
+            raise InvalidRequest(
+                f"range offset={offset} size={size} is empty or outside the {self.segment.capacity}-byte segment"
+            )
 
     def _verify(self, offset: int, size: int, checksum: int) -> None:
         actual = xxhash.xxh3_64_intdigest(self.segment.view(offset, size))
         if actual != checksum:
-            raise ChecksumMismatch(f"object at offset {offset} ({size} bytes): xxh3_64 is {actual:#x}, expected {checksum:#x}; write rejected")
+            raise ChecksumMismatch(
+                f"object at offset {offset} ({size} bytes): xxh3_64 is {actual:#x}, expected {checksum:#x}; write rejected"
+            )
 
     async def Write(self, request_iterator: AsyncIterator[WriteChunkView], context: grpc.aio.ServicerContext) -> pb.WriteReply:
         with _timed("write"):
@@ -65,7 +69,9 @@ class StorageNodeServicer(pb_grpc.StorageNodeServicer):
                     if written + n > size:
                         raise InvalidRequest(f"chunk {index} overruns the declared object size of {size} bytes")
                     if chunk.chunk_checksum and xxhash.xxh3_64_intdigest(data) != chunk.chunk_checksum:
-                        raise ChecksumMismatch(f"chunk {index} (bytes {written}..{written + n}) is corrupted: checksum mismatch; write rejected")
+                        raise ChecksumMismatch(
+                            f"chunk {index} (bytes {written}..{written + n}) is corrupted: checksum mismatch; write rejected"
+                        )
                     self.segment.array[offset + written : offset + written + n] = data
                     written += n
                     index += 1
@@ -140,7 +146,9 @@ def storage_node_handler(servicer: StorageNodeServicer) -> grpc.GenericRpcHandle
             servicer.Read, request_deserializer=pb.ReadRequest.FromString, response_serializer=wire.encode_read_chunk
         ),
         "BatchWrite": grpc.unary_unary_rpc_method_handler(
-            servicer.BatchWrite, request_deserializer=wire.decode_batch_write, response_serializer=pb.ItemResults.SerializeToString
+            servicer.BatchWrite,
+            request_deserializer=wire.decode_batch_write,
+            response_serializer=pb.ItemResults.SerializeToString,
         ),
         "BatchRead": grpc.unary_unary_rpc_method_handler(
             servicer.BatchRead, request_deserializer=pb.BatchReadRequest.FromString, response_serializer=wire.encode_batch_read
@@ -170,7 +178,7 @@ class NodeServer:
 
     async def start(self) -> str:
         cfg = self.config
-        self.server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=server_interceptors())
+        self.server = grpc.aio.server(options=STORE_GRPC_OPTIONS, interceptors=server_interceptors())
         self.server.add_generic_rpc_handlers((storage_node_handler(StorageNodeServicer(self.segment, cfg.read_chunk_size)),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
@@ -193,7 +201,11 @@ class NodeServer:
     async def _register(self) -> float:
         hostname, boot_id = host_identity()
         request = pb.RegisterNodeRequest(
-            address=self.address, capacity=self.config.capacity, hostname=hostname, boot_id=boot_id, shm_name=self.segment.path,
+            address=self.address,
+            capacity=self.config.capacity,
+            hostname=hostname,
+            boot_id=boot_id,
+            shm_name=self.segment.path,
             data_address=self.data_address,
         )
         reply = await self._master.RegisterNode(request, timeout=10, wait_for_ready=True)

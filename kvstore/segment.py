@@ -111,7 +111,9 @@ class SharedSegment:
             mapping = mmap.mmap(fd, capacity, flags=_MAP_FLAGS)
         except OSError as exc:
             os.unlink(path)
-            raise OSError(exc.errno, f"cannot back a {capacity}-byte segment in {SHM_DIR} ({exc.strerror}); lower --capacity") from exc
+            raise OSError(
+                exc.errno, f"cannot back a {capacity}-byte segment in {SHM_DIR} ({exc.strerror}); lower --capacity"
+            ) from exc
         finally:
             os.close(fd)
         segment = cls(path, capacity, mapping, np.frombuffer(mapping, dtype=np.uint8), owner=True)

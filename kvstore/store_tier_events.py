@@ -21,10 +21,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.backend import StoreBackend
 from kvstore.block_key import BlockKey, KVLayout
 from kvstore.client import PutResult, PutStatus
-from kvstore.events import BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from kvstore.payload import Payload
 
 MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_state.py)
@@ -33,8 +34,15 @@ MEDIUM = "store"  # the medium our store's master announces too (kvstore/master_
 class AnnouncingStore:
     """A StoreBackend whose successful writes are published as KV events; thread-safe."""
 
-    def __init__(self, backend: StoreBackend, pub_endpoint: str = "", snapshot_endpoint: str = "", topic: str = "kvstore",
-                 max_announced: int = 200_000, publisher: KVEventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        backend: StoreBackend,
+        pub_endpoint: str = "",
+        snapshot_endpoint: str = "",
+        topic: str = "kvstore",
+        max_announced: int = 200_000,
+        publisher: KVEventPublisher | None = None,
+    ) -> None:
         """Announce on a publisher of its own (``pub_endpoint`` / ``snapshot_endpoint``), or on
         the caller's ``publisher`` (a worker's own event stream; its snapshot function should
         add ``snapshot()``'s "store" entry to the worker's own)."""
@@ -84,9 +92,9 @@ class AnnouncingStore:
             while len(self._announced) > self.max_announced:
                 dropped.append(self._announced.popitem(last=False)[0])
             if new:
-                events.append(BlockStored(new, None, MEDIUM, [], layout.block_size))
+                events.append(BlockStored(keys=new, block_size=layout.block_size, medium=MEDIUM))
             if dropped:
-                events.append(BlockRemoved(dropped, MEDIUM))
+                events.append(BlockRemoved(keys=dropped, medium=MEDIUM))
         # Outside our lock: the publisher's snapshot thread takes its lock, then ours (_snapshot).
         # Events and the set may then disagree for a moment; both are idempotent hints.
         self.publisher.publish(events)
@@ -111,7 +119,7 @@ class AnnouncingStore:
             for k in gone:
                 del self._announced[k]
         if gone:
-            self.publisher.publish([BlockRemoved(gone, MEDIUM)])
+            self.publisher.publish([BlockRemoved(keys=gone, medium=MEDIUM)])
 
     def snapshot(self) -> dict[str, list[BlockKey]]:
         # Called by the publisher under its own lock; our lock keeps the set stable while copied.

@@ -31,13 +31,13 @@ import grpc
 import numpy as np
 import xxhash
 
+from contracts.grpc_options import STORE_GRPC_OPTIONS
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import kvstore_pb2 as pb
 from kvstore import wire
 from kvstore.data_plane import BAD_CHECKSUM, OK, READ, WRITE, DataPlaneClient, Item
 from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_from_code
-from kvstore.master import GRPC_OPTIONS
 from kvstore.segment import SharedSegment, host_identity
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import kvstore_pb2 as pb
 
 
 @dataclass(slots=True)
@@ -72,13 +72,19 @@ class NodeStub:
     def on(cls, channel: grpc.aio.Channel) -> NodeStub:
         path = "/splitserve.kvstore.StorageNode/"
         return cls(
-            write=channel.stream_unary(path + "Write", request_serializer=wire.encode_write_chunk, response_deserializer=pb.WriteReply.FromString),
-            read=channel.unary_stream(path + "Read", request_serializer=pb.ReadRequest.SerializeToString, response_deserializer=wire.decode_read_chunk),
+            write=channel.stream_unary(
+                path + "Write", request_serializer=wire.encode_write_chunk, response_deserializer=pb.WriteReply.FromString
+            ),
+            read=channel.unary_stream(
+                path + "Read", request_serializer=pb.ReadRequest.SerializeToString, response_deserializer=wire.decode_read_chunk
+            ),
             batch_write=channel.unary_unary(
                 path + "BatchWrite", request_serializer=wire.encode_batch_write, response_deserializer=pb.ItemResults.FromString
             ),
             batch_read=channel.unary_unary(
-                path + "BatchRead", request_serializer=pb.BatchReadRequest.SerializeToString, response_deserializer=wire.decode_batch_read
+                path + "BatchRead",
+                request_serializer=pb.BatchReadRequest.SerializeToString,
+                response_deserializer=wire.decode_batch_read,
             ),
         )
 
@@ -89,7 +95,11 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
 
 class NodeTransport:
     def __init__(
-        self, chunk_size: int = 4 << 20, batch_bytes: int = 4 << 20, max_inflight: int = 16, use_shm: bool = True,
+        self,
+        chunk_size: int = 4 << 20,
+        batch_bytes: int = 4 << 20,
+        max_inflight: int = 16,
+        use_shm: bool = True,
         use_data_plane: bool = True,
     ) -> None:
         self.chunk_size = chunk_size
@@ -107,8 +117,9 @@ class NodeTransport:
 
     def stub(self, address: str) -> NodeStub:
         if address not in self._stubs:
-            self._channels[address] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS,
-                                                                interceptors=client_interceptors())
+            self._channels[address] = grpc.aio.insecure_channel(
+                address, options=STORE_GRPC_OPTIONS, interceptors=client_interceptors()
+            )
             self._stubs[address] = NodeStub.on(self._channels[address])
         return self._stubs[address]
 
@@ -156,8 +167,10 @@ class NodeTransport:
         target = segment.array[job.replica.offset : job.replica.offset + len(job.data)]
         np.copyto(target, np.frombuffer(job.data, np.uint8))
         if xxhash.xxh3_64_intdigest(target) != job.checksum:  # the caller changed its buffer while we copied
-            job.error = ChecksumMismatch(f"object at offset {job.replica.offset}: the bytes written to shared memory do "
-                                         "not match their checksum (was the source buffer modified during the put?)")
+            job.error = ChecksumMismatch(
+                f"object at offset {job.replica.offset}: the bytes written to shared memory do "
+                "not match their checksum (was the source buffer modified during the put?)"
+            )
 
     async def _raw_write(self, address: str, jobs: list[WriteJob]) -> None:
         items = [Item(j.replica.offset, len(j.data), j.checksum, j.data) for j in jobs]
@@ -170,11 +183,15 @@ class NodeTransport:
                 return
         for job, s in zip(jobs, status):
             if s == BAD_CHECKSUM:
-                job.error = ChecksumMismatch(f"data plane {address}: bytes at offset {job.replica.offset} do not match their checksum")
+                job.error = ChecksumMismatch(
+                    f"data plane {address}: bytes at offset {job.replica.offset} do not match their checksum"
+                )
             elif s != OK:
-                job.error = InvalidRequest(f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment")
+                job.error = InvalidRequest(
+                    f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment"
+                )
 
-    def _batches(self, jobs: list, size_of) -> list[list]:  # type: ignore[no-untyped-def]
+    def _batches(self, jobs: list, size_of) -> list[list]:
         batches, current, total = [], [], 0
         for job in jobs:
             if current and total + size_of(job) > self.batch_bytes:
@@ -190,7 +207,7 @@ class NodeTransport:
         items = [wire.WriteItemView(j.replica.offset, j.checksum, j.data) for j in jobs]
         await self._apply(jobs, self.stub(jobs[0].replica.address).batch_write, items)
 
-    async def _apply(self, jobs: list[WriteJob], call, request) -> None:  # type: ignore[no-untyped-def]
+    async def _apply(self, jobs: list[WriteJob], call, request) -> None:
         async with self._limit:
             try:
                 reply = await call(request)

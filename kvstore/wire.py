@@ -5,7 +5,7 @@ serialisation, on parsing and again on every attribute read: four or more copies
 each object per hop, plus a fresh allocation each time. The data-plane messages are
 tiny schemas around one bytes field, so here they are encoded with one join straight
 from the caller's buffer and decoded into memoryviews of the received message.
-The wire format is exactly proto/splitserve/rpc/kvstore.proto's, so stubs generated
+The wire format is exactly proto/contracts/rpc/kvstore.proto's, so stubs generated
 from the proto talk to these handlers and vice versa.
 
 Encoded: WriteChunk, BatchWriteRequest (client -> node), ReadChunk, BatchReadReply

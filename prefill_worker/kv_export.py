@@ -6,7 +6,7 @@ on_progress():  after every chunk the newly final full blocks go to every connec
                 (the store writes them in the background while the next chunk computes; the
                 direct transport leaves them in place for the reader to pull).
 on_output():    the first token is sampled: answer "prefilled" at once with a KVHandle that
-                every connector filled in (kv_transfer/handle.py). Moving KV stays off the TTFT
+                every connector filled in (contracts/kv_handle.py). Moving KV stays off the TTFT
                 path: only the compute of the prompt is on it.
 finish_ready(): once no connector holds an answered request (its reader released it or the
                 lease ended; its store writes finished), ``release`` its engine blocks —
@@ -21,13 +21,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from contracts.core_messages import ErrorKind, FromCore, Prefilled, PrefillResult, RequestError
+from contracts.kv_handle import KVHandle
+from contracts.sampling import SamplingParams
 from engine.errors import EngineError, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.server.protocol import ErrorKind, PrefillResult, record
 from kv_transfer.connector import ExportJob, KVConnector
-from kv_transfer.handle import KVHandle
 from kv_transfer.store import StoreConnector, tail_key
 from kvstore.block_key import KVLayout, block_keys
 
@@ -42,8 +42,16 @@ class PrefillJob:
 
 
 class PrefillJobs:
-    def __init__(self, engine: LLMEngine, connectors: list[KVConnector], layout: KVLayout, worker_id: str,
-                 epoch: str, done: queue.Queue, send: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        connectors: list[KVConnector],
+        layout: KVLayout,
+        worker_id: str,
+        epoch: str,
+        done: queue.Queue,
+        send: Callable[[FromCore], None],
+    ) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.store = next((c for c in connectors if isinstance(c, StoreConnector)), None)
         self.worker_id, self.epoch = worker_id, epoch
@@ -84,7 +92,7 @@ class PrefillJobs:
                 while local + n < usable and (local + n) in job.in_store:
                     n += 1
                 rows = store.fetch(keys[local : local + n]) if n else None
-            except Exception:  # noqa: BLE001 - the store is a cache: on any trouble, recompute
+            except Exception:  # the store is a cache: on any trouble, recompute
                 rows, job.in_store = None, set()
             self.done.put(lambda: self._admit(pj, sp, salt, local, rows))
 
@@ -99,23 +107,33 @@ class PrefillJobs:
         if min(prompt) < 0 or max(prompt) >= self.engine.runner.vocab_size:
             raise ValueError(f"prompt token ids must be in [0, {self.engine.runner.vocab_size}) for this model")
         if len(prompt) >= self.engine.max_model_len:
-            raise PromptTooLong(f"prompt has {len(prompt)} tokens but the context holds {self.engine.max_model_len} "
-                                "(including at least one new token); shorten the prompt")
+            raise PromptTooLong(
+                f"prompt has {len(prompt)} tokens but the context holds {self.engine.max_model_len} "
+                "(including at least one new token); shorten the prompt"
+            )
 
-    def _admit(self, pj: PrefillJob, sp: SamplingParams, salt: str, local: int, rows) -> None:  # type: ignore[no-untyped-def]
+    def _admit(self, pj: PrefillJob, sp: SamplingParams, salt: str, local: int, rows) -> None:
         rid = pj.job.request_id
         if self.jobs.get(rid) is not pj:
             return  # aborted during the lookup
         pj.fetching = False
         try:
             if rows is not None and rows.shape[0]:
-                self.engine.import_request(rid, pj.job.prompt, sp, rows, (local + rows.shape[0]) * self.block_size,
-                                           start_block=local, cache_salt=salt, prefill_only=True)
+                self.engine.import_request(
+                    rid,
+                    pj.job.prompt,
+                    sp,
+                    rows,
+                    (local + rows.shape[0]) * self.block_size,
+                    start_block=local,
+                    cache_salt=salt,
+                    prefill_only=True,
+                )
             else:
                 self.engine.add_request(rid, pj.job.prompt, sp, prefill_only=True, cache_salt=salt)
         except (EngineError, ValueError) as exc:
             del self.jobs[rid]
-            self.send("error", rid, ErrorKind.INVALID_ARGUMENT.value, str(exc))
+            self.send(RequestError(rid, ErrorKind.INVALID_ARGUMENT, str(exc)))
 
     def on_progress(self, p: PrefillProgress) -> None:
         pj = self.jobs.get(p.request_id)
@@ -137,9 +155,11 @@ class PrefillJobs:
         errors = self.store.failed(pj.job) if self.store is not None else []
         handle = self._handle(pj.job)
         if errors and handle.direct is None:  # the store was the only way: the handle would be useless
-            self.send("error", out.request_id, ErrorKind.UNAVAILABLE.value, f"writing the KV blocks to the store failed: {errors[0]}")
+            self.send(
+                RequestError(out.request_id, ErrorKind.UNAVAILABLE, f"writing the KV blocks to the store failed: {errors[0]}")
+            )
         else:
-            self.send("prefilled", out.request_id, record(self._result(pj, handle)))
+            self.send(Prefilled(out.request_id, self._result(out, len(pj.job.prompt), handle)))
         if self.store is not None:
             self.store.on_written(pj.job, lambda: self.done.put(lambda: None))  # wake the loop
 
@@ -160,19 +180,30 @@ class PrefillJobs:
 
     def _handle(self, job: ExportJob) -> KVHandle:
         handle = KVHandle(
-            self.layout.model_fingerprint, self.layout.dtype, self.block_size, self.layout.tp_size, job.keys, job.tail,
-            len(job.prompt), source_worker=self.worker_id, transfer_id=job.transfer_id, epoch=self.epoch,
+            self.layout.model_fingerprint,
+            self.layout.dtype,
+            self.block_size,
+            self.layout.tp_size,
+            job.keys,
+            job.tail,
+            len(job.prompt),
+            source_worker=self.worker_id,
+            transfer_id=job.transfer_id,
+            epoch=self.epoch,
         )
         for c in self.connectors:
             c.offer(job, handle)
         return handle
 
-    def _result(self, pj: PrefillJob, handle: KVHandle) -> PrefillResult:
-        out = pj.output
-        lp = out.new_logprobs[0] if out.new_logprobs else None
+    @staticmethod
+    def _result(out: RequestOutput, prompt_len: int, handle: KVHandle) -> PrefillResult:
         return PrefillResult(
-            out.new_token_ids[0], [lp.token_id, lp.logprob, [list(t) for t in lp.top]] if lp else None, handle.to_dict(),
-            out.num_cached_tokens, len(pj.job.prompt) - out.num_cached_tokens, out.finish_reason,
+            out.new_token_ids[0],
+            out.new_logprobs[0] if out.new_logprobs else None,
+            handle,
+            out.num_cached_tokens,
+            prompt_len - out.num_cached_tokens,
+            out.finish_reason,
         )
 
     def abort(self, rid: str) -> bool:

@@ -14,14 +14,13 @@ import uuid
 
 import grpc
 
-from engine.server import wire
-from engine.server.engine_client import RequestFailed
-from engine.server.protocol import ErrorKind, prefill_from
+from contracts.core_messages import AddRequest, ErrorKind, Prefilled
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
+from contracts.sampling import from_proto as sampling_from_proto
+from engine.server.engine_client import Aborted, RequestFailed
 from engine.server.worker_options import WorkerOptions
 from engine.server.worker_runtime import CommonWorkerRPCs, WorkerRuntime, run_worker
-from kv_transfer.handle import KVHandle
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 
 class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
@@ -33,30 +32,35 @@ class PrefillService(CommonWorkerRPCs, pb_grpc.PrefillServiceServicer):
         async with rt.rpc(context):
             start = rt.now()
             rid = request.request_id or f"prefill-{uuid.uuid4().hex}"
-            params = wire.sampling_params(request.sampling, request.HasField("sampling"))
+            params = sampling_from_proto(request.sampling if request.HasField("sampling") else None)
             q = rt.client.open(rid)
             answered = False
             try:
-                await rt.client.send("add", rid, list(request.prompt_token_ids), params.to_dict(), request.cache_salt, True)
-                kind, body = await rt.next_message(q)
-                if kind == "aborted":
+                await rt.client.send(
+                    AddRequest(rid, list(request.prompt_token_ids), params, request.cache_salt, prefill_only=True)
+                )
+                answer = await rt.next_message(q)
+                if isinstance(answer, Aborted):
                     raise RequestFailed(ErrorKind.CANCELLED, f"request {rid!r} was aborted")
-                if kind != "prefilled":
-                    raise RequestFailed(ErrorKind.INTERNAL, f"unexpected engine message {kind!r} for a prefill")
+                if not isinstance(answer, Prefilled):
+                    raise RequestFailed(ErrorKind.INTERNAL, f"unexpected engine message {answer!r} for a prefill")
                 answered = True
             finally:
                 if not answered:
                     rt.client.abort_nowait(rid)  # error or client cancellation: free the blocks now
                 rt.client.close(rid)
-            res = prefill_from(body[0])
+            res = answer.result
             elapsed = rt.now() - start
             rt.metrics.first_token(elapsed)
             rt.metrics.prefill(elapsed)
             rt.metrics.finished(len(request.prompt_token_ids), 1)
             return pb.PrefillResponse(
-                request_id=rid, first_token_id=res.first_token_id, first_logprob=wire.token_logprob(res.first_logprob),
-                kv_handle=KVHandle.from_dict(res.handle).to_proto(),
-                num_cached_tokens=res.num_cached_tokens, num_computed_tokens=res.num_computed_tokens,
+                request_id=rid,
+                first_token_id=res.first_token_id,
+                first_logprob=res.first_logprob.to_proto() if res.first_logprob else None,
+                kv_handle=res.handle.to_proto(),
+                num_cached_tokens=res.num_cached_tokens,
+                num_computed_tokens=res.num_computed_tokens,
                 finish_reason=res.finish_reason or "",
             )
 

@@ -16,7 +16,8 @@ event. Every RPC carries the request's deadline (--request-timeout, all retries
 included) and every wait on a worker a silence bound: --stall-timeout (default 5 s)
 while the pool's health checks fail for that worker (stopped, wedged, unreachable),
 the longer chunk timeout otherwise; so a stalled worker's requests fail over before
-their first token, or end with a clear error after it, and a stream never hangs. Closing the generator early (client gone) sends Abort to the worker.
+their first token, or end with a clear error after it, and a stream never hangs. Closing the generator early
+(client gone) sends Abort to the worker.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from typing import TypeVar
 
 import grpc
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,7 +102,7 @@ class WorkerBackend:
                     assert decision.prefill_worker is not None
                     try:
                         prefill = await self._prefill(decision.prefill_worker, request, deadline)
-                    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, grpc.aio.AioRpcError) as exc:
                         log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
                         if _path_fault(exc):
                             self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
@@ -142,10 +143,12 @@ class WorkerBackend:
                             chunk.num_cached_tokens = prefill.num_cached_tokens
                         yield chunk
                     return
-                except (grpc.aio.AioRpcError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, grpc.aio.AioRpcError) as exc:
                     log.warning("decode of %s on %s failed: %s", request.request_id, decision.decode_worker, _describe(exc))
                     if streamed:
-                        raise WorkerStreamError(f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}") from exc
+                        raise WorkerStreamError(
+                            f"decode worker {decision.decode_worker} failed mid-stream: {_describe(exc)}"
+                        ) from exc
                     if prefill is not None and _path_fault(exc):
                         self.kv_path.failed(f"decode on {decision.decode_worker}: {_describe(exc)}")
                     if prefill is not None and _replayable(request.sampling):

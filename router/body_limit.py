@@ -34,7 +34,7 @@ class BodySizeLimit:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._send_error(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s",
                                        "request_timeout")  # fmt: skip
                 return

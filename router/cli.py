@@ -8,47 +8,93 @@ import os
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("router", help="OpenAI-compatible router (KV-aware P/D scheduling)")
-    p.add_argument("--model", required=True,
-                   help="checkpoint directory (tokenizer, chat template, config), a .gguf file, or smollm2")
+    p.add_argument(
+        "--model", required=True, help="checkpoint directory (tokenizer, chat template, config), a .gguf file, or smollm2"
+    )
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--prefill", default="", help="prefill workers host:port,...")
     p.add_argument("--decode", default="", help="decode workers host:port,...")
     p.add_argument("--discovery", default=None, help="k8s:namespace=NS,prefill-selector=SEL,decode-selector=SEL")
-    p.add_argument("--kvstore-events", default=None,
-                   help="kvstore master's KV-event endpoint tcp://HOST:PORT (snapshots on PORT+1): index store-held blocks")
+    p.add_argument(
+        "--kvstore-events",
+        default=None,
+        help="kvstore master's KV-event endpoint tcp://HOST:PORT (snapshots on PORT+1): index store-held blocks",
+    )
     p.add_argument("--kvstore-snapshot", default=None, help="snapshot endpoint when it is not the events port + 1")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", choices=["kv-aware", "round-robin", "least-loaded", "random"], default="kv-aware",
-                   help="a shipped scheduler config (router/policies/NAME.yaml)")
-    p.add_argument("--scheduler-config", default=None, metavar="FILE",
-                   help="scheduler pipeline config, YAML or JSON (overrides --policy); see router/scheduler_config.py")
-    p.add_argument("--api-key", action="append", default=[],
-                   help="accepted Bearer key (repeatable; visible in `ps`: prefer --api-key-file or SPLITSERVE_API_KEYS)")
+    p.add_argument(
+        "--policy",
+        choices=["kv-aware", "round-robin", "least-loaded", "random"],
+        default="kv-aware",
+        help="a shipped scheduler config (router/policies/NAME.yaml)",
+    )
+    p.add_argument(
+        "--scheduler-config",
+        default=None,
+        metavar="FILE",
+        help="scheduler pipeline config, YAML or JSON (overrides --policy); see router/scheduler_config.py",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="accepted Bearer key (repeatable; visible in `ps`: prefer --api-key-file or SPLITSERVE_API_KEYS)",
+    )
     p.add_argument("--api-key-file", default=None, help="file of accepted Bearer keys, one per line")
-    p.add_argument("--salt-per-api-key", action="store_true",
-                   help="give each API key its own prefix cache (tenants never share cached blocks)")
+    p.add_argument(
+        "--salt-per-api-key",
+        action="store_true",
+        help="give each API key its own prefix cache (tenants never share cached blocks)",
+    )
     p.add_argument("--ttft-slo-ms", type=float, default=None)
-    p.add_argument("--colocate-threshold", type=int, default=None,
-                   help="uncached prompt tokens below which decode prefills (default: the scheduler config's)")
-    p.add_argument("--prefill-saturation-tokens", type=int, default=None,
-                   help="queued prompt tokens at which a prefill worker counts as saturated (colocate instead; "
-                   "the prefill pool's saturation = 1 for the autoscaler; default: the scheduler config's)")
+    p.add_argument(
+        "--colocate-threshold",
+        type=int,
+        default=None,
+        help="uncached prompt tokens below which decode prefills (default: the scheduler config's)",
+    )
+    p.add_argument(
+        "--prefill-saturation-tokens",
+        type=int,
+        default=None,
+        help="queued prompt tokens at which a prefill worker counts as saturated (colocate instead; "
+        "the prefill pool's saturation = 1 for the autoscaler; default: the scheduler config's)",
+    )
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks and GetLoad polls")
-    p.add_argument("--ext-proc-port", type=int, default=0,
-                   help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off")
-    p.add_argument("--ext-proc-target-port", type=int, default=0,
-                   help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port")
-    p.add_argument("--allow-client-chat-template", action="store_true",
-                   help="accept chat_template_kwargs.chat_template from clients (their Jinja runs sandboxed, bounded)")
-    p.add_argument("--access-log", action="store_true",
-                   help="log every HTTP request (uvicorn's access log; off by default: a log line per request is CPU on the hot path)")
+    p.add_argument(
+        "--ext-proc-port",
+        type=int,
+        default=0,
+        help="also serve the Gateway API Inference Extension endpoint picker (Envoy ext_proc gRPC) here; 0 = off",
+    )
+    p.add_argument(
+        "--ext-proc-target-port",
+        type=int,
+        default=0,
+        help="port the picked endpoints serve on (the InferencePool's targetPort); 0 = the worker's gRPC port",
+    )
+    p.add_argument(
+        "--allow-client-chat-template",
+        action="store_true",
+        help="accept chat_template_kwargs.chat_template from clients (their Jinja runs sandboxed, bounded)",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request (uvicorn's access log; off by default: a log line per request is CPU on the hot path)",
+    )
     p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client may take to send its request body")
-    p.add_argument("--stall-timeout", type=float, default=5.0,
-                   help="seconds of silence after which a request leaves a worker that fails its health checks")
-    p.add_argument("--request-timeout", type=float, default=600.0,
-                   help="deadline of one request on the workers, retries included (seconds)")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=5.0,
+        help="seconds of silence after which a request leaves a worker that fails its health checks",
+    )
+    p.add_argument(
+        "--request-timeout", type=float, default=600.0, help="deadline of one request on the workers, retries included (seconds)"
+    )
     p.set_defaults(func=run)
 
 

@@ -27,14 +27,14 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
+from contracts.rpc.envoy import base_pb2, http_status_pb2
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 from router import protocol as p
 from router.errors import APIError
 from router.openai_api import RouterState
 from router.scheduler import AdmissionRejected, Decision, Mode, NoWorkersAvailable
 from router.tokenization import ChatTemplateError, messages_as_dicts
-from splitserve.rpc.envoy import base_pb2, http_status_pb2
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,12 @@ def prompt_ids_of(state: RouterState, body: bytes) -> list[int]:
         raise APIError(400, "the body must be a JSON object")
     model = request.get("model")
     if model is not None and model != state.model_name:
-        raise APIError(404, f"the model {model!r} does not exist; this pool serves {state.model_name!r}", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this pool serves {state.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
     request.setdefault("model", state.model_name)
     try:
         if "messages" in request:
@@ -99,7 +104,9 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         host, _, port = address.rpartition(":")
         return f"{host}:{self.target_port}" if self.target_port else f"{host}:{port}"
 
-    async def Process(self, requests: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[ep.ProcessingResponse]:
+    async def Process(
+        self, requests: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
         body = bytearray()
         subset: set[str] | None = None
         async for request in requests:
@@ -127,8 +134,15 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         except NoWorkersAvailable as exc:
             return immediate(APIError(503, str(exc), type="server_error", code="no_workers"))
         except AdmissionRejected as exc:
-            return immediate(APIError(429, str(exc), type="rate_limit_exceeded", code="slo_admission",
-                                      headers={"retry-after": str(exc.retry_after_s)}))
+            return immediate(
+                APIError(
+                    429,
+                    str(exc),
+                    type="rate_limit_exceeded",
+                    code="slo_admission",
+                    headers={"retry-after": str(exc.retry_after_s)},
+                )
+            )
         except Exception:  # a bug here must cost one request a 500, not the gateway its picker stream
             log.exception("endpoint picker failed on a request")
             return immediate(APIError(500, "the endpoint picker failed; see the router log", type="server_error"))

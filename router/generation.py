@@ -6,10 +6,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
+from contracts.rpc import worker_pb2
+from contracts.sampling import InvalidSamplingParams, SamplingParams
+from contracts.sampling import to_proto as sampling_to_proto
 from router.errors import APIError
 from router.protocol import ChatCompletionRequest, CompletionRequest
-from splitserve.rpc import worker_pb2
 
 
 @dataclass(slots=True)
@@ -41,7 +42,11 @@ def _logit_bias(req: CompletionRequest | ChatCompletionRequest) -> list[tuple[in
 
 
 def sampling_params(
-    req: CompletionRequest | ChatCompletionRequest, prompt_len: int, max_model_len: int, vocab_size: int, max_n: int,
+    req: CompletionRequest | ChatCompletionRequest,
+    prompt_len: int,
+    max_model_len: int,
+    vocab_size: int,
+    max_n: int,
     guide: tuple[str, ...] = ("", ""),
 ) -> SamplingParams:
     """Validate and fill OpenAI defaults (temperature 1.0; seed stays unset unless given).
@@ -102,29 +107,10 @@ def sampling_params(
 
 
 def to_proto(params: SamplingParams, choice_index: int) -> worker_pb2.SamplingParams:
-    msg = worker_pb2.SamplingParams(
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,
-        min_p=params.min_p,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        repetition_penalty=params.repetition_penalty,
-        max_tokens=params.max_tokens,
-        min_tokens=params.min_tokens,
-        stop_token_ids=params.stop_token_ids,
-        stop=params.stop,
-        ignore_eos=params.ignore_eos,
-        logit_bias=dict(params.logit_bias),
-        priority=params.priority,
-        guided_kind=params.guided_kind,
-        guided_spec=params.guided_spec,
-    )
+    msg = sampling_to_proto(params)
     if params.seed is not None:
         # n > 1 with a seed: distinct but reproducible samples per choice.
         msg.seed = params.seed + choice_index
-    if params.logprobs is not None:
-        msg.logprobs = params.logprobs
     return msg
 
 

@@ -50,7 +50,9 @@ class KubernetesDiscovery:
 
         api = self._core_api()
         threads = [
-            threading.Thread(target=self._follow, args=(api, role, selector, emit_threadsafe), daemon=True, name=f"k8s-{role.value}")
+            threading.Thread(
+                target=self._follow, args=(api, role, selector, emit_threadsafe), daemon=True, name=f"k8s-{role.value}"
+            )
             for role, selector in self.selectors.items()
         ]
         for t in threads:

@@ -16,20 +16,30 @@ class RouterMetrics:
         p, r = "splitserve_router_", self.registry
         self.requests = Counter(p + "requests_total", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram(p + "inter_token_latency_seconds", "Time between streamed tokens", buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(
+            p + "inter_token_latency_seconds", "Time between streamed tokens", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Request latency", buckets=_LATENCY_BUCKETS, registry=r)
-        self.scheduling = Histogram(p + "scheduling_latency_seconds", "Time to decide placement", buckets=_FAST_BUCKETS, registry=r)
+        self.scheduling = Histogram(
+            p + "scheduling_latency_seconds", "Time to decide placement", buckets=_FAST_BUCKETS, registry=r
+        )
         self.prompt_tokens = Counter(p + "prompt_tokens_total", "Prompt tokens", registry=r)
         self.generation_tokens = Counter(p + "generation_tokens_total", "Generated tokens", registry=r)
-        self.predicted_hits = Counter(p + "predicted_prefix_hit_tokens_total", "Prefix-hit tokens the scheduler expected", registry=r)
+        self.predicted_hits = Counter(
+            p + "predicted_prefix_hit_tokens_total", "Prefix-hit tokens the scheduler expected", registry=r
+        )
         self.realised_hits = Counter(p + "realised_prefix_hit_tokens_total", "Prefix-hit tokens the workers reported", registry=r)
         self.decisions = Counter(p + "decisions_total", "Placement decisions", ["role", "worker", "mode"], registry=r)
         self.index_blocks = Gauge(p + "index_blocks", "Distinct KV blocks in the prefix index", registry=r)
         self.store_tier_blocks = Gauge(
-            p + "index_store_tier_blocks", "KV blocks the prefix index files under the store tier (a hint with Mooncake)", registry=r,
+            p + "index_store_tier_blocks",
+            "KV blocks the prefix index files under the store tier (a hint with Mooncake)",
+            registry=r,
         )
         self.ready_workers = Gauge(p + "ready_workers", "Workers in the pool", ["role"], registry=r)
         self.pool_saturation = Gauge(
-            p + "pool_saturation_ratio", "Mean worker saturation per pool; 1 = at capacity (router/saturation.py)",
-            ["role"], registry=r,
+            p + "pool_saturation_ratio",
+            "Mean worker saturation per pool; 1 = at capacity (router/saturation.py)",
+            ["role"],
+            registry=r,
         )

@@ -17,9 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from pydantic import ValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from kvstore.block_key import block_keys
@@ -30,17 +30,17 @@ from router.config import RouterConfig
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
 from router.errors import APIError, error_response, install_error_handlers, sse_error
 from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.saturation import export_saturation
-from router.structured_output import GuideValidator, requested_guide
-from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
+from router.structured_output import GuideValidator, requested_guide
 from router.template_sandbox import TemplateRejected, render_in_sandbox
 from router.tenancy import bearer_key, cache_salt_for
 from router.tokenization import ChatTemplateError, PromptTokenizer, check_client_template, messages_as_dicts
+from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
 from router.worker_pool import WorkerPool
 from router.workers import Role
 
@@ -56,8 +56,13 @@ class RouterState:
         self.subscriber = KVEventSubscriber(self.index)
         self.pool = WorkerPool(self.subscriber, interval_s=config.health_interval_s, on_change=self._gauges)
         self.scheduler = Scheduler(config.scheduler, self.index)
-        self.backend = WorkerBackend(self.pool, config.prefill_timeout_s, config.chunk_timeout_s,
-                                     stall_timeout_s=config.stall_timeout_s, request_timeout_s=config.request_timeout_s)
+        self.backend = WorkerBackend(
+            self.pool,
+            config.prefill_timeout_s,
+            config.chunk_timeout_s,
+            stall_timeout_s=config.stall_timeout_s,
+            request_timeout_s=config.request_timeout_s,
+        )
         self.guides = GuideValidator(self.tokenizer)
         template = getattr(self.tokenizer.tokenizer, "chat_template", None)
         self.tool_format = detect_format(template)
@@ -78,8 +83,9 @@ class RouterState:
             export_saturation(self.metrics.pool_saturation, role, self.pool.role_workers(role), self.config.scheduler)
         self.metrics.index_blocks.set(self.index.num_blocks())
 
-    def decide(self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), cache_salt: str = "",
-               priority: int = 0) -> Decision:
+    def decide(
+        self, prompt_ids: list[int], exclude: frozenset[str] = frozenset(), cache_salt: str = "", priority: int = 0
+    ) -> Decision:
         fingerprint = self.config.model_fingerprint or self.pool.model_fingerprint()
         keys = block_keys(prompt_ids, fingerprint, self.config.block_size, cache_salt) if fingerprint else []
         start = time.monotonic()
@@ -122,11 +128,18 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
             return
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or auth[7:] not in config.api_keys:
-            raise APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", type="authentication_error", code="invalid_api_key")
+            raise APIError(
+                401, "invalid or missing API key (Authorization: Bearer KEY)", type="authentication_error", code="invalid_api_key"
+            )
 
     def check_model(model: str | None) -> None:
         if model is not None and model != state.model_name:
-            raise APIError(404, f"the model {model!r} does not exist; this router serves {state.model_name!r}", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {model!r} does not exist; this router serves {state.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
 
     auth = [Depends(check_api_key)]
     errors = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
@@ -152,8 +165,9 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
 
     @app.get("/v1/models", response_model=p.ModelList, dependencies=auth, responses=errors)
     async def models() -> p.ModelList:
-        card = p.ModelCard(id=state.model_name, max_model_len=state.tokenizer.max_model_len,
-                           vocab_size=state.tokenizer.vocab_size)
+        card = p.ModelCard(
+            id=state.model_name, max_model_len=state.tokenizer.max_model_len, vocab_size=state.tokenizer.vocab_size
+        )
         return p.ModelList(data=[card])
 
     @app.post("/tokenize", response_model=p.TokenizeResponse, dependencies=auth, responses=errors)
@@ -192,11 +206,19 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         if not prompt_ids:
             raise APIError(400, "the prompt is empty", param="prompt")
         if req.best_of is not None and req.best_of != req.n:
-            raise APIError(400, f"best_of={req.best_of} is not supported: only best_of equal to n ({req.n})",
-                           param="best_of", code="unsupported_parameter")
+            raise APIError(
+                400,
+                f"best_of={req.best_of} is not supported: only best_of equal to n ({req.n})",
+                param="best_of",
+                code="unsupported_parameter",
+            )
         if req.echo and req.logprobs is not None:
-            raise APIError(400, "echo with logprobs needs prompt logprobs, which are not supported",
-                           param="echo", code="unsupported_parameter")
+            raise APIError(
+                400,
+                "echo with logprobs needs prompt logprobs, which are not supported",
+                param="echo",
+                code="unsupported_parameter",
+            )
         return await _run(state, req, prompt_ids, request, chat=False)
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, dependencies=auth, responses=errors)
@@ -256,8 +278,13 @@ def snapshot_endpoint_of(events_endpoint: str) -> str:
     return f"{base}:{int(port) + 1}"
 
 
-async def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_generation_prompt: bool, kwargs: dict | None,
-                    describe_tools: bool = True) -> list[int]:
+async def _chat_ids(
+    state: RouterState,
+    messages: list[p.ChatMessage],
+    add_generation_prompt: bool,
+    kwargs: dict | None,
+    describe_tools: bool = True,
+) -> list[int]:
     """``describe_tools``: a template that ignores ``tools`` gets them in a system turn. Forced
     tool choices skip it: the grammar already holds the names and argument schemas."""
     kwargs, tok = dict(kwargs or {}), state.tokenizer
@@ -280,8 +307,15 @@ async def _chat_ids(state: RouterState, messages: list[p.ChatMessage], add_gener
     return tok.encode(text, add_special_tokens=False)
 
 
-async def _run(state: RouterState, req, prompt_ids: list[int], request: Request, chat: bool,
-               tools: ToolPlan | None = None, responses: p.ResponsesRequest | None = None):
+async def _run(
+    state: RouterState,
+    req,
+    prompt_ids: list[int],
+    request: Request,
+    chat: bool,
+    tools: ToolPlan | None = None,
+    responses: p.ResponsesRequest | None = None,
+):
     """Place and run one request; ``responses`` set: answer in the Responses API's shapes."""
     tok = state.tokenizer
     guide = tools.guide if tools is not None and tools.guide is not None else requested_guide(req)
@@ -293,8 +327,9 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
     except NoWorkersAvailable as exc:
         raise APIError(503, str(exc), type="service_unavailable", code="no_workers") from exc
     except AdmissionRejected as exc:
-        raise APIError(429, str(exc), type="rate_limit_error", code="slo_unattainable",
-                       headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise APIError(
+            429, str(exc), type="rate_limit_error", code="slo_unattainable", headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
     metrics = state.metrics
     metrics.prompt_tokens.inc(len(prompt_ids))
     metrics.predicted_hits.inc(decision.predicted_hit_tokens)
@@ -327,7 +362,9 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
         first = decision if i == 0 else state.decide(prompt_ids, cache_salt=salt, priority=params.priority)
         chunks = state.backend.generate(gen, first, lambda ex: state.decide(prompt_ids, ex, salt, params.priority))
         try:
-            async for event in detokenize_stream(i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token):
+            async for event in detokenize_stream(
+                i, chunks, tok.tokenizer, prompt_ids, params, tok.eos_token_ids, states[i], on_token
+            ):
                 yield event
         finally:
             await chunks.aclose()
@@ -377,8 +414,7 @@ async def _run(state: RouterState, req, prompt_ids: list[int], request: Request,
         # the background task also runs when the client left before the stream began
         failures = (WorkerStreamError, NoWorkersAvailable, AdmissionRejected)
         stream = responses_sse(builder, events(), states, failures) if responses else _sse(builder, events(), states, req)
-        return StreamingResponse(stream, media_type="text/event-stream",
-                                 background=BackgroundTask(release, decision))
+        return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(release, decision))
     try:
         async for event in events():
             builder.add(event)

@@ -1,6 +1,6 @@
 """Global prefix index: which publisher (worker id or "kvstore") holds which KV blocks.
 
-Fed by KV events (router/kv_events.py). A lookup walks a request's block-key chain
+Fed by KV events (router/kv_event_subscriber.py). A lookup walks a request's block-key chain
 once and returns, for every publisher, how many leading blocks it holds. Because a
 block key commits to its whole prefix (kvstore/block_key.py), holding block i means
 holding the prefix up to i only if blocks 0..i-1 are held too, so the walk stops for

@@ -25,7 +25,9 @@ def check_raw_body(body: Any) -> Any:
     for name in REJECTED_FIELDS & body.keys():
         value = body[name]
         if value is not None and value != NEUTRAL_VALUES.get(name, object()):
-            raise PydanticCustomError("unsupported_parameter", f"the parameter {name!r} is not supported by this server; remove it")
+            raise PydanticCustomError(
+                "unsupported_parameter", f"the parameter {name!r} is not supported by this server; remove it"
+            )
     _check_text(body, "")
     return body
 
@@ -36,7 +38,9 @@ def _check_text(value: Any, path: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             where = f" in {path!r}" if path else ""
-            raise PydanticCustomError("invalid_text", f"text{where} is not valid Unicode (lone surrogate at offset {exc.start})") from None
+            raise PydanticCustomError(
+                "invalid_text", f"text{where} is not valid Unicode (lone surrogate at offset {exc.start})"
+            ) from None
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, path)

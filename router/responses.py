@@ -11,8 +11,16 @@ from router.tool_calls import ToolCallStream, ToolPlan, parse_calls
 
 
 class ResponseBuilder:
-    def __init__(self, request_id: str, model: str, chat: bool, req, prompt_tokens: int, tokenizer: PromptTokenizer,
-                 tools: ToolPlan | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        chat: bool,
+        req,
+        prompt_tokens: int,
+        tokenizer: PromptTokenizer,
+        tools: ToolPlan | None = None,
+    ) -> None:
         self.id, self.model, self.chat, self.req = request_id, model, chat, req
         self.tools = tools
         self._tool_streams: dict[int, ToolCallStream] = {}
@@ -73,7 +81,9 @@ class ResponseBuilder:
             for i, s in enumerate(states):
                 lps = None
                 if self.wants_logprobs:
-                    lps = p.ChatLogprobs(content=[c for e in self.logprobs.get(i, []) for c in (self._chat_logprobs(e).content or [])])
+                    lps = p.ChatLogprobs(
+                        content=[c for e in self.logprobs.get(i, []) for c in (self._chat_logprobs(e).content or [])]
+                    )
                 message, finish = p.ChatMessageOut(content=s.text), s.finish_reason
                 if self.tools is not None:
                     content, calls = parse_calls(s.text, self.tools)
@@ -109,11 +119,16 @@ class ResponseBuilder:
             if not self._echo():
                 return []
             choices = [p.CompletionChoice(index=i, text=self._echo()) for i in range(self.req.n)]
-            return [p.CompletionResponse(id=self.id, created=self.created, model=self.model,
-                                         choices=choices).model_dump_json(exclude_none=True)]
+            return [
+                p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=choices).model_dump_json(
+                    exclude_none=True
+                )
+            ]
         return [
             p.ChatCompletionChunk(
-                id=self.id, created=self.created, model=self.model,
+                id=self.id,
+                created=self.created,
+                model=self.model,
                 choices=[p.ChatChunkChoice(index=i, delta=p.ChatDelta(role="assistant", content="")) for i in range(self.req.n)],
             ).model_dump_json(exclude_none=True)
         ]
@@ -137,15 +152,21 @@ class ResponseBuilder:
                 delta, finish = self._tool_delta(event)
                 if delta.content is None and delta.tool_calls is None and finish is None and not self.wants_logprobs:
                     return None
-            choice = p.ChatChunkChoice(
-                index=event.index, delta=delta, logprobs=self._chat_logprobs(event), finish_reason=finish
+            choice = p.ChatChunkChoice(index=event.index, delta=delta, logprobs=self._chat_logprobs(event), finish_reason=finish)
+            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(
+                exclude_none=True
             )
-            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(exclude_none=True)
-        choice = p.CompletionChoice(index=event.index, text=event.text, logprobs=self._completion_logprobs(event, 0), finish_reason=event.finish_reason)
-        return p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(exclude_none=True)
+        choice = p.CompletionChoice(
+            index=event.index, text=event.text, logprobs=self._completion_logprobs(event, 0), finish_reason=event.finish_reason
+        )
+        return p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(
+            exclude_none=True
+        )
 
     def stream_usage(self, states: list[ChoiceState]) -> str:
         usage = self._usage(states)
         if self.chat:
-            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[], usage=usage).model_dump_json()
+            return p.ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[], usage=usage
+            ).model_dump_json()
         return p.CompletionResponse(id=self.id, created=self.created, model=self.model, choices=[], usage=usage).model_dump_json()

@@ -34,8 +34,12 @@ def to_chat_request(req: p.ResponsesRequest) -> p.ChatCompletionRequest:
         if getattr(req, name):
             raise APIError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
     if req.store:
-        raise APIError(400, "store=true is not supported: responses are never stored; pass store=false", param="store",
-                       code="unsupported_parameter")
+        raise APIError(
+            400,
+            "store=true is not supported: responses are never stored; pass store=false",
+            param="store",
+            code="unsupported_parameter",
+        )
     messages = [{"role": "system", "content": req.instructions}] if req.instructions else []
     if isinstance(req.input, str):
         messages.append({"role": "user", "content": req.input})
@@ -140,8 +144,12 @@ class ResponsesBuilder:
         ]
 
 
-async def responses_sse(builder: ResponsesBuilder, events: AsyncIterator[TokenEvent], states: list[ChoiceState],
-                        failure: tuple[type[BaseException], ...]) -> AsyncIterator[str]:
+async def responses_sse(
+    builder: ResponsesBuilder,
+    events: AsyncIterator[TokenEvent],
+    states: list[ChoiceState],
+    failure: tuple[type[BaseException], ...],
+) -> AsyncIterator[str]:
     """The Responses event stream; a worker failure mid-stream ends it with an `error` event."""
     try:
         for frame in builder.stream_start():

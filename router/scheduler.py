@@ -25,18 +25,18 @@ from operator import attrgetter
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
 from router.pickers import Option, Options, Picker, build_picker
-from router.prefix_index import STORE_PUBLISHER, PrefixIndex  # noqa: F401 (STORE_PUBLISHER re-exported)
+from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
-
-
 
 _WORKER_ID = attrgetter("worker_id")
 
 
 def _no_blocks(publisher: str) -> int:
     return 0
+
+
 # Scorer types that read the prefix index; a policy without them never looks it up.
 _PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft"})
 

@@ -74,7 +74,7 @@ class SchedulerConfig:
     seed: int | None = None
     profiles: dict[str, ProfileSpec] = field(default_factory=dict)
 
-    def resolved(self) -> "SchedulerConfig":
+    def resolved(self) -> SchedulerConfig:
         """This config with its profiles filled from the shipped policy when it has none."""
         if self.profiles:
             if self.basis is None:
@@ -112,7 +112,9 @@ def load_scheduler_config(path: str | Path) -> SchedulerConfig:
 
             raw = yaml.safe_load(text)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
-        raise SchedulerConfigError(f"scheduler config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise SchedulerConfigError(
+            f"scheduler config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     return parse_scheduler_config(raw, str(path))
 
 

@@ -136,8 +136,10 @@ class PredictedTTFTScorer:
 
     def scores(self, candidates: Candidates) -> list[float]:
         default = self.default_rate_tps
-        return [1000.0 * (q + u) / (r or default)
-                for q, u, r in zip(candidates.queued_prefill_tokens, candidates.uncached_tokens, candidates.prefill_rate_tps)]  # fmt: skip
+        return [
+            1000.0 * (q + u) / (r or default)
+            for q, u, r in zip(candidates.queued_prefill_tokens, candidates.uncached_tokens, candidates.prefill_rate_tps)
+        ]
 
 
 @dataclass(slots=True)

@@ -10,11 +10,10 @@ import asyncio
 import json
 from typing import Any, NamedTuple
 
-from engine.sampling_params import InvalidSamplingParams
+from contracts.sampling import InvalidSamplingParams
 from engine.structured_output import GrammarCompiler
 from router.errors import APIError
 from router.tokenization import PromptTokenizer
-
 
 
 class Guide(NamedTuple):

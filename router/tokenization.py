@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.tokenizer_files import eos_token_ids
 
 MAX_CLIENT_TEMPLATE_CHARS = 64 * 1024
 
@@ -27,7 +28,7 @@ class PromptTokenizer:
     eos_token_ids: set[int]
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "PromptTokenizer":
+    def from_dir(cls, model_dir: str | Path) -> PromptTokenizer:
         model_dir = Path(model_dir)
         if not (model_dir / "tokenizer.json").is_file():
             raise TokenizerLoadError(f"no tokenizer.json in {model_dir}")
@@ -37,7 +38,7 @@ class PromptTokenizer:
         config = _read_json(model_dir / "config.json")
         max_len = int(config.get("max_position_embeddings") or getattr(tokenizer, "model_max_length", 0) or 4096)
         vocab = int(config.get("vocab_size") or len(tokenizer))
-        return cls(tokenizer, max_len, vocab, _eos_ids(model_dir, config, tokenizer))
+        return cls(tokenizer, max_len, vocab, eos_token_ids(model_dir, tokenizer))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
@@ -92,8 +93,10 @@ def messages_as_dicts(messages: list[Any]) -> list[dict]:
         if m.name:
             item["name"] = m.name
         if m.tool_calls:  # templates read arguments as a mapping (Qwen, Llama 3 do `| tojson`)
-            item["tool_calls"] = [{"id": c.id, "type": c.type, "function": {
-                "name": c.function.name, "arguments": _arguments(c.function.arguments)}} for c in m.tool_calls]
+            item["tool_calls"] = [
+                {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
+                for c in m.tool_calls
+            ]
         if m.tool_call_id:
             item["tool_call_id"] = m.tool_call_id
         out.append(item)
@@ -109,11 +112,3 @@ def _arguments(text: str) -> Any:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _eos_ids(model_dir: Path, config: dict, tokenizer: Any) -> set[int]:
-    for source in (_read_json(model_dir / "generation_config.json"), config):
-        value = source.get("eos_token_id")
-        if value is not None:
-            return {int(v) for v in value} if isinstance(value, list) else {int(value)}
-    return {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -47,7 +47,8 @@ def with_tools_prompt(messages: list[dict], tools: list[dict]) -> list[dict]:
         "# Tools\n\nYou may call one or more functions to assist with the user query.\n"
         f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>\n\n"
         "For each function call, return a json object with function name and arguments within "
-        f'{HERMES_OPEN}{HERMES_CLOSE} XML tags:\n{HERMES_OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{HERMES_CLOSE}'
+        f"{HERMES_OPEN}{HERMES_CLOSE} XML "
+        f'tags:\n{HERMES_OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}\n{HERMES_CLOSE}'
     )
     if messages and messages[0]["role"] in ("system", "developer"):
         return [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"}, *messages[1:]]
@@ -94,8 +95,9 @@ def plan_tools(req: p.ChatCompletionRequest, fmt: ToolFormat) -> ToolPlan | None
         by_name = {t.function.name: t for t in req.tools}
         tool = by_name.get(choice.function.name)
         if tool is None:
-            raise APIError(400, f"tool_choice names {choice.function.name!r}, which is not in tools {sorted(by_name)}",
-                           param="tool_choice")
+            raise APIError(
+                400, f"tool_choice names {choice.function.name!r}, which is not in tools {sorted(by_name)}", param="tool_choice"
+            )
         guide = Guide("json_schema", json.dumps(_arguments_schema(tool)), "tools")
         return ToolPlan("named", tools, fmt, guide, tool.function.name)
     if choice == "required":
@@ -193,8 +195,11 @@ class ToolCallStream:
         if self._named is None:
             self._named = ParsedCall(self.plan.named or "", "")
             self.called = True
-            deltas.append(p.ToolCallDelta(index=0, id=self._named.id, type="function",
-                                          function=p.FunctionCallDelta(name=self._named.name, arguments="")))
+            deltas.append(
+                p.ToolCallDelta(
+                    index=0, id=self._named.id, type="function", function=p.FunctionCallDelta(name=self._named.name, arguments="")
+                )
+            )
         if delta:
             deltas.append(p.ToolCallDelta(index=0, function=p.FunctionCallDelta(arguments=delta)))
         return deltas

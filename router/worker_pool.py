@@ -18,11 +18,11 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contracts.internal_auth import client_interceptors
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from router.discovery import Change, DiscoveryEvent
-from router.kv_events import KVEventSubscriber
-from router.workers import Role, Worker, WorkerLoad
-from splitserve.internal_auth import client_interceptors
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
+from router.kv_event_subscriber import KVEventSubscriber
+from router.workers import Role, Worker
 
 log = logging.getLogger(__name__)
 StubT = TypeVar("StubT")
@@ -37,7 +37,7 @@ class WorkerPool:
     on_change: Callable[[], None] | None = None
     workers: dict[str, Worker] = field(default_factory=dict)
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
-    _stubs: dict[tuple[str, type], object] = field(default_factory=dict)  # (address, stub class) -> stub
+    _stubs: dict[tuple[str, Callable], object] = field(default_factory=dict)  # (address, stub class) -> stub
     _failures: dict[str, int] = field(default_factory=dict)
 
     def role_workers(self, role: Role) -> list[Worker]:
@@ -60,7 +60,7 @@ class WorkerPool:
             self._channels[address] = ch
         return ch
 
-    def stub(self, address: str, kind: type[StubT]) -> StubT:
+    def stub(self, address: str, kind: Callable[[grpc.aio.Channel], StubT]) -> StubT:
         """A stub of ``kind`` on the worker's channel, made once: a stub builds a callable per
         RPC method, a measurable share of a short request when made per request."""
         stub = self._stubs.get((address, kind))
@@ -120,7 +120,12 @@ class WorkerPool:
         if not serving:
             self._failures[worker.address] = self._failures.get(worker.address, 0) + 1
             if worker.healthy and self._failures[worker.address] >= self.fail_threshold:
-                log.warning("worker %s (%s) failed %d health checks; out of the pool", worker.address, worker.role.value, self.fail_threshold)
+                log.warning(
+                    "worker %s (%s) failed %d health checks; out of the pool",
+                    worker.address,
+                    worker.role.value,
+                    self.fail_threshold,
+                )
                 worker.healthy = False
             return
         self._failures[worker.address] = 0
@@ -132,11 +137,10 @@ class WorkerPool:
     async def _poll_load(self, worker: Worker, channel: grpc.aio.Channel) -> None:
         stub_cls = worker_pb2_grpc.PrefillServiceStub if worker.role is Role.PREFILL else worker_pb2_grpc.DecodeServiceStub
         try:
-            msg = await stub_cls(channel).GetLoad(worker_pb2.LoadRequest(), timeout=self.check_timeout_s)
+            load = await stub_cls(channel).GetLoad(worker_pb2.LoadRequest(), timeout=self.check_timeout_s)
         except grpc.aio.AioRpcError as exc:
             log.debug("GetLoad on %s failed: %s", worker.address, exc.code())
             return
-        load = WorkerLoad.from_proto(msg)
         old_id = worker.worker_id
         worker.update_load(load)
         if self.subscriber is not None and load.kv_events_endpoint:

@@ -5,32 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from contracts.rpc.worker_pb2 import WorkerLoad  # GetLoad's answer, kept as the worker sent it
+
 
 class Role(str, Enum):
     PREFILL = "prefill"
     DECODE = "decode"
-
-
-@dataclass(slots=True)
-class WorkerLoad:
-    """Mirror of worker_pb2.WorkerLoad (what GetLoad returns)."""
-
-    worker_id: str = ""
-    role: str = ""
-    running_requests: int = 0
-    waiting_requests: int = 0
-    kv_usage: float = 0.0
-    queued_prefill_tokens: int = 0
-    active_kv_blocks: int = 0
-    total_kv_blocks: int = 0
-    block_size: int = 16
-    kv_events_endpoint: str = ""
-    kv_snapshot_endpoint: str = ""
-    model_fingerprint: str = ""
-
-    @classmethod
-    def from_proto(cls, msg: object) -> "WorkerLoad":
-        return cls(**{name: getattr(msg, name) for name in cls.__slots__})  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)

@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     except ProfileError as exc:
         raise SystemExit(f"splitserve sim: {exc}") from exc
-    config = ClusterConfig(profile, args.prefill, args.decode, args.speedup, args.block_size, capacity_blocks=args.capacity_blocks)
+    config = ClusterConfig(
+        profile, args.prefill, args.decode, args.speedup, args.block_size, capacity_blocks=args.capacity_blocks
+    )
     workdir = Path(args.model_dir or tempfile.mkdtemp(prefix="splitserve-sim-"))
     cluster = ClusterThread.start(config)
     router = None

@@ -47,7 +47,7 @@ class SimCluster:
     workers: list[SimWorkerHandle] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, config: ClusterConfig) -> "SimCluster":
+    async def start(cls, config: ClusterConfig) -> SimCluster:
         cluster = cls(config, SimClock(config.speedup))
         for role, count in (("prefill", config.prefill), ("decode", config.decode)):
             for i in range(count):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from contracts.ports import free_port
 from simulator.cluster import ClusterConfig, SimCluster
 
 
@@ -32,7 +32,7 @@ class ClusterThread:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, config: ClusterConfig, timeout_s: float = 60.0) -> "ClusterThread":
+    def start(cls, config: ClusterConfig, timeout_s: float = 60.0) -> ClusterThread:
         loop = asyncio.new_event_loop()
         started: list[SimCluster] = []
         ready = threading.Event()
@@ -70,12 +70,6 @@ class RouterProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_router(model_dir: Path, cluster: SimCluster, log_path: Path, router_args: list[str], port: int | None = None,

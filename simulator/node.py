@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.block_key import BlockKey, block_keys
-from kvstore.events import BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from simulator.block_cache import BlockCache
 from simulator.clock import SimClock
 from simulator.profile import Profile
@@ -36,7 +37,7 @@ class SimNode:
 
     @classmethod
     def create(cls, worker_id: str, role: str, profile: Profile, clock: SimClock, fingerprint: str,
-               block_size: int, host: str = "127.0.0.1", capacity_blocks: int | None = None) -> "SimNode":  # fmt: skip
+               block_size: int, host: str = "127.0.0.1", capacity_blocks: int | None = None) -> SimNode:  # fmt: skip
         cache = BlockCache(capacity_blocks or profile.kv_capacity_blocks(block_size))
         node = cls(worker_id, role, profile, clock, cache, fingerprint, block_size)
         node.publisher = KVEventPublisher(f"tcp://{host}:0", f"tcp://{host}:0", worker_id, cache.snapshot)
@@ -47,11 +48,11 @@ class SimNode:
 
     def announce_stored(self, keys: list[BlockKey]) -> None:
         if keys and self.publisher is not None:
-            self.publisher.publish([BlockStored(keys, None, "gpu", block_size=self.block_size)])
+            self.publisher.publish([BlockStored(keys=keys, block_size=self.block_size, medium="gpu")])
 
     def announce_removed(self, keys: list[BlockKey]) -> None:
         if keys and self.publisher is not None:
-            self.publisher.publish([BlockRemoved(keys, "gpu")])
+            self.publisher.publish([BlockRemoved(keys=keys, medium="gpu")])
 
     @staticmethod
     def token_at(position: int) -> int:

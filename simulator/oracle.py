@@ -40,7 +40,7 @@ def oracle_hit_rate(requests: list[ReplayRequest], capacity_blocks: int, block_s
     farthest: list[tuple[float, int, BlockKey]] = []
     seen: set[BlockKey] = set()
     hits = unbounded = prompt = 0
-    for i, r in enumerate(ordered):
+    for r in ordered:
         lead = 0
         while lead < len(r.chain) and r.chain[lead] in cached:
             lead += 1

@@ -17,7 +17,7 @@ import asyncio
 import statistics
 from dataclasses import dataclass, field
 
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from router.prefix_index import PrefixIndex
 from router.scheduler import AdmissionRejected, Mode, Scheduler, SchedulerConfig, ScheduleRequest
 from router.workers import Role, Worker, WorkerLoad
@@ -111,7 +111,11 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
             wid = f"{role.value}-{i}"
             cache = BlockCache(config.capacity_blocks or config.profile.kv_capacity_blocks(config.block_size))
             node = SimNode(wid, role.value, config.profile, clock, cache, "sim", config.block_size, IndexSink(index, wid))
-            sims[wid] = SimPrefillWorker(node) if role is Role.PREFILL else SimDecodeWorker(node, config.tick_s, flush_s=1e9, keep_imports=config.decode_keeps_imports)
+            sims[wid] = (
+                SimPrefillWorker(node)
+                if role is Role.PREFILL
+                else SimDecodeWorker(node, config.tick_s, flush_s=1e9, keep_imports=config.decode_keeps_imports)
+            )
             views[wid] = Worker(wid, role, WorkerLoad(worker_id=wid, role=role.value))
     engines = [asyncio.create_task(s.run()) for s in sims.values()]
     scheduler = Scheduler(config.scheduler, index)
@@ -121,7 +125,7 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
     async def poll() -> None:
         while True:
             for wid, sim in sims.items():
-                views[wid].update_load(WorkerLoad.from_proto(load_of(sim.node, sim)))
+                views[wid].update_load(load_of(sim.node, sim))
             await asyncio.sleep(config.poll_s)
 
     poller = asyncio.create_task(poll())

@@ -1,4 +1,4 @@
-"""The real worker gRPC API (splitserve/rpc worker.proto) in front of a simulated worker."""
+"""The real worker gRPC API (contracts/rpc worker.proto) in front of a simulated worker."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
+from contracts.sampling import from_proto as sampling_from_proto
 from simulator.decode import SimDecodeWorker
 from simulator.node import SimNode
 from simulator.prefill import PromptTooLarge, SimPrefillWorker
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 SimWorker = SimPrefillWorker | SimDecodeWorker
 
@@ -33,6 +34,11 @@ def load_of(node: SimNode, worker: SimWorker) -> worker_pb2.WorkerLoad:
     )
 
 
+def _max_tokens(request: worker_pb2.PrefillRequest | worker_pb2.GenerateRequest) -> int:
+    """As the real worker reads it: an unset sampling message or field means the engine default."""
+    return sampling_from_proto(request.sampling if request.HasField("sampling") else None).max_tokens
+
+
 async def _check_prompt(context: grpc.aio.ServicerContext, prompt: list[int], max_tokens: int) -> None:
     if not prompt:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt_token_ids is empty")
@@ -46,7 +52,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
 
     async def Prefill(self, request: worker_pb2.PrefillRequest, context: grpc.aio.ServicerContext) -> worker_pb2.PrefillResponse:
         prompt = list(request.prompt_token_ids)
-        await _check_prompt(context, prompt, request.sampling.max_tokens)
+        await _check_prompt(context, prompt, _max_tokens(request))
         try:
             result = await self.worker.prefill(request.request_id, len(prompt), self.node.chain(prompt, request.cache_salt))
         except PromptTooLarge as exc:
@@ -61,7 +67,7 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
             kv_handle=handle,
             num_cached_tokens=result.cached_tokens,
             num_computed_tokens=result.computed_tokens,
-            finish_reason="length" if request.sampling.max_tokens == 1 else "",
+            finish_reason="length" if _max_tokens(request) == 1 else "",
         )
 
     async def Abort(self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext) -> worker_pb2.AbortResponse:
@@ -79,14 +85,16 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         prompt = list(request.prompt_token_ids)
-        await _check_prompt(context, prompt, request.sampling.max_tokens)
+        await _check_prompt(context, prompt, _max_tokens(request))
         disaggregated = request.HasField("kv_handle")
         if disaggregated and request.kv_handle.model_fingerprint != self.node.fingerprint:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"KV handle is for model {request.kv_handle.model_fingerprint!r}, this worker serves {self.node.fingerprint!r}")  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"KV handle is for model {request.kv_handle.model_fingerprint!r}, this worker serves {self.node.fingerprint!r}",
+            )
         try:
             chain = self.node.chain(prompt, request.cache_salt)
-            async for chunk in self.worker.generate(request.request_id, len(prompt), chain, request.sampling.max_tokens, disaggregated):
+            async for chunk in self.worker.generate(request.request_id, len(prompt), chain, _max_tokens(request), disaggregated):
                 yield worker_pb2.GenerateChunk(
                     token_ids=chunk.token_ids,
                     finish_reason=chunk.finish_reason,

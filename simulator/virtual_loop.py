@@ -35,5 +35,5 @@ class _JumpingSelector(selectors.DefaultSelector):
 def new_virtual_loop() -> asyncio.AbstractEventLoop:
     selector = _JumpingSelector()
     loop = asyncio.SelectorEventLoop(selector)
-    loop.time = lambda: selector.now  # type: ignore[method-assign]  (the loop's one clock, by design)
+    loop.time = lambda: selector.now  # type: ignore[method-assign]  # the loop's one clock, by design
     return loop

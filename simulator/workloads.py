@@ -96,7 +96,9 @@ def tenants(num_requests: int, num_tenants: int = 150, prefix_len: int = 6000, q
         prefix = builder.shared(builder.root(), 1_000_000 + tenant, prefix_len)
         n_in = prefix_len + question_len
         # the question continues the prefix's last partial block, so its keys are the request's own
-        chain = prefix[: prefix_len // block_size] + builder.unique(i, prefix_len // block_size, n_in // block_size - prefix_len // block_size)
+        chain = prefix[: prefix_len // block_size] + builder.unique(
+            i, prefix_len // block_size, n_in // block_size - prefix_len // block_size
+        )
         requests.append(ReplayRequest(i, float(arrivals[i]), n_in, chain, output_len))
     return requests
 
@@ -104,4 +106,7 @@ def tenants(num_requests: int, num_tenants: int = 150, prefix_len: int = 6000, q
 def unique_prompts(like: list[ReplayRequest], seed: int = 0) -> list[ReplayRequest]:
     """The same arrivals and lengths as ``like``, but no two requests share a block."""
     builder = _ChainBuilder("sim", 16, seed, (1000, 128256))
-    return [ReplayRequest(r.index, r.arrival_s, r.prompt_len, builder.unique(-1 - r.index, 0, len(r.chain)), r.output_len) for r in like]
+    return [
+        ReplayRequest(r.index, r.arrival_s, r.prompt_len, builder.unique(-1 - r.index, 0, len(r.chain)), r.output_len)
+        for r in like
+    ]

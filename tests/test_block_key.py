@@ -7,6 +7,7 @@ import xxhash
 
 from kvstore.block_key import KVLayout, block_keys, chain_key, root_key, store_key
 
+
 def test_block_keys_match_fixed_vectors():
     keys = block_keys(list(range(40)), "test-model", 16)
     assert [k.hex() for k in keys] == ["e8c9b9933c97c11577747f40908175f0", "99dce0e79592b2d4312f2f67f9cdd649"]

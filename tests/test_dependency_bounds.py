@@ -1,7 +1,7 @@
 """pyproject's lower bounds on grpcio / protobuf admit only runtimes that the generated stubs accept.
 
-The stubs in splitserve/rpc/ are made by grpcio-tools and check the installed runtime at import; a bound
-below what they need installs fine and then fails on the first `import splitserve.rpc`.
+The stubs in contracts/rpc/ are made by grpcio-tools and check the installed runtime at import; a bound
+below what they need installs fine and then fails on the first `import contracts.rpc`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RPC = ROOT / "splitserve" / "rpc"
+RPC = ROOT / "contracts" / "rpc"
 
 
 def _version(text: str) -> tuple[int, ...]:

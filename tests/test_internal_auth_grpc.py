@@ -1,4 +1,4 @@
-"""splitserve/internal_auth.py: a gRPC server with TokenCheck serves callers that send the
+"""contracts/internal_auth.py: a gRPC server with TokenCheck serves callers that send the
 token, on unary and streaming calls alike, and refuses everyone else (health excepted)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from splitserve.internal_auth import TokenCheck, _StreamStream, _StreamUnary, _UnaryStream, _UnaryUnary
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts.internal_auth import TokenCheck, _StreamStream, _StreamUnary, _UnaryStream, _UnaryUnary
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 class Decode(pb_grpc.DecodeServiceServicer):

@@ -4,19 +4,16 @@ import time
 
 import zmq
 
-from kvstore.events import (
-    AllBlocksCleared,
-    BlockRemoved,
-    BlockStored,
-    KVEventPublisher,
-    decode_batch,
-    encode_batch,
-    request_snapshot,
-)
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, decode_batch, encode_batch
+from kvstore.event_publisher import KVEventPublisher, request_snapshot
 
 
 def test_event_batch_roundtrips_with_big_endian_sequence_numbers():
-    events = [BlockStored([b"a" * 16, b"b" * 16], None, "gpu", [1, 2], 16), BlockRemoved([b"a" * 16], "gpu"), AllBlocksCleared()]
+    events = [
+        BlockStored(keys=[b"a" * 16, b"b" * 16], token_ids=[1, 2], medium="gpu"),
+        BlockRemoved(keys=[b"a" * 16], medium="gpu"),
+        AllBlocksCleared(),
+    ]
     frames = encode_batch("worker-1", 258, events, timestamp=12.5)
     assert frames[1] == b"\x00\x00\x00\x00\x00\x00\x01\x02"
     batch = decode_batch(frames)
@@ -34,7 +31,7 @@ def test_subscriber_receives_published_events_and_snapshot_matches_state():
     try:
         time.sleep(0.2)  # PUB/SUB slow joiner
         held["gpu"].append(b"k" * 16)
-        pub.publish([BlockStored([b"k" * 16], None, "gpu")])
+        pub.publish([BlockStored(keys=[b"k" * 16], medium="gpu")])
         batch = decode_batch(sub.recv_multipart())
         assert batch.seq == 1 and batch.events[0].keys == [b"k" * 16]
         seq, state = request_snapshot(pub.snapshot_endpoint)

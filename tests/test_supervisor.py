@@ -14,10 +14,14 @@ from pathlib import Path
 from splitserve.supervisor import Component, RestartPolicy, Stack
 
 CRASH = [sys.executable, "-c", "import sys; sys.exit(3)"]
-STUBBORN = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"]
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+]
 
 
-def _quiet(lines: list[str]):  # type: ignore[no-untyped-def]
+def _quiet(lines: list[str]):
     return lines.append
 
 
@@ -45,7 +49,9 @@ def test_a_crashing_component_is_restarted_with_backoff(tmp_path: Path) -> None:
 def test_no_restart_policy_leaves_a_crashed_component_down(tmp_path: Path) -> None:
     stack = Stack([Component("crasher", CRASH)], tmp_path, RestartPolicy(enabled=False), _quiet([]))
     stack.start()
-    stack.comps[0].process.wait()
+    proc = stack.comps[0].process
+    assert proc is not None
+    proc.wait()
     for _ in range(5):
         assert not stack.supervise()
         time.sleep(0.05)
@@ -61,7 +67,7 @@ def test_stop_is_bounded_when_a_child_ignores_sigterm(tmp_path: Path) -> None:
     start = time.monotonic()
     stack.stop(grace_s=1.0)
     assert time.monotonic() - start < 4.0
-    assert all(c.process.returncode == -signal.SIGKILL for c in stack.comps)
+    assert all(c.process is not None and c.process.returncode == -signal.SIGKILL for c in stack.comps)
 
 
 def test_children_die_when_their_supervisor_is_killed(tmp_path: Path) -> None:

@@ -37,9 +37,7 @@ def _chunk_text(choice: dict) -> str:
     return choice.get("text") or ""
 
 
-async def stream_request(
-    session: aiohttp.ClientSession, url: str, payload: dict, record: RequestRecord
-) -> RequestRecord:
+async def stream_request(session: aiohttp.ClientSession, url: str, payload: dict, record: RequestRecord) -> RequestRecord:
     """POST `payload` with stream=true to `url` and fill `record`; never raises on server errors."""
     payload = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     chunks: list[str] = []

@@ -55,15 +55,21 @@ def format_table(results: list[BenchResult], headers: list[str], ratios: bool = 
             cells += [_cell(v / base) if v is not None and base not in (None, 0) else "-" for v in values[1:]]
         lines.append(cells)
     widths = [max(len(str(row[c])) for row in [header, *lines]) for c in range(len(header))]
-    fmt = lambda row: "  ".join(str(cell).ljust(w) if c == 0 else str(cell).rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))  # noqa: E731
+
+    def fmt(row: list) -> str:
+        return "  ".join(str(cell).ljust(w) if c == 0 else str(cell).rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
+
     return "\n".join([fmt(header), "-" * (sum(widths) + 2 * (len(widths) - 1)), *map(fmt, lines)])
 
 
 def result_to_dict(result: BenchResult) -> dict:
     """Config, summary and per-request records; times relative to the measured start."""
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else t - result.start_time
+
     records = []
     for r in result.records:
-        rel = lambda t: None if t is None else t - result.start_time  # noqa: E731
         records.append(
             {
                 "index": r.index,
@@ -81,7 +87,13 @@ def result_to_dict(result: BenchResult) -> dict:
             }
         )
     config = asdict(result.config)
-    return {"name": result.name, "model": result.model, "config": config, "summary": result.summary.to_dict(), "requests": records}
+    return {
+        "name": result.name,
+        "model": result.model,
+        "config": config,
+        "summary": result.summary.to_dict(),
+        "requests": records,
+    }
 
 
 def write_json(results: list[BenchResult], path: Path) -> None:

@@ -64,8 +64,8 @@ OVERVIEW = Dashboard(
             "Error ratio (5xx)",
             [
                 (
-                    f'({rate("splitserve_router_requests_total", selector=SERVER_ERRORS)} or vector(0))'
-                    f' / {rate("splitserve_router_requests_total")}',
+                    f"({rate('splitserve_router_requests_total', selector=SERVER_ERRORS)} or vector(0))"
+                    f" / {rate('splitserve_router_requests_total')}",
                     "5xx / all",
                 )
             ],
@@ -101,11 +101,13 @@ ROUTING = Dashboard(
             "Prefix hit rate: predicted vs realised",
             [
                 (
-                    f'{rate("splitserve_router_predicted_prefix_hit_tokens_total")} / {rate("splitserve_router_prompt_tokens_total")}',
+                    f"{rate('splitserve_router_predicted_prefix_hit_tokens_total')} / "
+                    f"{rate('splitserve_router_prompt_tokens_total')}",
                     "predicted",
                 ),
                 (
-                    f'{rate("splitserve_router_realised_prefix_hit_tokens_total")} / {rate("splitserve_router_prompt_tokens_total")}',
+                    f"{rate('splitserve_router_realised_prefix_hit_tokens_total')} / "
+                    f"{rate('splitserve_router_prompt_tokens_total')}",
                     "realised",
                 ),
             ],
@@ -116,23 +118,27 @@ ROUTING = Dashboard(
             "Worker prefix-cache hit rate",
             [
                 (
-                    f'{rate("splitserve_worker_prefix_cache_hits_total", "role")}'
-                    f' / {rate("splitserve_worker_prefix_cache_queries_total", "role")}',
+                    f"{rate('splitserve_worker_prefix_cache_hits_total', 'role')}"
+                    f" / {rate('splitserve_worker_prefix_cache_queries_total', 'role')}",
                     "{{role}}",
                 )
             ],
             "percentunit",
         ),
-        Panel("Prefix index size (blocks)", [("max by (instance) (splitserve_router_index_blocks)", "{{instance}}"),
-                                             ("max by (instance) (splitserve_router_index_store_tier_blocks)",
-                                              "{{instance}} store tier")]),
+        Panel(
+            "Prefix index size (blocks)",
+            [
+                ("max by (instance) (splitserve_router_index_blocks)", "{{instance}}"),
+                ("max by (instance) (splitserve_router_index_store_tier_blocks)", "{{instance}} store tier"),
+            ],
+        ),
         Panel("Decisions by mode", [(rate("splitserve_router_decisions_total", "mode"), "{{mode}}")], "ops"),
         Panel(
             "P/D split (share of requests)",
             [
                 (
-                    f'{rate("splitserve_router_decisions_total", "mode", selector=DECODE)}'
-                    f' / ignoring(mode) group_left {rate("splitserve_router_decisions_total", selector=DECODE)}',
+                    f"{rate('splitserve_router_decisions_total', 'mode', selector=DECODE)}"
+                    f" / ignoring(mode) group_left {rate('splitserve_router_decisions_total', selector=DECODE)}",
                     "{{mode}}",
                 )
             ],
@@ -159,7 +165,11 @@ WORKERS = Dashboard(
                 ("sum by (role, instance) (splitserve_worker_waiting_requests)", "waiting {{role}} {{instance}}"),
             ],
         ),
-        Panel("KV cache usage", [("max by (role, instance) (splitserve_worker_kv_usage_ratio)", "{{role}} {{instance}}")], "percentunit"),
+        Panel(
+            "KV cache usage",
+            [("max by (role, instance) (splitserve_worker_kv_usage_ratio)", "{{role}} {{instance}}")],
+            "percentunit",
+        ),
         Panel(
             "Queued prefill tokens",
             [("sum by (role, instance) (splitserve_worker_queued_prefill_tokens)", "{{role}} {{instance}}")],
@@ -168,7 +178,7 @@ WORKERS = Dashboard(
             "Mean batch size",
             [
                 (
-                    f'{rate("splitserve_worker_batch_size_sum", "role")} / {rate("splitserve_worker_batch_size_count", "role")}',
+                    f"{rate('splitserve_worker_batch_size_sum', 'role')} / {rate('splitserve_worker_batch_size_count', 'role')}",
                     "{{role}}",
                 )
             ],
@@ -211,8 +221,12 @@ KVSTORE = Dashboard(
         ),
         Panel(
             "Worker KV transfer (GB/s)",
-            [(f'{rate("splitserve_worker_kv_transfer_bytes_total", "role, direction, transport")} / 1e9',
-              "{{role}} {{direction}} {{transport}}")],
+            [
+                (
+                    f"{rate('splitserve_worker_kv_transfer_bytes_total', 'role, direction, transport')} / 1e9",
+                    "{{role}} {{direction}} {{transport}}",
+                )
+            ],
             "short",
         ),
         Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role, transport"), "s"),
@@ -220,8 +234,8 @@ KVSTORE = Dashboard(
             "Store hit ratio",
             [
                 (
-                    f'{rate("splitserve_kvstore_hits_total")}'
-                    f' / ({rate("splitserve_kvstore_hits_total")} + {rate("splitserve_kvstore_misses_total")})',
+                    f"{rate('splitserve_kvstore_hits_total')}"
+                    f" / ({rate('splitserve_kvstore_hits_total')} + {rate('splitserve_kvstore_misses_total')})",
                     "hits / lookups",
                 )
             ],
@@ -283,9 +297,7 @@ def dashboard_json(dashboard: Dashboard) -> dict:
 
 def render_all() -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
-    return {
-        f"{d.uid.removeprefix('splitserve-')}.json": json.dumps(dashboard_json(d), indent=2) + "\n" for d in DASHBOARDS
-    }
+    return {f"{d.uid.removeprefix('splitserve-')}.json": json.dumps(dashboard_json(d), indent=2) + "\n" for d in DASHBOARDS}
 
 
 def main() -> None:

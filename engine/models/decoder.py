@@ -53,9 +53,7 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, bool(getattr(cfg, "mlp_bias", False)))
 
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None, meta: StepMetadata
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, meta: StepMetadata) -> tuple[torch.Tensor, torch.Tensor]:
         """(this layer's MLP output, the residual stream before it): the caller adds the two.
 
         Deferring each residual add into the next RMSNorm lets one fused kernel do both;

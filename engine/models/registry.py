@@ -28,6 +28,5 @@ def arch_features(architectures: list[str] | None) -> tuple[str, ArchFeatures]:
         if name in ARCHITECTURES:
             return name, ARCHITECTURES[name]
     raise UnsupportedArchitecture(
-        f"config.json architectures {architectures} are not supported; "
-        f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        f"config.json architectures {architectures} are not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
     )

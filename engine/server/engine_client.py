@@ -15,14 +15,34 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 
 import zmq
 import zmq.asyncio
 
+from contracts.core_messages import (
+    Abort,
+    CoreInfo,
+    EngineLoad,
+    ErrorKind,
+    FromCore,
+    LoadQuery,
+    LoadReport,
+    Prefilled,
+    Queued,
+    Ready,
+    RequestDelta,
+    RequestError,
+    Shutdown,
+    StepOutputs,
+    ToCore,
+    Transfer,
+    decode_from_core,
+    encode,
+)
+from contracts.lifeline import run_tied
 from engine.server.core_config import CoreConfig
 from engine.server.engine_core import run_engine_core
-from engine.server.protocol import CoreInfo, ErrorKind, pack, unpack
-from splitserve.lifeline import run_tied
 
 STARTUP_TIMEOUT_S = 600.0
 
@@ -35,6 +55,14 @@ class RequestFailed(Exception):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Aborted:
+    """Put on a request's queue when it is aborted here (Abort RPC, or its handler's cleanup)."""
+
+
+# What a request's queue carries: its outputs, its answer, its failure.
+RequestEvent = RequestDelta | Prefilled | RequestError | Aborted | EngineDead
 
 
 @dataclass(slots=True)
@@ -58,34 +86,37 @@ class AsyncEngineClient:
     hooks: ClientHooks = field(default_factory=ClientHooks)
     info: CoreInfo | None = None
     dead: str = ""  # why the core is gone ("" while it lives)
-    _queues: dict[str, asyncio.Queue] = field(default_factory=dict)
-    _load_waiters: dict[int, asyncio.Future] = field(default_factory=dict)
+    _queues: dict[str, asyncio.Queue[RequestEvent]] = field(default_factory=dict)
+    _load_waiters: dict[int, asyncio.Future[EngineLoad]] = field(default_factory=dict)
     _tokens: itertools.count = field(default_factory=itertools.count)
-    _proc: multiprocessing.Process | None = None
-    _ready: asyncio.Future | None = None
+    _proc: BaseProcess | None = None
+    _ready: asyncio.Future[CoreInfo] | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
-    _ctx: zmq.asyncio.Context | None = None
-    _in: zmq.asyncio.Socket | None = None
-    _out: zmq.asyncio.Socket | None = None
+    _ctx: zmq.asyncio.Context = field(default_factory=zmq.asyncio.Context)
+    _in: zmq.asyncio.Socket = field(init=False)  # server -> core
+    _out: zmq.asyncio.Socket = field(init=False)  # core -> server
     _closing: bool = False
+
+    def __post_init__(self) -> None:
+        self._in = self._ctx.socket(zmq.PUSH)
+        self._in.setsockopt(zmq.LINGER, 0)
+        self._out = self._ctx.socket(zmq.PULL)
 
     async def start(self) -> CoreInfo:
         """Spawn the core and wait until it has loaded the model and warmed up."""
         base = os.path.join(tempfile.gettempdir(), f"splitserve-{uuid.uuid4().hex[:12]}")
         self.config.input_endpoint, self.config.output_endpoint = f"ipc://{base}-in", f"ipc://{base}-out"
-        self._ctx = zmq.asyncio.Context()
-        self._in = self._ctx.socket(zmq.PUSH)
-        self._in.setsockopt(zmq.LINGER, 0)
         self._in.bind(self.config.input_endpoint)
-        self._out = self._ctx.socket(zmq.PULL)
         self._out.bind(self.config.output_endpoint)
         self._ready = asyncio.get_running_loop().create_future()
-        self._proc = multiprocessing.get_context("spawn").Process(
-            target=run_tied, args=(os.getpid(), run_engine_core, self.config), name=f"engine-core-{self.config.worker_id}",
+        self._proc = proc = multiprocessing.get_context("spawn").Process(
+            target=run_tied,
+            args=(os.getpid(), run_engine_core, self.config),
+            name=f"engine-core-{self.config.worker_id}",
             daemon=True,
         )
-        self._proc.start()
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch())]
+        proc.start()
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch(proc))]
         self.info = await asyncio.wait_for(self._ready, STARTUP_TIMEOUT_S)
         return self.info
 
@@ -94,13 +125,13 @@ class AsyncEngineClient:
         return self._proc.pid if self._proc else None
 
     # ---- requests ---------------------------------------------------------------------------------
-    def open(self, request_id: str) -> asyncio.Queue:
+    def open(self, request_id: str) -> asyncio.Queue[RequestEvent]:
         """Register a request before sending it; its messages arrive on the returned queue."""
         if self.dead:
             raise EngineDead(self.dead)
         if request_id in self._queues:
             raise RequestFailed(ErrorKind.INVALID_ARGUMENT, f"request id {request_id!r} is already in flight here")
-        q: asyncio.Queue = asyncio.Queue()
+        q: asyncio.Queue[RequestEvent] = asyncio.Queue()
         self._queues[request_id] = q
         return q
 
@@ -110,30 +141,30 @@ class AsyncEngineClient:
     def close(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
-    async def send(self, *parts: object) -> None:
+    async def send(self, msg: ToCore) -> None:
         if self.dead:
             raise EngineDead(self.dead)
-        await self._in.send(pack(*parts))
+        await self._in.send(encode(msg))
 
     async def abort(self, request_id: str) -> None:
         self.close(request_id)
         if not self.dead:
-            await self._in.send(pack("abort", request_id))
+            await self._in.send(encode(Abort(request_id)))
 
     def abort_nowait(self, request_id: str) -> None:
         """Abort (also from a cancelled handler's cleanup, where awaiting is not safe)."""
         q = self._queues.pop(request_id, None)
         if q is not None:
-            q.put_nowait(("aborted", []))  # wake the handler still waiting on it
+            q.put_nowait(Aborted())  # wake the handler still waiting on it
         if not self.dead:
-            self._in.send(pack("abort", request_id))
+            self._in.send(encode(Abort(request_id)))
 
-    async def load(self, timeout_s: float = 5.0) -> dict:
+    async def load(self, timeout_s: float = 5.0) -> EngineLoad:
         token = next(self._tokens)
         fut = asyncio.get_running_loop().create_future()
         self._load_waiters[token] = fut
         try:
-            await self.send("load", token)
+            await self.send(LoadQuery(token))
             return await asyncio.wait_for(fut, timeout_s)
         finally:
             self._load_waiters.pop(token, None)
@@ -141,58 +172,62 @@ class AsyncEngineClient:
     # ---- background tasks -------------------------------------------------------------------------
     async def _receive(self) -> None:
         while True:
-            msg = unpack(await self._out.recv())
-            kind = msg[0]
-            if kind == "out":
-                for out in msg[1]:
-                    q = self._queues.get(out[0])
-                    if q is not None:
-                        q.put_nowait(("out", out))
-                if self.hooks.on_step is not None:
-                    self.hooks.on_step(StepStats(msg[2], msg[3]))
-            elif kind in ("prefilled", "error"):
-                q = self._queues.get(msg[1])
-                if q is not None:
-                    q.put_nowait((kind, msg[2:]))
-            elif kind == "load":
-                fut = self._load_waiters.get(msg[1])
-                if fut is not None and not fut.done():
-                    fut.set_result(msg[2])
-            elif kind == "queued" and self.hooks.on_queued is not None:
-                self.hooks.on_queued(msg[1])
-            elif kind == "transfer" and self.hooks.on_transfer is not None:
-                self.hooks.on_transfer(msg[1], msg[2], msg[3], msg[4])
-            elif kind == "ready" and not self._ready.done():
-                self._ready.set_result(CoreInfo(**msg[1]))
+            self._dispatch(decode_from_core(await self._out.recv()))
 
-    async def _watch(self) -> None:
+    def _dispatch(self, msg: FromCore) -> None:
+        match msg:
+            case StepOutputs(outputs, step_s, batch_size):
+                for out in outputs:
+                    self._deliver(out.request_id, out)
+                if self.hooks.on_step is not None:
+                    self.hooks.on_step(StepStats(step_s, batch_size))
+            case Prefilled() | RequestError():
+                self._deliver(msg.request_id, msg)
+            case LoadReport(token, load):
+                fut = self._load_waiters.get(token)
+                if fut is not None and not fut.done():
+                    fut.set_result(load)
+            case Queued(seconds) if self.hooks.on_queued is not None:
+                self.hooks.on_queued(seconds)
+            case Transfer(transport, direction, nbytes, seconds) if self.hooks.on_transfer is not None:
+                self.hooks.on_transfer(transport, direction, nbytes, seconds)
+            case Ready(info) if self._ready is not None and not self._ready.done():
+                self._ready.set_result(info)
+
+    def _deliver(self, request_id: str, event: RequestEvent) -> None:
+        q = self._queues.get(request_id)
+        if q is not None:
+            q.put_nowait(event)
+
+    async def _watch(self, proc: BaseProcess) -> None:
         loop = asyncio.get_running_loop()
         gone = asyncio.Event()
-        loop.add_reader(self._proc.sentinel, gone.set)
+        loop.add_reader(proc.sentinel, gone.set)
         try:
             await gone.wait()
         finally:
-            loop.remove_reader(self._proc.sentinel)
-        self._proc.join(1)
+            loop.remove_reader(proc.sentinel)
+        proc.join(1)
         if self._closing:
             self.dead = "the worker is shutting down"
             return
-        self.dead = f"the engine-core process exited (exit code {self._proc.exitcode}); this worker must be restarted"
+        self.dead = f"the engine-core process exited (exit code {proc.exitcode}); this worker must be restarted"
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(EngineDead(self.dead))
         for q in self._queues.values():
-            q.put_nowait(("dead", [self.dead]))
+            q.put_nowait(EngineDead(self.dead))
         for fut in self._load_waiters.values():
             if not fut.done():
                 fut.set_exception(EngineDead(self.dead))
 
     async def shutdown(self) -> None:
         self._closing = True
-        if self._proc is not None and self._proc.is_alive() and not self.dead:
-            await self._in.send(pack("shutdown"))
-            await asyncio.get_running_loop().run_in_executor(None, self._proc.join, 10)
-            if self._proc.is_alive():
-                self._proc.kill()
+        proc = self._proc
+        if proc is not None and proc.is_alive() and not self.dead:
+            await self._in.send(encode(Shutdown()))
+            await asyncio.get_running_loop().run_in_executor(None, proc.join, 10)
+            if proc.is_alive():
+                proc.kill()
         for t in self._tasks:
             t.cancel()
         self._ctx.destroy(linger=0)

@@ -12,6 +12,7 @@ The core exits when its parent (the gRPC server process) dies or asks it to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import queue
@@ -21,23 +22,44 @@ import time
 import uuid
 from collections.abc import Callable
 
+import msgspec
 import torch
 import zmq
 
+from contracts.core_messages import (
+    Abort,
+    AddRequest,
+    CoreInfo,
+    ErrorKind,
+    FromCore,
+    ImportRequest,
+    LoadQuery,
+    LoadReport,
+    Queued,
+    Ready,
+    RequestDelta,
+    RequestError,
+    Shutdown,
+    StepOutputs,
+    ToCore,
+    Transfer,
+    decode_to_core,
+    encode,
+)
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 from decode_worker.kv_import import KVImports
 from engine.errors import EngineError, OutOfKVBlocks, PromptTooLong
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress, RequestOutput
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
 from engine.server.core_config import CoreConfig
-from engine.server.protocol import CoreInfo, ErrorKind, pack, record, unpack
 from kv_transfer.connector import KVConnector
 from kv_transfer.direct import DirectConnector
 from kv_transfer.peer_pool import PeerPoolUnavailable, remove_orphaned_pools, shm_pool_path
 from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dtype_name
 from kvstore.block_key import KVLayout
 from kvstore.errors import StoreError
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVEventPublisher
+from kvstore.event_publisher import KVEventPublisher
 from prefill_worker.kv_export import PrefillJobs
 
 IDLE_POLL_MS = 500  # also how often an idle core checks that its parent lives
@@ -61,7 +83,7 @@ def run_engine_core(config: CoreConfig) -> None:
     core.run()
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
+def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
@@ -78,7 +100,7 @@ def error_kind(exc: Exception) -> ErrorKind:
 class EngineCore:
     def __init__(self, config: CoreConfig) -> None:
         self.config = config
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         self.inbox = ctx.socket(zmq.PULL)
         self.inbox.connect(config.input_endpoint)
         self.outbox = ctx.socket(zmq.PUSH)
@@ -103,22 +125,36 @@ class EngineCore:
         self.done: queue.Queue[Callable[[], None]] = queue.Queue()  # completions from transfer threads
         self._later: list[tuple[float, Callable[[], None]]] = []  # (due time, fn): retries of pending loads
         # before the connectors: a store connector for Mooncake announces its writes on it
-        self.publisher = KVEventPublisher(
-            config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot
-        )
+        self.publisher = KVEventPublisher(config.kv_events_bind, config.kv_snapshot_bind, config.worker_id, self._snapshot)
         self.connectors = self._connectors(direct_sender)
-        self.exports = (PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done,
-                                    self.send) if config.role == "prefill" and self.connectors else None)
-        self.imports = KVImports(self.engine, self.connectors, self.layout, self.done, self.later, self.send,
-                                 lambda d, n, s: self._observe_transfer("direct", d, n, s))
+        self.exports = (
+            PrefillJobs(self.engine, self.connectors, self.layout, config.worker_id, self.epoch, self.done, self.send)
+            if config.role == "prefill" and self.connectors
+            else None
+        )
+        self.imports = KVImports(
+            self.engine,
+            self.connectors,
+            self.layout,
+            self.done,
+            self.later,
+            self.send,
+            lambda d, n, s: self._observe_transfer("direct", d, n, s),
+        )
         self._warm_up()
         self.send(
-            "ready",
-            record(CoreInfo(
-                config.worker_id, self.engine.fingerprint, self.layout.dtype, self.block_size, config.tp_size,
-                self.engine.blocks.num_blocks, self._advertised(self.publisher.pub_endpoint),
-                self._advertised(self.publisher.snapshot_endpoint),
-            )),
+            Ready(
+                CoreInfo(
+                    config.worker_id,
+                    self.engine.fingerprint,
+                    self.layout.dtype,
+                    self.block_size,
+                    config.tp_size,
+                    self.engine.blocks.num_blocks,
+                    self._advertised(self.publisher.pub_endpoint),
+                    self._advertised(self.publisher.snapshot_endpoint),
+                )
+            )
         )
 
     def _connectors(self, direct_sender: bool) -> list[KVConnector]:
@@ -128,22 +164,33 @@ class EngineCore:
         runner = self.engine.runner
         if c.tp_size == 1:  # the direct pull maps one pool; a TP engine's KV is spread over its ranks
             pool = runner.kv.pool if direct_sender else None
-            found.append(DirectConnector(self.zmq, runner.device, self.epoch, c.kv_lease_s, pool,
-                                         c.engine.kv_pool_file, self.engine.block_ids))
+            found.append(
+                DirectConnector(
+                    self.zmq, runner.device, self.epoch, c.kv_lease_s, pool, c.engine.kv_pool_file, self.engine.block_ids
+                )
+            )
         if c.kvstore:
             budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
-            observe = lambda d, n, s: self._observe_transfer("store", d, n, s)  # noqa: E731
-            found.append(StoreConnector(c.kvstore, self.layout, runner.transfer_spec, observe,
-                                        self.engine.export_blocks, budget,
-                                        announce_on=self.publisher if c.role == "prefill" else None))
+            observe = functools.partial(self._observe_transfer, "store")
+            found.append(
+                StoreConnector(
+                    c.kvstore,
+                    self.layout,
+                    runner.transfer_spec,
+                    observe,
+                    self.engine.export_blocks,
+                    budget,
+                    announce_on=self.publisher if c.role == "prefill" else None,
+                )
+            )
         return found
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def later(self, delay_s: float, fn: Callable[[], None]) -> None:
         self._later.append((time.monotonic() + delay_s, fn))
 
-    def send(self, *parts: object) -> None:
-        self.outbox.send(pack(*parts))
+    def send(self, msg: FromCore) -> None:
+        self.outbox.send(encode(msg))
 
     def _advertised(self, endpoint: str) -> str:
         for wildcard in ("0.0.0.0", "*", "[::]"):
@@ -151,7 +198,7 @@ class EngineCore:
         return endpoint
 
     def _observe_transfer(self, transport: str, direction: str, nbytes: int, seconds: float) -> None:
-        self.done.put(lambda: self.send("transfer", transport, direction, nbytes, seconds))
+        self.done.put(lambda: self.send(Transfer(transport, direction, nbytes, seconds)))
 
     def _on_kv_events(self, events: list[KVEvent]) -> None:
         with self._keys_lock:
@@ -226,7 +273,7 @@ class EngineCore:
         """Queue time = arrival at the core until the start of the first step that computes the request."""
         arrived = self._arrivals.pop(rid, None)
         if arrived is not None:
-            self.send("queued", max(0.0, self._step_start - arrived))
+            self.send(Queued(max(0.0, self._step_start - arrived)))
 
     def _step(self) -> None:
         batch = len(self.engine.scheduler.running) + len(self.engine.scheduler.waiting)
@@ -239,56 +286,46 @@ class EngineCore:
             if self.exports is not None and self.exports.owns(out.request_id):
                 self.exports.on_output(out)
             else:
-                sent.append(_wire_output(out))
+                sent.append(_delta(out))
         if sent or outputs:
-            self.send("out", sent, elapsed, batch)
+            self.send(StepOutputs(sent, elapsed, batch))
 
     def _take_messages(self) -> bool:
         """Handle every queued message; False on shutdown."""
         while True:
             try:
-                msg = unpack(self.inbox.recv(zmq.NOBLOCK))
+                msg = decode_to_core(self.inbox.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return True
-            kind = msg[0]
-            if kind == "shutdown":
+            if isinstance(msg, Shutdown):
                 return False
             try:
-                self._handle(kind, msg)
+                self._handle(msg)
             except (EngineError, ValueError, TypeError, LookupError) as exc:
-                self._arrivals.pop(msg[1], None)
-                self.send("error", msg[1], error_kind(exc).value, str(exc))
+                rid = getattr(msg, "request_id", "")
+                self._arrivals.pop(rid, None)
+                self.send(RequestError(rid, error_kind(exc), str(exc)))
 
-    def _handle(self, kind: str, msg: list) -> None:
-        if kind == "add":
-            _, rid, prompt, params, salt, prefill_only = msg
-            self._arrivals[rid] = time.perf_counter()
-            sp = SamplingParams.from_dict(params)
-            if prefill_only and self.exports is not None:
-                self.exports.start(rid, prompt, sp, salt)
-            else:
-                self.engine.add_request(rid, prompt, sp, prefill_only=prefill_only, cache_salt=salt)
-        elif kind == "import":
-            _, rid, prompt, params, salt, handle, first, kv_wait_s = msg
-            self._arrivals[rid] = time.perf_counter()
-            self.imports.start(rid, prompt, SamplingParams.from_dict(params), salt, handle, first, kv_wait_s)
-        elif kind == "abort":
-            rid = msg[1]
-            self._arrivals.pop(rid, None)
-            self.imports.abort(rid)
-            if self.exports is None or self.exports.abort(rid):
-                self.engine.abort(rid)
-        elif kind == "load":
-            load = self.engine.load()
-            self.send("load", msg[1], {
-                "running": load.running, "waiting": load.waiting + self.imports.num_waiting()
-                + (self.exports.num_fetching() if self.exports else 0),
-                "held": load.held, "kv_usage": load.kv_usage, "queued_prefill_tokens": load.queued_prefill_tokens,
-                "active_blocks": load.active_blocks, "total_blocks": load.total_blocks,
-                "prefix_cache_queries": load.prefix_cache_queries, "prefix_cache_hits": load.prefix_cache_hits,
-            })
-        else:
-            raise ValueError(f"unknown core message {kind!r}")
+    def _handle(self, msg: ToCore) -> None:
+        match msg:
+            case AddRequest(rid, prompt, params, salt, prefill_only):
+                self._arrivals[rid] = time.perf_counter()
+                if prefill_only and self.exports is not None:
+                    self.exports.start(rid, prompt, params, salt)
+                else:
+                    self.engine.add_request(rid, prompt, params, prefill_only=prefill_only, cache_salt=salt)
+            case ImportRequest(rid, prompt, params, salt, handle, first, kv_wait_s):
+                self._arrivals[rid] = time.perf_counter()
+                self.imports.start(rid, prompt, params, salt, handle, first, kv_wait_s)
+            case Abort(rid):
+                self._arrivals.pop(rid, None)
+                self.imports.abort(rid)
+                if self.exports is None or self.exports.abort(rid):
+                    self.engine.abort(rid)
+            case LoadQuery(token):
+                load = self.engine.load()
+                waiting = load.waiting + self.imports.num_waiting() + (self.exports.num_fetching() if self.exports else 0)
+                self.send(LoadReport(token, msgspec.structs.replace(load, waiting=waiting)))
 
     def _take_completions(self) -> None:
         while True:
@@ -307,9 +344,14 @@ class EngineCore:
             fn()
 
 
-def _wire_output(out: RequestOutput) -> list:
-    lps = None
-    if out.new_logprobs is not None:
-        lps = [[lp.token_id, lp.logprob, [list(t) for t in lp.top]] for lp in out.new_logprobs]
-    return [out.request_id, out.new_token_ids, lps, out.finished, out.finish_reason, out.num_cached_tokens,
-            len(out.prompt_token_ids), len(out.output_token_ids)]
+def _delta(out: RequestOutput) -> RequestDelta:
+    return RequestDelta(
+        out.request_id,
+        out.new_token_ids,
+        out.new_logprobs,
+        out.finished,
+        out.finish_reason,
+        out.num_cached_tokens,
+        len(out.prompt_token_ids),
+        len(out.output_token_ids),
+    )

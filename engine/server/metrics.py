@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from contracts.core_messages import EngineLoad
+
 _P = "splitserve_worker_"
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -20,12 +22,19 @@ TTFT = Histogram(_P + "time_to_first_token_seconds", "Request arrival to first t
 ITL = Histogram(_P + "inter_token_latency_seconds", "Time between streamed tokens", ["role"], buckets=_LATENCY)
 STEP = Histogram(_P + "step_duration_seconds", "Engine step duration", ["role"], buckets=_LATENCY)
 BATCH = Histogram(_P + "batch_size", "Requests scheduled per engine step", ["role"], buckets=_BATCH)
-QUEUE = Histogram(_P + "queue_seconds", "Arrival at the engine core to the start of the first step that computes the request", ["role"], buckets=_LATENCY)
+QUEUE = Histogram(
+    _P + "queue_seconds",
+    "Arrival at the engine core to the start of the first step that computes the request",
+    ["role"],
+    buckets=_LATENCY,
+)
 PREFILL = Histogram(_P + "prefill_seconds", "Prefill RPC duration (compute and KV write-out)", ["role"], buckets=_LATENCY)
-KV_TRANSFER = Histogram(_P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)",
-                        ["role", "transport"], buckets=_LATENCY)
-KV_TRANSFER_BYTES = Counter(_P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine",
-                            ["role", "direction", "transport"])
+KV_TRANSFER = Histogram(
+    _P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)", ["role", "transport"], buckets=_LATENCY
+)
+KV_TRANSFER_BYTES = Counter(
+    _P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine", ["role", "direction", "transport"]
+)
 
 
 class WorkerMetrics:
@@ -48,15 +57,15 @@ class WorkerMetrics:
         KV_TRANSFER.labels(self.role, transport).observe(seconds)
         KV_TRANSFER_BYTES.labels(self.role, direction, transport).inc(nbytes)
 
-    def load(self, load: dict) -> None:
-        RUNNING.labels(self.role).set(load["running"])
-        WAITING.labels(self.role).set(load["waiting"])
-        KV_USAGE.labels(self.role).set(load["kv_usage"])
-        QUEUED_PREFILL.labels(self.role).set(load["queued_prefill_tokens"])
+    def load(self, load: EngineLoad) -> None:
+        RUNNING.labels(self.role).set(load.running)
+        WAITING.labels(self.role).set(load.waiting)
+        KV_USAGE.labels(self.role).set(load.kv_usage)
+        QUEUED_PREFILL.labels(self.role).set(load.queued_prefill_tokens)
         # the engine counts cumulatively; export the increase since the last report
-        PREFIX_QUERIES.labels(self.role).inc(max(0, load["prefix_cache_queries"] - self._last_queries))
-        PREFIX_HITS.labels(self.role).inc(max(0, load["prefix_cache_hits"] - self._last_hits))
-        self._last_queries, self._last_hits = load["prefix_cache_queries"], load["prefix_cache_hits"]
+        PREFIX_QUERIES.labels(self.role).inc(max(0, load.prefix_cache_queries - self._last_queries))
+        PREFIX_HITS.labels(self.role).inc(max(0, load.prefix_cache_hits - self._last_hits))
+        self._last_queries, self._last_hits = load.prefix_cache_queries, load.prefix_cache_hits
 
     def first_token(self, seconds: float) -> None:
         TTFT.labels(self.role).observe(seconds)

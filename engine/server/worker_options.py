@@ -6,6 +6,8 @@ import argparse
 import socket
 from dataclasses import dataclass
 
+from contracts.sizes import parse_size
+
 
 @dataclass(slots=True)
 class WorkerOptions:
@@ -50,19 +52,14 @@ class WorkerOptions:
 DEFAULT_PORTS = {"prefill": (50071, 9102, 5557), "decode": (50081, 9103, 5558)}
 
 
-def parse_bytes(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    if t and t[-1] in units:
-        return int(float(t[:-1]) * units[t[-1]])
-    return int(t)
-
-
 def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     port, metrics, events = DEFAULT_PORTS[role]
     p.add_argument("--model", required=True, help="HF checkpoint directory, a .gguf file, or smollm2")
-    p.add_argument("--kvstore", default="", help="kvstore master HOST:PORT (the store tier; a prefill worker "
-                   "without one offers only the direct path)")
+    p.add_argument(
+        "--kvstore",
+        default="",
+        help="kvstore master HOST:PORT (the store tier; a prefill worker without one offers only the direct path)",
+    )
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=port)
     p.add_argument("--advertise-host", default="", help="host name others use to reach this worker")
@@ -72,53 +69,97 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     add_parallel_flags(p)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--kv-cache-bytes", type=parse_bytes, default=None, help="KV pool budget, e.g. 512MiB")
+    p.add_argument("--kv-cache-bytes", type=parse_size, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--nnodes", type=int, default=1,
-                   help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`")
+    p.add_argument(
+        "--nnodes", type=int, default=1, help="hosts the tensor-parallel ranks span; the others run `splitserve tp-ranks`"
+    )
     p.add_argument("--dist-addr", default="127.0.0.1", help="rendezvous address the other hosts' ranks dial (this host)")
     p.add_argument("--dist-port", type=int, default=0, help="rendezvous port (plan channel on +1); fixed when --nnodes > 1")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
-                   help="GPU: fraction of the card this worker may use (lower it when workers share a GPU)")
-    p.add_argument("--load-format", choices=["safetensors", "dummy"], default="safetensors",
-                   help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="GPU: fraction of the card this worker may use (lower it when workers share a GPU)",
+    )
+    p.add_argument(
+        "--load-format",
+        choices=["safetensors", "dummy"],
+        default="safetensors",
+        help="dummy = random weights of the config's shapes (benchmarks without a checkpoint)",
+    )
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     if role == "prefill":
-        p.add_argument("--kv-transport", choices=["direct", "store"], default="direct",
-                       help="direct: a decode worker on this host pulls the KV straight out of this worker's pool "
-                       "(CUDA IPC / shared memory) and the store is written in the background as a cache; "
-                       "store: KV reaches decode through the store only")
-        p.add_argument("--kv-lease-timeout", type=float, default=30.0,
-                       help="seconds a request's blocks stay held for a direct reader that never says it is done")
-        p.add_argument("--store-write-budget", type=parse_bytes, default=0,
-                       help="with --kv-transport direct: also write the blocks to the store (the cache tier for "
-                       "prefix reuse by other workers), skipping writes beyond this many bytes in flight; "
-                       "0 = none (the default: the writes run in the engine's process and cost TTFT, "
-                       "see docs/performance.md)")
+        p.add_argument(
+            "--kv-transport",
+            choices=["direct", "store"],
+            default="direct",
+            help="direct: a decode worker on this host pulls the KV straight out of this worker's pool "
+            "(CUDA IPC / shared memory) and the store is written in the background as a cache; "
+            "store: KV reaches decode through the store only",
+        )
+        p.add_argument(
+            "--kv-lease-timeout",
+            type=float,
+            default=30.0,
+            help="seconds a request's blocks stay held for a direct reader that never says it is done",
+        )
+        p.add_argument(
+            "--store-write-budget",
+            type=parse_size,
+            default=0,
+            help="with --kv-transport direct: also write the blocks to the store (the cache tier for "
+            "prefix reuse by other workers), skipping writes beyond this many bytes in flight; "
+            "0 = none (the default: the writes run in the engine's process and cost TTFT, "
+            "see docs/performance.md)",
+        )
     if role == "decode":
-        p.add_argument("--kv-wait-timeout", type=float, default=10.0,
-                       help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)")
+        p.add_argument(
+            "--kv-wait-timeout",
+            type=float,
+            default=10.0,
+            help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)",
+        )
 
 
 def add_parallel_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared with `splitserve generate`."""
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="rank processes, one GPU each")
     p.add_argument("--expert-parallel", action="store_true", help="MoE: split whole experts over the ranks")
-    p.add_argument("--distributed-executor", choices=["mp", "ray"], default="mp",
-                   help="start ranks as processes (mp) or Ray actors (ray; needs ray installed)")
+    p.add_argument(
+        "--distributed-executor",
+        choices=["mp", "ray"],
+        default="mp",
+        help="start ranks as processes (mp) or Ray actors (ray; needs ray installed)",
+    )
 
 
 def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
     return WorkerOptions(
-        role=role, model=args.model, kvstore=args.kvstore, host=args.host, port=args.port,
-        advertise_host=args.advertise_host, metrics_port=args.metrics_port, kv_events_port=args.kv_events_port,
-        worker_id=args.worker_id, tensor_parallel_size=args.tensor_parallel_size,
-        expert_parallel=args.expert_parallel, distributed_executor=args.distributed_executor, max_num_seqs=args.max_num_seqs,
-        nnodes=args.nnodes, dist_host=args.dist_addr, dist_port=args.dist_port,
-        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_bytes=args.kv_cache_bytes,
-        drain_timeout=args.drain_timeout, block_size=args.block_size,
+        role=role,
+        model=args.model,
+        kvstore=args.kvstore,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+        metrics_port=args.metrics_port,
+        kv_events_port=args.kv_events_port,
+        worker_id=args.worker_id,
+        tensor_parallel_size=args.tensor_parallel_size,
+        expert_parallel=args.expert_parallel,
+        distributed_executor=args.distributed_executor,
+        max_num_seqs=args.max_num_seqs,
+        nnodes=args.nnodes,
+        dist_host=args.dist_addr,
+        dist_port=args.dist_port,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_cache_bytes=args.kv_cache_bytes,
+        drain_timeout=args.drain_timeout,
+        block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
-        kv_transport=getattr(args, "kv_transport", "direct"), kv_lease_timeout=getattr(args, "kv_lease_timeout", 30.0),
+        kv_transport=getattr(args, "kv_transport", "direct"),
+        kv_lease_timeout=getattr(args, "kv_lease_timeout", 30.0),
         store_write_budget=getattr(args, "store_write_budget", 0),
-        gpu_memory_utilization=args.gpu_memory_utilization, load_format=args.load_format,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        load_format=args.load_format,
     )

@@ -12,21 +12,22 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.core_messages import ErrorKind, Prefilled, RequestDelta, RequestError
+from contracts.internal_auth import server_interceptors
+from contracts.rpc import worker_pb2 as pb
 from engine.config import EngineConfig
 from engine.server.core_config import CoreConfig
-from engine.server.engine_client import AsyncEngineClient, ClientHooks, EngineDead, RequestFailed
+from engine.server.engine_client import Aborted, AsyncEngineClient, ClientHooks, EngineDead, RequestEvent, RequestFailed
 from engine.server.metrics import WorkerMetrics
-from engine.server.protocol import ErrorKind
 from engine.server.worker_options import WorkerOptions
-from splitserve.internal_auth import server_interceptors
-from splitserve.rpc import worker_pb2 as pb
 
 LOAD_REFRESH_S = 1.0
+AddServicer = Callable[[grpc.aio.Server], None]  # adds the worker's own service to the server
 STATUS = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -42,19 +43,44 @@ class WorkerRuntime:
         self.service_name = service_name
         self.metrics = WorkerMetrics(options.role)
         o = options
-        engine = EngineConfig(model=o.model, block_size=o.block_size, kv_cache_bytes=o.kv_cache_bytes,
-                              max_num_seqs=o.max_num_seqs, max_num_batched_tokens=o.max_num_batched_tokens,
-                              tensor_parallel_size=o.tensor_parallel_size, expert_parallel=o.expert_parallel,
-                              distributed_executor=o.distributed_executor,
-                              gpu_memory_utilization=o.gpu_memory_utilization, load_format=o.load_format,
-                              nnodes=o.nnodes, dist_host=o.dist_host, dist_port=o.dist_port)
+        engine = EngineConfig(
+            model=o.model,
+            block_size=o.block_size,
+            kv_cache_bytes=o.kv_cache_bytes,
+            max_num_seqs=o.max_num_seqs,
+            max_num_batched_tokens=o.max_num_batched_tokens,
+            tensor_parallel_size=o.tensor_parallel_size,
+            expert_parallel=o.expert_parallel,
+            distributed_executor=o.distributed_executor,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            load_format=o.load_format,
+            nnodes=o.nnodes,
+            dist_host=o.dist_host,
+            dist_port=o.dist_port,
+        )
         events = f"tcp://{o.host}:{o.kv_events_port}"
         snapshot = f"tcp://{o.host}:{o.kv_events_port + 1}" if o.kv_events_port else f"tcp://{o.host}:0"
         self.client = AsyncEngineClient(
-            CoreConfig(engine, o.role, o.worker_id, o.kvstore, "", "", events, snapshot, o.advertise_host,
-                       o.tensor_parallel_size, o.kv_transport, o.kv_lease_timeout, o.store_write_budget),
-            ClientHooks(on_step=lambda s: self.metrics.step(s.seconds, s.batch_size), on_transfer=self.metrics.transfer,
-                        on_queued=self.metrics.queued),
+            CoreConfig(
+                engine,
+                o.role,
+                o.worker_id,
+                o.kvstore,
+                "",
+                "",
+                events,
+                snapshot,
+                o.advertise_host,
+                o.tensor_parallel_size,
+                o.kv_transport,
+                o.kv_lease_timeout,
+                o.store_write_budget,
+            ),
+            ClientHooks(
+                on_step=lambda s: self.metrics.step(s.seconds, s.batch_size),
+                on_transfer=self.metrics.transfer,
+                on_queued=self.metrics.queued,
+            ),
         )
         self.health = health.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -64,7 +90,7 @@ class WorkerRuntime:
         self._stopped = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
-    async def start(self, add_servicer) -> int:  # type: ignore[no-untyped-def]
+    async def start(self, add_servicer: AddServicer) -> int:
         """Serve gRPC at once (health NOT_SERVING), then start the engine core; returns the port."""
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=server_interceptors())
@@ -104,7 +130,8 @@ class WorkerRuntime:
             self._idle.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.options.drain_timeout)
-        await self.server.stop(1.0)
+        if self.server is not None:
+            await self.server.stop(1.0)
         await self.client.shutdown()
         self._stopped.set()
 
@@ -136,30 +163,38 @@ class WorkerRuntime:
             if self.in_flight == 0:
                 self._idle.set()
 
-    async def next_message(self, q: asyncio.Queue) -> tuple[str, list]:
-        kind, body = await q.get()
-        if kind == "error":
-            raise RequestFailed(ErrorKind(body[0]), body[1])
-        if kind == "dead":
-            raise EngineDead(body[0])
-        return kind, body
+    async def next_message(self, q: asyncio.Queue[RequestEvent]) -> RequestDelta | Prefilled | Aborted:
+        """The request's next event; its failures raise (RequestFailed, EngineDead)."""
+        event = await q.get()
+        if isinstance(event, RequestError):
+            raise RequestFailed(event.kind, event.message)
+        if isinstance(event, EngineDead):
+            raise event
+        return event
 
     async def worker_load(self) -> pb.WorkerLoad:
-        load = await self.client.load()
         info = self.client.info
+        if info is None:
+            raise RequestFailed(ErrorKind.UNAVAILABLE, "the worker is still loading its model")
+        load = await self.client.load()
         return pb.WorkerLoad(
-            worker_id=self.options.worker_id, role=self.options.role, running_requests=load["running"],
-            waiting_requests=load["waiting"], kv_usage=load["kv_usage"],
-            queued_prefill_tokens=load["queued_prefill_tokens"], active_kv_blocks=load["active_blocks"],
-            total_kv_blocks=load["total_blocks"], block_size=info.block_size,
-            kv_events_endpoint=info.kv_events_endpoint, kv_snapshot_endpoint=info.kv_snapshot_endpoint,
+            worker_id=self.options.worker_id,
+            role=self.options.role,
+            running_requests=load.running,
+            waiting_requests=load.waiting,
+            kv_usage=load.kv_usage,
+            queued_prefill_tokens=load.queued_prefill_tokens,
+            active_kv_blocks=load.active_blocks,
+            total_kv_blocks=load.total_blocks,
+            block_size=info.block_size,
+            kv_events_endpoint=info.kv_events_endpoint,
+            kv_snapshot_endpoint=info.kv_snapshot_endpoint,
             model_fingerprint=info.model_fingerprint,
         )
 
     @staticmethod
     def now() -> float:
         return time.perf_counter()
-
 
 
 class CommonWorkerRPCs:
@@ -176,7 +211,8 @@ class CommonWorkerRPCs:
         async with self.rt.rpc(context, admit_while_draining=True):
             return await self.rt.worker_load()
 
-def run_worker(runtime: WorkerRuntime, add_servicer) -> int:  # type: ignore[no-untyped-def]
+
+def run_worker(runtime: WorkerRuntime, add_servicer: AddServicer) -> int:
     async def main() -> None:
         try:
             await runtime.start(add_servicer)

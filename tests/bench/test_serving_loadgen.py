@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bench.serve.config import SLO, BenchConfig, WorkloadConfig, WorkloadKind
 from bench.serve.runner import run_benchmark
+from contracts.ports import free_port
 
 FIRST_DELAY, GAP, CHUNKS = 0.10, 0.03, 5
 
@@ -151,12 +152,6 @@ async def test_multi_turn_sends_growing_history_with_the_answers(server):
     assert last[1]["content"] == " t0 t1 t2 t3 t4"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, deadline_s: float = 20.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -169,7 +164,7 @@ def _wait_for_port(port: int, deadline_s: float = 20.0) -> None:
 
 def test_cli_sweep_prints_table_and_writes_json_and_plots(tmp_path):
     # The CLI runs its own event loop, so its server runs in a subprocess.
-    port = _free_port()
+    port = free_port()
     script = (
         "import sys\n"
         "from aiohttp import web\n"

@@ -93,7 +93,10 @@ splitserve_router_realised_prefix_hit_tokens_total 200.0
 splitserve_router_prompt_tokens_created 1.7e9
 """
 METRICS_AFTER = METRICS_BEFORE.replace("1000.0", "3000.0").replace("200.0", "1700.0")
-WORKER = 'splitserve_worker_prefix_cache_queries_total{role="prefill"} %s\nsplitserve_worker_prefix_cache_hits_total{role="prefill"} %s\n'
+WORKER = (
+    'splitserve_worker_prefix_cache_queries_total{role="prefill"} %s\n'
+    'splitserve_worker_prefix_cache_hits_total{role="prefill"} %s\n'
+)
 
 
 def test_prefix_hit_rate_from_router_counter_deltas():

@@ -24,7 +24,9 @@ TRACE_ROWS = [
 
 
 def _trace_config(tmp_path, **kw):
-    base = dict(kind=WorkloadKind.TRACE, trace_path=_write_trace(tmp_path / "t.jsonl", TRACE_ROWS), vocab_size=5000, min_token_id=100)
+    base = dict(
+        kind=WorkloadKind.TRACE, trace_path=_write_trace(tmp_path / "t.jsonl", TRACE_ROWS), vocab_size=5000, min_token_id=100
+    )
     return WorkloadConfig(**{**base, **kw})
 
 
@@ -67,7 +69,9 @@ def test_missing_vocab_size_is_an_actionable_error():
 
 
 def test_shared_prefix_requests_share_exactly_their_group_prefix():
-    config = WorkloadConfig(kind=WorkloadKind.SHARED_PREFIX, num_requests=40, vocab_size=32000, num_groups=3, prefix_len=50, question_len=10)
+    config = WorkloadConfig(
+        kind=WorkloadKind.SHARED_PREFIX, num_requests=40, vocab_size=32000, num_groups=3, prefix_len=50, question_len=10
+    )
     reqs = build_workload(config)
     prefixes = {tuple(r.prompt[:50]) for r in reqs}
     assert len(prefixes) == 3

@@ -117,7 +117,7 @@ def metric_names(expr: str) -> set[str]:
 
 def dashboard_queries() -> list[tuple[str, str, str]]:
     """(dashboard file, panel title, expression) for every target of every dashboard."""
-    queries = []
+    queries: list[tuple[str, str, str]] = []
     for path in sorted(DASHBOARD_DIR.glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
             queries.extend((path.name, panel["title"], target["expr"]) for target in panel["targets"])
@@ -132,8 +132,7 @@ def alert_rules() -> list[dict[str, Any]]:
 def as_recording_rules(exprs: list[str], window: str) -> str:
     """A rules file that makes `promtool check rules` parse each expression."""
     rules = [
-        {"record": f"splitserve_dashboard:expr_{i}", "expr": expr.replace(RATE_INTERVAL, window)}
-        for i, expr in enumerate(exprs)
+        {"record": f"splitserve_dashboard:expr_{i}", "expr": expr.replace(RATE_INTERVAL, window)} for i, expr in enumerate(exprs)
     ]
     return yaml.safe_dump({"groups": [{"name": "dashboard-expressions", "rules": rules}]}, sort_keys=False)
 
@@ -165,7 +164,7 @@ def render(chart: Any) -> Render:
 
     def _render(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
         manifests = chart.render(values or {}, name=release, namespace=NAMESPACE, is_install=True)
-        docs = []
+        docs: list[dict[str, Any]] = []
         for path, text in sorted(manifests.items()):
             if path.endswith("NOTES.txt"):
                 continue

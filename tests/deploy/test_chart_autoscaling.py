@@ -83,8 +83,14 @@ def test_the_vendored_keda_schema_rejects_a_malformed_scaled_object(render: Rend
     ("values", "fragment"),
     [
         ({"autoscaling": {"mode": "vpa"}}, "/autoscaling/mode"),
-        ({"autoscaling": {"decode": {"minReplicas": 0, "maxReplicas": 2, "targetSaturation": 0.8}}}, "/autoscaling/decode/minReplicas"),
-        ({"autoscaling": {"prefill": {"minReplicas": 1, "maxReplicas": 2, "targetSaturation": 0}}}, "/autoscaling/prefill/targetSaturation"),
+        (
+            {"autoscaling": {"decode": {"minReplicas": 0, "maxReplicas": 2, "targetSaturation": 0.8}}},
+            "/autoscaling/decode/minReplicas",
+        ),
+        (
+            {"autoscaling": {"prefill": {"minReplicas": 1, "maxReplicas": 2, "targetSaturation": 0}}},
+            "/autoscaling/prefill/targetSaturation",
+        ),
         ({"autoscaling": {"keda": {"serverAddress": "prometheus:9090"}}}, "/autoscaling/keda/serverAddress"),
         ({"autoscaling": {"seriesSelector": "job=router"}}, "/autoscaling/seriesSelector"),
     ],

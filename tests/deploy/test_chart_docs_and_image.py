@@ -24,11 +24,7 @@ def value_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
 def test_readme_values_table_documents_every_value() -> None:
     documented = set(re.findall(r"^\| `([^`]+)` \|", (CHART_DIR / "README.md").read_text(), re.MULTILINE))
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
-    undocumented = [
-        path
-        for path in value_paths(values)
-        if not any(path == d or path.startswith(f"{d}.") for d in documented)
-    ]
+    undocumented = [path for path in value_paths(values) if not any(path == d or path.startswith(f"{d}.") for d in documented)]
     assert not undocumented, f"add to the README values table: {undocumented}"
 
 

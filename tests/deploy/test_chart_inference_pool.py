@@ -33,7 +33,9 @@ def test_inference_pool_selects_exactly_the_decode_pods_and_targets_their_servin
 
 
 def test_the_endpoint_picker_reference_reaches_the_routers_ext_proc_port(render: Render) -> None:
-    docs = render({"inferencePool": {"enabled": True, "targetPort": 8080, "endpointPicker": {"port": 9102, "failureMode": "FailOpen"}}})
+    docs = render(
+        {"inferencePool": {"enabled": True, "targetPort": 8080, "endpointPicker": {"port": 9102, "failureMode": "FailOpen"}}}
+    )
     ref = one(docs, "InferencePool", FULL)["spec"]["endpointPickerRef"]
     # GAIE's CEL rule (not evaluated by the schema check): a Service reference needs a port
     assert ref["kind"] == "Service" and "port" in ref
@@ -72,8 +74,13 @@ def test_each_decode_pod_serves_the_openai_api_on_the_target_port_over_its_own_w
 
 
 def test_objectives_and_route_point_at_the_pool(render: Render) -> None:
-    values = {"inferencePool": {"enabled": True, "objectives": [{"name": "premium", "priority": 10}, {"name": "batch"}],
-                                "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}], "hostnames": ["llm.example"]}}}  # fmt: skip
+    values = {
+        "inferencePool": {
+            "enabled": True,
+            "objectives": [{"name": "premium", "priority": 10}, {"name": "batch"}],
+            "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}], "hostnames": ["llm.example"]},
+        }
+    }
     docs = render(values)
     objectives = {o["metadata"]["name"]: o for o in find(docs, "InferenceObjective")}
     assert set(objectives) == {"premium", "batch"}
@@ -83,7 +90,9 @@ def test_objectives_and_route_point_at_the_pool(render: Render) -> None:
         assert objective["spec"]["poolRef"] == {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": FULL}
     assert objectives["premium"]["spec"]["priority"] == 10 and "priority" not in objectives["batch"]["spec"]
     route = one(docs, "HTTPRoute", f"{FULL}-pool")
-    assert route["spec"]["rules"][0]["backendRefs"] == [{"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": FULL}]
+    assert route["spec"]["rules"][0]["backendRefs"] == [
+        {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": FULL}
+    ]
     assert route["spec"]["parentRefs"] == [{"name": "gw"}] and route["spec"]["hostnames"] == ["llm.example"]
 
 
@@ -91,7 +100,9 @@ def test_the_gateway_may_reach_the_picker_and_the_target_port_only(render: Rende
     gateway = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}]
     docs = render({"inferencePool": {"enabled": True, "targetPort": 8080, "gatewayFrom": gateway}})
     policy = one(docs, "NetworkPolicy", f"{FULL}-gateway")["spec"]
-    assert policy["ingress"] == [{"ports": [{"port": 9002, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}], "from": gateway}]
+    assert policy["ingress"] == [
+        {"ports": [{"port": 9002, "protocol": "TCP"}, {"port": 8080, "protocol": "TCP"}], "from": gateway}
+    ]
     assert policy["podSelector"]["matchExpressions"] == [
         {"key": "app.kubernetes.io/component", "operator": "In", "values": ["router", "decode"]}
     ]

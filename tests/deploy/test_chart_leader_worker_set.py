@@ -10,7 +10,9 @@ from crd_validation import crd_errors
 from deploy_support import NAMESPACE, RELEASE, Render, arg_value, documented_flags, find, one, pod_templates
 
 FULL = f"{RELEASE}-splitserve"
-MULTI_NODE = {"decode": {"replicas": 3, "tensorParallelSize": 8, "leaderWorkerSet": {"enabled": True, "size": 2, "distPort": 29600}}}
+MULTI_NODE = {
+    "decode": {"replicas": 3, "tensorParallelSize": 8, "leaderWorkerSet": {"enabled": True, "size": 2, "distPort": 29600}}
+}
 
 
 def container(template: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +46,13 @@ def test_the_leader_is_rank_0_and_the_other_pods_join_through_its_address(render
     assert arg_value(leader["args"], "--dist-port") == "29600"
     assert {p["name"]: p["containerPort"] for p in leader["ports"]}.items() >= {"dist": 29600, "dist-plan": 29601}.items()
     assert ranks["args"][0] == "tp-ranks"
-    for flag, value in (("--dist-addr", "$(LWS_LEADER_ADDRESS)"), ("--dist-port", "29600"),
-                        ("--tensor-parallel-size", "8"), ("--nnodes", "2"), ("--node-rank", "$(LWS_WORKER_INDEX)")):
+    for flag, value in (
+        ("--dist-addr", "$(LWS_LEADER_ADDRESS)"),
+        ("--dist-port", "29600"),
+        ("--tensor-parallel-size", "8"),
+        ("--nnodes", "2"),
+        ("--node-rank", "$(LWS_WORKER_INDEX)"),
+    ):
         assert arg_value(ranks["args"], flag) == value
     used = {a for a in ranks["args"][1:] if a.startswith("--")}
     assert used <= documented_flags(interfaces_text)["tp-ranks"]
@@ -91,8 +98,10 @@ def test_the_internal_secret_reaches_every_container_and_doubles_as_the_group_to
             assert ref == {"name": "splitserve-internal", "key": "s"}, name
     token = env_names(pod_templates(docs)[f"{FULL}-decode-ranks"])["SPLITSERVE_RANK_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert token == {"name": "splitserve-internal", "key": "s"}
-    assert all("SPLITSERVE_INTERNAL_SECRET" not in {e["name"] for e in t["spec"]["containers"][0]["env"]}
-               for t in pod_templates(render()).values())
+    assert all(
+        "SPLITSERVE_INTERNAL_SECRET" not in {e["name"] for e in t["spec"]["containers"][0]["env"]}
+        for t in pod_templates(render()).values()
+    )
 
 
 def test_autoscalers_scale_the_leader_worker_set(render: Render) -> None:

@@ -73,9 +73,17 @@ def test_ha_masters_elect_a_leader_in_etcd_and_everyone_finds_it_there(render: R
     args = master["spec"]["template"]["spec"]["containers"][0]["args"]
     assert flag(args, "enable_ha") == "true" and flag(args, "etcd_endpoints") == "etcd-0.etcd:2379;etcd-1.etcd:2379"
     assert flag(args, "rpc_address") == "$(POD_IP)"
-    assert flag(container(docs, f"{FULL}-mooncake-node")["args"], "master_server_address") == "etcd://etcd-0.etcd:2379;etcd-1.etcd:2379"
+    assert (
+        flag(container(docs, f"{FULL}-mooncake-node")["args"], "master_server_address")
+        == "etcd://etcd-0.etcd:2379;etcd-1.etcd:2379"
+    )
     url = MooncakeURL.parse(arg_value(container(docs, f"{FULL}-decode")["args"], "--kvstore"))
-    assert (url.master, url.protocol, url.device, url.replicas) == ("etcd://etcd-0.etcd:2379;etcd-1.etcd:2379", "rdma", "mlx5_0", 2)
+    assert (url.master, url.protocol, url.device, url.replicas) == (
+        "etcd://etcd-0.etcd:2379;etcd-1.etcd:2379",
+        "rdma",
+        "mlx5_0",
+        2,
+    )
 
 
 def test_ha_without_etcd_endpoints_is_refused_with_the_reason(render: Render) -> None:

@@ -8,13 +8,10 @@ expression. Skipped until every command `splitserve up` launches exists.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,30 +22,22 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from deploy_support import ALERT_RULES, RATE_INTERVAL, Render, alert_rules, dashboard_queries, metric_names
+from deploy_support import (
+    ALERT_RULES,
+    RATE_INTERVAL,
+    Render,
+    alert_rules,
+    dashboard_queries,
+    metric_names,
+)
+
+from contracts.ports import free_port
 
 pytestmark = pytest.mark.slow
 
-# `up` launches these, and `make-model` writes its default tiny demo model.
-STACK_COMMANDS = ("up", "make-model", "kvstore-master", "kvstore-node", "prefill", "decode", "router")
 SCRAPE_INTERVAL_S = 1
 QUERY_WINDOW = "60s"  # stands in for Grafana's $__rate_interval; spans the whole traffic burst
 READY_TIMEOUT_S = 240
-
-
-def missing_stack_commands() -> list[str]:
-    if importlib.util.find_spec("splitserve.up") is None:
-        return ["up (the splitserve.up module is missing)"]
-    from splitserve.cli import build_parser
-
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [command for command in STACK_COMMANDS if command not in subparsers.choices]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(
@@ -134,9 +123,6 @@ def exported_series(address: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    missing = missing_stack_commands()
-    if missing:
-        pytest.skip(f"`splitserve up` cannot run a stack yet: missing commands {missing}")
     workdir = tmp_path_factory.mktemp("up")
     state_file = workdir / "state.json"
     log = workdir / "up.log"
@@ -196,9 +182,7 @@ def served_traffic(stack: dict[str, Any], prometheus: str) -> int:
     return sent
 
 
-def test_dashboards_and_alerts_name_only_metrics_the_running_stack_exports(
-    stack: dict[str, Any], served_traffic: int
-) -> None:
+def test_dashboards_and_alerts_name_only_metrics_the_running_stack_exports(stack: dict[str, Any], served_traffic: int) -> None:
     exported = set().union(*(exported_series(address) for address in stack["metrics"].values()))
     expressions = [(f"{f} / {t}", e) for f, t, e in dashboard_queries()]
     expressions += [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
@@ -216,9 +200,7 @@ def test_every_dashboard_expression_returns_data_from_prometheus(prometheus: str
     assert float(generated[0]["value"][1]) > 0
 
 
-def test_alert_rules_load_and_evaluate_cleanly_in_prometheus(
-    prometheus: str, served_traffic: int, promtool: str
-) -> None:
+def test_alert_rules_load_and_evaluate_cleanly_in_prometheus(prometheus: str, served_traffic: int, promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", str(ALERT_RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]

@@ -24,7 +24,7 @@ from deploy_support import (
 def test_metric_name_extraction_ignores_functions_labels_ranges_and_numbers() -> None:
     expr = (
         'histogram_quantile(0.99, sum by (le, role) (rate(a_seconds_bucket{role="decode"}[5m])))'
-        ' / ignoring(mode) group_left sum(rate(b_total[1m] offset 5m)) > 1e9 or vector(0)'
+        " / ignoring(mode) group_left sum(rate(b_total[1m] offset 5m)) > 1e9 or vector(0)"
     )
     assert metric_names(expr) == {"a_seconds_bucket", "b_total"}
 

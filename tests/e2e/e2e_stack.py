@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,25 +18,10 @@ from typing import Any
 
 import httpx
 
+from contracts.ports import free_port, free_port_pair
+
 CLI = [sys.executable, "-m", "splitserve.cli"]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 @dataclass(slots=True)
@@ -97,9 +81,7 @@ def start_worker(role: str, model: str, kvstore: str, worker_id: str, log_dir: P
     return spawn(worker_id, argv, log_dir), f"127.0.0.1:{port}", f"127.0.0.1:{metrics}"
 
 
-def start_router(
-    name: str, model: str, prefill: list[str], decode: list[str], log_dir: Path, *flags: str
-) -> tuple[Proc, str]:
+def start_router(name: str, model: str, prefill: list[str], decode: list[str], log_dir: Path, *flags: str) -> tuple[Proc, str]:
     """A `splitserve router` over the given workers; returns once it sees them all ready."""
     port = free_port()
     argv = ["router", "--model", model, "--served-model-name", "default", "--host", "127.0.0.1", "--port", str(port),

@@ -14,11 +14,24 @@ TRACE = Path(__file__).resolve().parents[1] / "data" / "mooncake_trace_head40.js
 
 def test_trace_replay_against_the_stack_measures_every_request(stack):
     workload = WorkloadConfig(
-        kind=WorkloadKind.TRACE, num_requests=16, seed=3, vocab_size=384, min_token_id=10, trace_path=str(TRACE),
-        trace_time_scale=0.05, trace_length_scale=1 / 256, trace_output_scale=0.02,
+        kind=WorkloadKind.TRACE,
+        num_requests=16,
+        seed=3,
+        vocab_size=384,
+        min_token_id=10,
+        trace_path=str(TRACE),
+        trace_time_scale=0.05,
+        trace_length_scale=1 / 256,
+        trace_output_scale=0.02,
     )
-    config = BenchConfig(base_url=stack["url"], model=stack["served_model_name"], workload=workload,
-                         slo=SLO(ttft_s=30.0), progress=False, request_timeout_s=120)
+    config = BenchConfig(
+        base_url=stack["url"],
+        model=stack["served_model_name"],
+        workload=workload,
+        slo=SLO(ttft_s=30.0),
+        progress=False,
+        request_timeout_s=120,
+    )
     result = asyncio.run(run_benchmark(config))
     s = result.summary
     assert (s.completed, s.failed) == (16, 0), [r.error for r in result.records if r.error]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_stack import free_port, free_port_pair, spawn, start_router, wait_until
+from e2e_stack import spawn, start_router, wait_until
+
+from contracts.ports import free_port, free_port_pair
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,7 @@ CLIENTS = 4
 REQUESTS = 32
 
 
-def start_decode(model: str, name: str, logs: Path):  # type: ignore[no-untyped-def]
+def start_decode(model: str, name: str, logs: Path):
     port, metrics = free_port(), free_port()
     argv = ["decode", "--model", model, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics),
             "--kv-events-port", str(free_port_pair()), "--worker-id", name, "--kv-cache-bytes", "32MiB",
@@ -38,8 +40,8 @@ def start_decode(model: str, name: str, logs: Path):  # type: ignore[no-untyped-
 
 def running_requests(metrics_address: str) -> float:
     text = httpx.get(f"http://{metrics_address}/metrics", timeout=2).text
-    lines = [l for l in text.splitlines() if l.startswith("splitserve_worker_running_requests{")]
-    return sum(float(l.rsplit(" ", 1)[1]) for l in lines)
+    lines = [line for line in text.splitlines() if line.startswith("splitserve_worker_running_requests{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def ready_decode_workers(url: str) -> int:
@@ -57,7 +59,7 @@ def complete(url: str, i: int) -> tuple[int, str, float, float]:
         for line in reply.iter_lines():
             if line.startswith("data: {") and '"finish_reason":"' in line.replace(" ", ""):
                 finish = line.replace(" ", "").split('"finish_reason":"', 1)[1].split('"', 1)[0]
-            assert not line.startswith("data: {\"error\""), line
+            assert not line.startswith('data: {"error"'), line
     return status, finish, start, time.monotonic()
 
 
@@ -101,4 +103,3 @@ def test_sigterm_on_a_decode_worker_under_load_fails_no_request(model_dir: str, 
     finally:
         for proc in filter(None, (router, drained, kept)):
             proc.stop()
-

@@ -14,10 +14,11 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from e2e_stack import free_port, start_router, start_worker
+from e2e_stack import start_router, start_worker
 
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
+from contracts.ports import free_port
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 pytestmark = pytest.mark.slow
 

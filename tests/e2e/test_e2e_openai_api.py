@@ -7,14 +7,15 @@ decode worker. Both must equal the offline engine token for token (greedy).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine import LLM
-from engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def client(stack: dict[str, Any]) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def http(stack: dict[str, Any]) -> httpx.Client:
+def http(stack: dict[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack["url"], timeout=120) as c:
         yield c
 
@@ -178,7 +179,9 @@ def test_n_2_returns_two_choices_and_counts_both_in_usage(client):
     ))  # fmt: skip
     indexes = {c.choices[0].index for c in chunks if c.choices}
     assert indexes == {0, 1}
-    finishes = sorted((c.choices[0].index, c.choices[0].finish_reason) for c in chunks if c.choices and c.choices[0].finish_reason)
+    finishes = sorted(
+        (c.choices[0].index, c.choices[0].finish_reason) for c in chunks if c.choices and c.choices[0].finish_reason
+    )
     assert finishes == [(0, "length"), (1, "length")]
     assert chunks[-1].usage.completion_tokens == 16
 
@@ -188,9 +191,21 @@ MALFORMED = [
     ("/v1/chat/completions", b'{"model": "default"}', "application/json"),
     ("/v1/chat/completions", b'{"model": "default", "messages": "hello"}', "application/json"),
     ("/v1/chat/completions", b'{"model": "default", "messages": [{"role": "wizard", "content": "x"}]}', "application/json"),
-    ("/v1/chat/completions", b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}', "application/json"),
-    ("/v1/chat/completions", b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "application/json"),
-    ("/v1/chat/completions", b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "n": 100000}', "application/json"),
+    (
+        "/v1/chat/completions",
+        b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}',
+        "application/json",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+        "application/json",
+    ),
+    (
+        "/v1/chat/completions",
+        b'{"model": "default", "messages": [{"role": "user", "content": "x"}], "n": 100000}',
+        "application/json",
+    ),
     ("/v1/chat/completions", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', "application/json"),
     ("/v1/completions", b'{"model": "default", "prompt": ""}', "application/json"),
     ("/v1/completions", b'{"model": "default", "prompt": [999999999]}', "application/json"),

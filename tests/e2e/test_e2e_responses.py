@@ -73,4 +73,3 @@ def test_what_a_stateless_server_cannot_do_is_a_clear_400(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="default", input="hi", max_output_tokens=2, **extra)
     assert err.value.body["param"] == param and err.value.body["code"] == "unsupported_parameter"
-

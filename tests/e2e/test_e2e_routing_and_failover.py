@@ -12,7 +12,6 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -35,8 +34,11 @@ def store_pulled_bytes(addresses: list[str]) -> float:
     total = 0.0
     for address in addresses:
         for line in httpx.get(f"http://{address}/metrics", timeout=5).text.splitlines():
-            if line.startswith("splitserve_worker_kv_transfer_bytes_total{") and 'direction="in"' in line \
-                    and 'transport="store"' in line:
+            if (
+                line.startswith("splitserve_worker_kv_transfer_bytes_total{")
+                and 'direction="in"' in line
+                and 'transport="store"' in line
+            ):
                 total += float(line.rsplit(" ", 1)[1])
     return total
 

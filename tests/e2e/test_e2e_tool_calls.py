@@ -45,8 +45,14 @@ def test_a_named_tool_choice_returns_a_call_whose_arguments_parse(client, prompt
 
 
 def test_streamed_tool_call_deltas_reassemble_into_the_whole_call(client):
-    kwargs = dict(model="default", messages=[{"role": "user", "content": "Forecast for Rome"}], tools=TOOLS,
-                  max_tokens=60, seed=4, tool_choice={"type": "function", "function": {"name": "forecast"}})
+    kwargs = dict(
+        model="default",
+        messages=[{"role": "user", "content": "Forecast for Rome"}],
+        tools=TOOLS,
+        max_tokens=60,
+        seed=4,
+        tool_choice={"type": "function", "function": {"name": "forecast"}},
+    )
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
     name, arguments, ids, finishes = "", "", set(), []
     for chunk in client.chat.completions.create(stream=True, **kwargs):
@@ -78,10 +84,15 @@ def test_required_tool_choice_returns_only_known_tools_with_valid_arguments(clie
 def test_a_tool_result_turn_is_accepted_in_the_conversation(client):
     messages = [
         {"role": "user", "content": "Weather in Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
-                                                               "function": {"name": "forecast", "arguments": '{"city": "Oslo", "days": 1}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "forecast", "arguments": '{"city": "Oslo", "days": 1}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-    ]  # fmt: skip
+    ]
     reply = client.chat.completions.create(model="default", messages=messages, tools=TOOLS, max_tokens=5,
                                            tool_choice="none")  # fmt: skip
     assert reply.choices[0].message.tool_calls is None and reply.usage.completion_tokens >= 1

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.make_model import make_model
 
-ARCH_CASES = {
+ARCH_CASES: dict[str, dict[str, Any]] = {
     "llama3": dict(arch="llama"),  # llama3 rope scaling, tied embeddings
     "mistral": dict(arch="mistral"),  # untied lm_head
     "qwen2": dict(arch="qwen2"),  # qkv bias

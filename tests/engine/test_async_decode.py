@@ -8,13 +8,14 @@ reads its input tokens from the device tensor of the previous step's samples.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
-from engine.sampling_params import SamplingParams
 
 
 @pytest.fixture
@@ -41,8 +42,12 @@ def engine_for(model: str, **overrides) -> LLMEngine:
     return LLMEngine(EngineConfig(**{**cfg, **overrides}))
 
 
-def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]], abort_after: dict[str, int] | None = None,
-        late: dict[str, tuple[list[int], SamplingParams]] | None = None) -> dict[str, tuple[list[int], str | None]]:
+def run(
+    engine: LLMEngine,
+    requests: dict[str, tuple[list[int], SamplingParams]],
+    abort_after: dict[str, int] | None = None,
+    late: dict[str, tuple[list[int], SamplingParams]] | None = None,
+) -> dict[str, tuple[list[int], str | None]]:
     """Outputs (tokens, finish reason) of each request; ``abort_after`` aborts a request after its n-th token,
     ``late`` requests are added after the third step (mid-decode)."""
     for rid, (prompt, params) in requests.items():
@@ -67,8 +72,13 @@ def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]
 
 def workload(vocab: int = 380) -> tuple[dict, dict]:
     rng = random.Random(3)
-    prompt = lambda: [rng.randrange(3, vocab) for _ in range(rng.randrange(5, 40))]  # noqa: E731
-    greedy = lambda n, **kw: SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, **kw)  # noqa: E731
+
+    def prompt() -> list[int]:
+        return [rng.randrange(3, vocab) for _ in range(rng.randrange(5, 40))]
+
+    def greedy(n: int, **kw: Any) -> SamplingParams:
+        return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, **kw)
+
     requests = {f"r{i}": (prompt(), greedy(n)) for i, n in enumerate((20, 7, 20, 13))}
     late = {"late": (prompt(), greedy(9))}
     return requests, late
@@ -80,7 +90,7 @@ def test_run_ahead_decode_equals_synchronous_decode(checkpoints, static_decode, 
     sync = run(engine_for(model, async_decode=False), requests, late=late)
     assert not ahead_calls
     # a request that stops on a token id: the step launched ahead of that token is dropped
-    rid, (prompt, params) = "r2", requests["r2"]
+    rid, (prompt, _) = "r2", requests["r2"]
     stop_token = sync[rid][0][5]
     requests[rid] = (prompt, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop_token_ids=[stop_token]))
     sync = run(engine_for(model, async_decode=False), requests, late=late)

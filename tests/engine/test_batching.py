@@ -6,10 +6,10 @@ import random
 
 import pytest
 
+from contracts.sampling import SamplingParams
+from engine.config import EngineConfig
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
-from engine.config import EngineConfig
-from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 
@@ -56,8 +56,7 @@ def test_output_alone_equals_output_in_batch_of_16(llama_dir, plain_outputs):
 @pytest.mark.parametrize("chunk", [7, 16, 33])
 def test_chunked_prefill_gives_same_output(llama_dir, plain_outputs, chunk):
     prompts, params, alone = plain_outputs
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20,
-                                    max_num_batched_tokens=chunk))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20, max_num_batched_tokens=chunk))
     assert run_all(engine, prompts, params) == alone
 
 
@@ -88,8 +87,7 @@ def test_max_num_seqs_caps_running_requests(llama_dir):
 
 
 def test_abort_frees_blocks_and_stops_output(llama_dir):
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20,
-                                    enable_prefix_caching=False))
+    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20, enable_prefix_caching=False))
     engine.add_request("keep", [5] * 20, GREEDY)
     engine.add_request("drop", [6] * 40, GREEDY)
     engine.step()

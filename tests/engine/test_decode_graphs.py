@@ -11,12 +11,12 @@ import random
 import pytest
 import torch
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs, decode_buckets
 from engine.llm_engine import LLMEngine
 from engine.model_runner import ModelRunner
 from engine.moe import SparseMoE
-from engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
@@ -62,8 +62,11 @@ def test_padded_decode_steps_equal_eager_steps(checkpoints, static_decode, arch)
 
 
 def test_scratch_block_takes_the_padded_rows_writes(checkpoints, static_decode):
-    engine = LLMEngine(EngineConfig(model=str(checkpoints["llama3"]), dtype="float32", num_kv_blocks=32,
-                                    max_num_seqs=4, enable_prefix_caching=False))
+    engine = LLMEngine(
+        EngineConfig(
+            model=str(checkpoints["llama3"]), dtype="float32", num_kv_blocks=32, max_num_seqs=4, enable_prefix_caching=False
+        )
+    )
     kv = engine.runner.kv
     generate(engine, prompts(3))  # decode at bucket 4: one padded row per step
     assert kv.k[0][kv.scratch_block].abs().sum() > 0

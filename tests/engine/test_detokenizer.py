@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from contracts.sampling import SamplingParams
 from engine.detokenizer import IncrementalDetokenizer, StopChecker
-from engine.sampling_params import SamplingParams
 
 OUTPUT_TEXT = "héllo 世界 🙂, the end. STOP here héllo 世界 🙂"
 
@@ -20,10 +21,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<eos>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["the stop here, the end. STOP hello world " * 3, "héllo 世界 🙂"] * 20,
-                            trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<eos>"], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(["the stop here, the end. STOP hello world " * 3, "héllo 世界 🙂"] * 20, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
 
 
@@ -36,8 +37,7 @@ def test_fixture_splits_multibyte_characters_across_tokens(tokenizer: PreTrained
 
 
 @pytest.mark.parametrize("prompt", ["say: ", "héllo 世", ""])
-def test_one_token_at_a_time_equals_decoding_all_at_once(
-        tokenizer: PreTrainedTokenizerFast, prompt: str) -> None:
+def test_one_token_at_a_time_equals_decoding_all_at_once(tokenizer: PreTrainedTokenizerFast, prompt: str) -> None:
     output_ids = encode(tokenizer, OUTPUT_TEXT)
     detok = IncrementalDetokenizer(tokenizer, encode(tokenizer, prompt))
     deltas = [detok.add([token_id]) for token_id in output_ids]
@@ -50,7 +50,7 @@ def test_adding_several_tokens_at_once_gives_the_same_text(tokenizer: PreTrained
     output_ids = encode(tokenizer, OUTPUT_TEXT)
     detok = IncrementalDetokenizer(tokenizer, encode(tokenizer, "hi"))
     for start in range(0, len(output_ids), 3):
-        detok.add(output_ids[start:start + 3])
+        detok.add(output_ids[start : start + 3])
     assert detok.text == OUTPUT_TEXT
 
 
@@ -83,7 +83,9 @@ class DecodeRecorder:
 
     def decode(self, token_ids: list[int], **kwargs: Any) -> str:
         self.lengths.append(len(token_ids))
-        return self.tokenizer.decode(token_ids, **kwargs)
+        text = self.tokenizer.decode(token_ids, **kwargs)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
 
 
 def test_each_step_decodes_only_a_short_window(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -96,8 +98,9 @@ def test_each_step_decodes_only_a_short_window(tokenizer: PreTrainedTokenizerFas
     assert max(recorder.lengths) <= 12 < len(output_ids)
 
 
-def run_until_stop(tokenizer: PreTrainedTokenizerFast, params: SamplingParams, text: str,
-                   extra_ids: list[int] = ()) -> tuple[str | None, str, int]:
+def run_until_stop(
+    tokenizer: PreTrainedTokenizerFast, params: SamplingParams, text: str, extra_ids: Sequence[int] = ()
+) -> tuple[str | None, str, int]:
     """Stream `text` token by token; return (finish_reason, final text, tokens consumed)."""
     detok = IncrementalDetokenizer(tokenizer, [])
     checker = StopChecker(params, {tokenizer.eos_token_id})

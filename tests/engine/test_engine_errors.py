@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
+from contracts.sampling import InvalidSamplingParams, SamplingParams
 from engine.config import EngineConfig
 from engine.errors import CheckpointError, PromptTooLong, UnsupportedArchitecture
 from engine.llm import LLM
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,18 @@ import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+pytest.importorskip(
+    "triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)"
+)
 
-from engine import attention_layer, mlp, norm  # noqa: E402
-from engine.attention import write_kv  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.norm import RMSNorm  # noqa: E402
-from engine.rotary import RotaryEmbedding  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
-from engine.triton_fused import rms_norm, rope_and_cache, silu_and_mul  # noqa: E402
+from contracts.sampling import SamplingParams
+from engine import attention_layer, mlp, norm
+from engine.attention import write_kv
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.norm import RMSNorm
+from engine.rotary import RotaryEmbedding
+from engine.triton_fused import rms_norm, rope_and_cache, silu_and_mul
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

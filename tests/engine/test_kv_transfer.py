@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.errors import UnknownRequest
 from engine.llm_engine import LLMEngine
 from engine.outputs import PrefillProgress
-from engine.sampling_params import SamplingParams
 
 PROMPT = [(7 * i + 3) % 370 + 5 for i in range(45)]  # 45 tokens: 2 full blocks + a partial one
 
@@ -33,13 +33,18 @@ def prefill(engine: LLMEngine, params: SamplingParams) -> int:
         for o in engine.step():
             assert o.finished and len(o.new_token_ids) == 1
             first = o.new_token_ids[0]
+    assert first is not None, "the prefill produced no first token"
     return first
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
-    SamplingParams(temperature=0.8, seed=11, max_tokens=24, ignore_eos=True),
-], ids=["greedy", "seeded"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+        SamplingParams(temperature=0.8, seed=11, max_tokens=24, ignore_eos=True),
+    ],
+    ids=["greedy", "seeded"],
+)
 @pytest.mark.parametrize("case", ["llama3", "qwen3-moe"])
 def test_decode_after_import_equals_colocated_output(checkpoints, case, params):
     model_dir = checkpoints[case]
@@ -83,8 +88,10 @@ def test_import_skips_blocks_already_in_local_prefix_cache(llama_dir):
 
 def test_prefill_progress_reports_each_chunk(llama_dir):
     progress: list[PrefillProgress] = []
-    engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20,
-                                    max_num_batched_tokens=16), on_prefill_progress=progress.append)
+    engine = LLMEngine(
+        EngineConfig(model=str(llama_dir), dtype="float32", kv_cache_bytes=4 << 20, max_num_batched_tokens=16),
+        on_prefill_progress=progress.append,
+    )
     prefill(engine, SamplingParams(temperature=0, max_tokens=4))
     assert [(p.num_computed_tokens, p.done) for p in progress] == [(16, False), (32, False), (45, True)]
     # blocks of a reported range are final: exporting them early equals exporting them at the end

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from contracts.sampling import SamplingParams
 from engine.llm import LLM
-from engine.sampling_params import SamplingParams
 
 PROMPTS = [
     [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23],  # > 1 block

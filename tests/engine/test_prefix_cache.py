@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from contracts.kv_events import BlockRemoved, BlockStored
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
 from kvstore.block_key import block_keys
-from kvstore.events import BlockRemoved, BlockStored
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 SHARED = list(range(10, 58))  # 48 tokens = 3 full blocks

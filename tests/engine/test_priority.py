@@ -3,9 +3,9 @@ the waiting queue is served most urgent first, and preemption frees the least ur
 
 from __future__ import annotations
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
 
 PROMPT = [(5 * i + 7) % 370 + 5 for i in range(20)]
 
@@ -35,7 +35,7 @@ def test_preemption_frees_the_least_urgent_running_request(llama_dir) -> None:
     preempted: list[str] = []
     original = engine.scheduler._preempt
 
-    def spy(seq):  # type: ignore[no-untyped-def]
+    def spy(seq):
         preempted.append(seq.request_id)
         original(seq)
 

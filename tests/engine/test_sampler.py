@@ -5,18 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from contracts.sampling import SamplingParams
 from engine.sampler import Sampler, SamplingBatch
-from engine.sampling_params import SamplingParams
 
 EOS = 3
 
 
-def make_batch(params: list[SamplingParams], outputs: list[list[int]] | None = None,
-               prompts: list[list[int]] | None = None) -> SamplingBatch:
+def make_batch(
+    params: list[SamplingParams], outputs: list[list[int]] | None = None, prompts: list[list[int]] | None = None
+) -> SamplingBatch:
     n = len(params)
-    return SamplingBatch(params=params,
-                         prompt_token_ids=prompts if prompts is not None else [[0]] * n,
-                         output_token_ids=outputs if outputs is not None else [[]] * n)
+    return SamplingBatch(
+        params=params,
+        prompt_token_ids=prompts if prompts is not None else [[0]] * n,
+        output_token_ids=outputs if outputs is not None else [[]] * n,
+    )
 
 
 def random_logits(rows: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -78,10 +81,11 @@ def test_seeded_row_is_identical_alone_and_inside_a_mixed_batch() -> None:
     vocab = 1000
     target = SamplingParams(temperature=1.0, top_p=0.95, seed=42)
     target_logits = random_logits(1, vocab, seed=7)
-    others = [SamplingParams(temperature=0.3 + 0.1 * i, top_k=i % 5, seed=i if i % 2 else None,
-                             repetition_penalty=1.0 + 0.05 * i) for i in range(16)]
-    logits = torch.cat([random_logits(8, vocab, seed=8), target_logits,
-                        random_logits(8, vocab, seed=9)])  # [17, V]
+    others = [
+        SamplingParams(temperature=0.3 + 0.1 * i, top_k=i % 5, seed=i if i % 2 else None, repetition_penalty=1.0 + 0.05 * i)
+        for i in range(16)
+    ]
+    logits = torch.cat([random_logits(8, vocab, seed=8), target_logits, random_logits(8, vocab, seed=9)])  # [17, V]
     params = others[:8] + [target] + others[8:]
     for target_output in ([], [5], [5, 9, 11]):  # first token (prefill) and later ones (decode)
         alone = Sampler(seed=1)(target_logits, make_batch([target], [target_output])).token_ids
@@ -102,8 +106,7 @@ def test_seeded_noise_depends_on_output_position() -> None:
 
 def test_repetition_then_frequency_and_presence_penalties_are_exact() -> None:
     logits_row = torch.tensor([2.0, -1.0, 3.0, 0.5, -2.0])
-    params = SamplingParams(temperature=0.0, repetition_penalty=2.0,
-                            frequency_penalty=0.5, presence_penalty=0.25)
+    params = SamplingParams(temperature=0.0, repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25)
     prompt, output = [0, 1], [2, 2, 4]
     sampler = Sampler()
     processed = sampler.process_logits(logits_row[None], make_batch([params], [output], [prompt]))[0]
@@ -127,8 +130,11 @@ def test_min_tokens_blocks_eos_and_stop_tokens_until_reached() -> None:
 
 def test_logprobs_are_raw_log_softmax_with_sorted_top_columns() -> None:
     logits = random_logits(3, 40, seed=3)
-    params = [SamplingParams(temperature=0.8, repetition_penalty=1.5, logprobs=4),
-              SamplingParams(temperature=0.0, logprobs=0), SamplingParams()]
+    params = [
+        SamplingParams(temperature=0.8, repetition_penalty=1.5, logprobs=4),
+        SamplingParams(temperature=0.0, logprobs=0),
+        SamplingParams(),
+    ]
     out = Sampler(seed=0)(logits, make_batch(params, [[1, 2], [], [5]]))
     raw = torch.log_softmax(logits, dim=-1)
     expected = raw.gather(1, out.token_ids[:, None]).squeeze(1)
@@ -147,6 +153,7 @@ def test_sampler_rejects_batch_that_does_not_match_logits() -> None:
 def test_sampler_does_not_modify_caller_logits() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     before = logits.clone()
-    Sampler(eos_token_ids={EOS})(logits, make_batch(
-        [SamplingParams(min_tokens=3, repetition_penalty=2.0, top_k=2)], [[0]], [[1]]))
+    Sampler(eos_token_ids={EOS})(
+        logits, make_batch([SamplingParams(min_tokens=3, repetition_penalty=2.0, top_k=2)], [[0]], [[1]])
+    )
     assert torch.equal(logits, before)

@@ -1,10 +1,14 @@
-"""SamplingParams: validation names the bad field; dict round trip; greedy detection."""
+"""SamplingParams: validation names the bad field; proto round trip (unset = default); greedy detection."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 import pytest
 
-from engine.sampling_params import InvalidSamplingParams, SamplingParams
+from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import InvalidSamplingParams, SamplingParams, from_proto, to_proto
 
 VOCAB = 100
 
@@ -36,7 +40,7 @@ VOCAB = 100
         ("stop", [f"s{i}" for i in range(17)]),
     ],
 )
-def test_invalid_field_is_rejected_with_its_name(field: str, value: object) -> None:
+def test_invalid_field_is_rejected_with_its_name(field: str, value: Any) -> None:
     params = SamplingParams(**{field: value})
     with pytest.raises(InvalidSamplingParams, match=field) as info:
         params.validate(VOCAB)
@@ -50,9 +54,20 @@ def test_error_message_gives_value_and_allowed_range() -> None:
 
 def test_boundary_values_are_accepted() -> None:
     SamplingParams().validate(VOCAB)
-    SamplingParams(temperature=0.0, top_p=1.0, top_k=0, min_p=1.0, presence_penalty=-2.0,
-                   frequency_penalty=2.0, max_tokens=1, min_tokens=1, stop_token_ids=[0, VOCAB - 1],
-                   logprobs=20, seed=-(2**63), stop=["x"] * 16).validate(VOCAB)
+    SamplingParams(
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=1.0,
+        presence_penalty=-2.0,
+        frequency_penalty=2.0,
+        max_tokens=1,
+        min_tokens=1,
+        stop_token_ids=[0, VOCAB - 1],
+        logprobs=20,
+        seed=-(2**63),
+        stop=["x"] * 16,
+    ).validate(VOCAB)
     SamplingParams(top_k=1, logprobs=0, seed=2**63 - 1).validate(VOCAB)
 
 
@@ -62,12 +77,22 @@ def test_near_zero_temperature_is_greedy() -> None:
     assert not SamplingParams(temperature=0.1).is_greedy
 
 
-def test_dict_round_trip_and_none_means_default() -> None:
-    params = SamplingParams(temperature=0.5, seed=7, stop=["\n"], stop_token_ids=[2], logprobs=3)
-    assert SamplingParams.from_dict(params.to_dict()) == params
-    assert SamplingParams.from_dict({"top_k": None, "max_tokens": 5}) == SamplingParams(max_tokens=5)
+def test_proto_round_trip_and_unset_means_default() -> None:
+    params = SamplingParams(temperature=0.5, seed=7, stop=["\n"], stop_token_ids=[2], logprobs=3, logit_bias=[(4, 1.5)])
+    assert from_proto(to_proto(params)) == params
+    assert from_proto(None) == SamplingParams()
+    unset = from_proto(pb.SamplingParams(temperature=0.0))
+    assert (unset.top_p, unset.repetition_penalty, unset.max_tokens, unset.seed, unset.logprobs) == (1.0, 1.0, 16, None, None)
 
 
-def test_from_dict_rejects_unknown_keys() -> None:
-    with pytest.raises(InvalidSamplingParams, match="best_of"):
-        SamplingParams.from_dict({"best_of": 2})
+def test_an_explicit_zero_is_not_taken_for_unset() -> None:
+    with pytest.raises(InvalidSamplingParams, match="top_p"):
+        from_proto(pb.SamplingParams(top_p=0.0)).validate(VOCAB)
+    with pytest.raises(InvalidSamplingParams, match="max_tokens"):
+        from_proto(pb.SamplingParams(max_tokens=0)).validate(VOCAB)
+
+
+def test_unknown_fields_are_refused_on_the_engine_pipe() -> None:
+    encoded = msgspec.msgpack.encode({"temperature": 1.0, "best_of": 2})
+    with pytest.raises(msgspec.ValidationError, match="best_of"):
+        msgspec.msgpack.decode(encoded, type=SamplingParams)

@@ -13,10 +13,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+pytest.importorskip(
+    "triton", reason="triton is not installed (the gpu and dev extras install it; it has no wheel for some platforms)"
+)
 
-from engine.attention import paged_attention_reference  # noqa: E402
-from engine.triton_attention import paged_attention_triton  # noqa: E402
+from engine.attention import paged_attention_reference
+from engine.triton_attention import paged_attention_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 HEAD_DIM = 16

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from engine import block_copy  # noqa: E402
-from engine.kv_cache import KVCache, KVCacheSpec  # noqa: E402
+from engine import block_copy
+from engine.kv_cache import KVCache, KVCacheSpec
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the kernel runs on the GPU, else interpreted
 SPEC = KVCacheSpec(num_layers=3, block_size=4, num_kv_heads=2, head_dim=8, dtype=torch.float32)
@@ -67,7 +67,7 @@ def test_kv_cache_copies_from_a_peer_pool_of_the_same_layout() -> None:
         mine.copy_blocks_from(other.pool, [0], [0])
 
 
-def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:
     path = str(tmp_path / "pool")
     a = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)
     b = KVCache(SPEC, 4, torch.device("cpu"), shared_file=path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
+from contracts.ports import free_port
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(slots=True)
@@ -44,6 +38,7 @@ def start(args: list[str]) -> StoreProcess:
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "kvstore", *args, "--host", "127.0.0.1", "--port", "0", "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -72,7 +67,9 @@ class Cluster:
 
 
 def start_cluster(n_nodes: int, capacity: str = "32MiB", heartbeat_timeout: str = "1.5s", put_timeout: str = "30s") -> Cluster:
-    master = start(["kvstore-master", "--events-port", "0", "--heartbeat-timeout", heartbeat_timeout, "--put-timeout", put_timeout])
+    master = start(
+        ["kvstore-master", "--events-port", "0", "--heartbeat-timeout", heartbeat_timeout, "--put-timeout", put_timeout]
+    )
     cluster = Cluster(master)
     for _ in range(n_nodes):
         cluster.nodes.append(start(["kvstore-node", "--master", master.address, "--capacity", capacity]))

@@ -1,12 +1,8 @@
 """Both store backends as real processes on 127.0.0.1, for tests that run against each.
 
-``mooncake_url`` (fixture) starts ``mooncake_master`` and one memory node from the
-mooncake wheel and yields the mooncake:// URL that kvstore.backend.open_store takes;
-``backend_cluster`` (fixture, parametrised "ours" / "mooncake") yields a
-``BackendCluster`` whose ``address`` opens either backend; ``start_backend`` gives a
-private one for tests that kill a node (``kill_node``) or fill the memory. Import the fixtures into a test module to use them:
-
-    from store_backends import backend_cluster, mooncake_url  # noqa: F401
+``start_backend`` gives a private ``BackendCluster`` (whose ``address`` opens either backend)
+for tests that kill a node (``kill_node``) or fill the memory; the shared fixtures
+``backend_cluster`` and ``mooncake_url`` are in conftest.py.
 """
 
 from __future__ import annotations
@@ -15,13 +11,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
+from kvstore_processes import Cluster, start_cluster
 
 from kvstore import mooncake_processes
-from kvstore_processes import Cluster, start_cluster
 
 BACKENDS = ("ours", "mooncake")
 
@@ -68,19 +62,3 @@ def start_backend(backend: str, n_nodes: int = 2, node_bytes: int = 32 << 20) ->
         return BackendCluster(backend, cluster.master.address, ours=cluster)
     mc = mooncake_processes.start_cluster(n_nodes, node_bytes, client_ttl_s=MOONCAKE_CLIENT_TTL_S, lease_ttl_ms=500)
     return BackendCluster(backend, mc.url, mooncake=mc)
-
-
-@pytest.fixture(params=BACKENDS, scope="module")
-def backend_cluster(request: pytest.FixtureRequest) -> Iterator[BackendCluster]:
-    """One cluster per backend for a whole test module: tests must not kill its nodes."""
-    cluster = start_backend(request.param)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="module")
-def mooncake_url() -> Iterator[str]:
-    """A Mooncake master plus one 256 MiB memory node on loopback; yields the store URL."""
-    cluster = mooncake_processes.start_cluster(1, 256 << 20)
-    yield cluster.url
-    cluster.stop()

@@ -6,12 +6,12 @@ import grpc
 import pytest
 import xxhash
 
-from kvstore.embedded import EmbeddedStore
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore.client import PutStatus
+from kvstore.embedded import EmbeddedStore
 from kvstore.errors import InvalidRequest
 from kvstore.sync_client import KVStoreClient
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 
 CAPACITY = 8 << 20
 
@@ -29,6 +29,7 @@ def master(store):
 
 
 def node_stub(store: EmbeddedStore) -> pb_grpc.StorageNodeStub:
+    assert store.node is not None, "the embedded store runs its node in process"
     return pb_grpc.StorageNodeStub(grpc.insecure_channel(store.node.address))
 
 
@@ -66,6 +67,7 @@ def test_oversized_object_is_resource_exhausted_with_sizes(master, store):
         ("Get", pb.KeysRequest(keys=["a", "b"]), "exactly one"),
         ("BatchPutStart", pb.PutStartRequest(items=[pb.PutStartItem(key="d", size=1)] * 2), "twice"),
         ("PutStart", pb.PutStartItem(key="k", size=10, replicas=5), "replicas"),
+        ("PutStart", pb.PutStartItem(key="k", size=10, replicas=0), "replicas"),  # explicit 0 is not "unset"
     ],
 )
 def test_malformed_requests_are_invalid_argument(master, call, request_, words):
@@ -85,7 +87,11 @@ def test_corrupted_chunk_is_data_loss_and_the_object_never_appears(master, store
             digest = xxhash.xxh3_64_intdigest(piece)
             if i == corrupt_index:
                 piece = b"\xff" + piece[1:]  # flipped on the wire: no longer matches its digest
-            header = dict(offset=replica.offset, size=len(data), checksum=xxhash.xxh3_64_intdigest(data) + bad_checksum) if i == 0 else {}
+            header = (
+                dict(offset=replica.offset, size=len(data), checksum=xxhash.xxh3_64_intdigest(data) + bad_checksum)
+                if i == 0
+                else {}
+            )
             yield pb.WriteChunk(data=piece, chunk_checksum=digest, **header)
 
     node = node_stub(store)

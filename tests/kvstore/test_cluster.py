@@ -10,11 +10,11 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from kvstore.sync_client import KVStoreClient
-from splitserve.rpc import kvstore_pb2 as pb
-from splitserve.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore_processes import Cluster, start_cluster
+
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
+from kvstore.sync_client import KVStoreClient
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,10 @@ def test_killed_node_objects_become_misses_and_the_rest_keeps_serving(cluster: C
 def test_processes_serve_health_and_metrics_and_stop_cleanly_on_sigterm():
     cluster = start_cluster(1)
     try:
-        for proc, service in [(cluster.master, "splitserve.kvstore.Master"), (cluster.nodes[0], "splitserve.kvstore.StorageNode")]:
+        for proc, service in [
+            (cluster.master, "splitserve.kvstore.Master"),
+            (cluster.nodes[0], "splitserve.kvstore.StorageNode"),
+        ]:
             with grpc.insecure_channel(proc.address) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -97,7 +100,16 @@ def test_processes_serve_health_and_metrics_and_stop_cleanly_on_sigterm():
             client.put({"a": b"x" * 1000})
             client.get(["a", "missing"])
         text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.master.metrics_port}/metrics", timeout=5).read().decode()
-        for name in ["capacity_bytes", "used_bytes", "objects", "hits_total", "misses_total", "evictions_total", "received_bytes_total", "operation_seconds_bucket"]:
+        for name in [
+            "capacity_bytes",
+            "used_bytes",
+            "objects",
+            "hits_total",
+            "misses_total",
+            "evictions_total",
+            "received_bytes_total",
+            "operation_seconds_bucket",
+        ]:
             assert f"splitserve_kvstore_{name}" in text
         assert 'splitserve_kvstore_misses_total{component="master"} 1.0' in text
         node_text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.nodes[0].metrics_port}/metrics", timeout=5).read().decode()

@@ -19,7 +19,10 @@ def test_remote_clients_read_over_the_data_plane_what_grpc_clients_read():
     with EmbeddedStore(64 << 20) as store:
         assert store.node is not None and store.node.data_address
         objects = {f"obj{i}": os.urandom(1 + i * 7919) for i in range(40)} | {"big": os.urandom(9 << 20)}
-        with KVStoreClient(store.address, use_shm=False) as raw, KVStoreClient(store.address, use_shm=False, use_data_plane=False) as grpc_only:
+        with (
+            KVStoreClient(store.address, use_shm=False) as raw,
+            KVStoreClient(store.address, use_shm=False, use_data_plane=False) as grpc_only,
+        ):
             assert all(r.ok for r in raw.put(objects).values())
             assert grpc_only.get(list(objects)) == objects
             assert raw.get(list(objects)) == objects

@@ -9,8 +9,6 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 from kvstore.embedded import EmbeddedStore
 from kvstore.master_config import MasterConfig
 from kvstore.sync_client import KVStoreClient
@@ -59,7 +57,7 @@ def test_store_full_of_leased_objects_refuses_puts_instead_of_evicting_them():
 CRASHING_CLIENT = textwrap.dedent(
     """
     import sys, time, grpc, xxhash
-    from splitserve.rpc import kvstore_pb2 as pb, kvstore_pb2_grpc as pb_grpc
+    from contracts.rpc import kvstore_pb2 as pb, kvstore_pb2_grpc as pb_grpc
     data = b"z" * (4 << 20)
     master = pb_grpc.MasterStub(grpc.insecure_channel(sys.argv[1]))
     started = master.PutStart(pb.PutStartItem(key="half-written", size=len(data), checksum=xxhash.xxh3_64_intdigest(data)))

@@ -10,11 +10,19 @@ from kvstore.mooncake_url import MooncakeURL
 
 def test_a_plain_master_url_takes_the_defaults():
     url = MooncakeURL.parse("mooncake://10.0.0.5:50051")
-    assert (url.master, url.metadata_server, url.protocol, url.replicas, url.segment) == ("10.0.0.5:50051", "P2PHANDSHAKE", "tcp", 1, 0)
+    assert (url.master, url.metadata_server, url.protocol, url.replicas, url.segment) == (
+        "10.0.0.5:50051",
+        "P2PHANDSHAKE",
+        "tcp",
+        1,
+        0,
+    )
 
 
 def test_options_reach_the_client_setup():
-    url = MooncakeURL.parse("mooncake://m:1?protocol=RDMA&device=mlx5_0&replicas=2&segment=4GiB&metadata=http://m:8080/metadata&host=10.1.1.1")
+    url = MooncakeURL.parse(
+        "mooncake://m:1?protocol=RDMA&device=mlx5_0&replicas=2&segment=4GiB&metadata=http://m:8080/metadata&host=10.1.1.1"
+    )
     assert (url.protocol, url.device, url.replicas, url.segment) == ("rdma", "mlx5_0", 2, 4 << 30)
     assert url.metadata_server == "http://m:8080/metadata" and url.local_hostname() == "10.1.1.1"
 

@@ -10,9 +10,10 @@ import torch
 import zmq
 from prometheus_client import REGISTRY
 
+from contracts.kv_events import BlockRemoved, BlockStored, decode_batch
 from kvstore.block_key import KVLayout, block_keys, store_key
 from kvstore.embedded import EmbeddedStore
-from kvstore.events import BlockRemoved, BlockStored, decode_batch, request_snapshot
+from kvstore.event_publisher import request_snapshot
 from kvstore.sync_client import KVStoreClient
 
 

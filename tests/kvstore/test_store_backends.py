@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from store_backends import BackendCluster, start_backend
 
 from kvstore.backend import BACKENDS, open_store, store_address
 from kvstore.block_key import KVLayout, block_keys
 from kvstore.client import PutStatus
 from kvstore.errors import InvalidRequest, NoStorageNodes
-from store_backends import BackendCluster, backend_cluster, start_backend  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def new_blocks(n: int, row: tuple[int, ...] = ROW) -> tuple[list[bytes], torch.T
     return keys, torch.randn(n, *row)
 
 
-def put_all(store, keys: list[bytes], rows: torch.Tensor) -> dict:  # type: ignore[no-untyped-def]
+def put_all(store, keys: list[bytes], rows: torch.Tensor) -> dict:
     return store.put_blocks(LAYOUT, {k: rows[i] for i, k in enumerate(keys)})
 
 
@@ -186,7 +186,9 @@ def test_the_backend_flag_and_the_address_choose_the_store():
 def test_with_two_replicas_a_lost_node_costs_no_block(backend: str):
     cluster = start_backend(backend, n_nodes=2)
     try:
-        replicated = open_store(cluster.address + "&replicas=2") if backend == "mooncake" else open_store(cluster.address, replicas=2)
+        replicated = (
+            open_store(cluster.address + "&replicas=2") if backend == "mooncake" else open_store(cluster.address, replicas=2)
+        )
         with replicated as store:
             keys, rows = new_blocks(32)
             assert all(r.ok for r in put_all(store, keys, rows).values())
@@ -196,7 +198,9 @@ def test_with_two_replicas_a_lost_node_costs_no_block(backend: str):
             # that picks the dead copy is a miss. Ours falls back to the next replica at once.
             out = torch.empty_like(rows)
             deadline = time.monotonic() + 15
-            while not all(got := store.get_blocks_into(LAYOUT, keys, [out[i] for i in range(32)])) and time.monotonic() < deadline:
+            while (
+                not all(got := store.get_blocks_into(LAYOUT, keys, [out[i] for i in range(32)])) and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
             assert got == [True] * 32
             assert torch.equal(out, rows)

@@ -8,9 +8,8 @@ import torch
 from kvstore.backend import open_store
 from kvstore.block_key import KVLayout, block_keys
 from kvstore.store_tier_events import AnnouncingStore
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
-from store_backends import mooncake_url  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +68,8 @@ def test_a_prefill_workers_announcements_on_its_own_stream_are_filed_under_the_s
     """What a serving prefill worker does (kv_transfer/store.py): Mooncake writes announced on the
     worker's own event stream, beside its GPU blocks; the router files "store" blocks under the
     store tier (scheduler's store hit) and the rest under the worker."""
-    from kvstore.events import BlockStored, KVEventPublisher
+    from contracts.kv_events import BlockStored
+    from kvstore.event_publisher import KVEventPublisher
 
     gpu_keys = block_keys(list(range(1000, 1000 + 16 * 2)), LAYOUT.model_fingerprint)
     worker_state: dict[str, list] = {"gpu": list(gpu_keys)}
@@ -87,7 +87,7 @@ def test_a_prefill_workers_announcements_on_its_own_stream_are_filed_under_the_s
     try:
         subscriber.add_publisher("prefill-0", publisher.pub_endpoint, publisher.snapshot_endpoint)
         assert subscriber.wait_for(lambda: subscriber.is_synced("prefill-0"))
-        publisher.publish([BlockStored(list(gpu_keys), None, "gpu", [], 16)])
+        publisher.publish([BlockStored(keys=list(gpu_keys), block_size=16, medium="gpu")])
         assert all(r.ok for r in store.put_blocks(LAYOUT, {k: ROWS[i] for i, k in enumerate(KEYS)}).values())
         assert subscriber.wait_for(lambda: index.match(KEYS) == {"kvstore": 6})
         assert index.match(gpu_keys) == {"prefill-0": 2}

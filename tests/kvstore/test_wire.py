@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from contracts.rpc import kvstore_pb2 as pb
 from kvstore import wire
-from splitserve.rpc import kvstore_pb2 as pb
 
 
 def test_bulk_messages_round_trip_through_the_generated_protobuf_classes():

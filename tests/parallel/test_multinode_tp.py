@@ -19,38 +19,25 @@ from pathlib import Path
 
 import pytest
 
+from contracts.ports import free_port_pair
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
+from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.remote_ranks import TOKEN_ENV, RankGroupError, accept_remote_ranks, join_leader
-from engine.sampling_params import SamplingParams
+from engine.remote_ranks import (
+    TOKEN_ENV,
+    RankGroupError,
+    accept_remote_ranks,
+    join_leader,
+)
 
 PROMPTS = [[(7 * i + 3) % 370 + 5 for i in range(45)], [100, 3, 77]]
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 
 
-def free_port_pair() -> int:
-    while True:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-
-
-def generate(engine: LLMEngine) -> list[list[int]]:
-    for i, prompt in enumerate(PROMPTS):
-        engine.add_request(f"g{i}", prompt, GREEDY)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o.output_token_ids
-    return [done[f"g{i}"] for i in range(len(PROMPTS))]
+def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list[int]]:
+    return [out.output_token_ids for out in run_to_completion(engine, prompts, GREEDY)]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,15 @@ things: colocated greedy output, and KV export/import across TP sizes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
+from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
-from engine.sampling_params import SamplingParams
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one
@@ -22,7 +24,7 @@ PROMPTS = [
 ]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "llama": dict(arch="llama"),  # tied embeddings: vocab-parallel embedding doubles as the LM head
     "qwen2": dict(arch="qwen2"),  # qkv bias
     "qwen3": dict(arch="qwen3"),  # q/k norm
@@ -42,17 +44,10 @@ def make_engine(model_dir: Path, **kw) -> LLMEngine:
 
 
 def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list[int]]:
-    for i, p in enumerate(prompts):
-        engine.add_request(f"g{i}", p, GREEDY)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o.output_token_ids
-    return [done[f"g{i}"] for i in range(len(prompts))]
+    return [out.output_token_ids for out in run_to_completion(engine, prompts, GREEDY)]
 
 
-def prefill_and_export(engine: LLMEngine, prompt: list[int]):  # type: ignore[no-untyped-def]
+def prefill_and_export(engine: LLMEngine, prompt: list[int]):
     engine.add_request("p", prompt, GREEDY, prefill_only=True)
     first = None
     while engine.has_unfinished():
@@ -63,13 +58,14 @@ def prefill_and_export(engine: LLMEngine, prompt: list[int]):  # type: ignore[no
     return kv, first
 
 
-def decode_imported(engine: LLMEngine, prompt: list[int], kv, first: int) -> list[int]:  # type: ignore[no-untyped-def]
+def decode_imported(engine: LLMEngine, prompt: list[int], kv, first: int) -> list[int]:
     engine.import_request("d", prompt, GREEDY, kv, num_tokens=len(prompt), first_token_id=first)
     out = None
     while engine.has_unfinished():
         for o in engine.step():
             if o.finished:
                 out = o.output_token_ids
+    assert out is not None, "the imported request never finished"
     return out
 
 

@@ -14,11 +14,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[dev]' (ray[default]) to run these")
 pytestmark = pytest.mark.timeout(120)  # a hung actor or rendezvous fails here, not at the suite timeout
 
+from contracts.sampling import SamplingParams  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.errors import RankDied  # noqa: E402
+from engine.llm import run_to_completion  # noqa: E402
 from engine.llm_engine import LLMEngine  # noqa: E402
 from engine.make_model import make_model  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
 
 PROMPTS = [
     [(7 * i + 3) % 370 + 5 for i in range(45)],  # 2 full blocks + a partial one
@@ -46,15 +47,8 @@ def make_engine(model_dir: Path, **kw) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(model_dir), dtype="float32", kv_cache_bytes=4 << 20, **kw))
 
 
-def generate(engine: LLMEngine) -> list[list[int]]:
-    for i, p in enumerate(PROMPTS):
-        engine.add_request(f"g{i}", p, GREEDY)
-    done: dict[str, list[int]] = {}
-    while engine.has_unfinished():
-        for o in engine.step():
-            if o.finished:
-                done[o.request_id] = o.output_token_ids
-    return [done[f"g{i}"] for i in range(len(PROMPTS))]
+def generate(engine: LLMEngine, prompts: list[list[int]] = PROMPTS) -> list[list[int]]:
+    return [out.output_token_ids for out in run_to_completion(engine, prompts, GREEDY)]
 
 
 def test_ray_tp2_greedy_output_equals_tp1_and_frees_its_actor(ray_cluster, model):

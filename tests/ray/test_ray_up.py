@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from contracts.ports import free_port
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[dev]' (ray[default]) to run these")
 pytestmark = pytest.mark.timeout(120)  # a hung actor or rendezvous fails here, not at the suite timeout
-httpx = pytest.importorskip("httpx")
 
 CLI = [sys.executable, "-m", "splitserve.cli"]
 COMPONENTS = {"kvstore-master", "kvstore-node", "prefill-0", "decode-0", "router"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

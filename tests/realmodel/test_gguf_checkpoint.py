@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from contracts.sampling import SamplingParams
 from engine.errors import CheckpointError
 from engine.llm import LLM
 from engine.make_model import make_model
 from engine.model_source import PACKAGED_MODELS, PackagedModel, resolve_model
-from engine.sampling_params import SamplingParams
 
 # HF parameter (after model.layers.N.) -> GGUF name (after blk.N.); the reverse of the converter's map
 _TO_GGUF = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
@@ -57,8 +57,10 @@ def write_qwen2_gguf(model_dir: Path, path: Path) -> None:
     w.add_token_types([3 if t in specials else 1 for t, _ in vocab])  # 3: control, 1: normal
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
     w.add_eos_token_id(cfg["eos_token_id"])
-    w.add_chat_template(json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
-                        or (model_dir / "chat_template.jinja").read_text())
+    w.add_chat_template(
+        json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
+        or (model_dir / "chat_template.jinja").read_text()
+    )
     for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
         data = tensor.float().numpy()
         if data.ndim == 2:  # matrices quantised, as in a real GGUF; biases and norms stay F32

@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from e2e_stack import Proc, start_up, wait_until  # noqa: E402
-from realmodel_prompts import NEW_TOKENS, chat  # noqa: E402
+from e2e_stack import Proc, start_up, wait_until
+from realmodel_prompts import NEW_TOKENS, chat
 
-from engine.llm import LLM  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
-from router.tokenization import PromptTokenizer  # noqa: E402
+from contracts.sampling import SamplingParams
+from engine.llm import LLM
+from router.tokenization import PromptTokenizer
 
 pytestmark = pytest.mark.slow
 

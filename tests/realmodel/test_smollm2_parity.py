@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.llm import LLM
-from engine.sampling_params import SamplingParams
-from router.tokenization import PromptTokenizer
 from realmodel_prompts import NEW_TOKENS, QUESTIONS, chat
+
+from contracts.sampling import SamplingParams
+from engine.llm import LLM
+from router.tokenization import PromptTokenizer
 
 # fp32 on CPU, same dequantised weights: differences come only from summation order (attention, matmul
 # blocking). Measured max |diff| over 8 prompts x 32 steps x top-5: 4.3e-5 (torch 2.13 CPU, 2026-12);

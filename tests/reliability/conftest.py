@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bench.fault_load import make_tiny_model, start_up
 
 
@@ -12,7 +13,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def stack(model: str, tmp_path_factory: pytest.TempPathFactory):
     stack = start_up(model, tmp_path_factory.mktemp("fault-stack"), "--prefill", "1", "--decode", "2",
                      "--colocate-threshold", "16",
                      # KV through the store, so the store-fault tests exercise the store as a cache
@@ -22,12 +23,10 @@ def stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore
 
 
 @pytest.fixture(scope="session")
-def mooncake_stack(model: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def mooncake_stack(model: str, tmp_path_factory: pytest.TempPathFactory):
     """The same stack with Mooncake Store in place of ours (`up --kvstore-backend mooncake`)."""
     stack = start_up(model, tmp_path_factory.mktemp("fault-stack-mooncake"), "--prefill", "1", "--decode", "2",
                      "--colocate-threshold", "16", "--kv-transport", "store", "--kvstore-backend", "mooncake",
                      "--kvstore-capacity", "64MiB")  # fmt: skip
     yield stack
     assert stack.stop() == 0, stack.tail()
-
-

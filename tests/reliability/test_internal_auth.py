@@ -8,26 +8,26 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvstore.events import request_snapshot
-from splitserve import internal_auth
-from splitserve.rpc import kvstore_pb2 as kv_pb
-from splitserve.rpc import kvstore_pb2_grpc as kv_grpc
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
+from contracts import internal_auth
+from contracts.rpc import kvstore_pb2 as kv_pb
+from contracts.rpc import kvstore_pb2_grpc as kv_grpc
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
+from kvstore.event_publisher import request_snapshot
 
 pytestmark = pytest.mark.slow
 
 
-def _token(stack) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _token(stack) -> tuple[str, str]:
     return (internal_auth.METADATA_KEY, open(stack.state["internal_secret_file"]).read().strip())
 
 
-def _snapshot_endpoint(stack) -> str:  # type: ignore[no-untyped-def]
+def _snapshot_endpoint(stack) -> str:
     base, _, port = stack.state["kvstore_events"].rpartition(":")
     return f"{base}:{int(port) + 1}"
 
 
-def test_worker_grpc_needs_the_stack_token_and_health_stays_open(stack) -> None:  # type: ignore[no-untyped-def]
+def test_worker_grpc_needs_the_stack_token_and_health_stays_open(stack) -> None:
     with grpc.insecure_channel(stack.state["decode"][0]) as channel:
         stub = pb_grpc.DecodeServiceStub(channel)
         for call in (lambda **kw: stub.Abort(pb.AbortRequest(request_id="someone-else"), timeout=5, **kw),
@@ -40,7 +40,7 @@ def test_worker_grpc_needs_the_stack_token_and_health_stays_open(stack) -> None:
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_store_refuses_listing_and_removing_blocks_without_the_token(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_store_refuses_listing_and_removing_blocks_without_the_token(stack) -> None:
     with grpc.insecure_channel(stack.state["kvstore"]) as channel:
         master = kv_grpc.MasterStub(channel)
         with pytest.raises(grpc.RpcError) as denied:
@@ -49,7 +49,7 @@ def test_the_store_refuses_listing_and_removing_blocks_without_the_token(stack) 
         assert len(master.BatchExists(kv_pb.KeysRequest(keys=["any"]), timeout=5, metadata=[_token(stack)]).exists) == 1
 
 
-def test_kv_events_and_snapshots_need_the_stack_secret(stack, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_kv_events_and_snapshots_need_the_stack_secret(stack, monkeypatch) -> None:
     monkeypatch.delenv(internal_auth.TOKEN_FILE_ENV, raising=False)
     monkeypatch.delenv(internal_auth.TOKEN_ENV, raising=False)
     internal_auth.internal_token.cache_clear()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from bench.fault_load import Load, alive, descendants, metric, start_up, wait_for
 from kv_transfer.peer_pool import remove_orphaned_pools
 from kvstore.segment import remove_orphaned_segments
@@ -52,7 +53,9 @@ def test_killing_up_leaves_no_process_of_the_stack(model: str, tmp_path: Path) -
 
 @pytest.mark.parametrize(("backend", "victim"), [("ours", "kvstore-node"), ("ours", "kvstore-master"),
                                                   ("mooncake", "kvstore-node"), ("mooncake", "kvstore-master")])  # fmt: skip
-def test_a_killed_store_component_fails_no_request_and_is_used_again(request, backend: str, victim: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_store_component_fails_no_request_and_is_used_again(
+    request: pytest.FixtureRequest, backend: str, victim: str
+) -> None:
     stack = request.getfixturevalue("stack" if backend == "ours" else "mooncake_stack")
     master_metrics = stack.state["metrics"]["kvstore-master"]
     written_metric = RECEIVED if backend == "ours" else MOONCAKE_COMMITTED
@@ -77,7 +80,7 @@ def test_a_killed_store_component_fails_no_request_and_is_used_again(request, ba
           f"store written again {recovered - killed:.1f}s after the kill")  # fmt: skip
 
 
-def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) -> None:
     victim = stack.state["pids"]["decode-0"]
     load = Load(stack.url, concurrency=3).start()
     try:
@@ -103,5 +106,8 @@ def test_a_stopped_decode_worker_holds_no_request_beyond_the_stall_bound(stack) 
     print(f"SIGSTOP decode-0: {len(outcomes)} requests, {len(failed)} failed, longest {longest:.1f}s")
     # nothing leaks: once the load is gone, every worker is idle and holds no KV blocks for a request
     workers = [a for name, a in stack.reload()["metrics"].items() if name.startswith(("prefill-", "decode-"))]
-    idle = lambda: all(metric(a, m) == 0 for a in workers for m in WORKER_BUSY)  # noqa: E731
+
+    def idle() -> bool:
+        return all(metric(a, m) == 0 for a in workers for m in WORKER_BUSY)
+
     wait_for(idle, 30, "every worker idle with no KV in use")

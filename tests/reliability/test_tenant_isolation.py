@@ -20,7 +20,7 @@ def _cached_tokens(url: str, salt: str | None) -> int:
     return reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
-def test_a_different_salt_never_shares_a_cached_block(stack) -> None:  # type: ignore[no-untyped-def]
+def test_a_different_salt_never_shares_a_cached_block(stack) -> None:
     _cached_tokens(stack.url, "tenant-a")
     assert _cached_tokens(stack.url, "tenant-a") > 0  # the same tenant reuses its prefix
     assert _cached_tokens(stack.url, "tenant-b") == 0

@@ -16,6 +16,11 @@ def model_dir(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-model")
     eos = write_tokenizer(path, vocab_size=384)
-    config = {"architectures": ["LlamaForCausalLM"], "vocab_size": 384, "max_position_embeddings": MAX_MODEL_LEN, "eos_token_id": eos}
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 384,
+        "max_position_embeddings": MAX_MODEL_LEN,
+        "eos_token_id": eos,
+    }
     (path / "config.json").write_text(json.dumps(config))
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +12,10 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from grpc_tools import protoc
 
+from contracts.ports import free_port
+from contracts.rpc.envoy import base_pb2
+from contracts.rpc.envoy import external_processor_pb2 as ep
+from contracts.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 from kvstore.block_key import block_keys
 from router.config import RouterConfig
 from router.discovery import Change, DiscoveryEvent
@@ -20,9 +23,6 @@ from router.ext_proc import DESTINATION, MODE_HEADER, PREFILL_HEADER, pick, star
 from router.openai_api import RouterState
 from router.scheduler import SchedulerConfig
 from router.workers import Role, WorkerLoad
-from splitserve.rpc.envoy import base_pb2
-from splitserve.rpc.envoy import external_processor_pb2 as ep
-from splitserve.rpc.envoy import external_processor_pb2_grpc as ep_grpc
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TARGET_PORT = 8000
@@ -73,10 +73,14 @@ async def exchange(stub: ep_grpc.ExternalProcessorStub, *messages: ep.Processing
     return [reply async for reply in stub.Process(requests(), timeout=10)]
 
 
-async def route(stub: ep_grpc.ExternalProcessorStub, body: dict | bytes, subset: list[str] | None = None) -> ep.ProcessingResponse:
+async def route(
+    stub: ep_grpc.ExternalProcessorStub, body: dict | bytes, subset: list[str] | None = None
+) -> ep.ProcessingResponse:
     """Headers then a buffered body, as Envoy sends them; returns the answer to the body."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    replies = await exchange(stub, headers_message(subset=subset), ep.ProcessingRequest(request_body=ep.HttpBody(body=raw, end_of_stream=True)))
+    replies = await exchange(
+        stub, headers_message(subset=subset), ep.ProcessingRequest(request_body=ep.HttpBody(body=raw, end_of_stream=True))
+    )
     assert len(replies) == 2 and replies[0].WhichOneof("response") == "request_headers"
     assert replies[1].WhichOneof("response") in ("request_body", "immediate_response")
     return replies[1]
@@ -181,10 +185,17 @@ async def test_a_request_without_a_body_is_placed_on_its_headers_and_the_respons
 
 
 def test_checked_in_envoy_stubs_match_a_fresh_generation(tmp_path: pathlib.Path) -> None:
-    protos = sorted(str(p) for p in (REPO / "proto" / "splitserve" / "rpc" / "envoy").glob("*.proto"))
+    protos = sorted(str(p) for p in (REPO / "proto" / "contracts" / "rpc" / "envoy").glob("*.proto"))
     assert len(protos) == 4
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
-    args = ["protoc", f"-I{REPO / 'proto'}", f"-I{include}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", f"--pyi_out={tmp_path}"]
+    args = [
+        "protoc",
+        f"-I{REPO / 'proto'}",
+        f"-I{include}",
+        f"--python_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+    ]
     assert protoc.main([*args, *protos]) == 0
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     stale = [str(r) for r in generated if not (REPO / r).exists() or (REPO / r).read_bytes() != (tmp_path / r).read_bytes()]
@@ -196,9 +207,7 @@ async def test_the_router_app_serves_the_picker_for_its_lifetime(model_dir: path
     from router.ext_proc import serve_picker_with
     from router.openai_api import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = RouterConfig(model_dir=str(model_dir), served_model_name="default", model_fingerprint=FINGERPRINT)
     app = create_app(config, start_workers=False)
     serve_picker_with(app, "127.0.0.1", port, target_port=TARGET_PORT)

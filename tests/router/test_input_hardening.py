@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from contracts.ports import free_port
 from router.config import RouterConfig
 from router.openai_api import create_app
 from router.tenancy import cache_salt_for
@@ -92,7 +93,9 @@ def test_an_allowed_client_template_renders_in_the_sandbox(model_dir) -> None:
         ok = c.post("/tokenize", json={"model": "tiny", "messages": CHAT["messages"]})
         assert ok.status_code == 200
         sandboxed = c.post("/v1/chat/completions", json={**CHAT, "chat_template_kwargs": {"chat_template": escape}})
-        rendered = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 1, "chat_template_kwargs": {"chat_template": template}})
+        rendered = c.post(
+            "/v1/chat/completions", json={**CHAT, "max_tokens": 1, "chat_template_kwargs": {"chat_template": template}}
+        )
     assert "chat template failed" in _error(sandboxed, 400)["message"]  # the sandbox refuses dunder access
     assert rendered.status_code == 503  # rendered fine; only then no worker to run it (this test starts none)
 
@@ -105,9 +108,7 @@ def test_ready_fails_while_no_decode_worker_is_ready(client) -> None:
 
 def test_a_body_that_trickles_in_too_slowly_gets_408_and_the_connection_closes(model_dir) -> None:
     app = create_app(RouterConfig(str(model_dir), served_model_name="tiny", body_timeout_s=0.5), start_workers=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -131,4 +132,3 @@ def test_salts_differ_per_api_key_only_when_the_operator_asks() -> None:
     assert cache_salt_for("t", "sk-a", per_api_key=False) == cache_salt_for("t", "sk-b", per_api_key=False)
     a, b = cache_salt_for("t", "sk-a", per_api_key=True), cache_salt_for("t", "sk-b", per_api_key=True)
     assert a != b and "sk-a" not in a  # the key itself never enters block keys or events
-

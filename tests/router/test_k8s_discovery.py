@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from k8s_standin import FakePodAPI
 from kubernetes import client
 
 from router.discovery import Change, DiscoveryEvent, parse_discovery_spec
 from router.k8s_discovery import KubernetesDiscovery
 from router.workers import Role
-from k8s_standin import FakePodAPI
 
 PREFILL = {"app": "splitserve", "role": "prefill"}
 DECODE = {"app": "splitserve", "role": "decode"}

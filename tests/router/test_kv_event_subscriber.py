@@ -8,9 +8,10 @@ import time
 import pytest
 import zmq
 
+from contracts.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 from kvstore.block_key import block_keys
-from kvstore.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventPublisher
-from router.kv_events import KVEventSubscriber
+from kvstore.event_publisher import KVEventPublisher
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 
 KEYS = block_keys(list(range(64)), "fp", block_size=4)  # 16 blocks
@@ -28,11 +29,11 @@ class Worker:
 
     def store(self, keys: list[bytes]) -> None:
         self.held["gpu"].extend(keys)
-        self.pub.publish([BlockStored(keys, None, "gpu")])
+        self.pub.publish([BlockStored(keys=keys, medium="gpu")])
 
     def remove(self, keys: list[bytes]) -> None:
         self.held["gpu"] = [k for k in self.held["gpu"] if k not in keys]
-        self.pub.publish([BlockRemoved(keys, "gpu")])
+        self.pub.publish([BlockRemoved(keys=keys, medium="gpu")])
 
     def clear(self) -> None:
         self.held["gpu"] = []

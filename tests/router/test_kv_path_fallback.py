@@ -11,12 +11,12 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from router.backend import GenerationRequest, WorkerBackend
 from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 TOKENS = [41, 42, 43, 44]  # what a colocated run of the prompt produces
 
@@ -63,7 +63,7 @@ async def workers():
         await server.stop(None)
 
 
-async def _run(backend: WorkerBackend, decision: Decision, redecide=None) -> list[int]:  # type: ignore[no-untyped-def]
+async def _run(backend: WorkerBackend, decision: Decision, redecide=None) -> list[int]:
     def no_other(excluded: frozenset[str]) -> Decision:
         raise RuntimeError("no other worker")
 

@@ -13,7 +13,9 @@ KEY = "sk-test"
 
 @pytest.fixture(scope="module")
 def client(model_dir):
-    app = create_app(RouterConfig(str(model_dir), served_model_name="tiny", api_keys=[KEY], max_body_bytes=64 * 1024), start_workers=False)
+    app = create_app(
+        RouterConfig(str(model_dir), served_model_name="tiny", api_keys=[KEY], max_body_bytes=64 * 1024), start_workers=False
+    )
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
         yield c
 
@@ -33,7 +35,9 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "Hello"}]}
 
 
 def test_malformed_json_is_a_400(client):
-    resp = client.post("/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers={"Content-Type": "application/json"})
+    resp = client.post(
+        "/v1/chat/completions", content=b'{"model": "tiny", "messages": [', headers={"Content-Type": "application/json"}
+    )
     assert_openai_error(resp, 400, code="invalid_json")
 
 

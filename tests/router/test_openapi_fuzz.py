@@ -4,7 +4,6 @@ answer is never a 5xx. Bounded: a fixed number of examples per operation, no shr
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from concurrent import futures
@@ -17,10 +16,11 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 
+from contracts.ports import free_port
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from router.config import RouterConfig
 from router.openai_api import create_app
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 EXAMPLES_PER_OPERATION = 30
 
@@ -39,20 +39,14 @@ class Decode(pb_grpc.DecodeServiceServicer):
         return pb.WorkerLoad(worker_id="decode-fake", role="decode", total_kv_blocks=1000, block_size=16)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def router_url(model_dir):  # type: ignore[no-untyped-def]
+def router_url(model_dir):
     worker = grpc.server(futures.ThreadPoolExecutor(4))
     pb_grpc.add_DecodeServiceServicer_to_server(Decode(), worker)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), worker)
     worker_port = worker.add_insecure_port("127.0.0.1:0")
     worker.start()
-    port = _free_port()
+    port = free_port()
     app = create_app(RouterConfig(str(model_dir), served_model_name="tiny", decode=[f"127.0.0.1:{worker_port}"]))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -75,11 +69,11 @@ def router_url(model_dir):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def api_schema(router_url):  # type: ignore[no-untyped-def]
+def api_schema(router_url):
     return schemathesis.openapi.from_url(f"{router_url}/openapi.json")
 
 
-def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> None:  # type: ignore[no-untyped-def]
+def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> None:
     # hypothesis directly (schemathesis' pytest plugin does not run under pytest 9): each operation in turn
     server_errors: list[str] = []
     statuses: dict[int, int] = {}
@@ -90,7 +84,7 @@ def test_no_generated_request_gets_a_server_error(api_schema, router_url) -> Non
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, phases=[Phase.explicit, Phase.generate],
                   suppress_health_check=list(HealthCheck), derandomize=True, database=None)  # fmt: skip
         @given(case=operation.as_strategy())
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case) -> None:
             response = case.call(base_url=router_url, timeout=30)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
             if response.status_code >= 500:

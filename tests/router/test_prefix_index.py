@@ -74,4 +74,3 @@ def test_a_publisher_that_joins_after_another_was_cleared_holds_only_its_own_blo
     index.store("new", keys[:1])
     assert index.match(keys) == {"stays": 2, "new": 1}
     assert index.num_blocks() == 2 and index.keys_of("gone") == set()
-

@@ -32,5 +32,8 @@ def test_an_urgent_request_is_placed_as_if_there_were_no_slo_instead_of_a_429():
     without = Scheduler(SchedulerConfig(default_prefill_rate_tps=10_000), PrefixIndex())
     decision, expected = with_slo.decide(urgent, *overloaded()), without.decide(urgent, *overloaded())
     assert (decision.mode, decision.prefill_worker, decision.decode_worker) == (
-        expected.mode, expected.prefill_worker, expected.decode_worker)
+        expected.mode,
+        expected.prefill_worker,
+        expected.decode_worker,
+    )
     assert decision.predicted_ttft_s > 0.5  # it waits in a queue past the SLO rather than being turned away

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from router.saturation import export_saturation, pool_saturation, worker_saturation
@@ -40,8 +43,9 @@ def test_with_a_ttft_slo_prefill_saturation_is_predicted_queueing_time_over_the_
 
 
 def test_decode_saturation_is_kv_usage_raised_by_the_waiting_queue() -> None:
-    assert worker_saturation(decode(0.5, running=4), SchedulerConfig()) == 0.5
-    assert worker_saturation(decode(0.9, running=4, waiting=4), SchedulerConfig()) == 1.8
+    # kv_usage is a float32 in worker.proto
+    assert worker_saturation(decode(0.5, running=4), SchedulerConfig()) == pytest.approx(0.5)
+    assert worker_saturation(decode(0.9, running=4, waiting=4), SchedulerConfig()) == pytest.approx(1.8)
 
 
 def test_pool_saturation_averages_available_workers_and_is_none_without_any() -> None:
@@ -68,7 +72,7 @@ def test_the_saturation_point_and_slo_are_router_flags(monkeypatch) -> None:
     import router.openai_api
     from splitserve.cli import build_parser
 
-    seen = {}
+    seen: dict[str, Any] = {}
     monkeypatch.setattr(router.openai_api, "create_app", lambda config: seen.setdefault("config", config))
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
     args = build_parser().parse_args(["router", "--model", "m", "--decode", "127.0.0.1:1",

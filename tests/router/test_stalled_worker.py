@@ -10,12 +10,12 @@ import time
 import grpc
 import pytest
 
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
 from router.workers import Role, Worker
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 
 class Decode(pb_grpc.DecodeServiceServicer):
@@ -44,7 +44,7 @@ async def _serve(servicer: Decode) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-async def _collect(backend: WorkerBackend, address: str, redecide) -> list[int]:  # type: ignore[no-untyped-def]
+async def _collect(backend: WorkerBackend, address: str, redecide) -> list[int]:
     out: list[int] = []
     request = GenerationRequest("r1", [1, 2, 3], pb.SamplingParams(temperature=0.0, max_tokens=4))
     async for chunk in backend.generate(request, Decision(Mode.COLOCATED, None, address), redecide):

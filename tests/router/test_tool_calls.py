@@ -20,7 +20,7 @@ CLOCK = {"type": "function", "function": {"name": "get_time"}}
 # a Qwen-style template: tools listed in the system turn, calls as <tool_call> JSON
 HERMES_TEMPLATE = (
     "{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
-    "Call a tool as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    'Call a tool as <tool_call>{"name": ..., "arguments": ...}</tool_call><|im_end|>\n{% endif %}'
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -33,7 +33,7 @@ def request(**kw) -> p.ChatCompletionRequest:
 def reassemble(plan, deltas: list[str]) -> tuple[str, dict[int, dict]]:
     """Feed text deltas as the router streams them; rebuild content and calls as the openai client does."""
     stream = ToolCallStream(plan)
-    content, calls = "", {}
+    content, calls = "", dict[int, dict]()
     pieces = [stream.feed(d) for d in deltas] + [stream.finish()]
     for text, call_deltas in pieces:
         content += text
@@ -46,8 +46,9 @@ def reassemble(plan, deltas: list[str]) -> tuple[str, dict[int, dict]]:
 
 
 def test_named_tool_choice_forces_the_arguments_schema_and_streams_them_as_deltas():
-    plan = plan_tools(request(tools=[WEATHER, CLOCK], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
-                      ToolFormat.HERMES)
+    plan = plan_tools(
+        request(tools=[WEATHER, CLOCK], tool_choice={"type": "function", "function": {"name": "get_weather"}}), ToolFormat.HERMES
+    )
     assert plan.mode == "named" and plan.guide.kind == "json_schema"
     assert json.loads(plan.guide.spec) == WEATHER["function"]["parameters"]
     content, calls = reassemble(plan, ['{"ci', 'ty": "Par', 'is"}'])
@@ -63,7 +64,9 @@ def test_required_tool_choice_forces_an_array_of_calls_and_parses_each():
     text = '[{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]'
     content, calls = parse_calls(text, plan)
     assert content is None and [(c.name, json.loads(c.arguments)) for c in calls] == [
-        ("get_time", {}), ("get_weather", {"city": "Oslo"})]
+        ("get_time", {}),
+        ("get_weather", {"city": "Oslo"}),
+    ]
 
 
 def test_hermes_auto_streams_content_then_the_calls_never_leaking_the_markup():

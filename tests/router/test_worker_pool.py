@@ -7,10 +7,10 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from router.discovery import Change, DiscoveryEvent
 from router.worker_pool import WorkerPool
 from router.workers import Role
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 
 class LoadReporter(worker_pb2_grpc.DecodeServiceServicer):

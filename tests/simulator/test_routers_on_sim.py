@@ -40,8 +40,11 @@ def routers(tmp_path_factory):
     try:
         for name, args in (("a", ["--scheduler-config", str(tmp / "prefix-only.json")]),
                            ("b", ["--policy", "kv-aware", "--colocate-threshold", "0"])):  # fmt: skip
-            started.append(start_router(model_dir, cluster.cluster, tmp / f"router-{name}.log", args + ["--health-interval", "0.1"],
-                                        wait=False))  # fmt: skip
+            started.append(
+                start_router(
+                    model_dir, cluster.cluster, tmp / f"router-{name}.log", args + ["--health-interval", "0.1"], wait=False
+                )
+            )
         for router in started:
             wait_ready(router, cluster.cluster)
         yield started

@@ -7,12 +7,12 @@ import grpc
 import pytest
 from sim_profile import TEST_PROFILE, within
 
+from contracts.rpc import worker_pb2, worker_pb2_grpc
 from kvstore.block_key import block_keys
-from router.kv_events import KVEventSubscriber
+from router.kv_event_subscriber import KVEventSubscriber
 from router.prefix_index import PrefixIndex
 from simulator.cluster import ClusterConfig, SimCluster
 from simulator.profile import ProfileError, load_profile, parse_profile
-from splitserve.rpc import worker_pb2, worker_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 P = TEST_PROFILE
@@ -32,7 +32,9 @@ def stubs(cluster: SimCluster):
 
 
 def prefill_request(rid: str, prompt: list[int], max_tokens: int = 8) -> worker_pb2.PrefillRequest:
-    return worker_pb2.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=worker_pb2.SamplingParams(max_tokens=max_tokens))
+    return worker_pb2.PrefillRequest(
+        request_id=rid, prompt_token_ids=prompt, sampling=worker_pb2.SamplingParams(max_tokens=max_tokens)
+    )
 
 
 async def timed(coro):
@@ -66,7 +68,9 @@ async def test_prefills_on_one_worker_queue_first_come_first_served(cluster):
     prefill, _ = stubs(cluster)
     await prefill.GetLoad(worker_pb2.LoadRequest())
     start = time.monotonic()
-    calls = [asyncio.ensure_future(prefill.Prefill(prefill_request(f"r{i}", list(range(i * 5000, i * 5000 + 1000))))) for i in range(3)]
+    calls = [
+        asyncio.ensure_future(prefill.Prefill(prefill_request(f"r{i}", list(range(i * 5000, i * 5000 + 1000))))) for i in range(3)
+    ]
     await asyncio.sleep(0.05)
     load = await prefill.GetLoad(worker_pb2.LoadRequest())
     assert (load.running_requests, load.waiting_requests, load.queued_prefill_tokens) == (1, 2, 3000)
@@ -107,8 +111,12 @@ async def test_a_disaggregated_request_imports_the_prompt_kv_then_continues_afte
     await asyncio.gather(prefill.GetLoad(worker_pb2.LoadRequest()), decode.GetLoad(worker_pb2.LoadRequest()))
     prompt = list(range(7000, 9000))
     first = await prefill.Prefill(prefill_request("d", prompt, max_tokens=10))
-    request = worker_pb2.GenerateRequest(request_id="d", prompt_token_ids=prompt, sampling=worker_pb2.SamplingParams(max_tokens=10),
-                                         first_token_id=first.first_token_id)  # fmt: skip
+    request = worker_pb2.GenerateRequest(
+        request_id="d",
+        prompt_token_ids=prompt,
+        sampling=worker_pb2.SamplingParams(max_tokens=10),
+        first_token_id=first.first_token_id,
+    )
     request.kv_handle.CopyFrom(first.kv_handle)
     chunks, _, total_s = await collect(decode.Generate(request))
     assert sum(len(c.token_ids) for c in chunks) == 9  # the prefill worker sampled the first
@@ -154,7 +162,9 @@ async def test_bad_requests_get_a_grpc_status_with_details(cluster):
     with pytest.raises(grpc.aio.AioRpcError) as too_big:
         await prefill.Prefill(prefill_request("h", huge))
     assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "KV blocks" in too_big.value.details()
-    call = decode.Generate(worker_pb2.GenerateRequest(request_id="z", prompt_token_ids=[1, 2], sampling=worker_pb2.SamplingParams(max_tokens=0)))
+    call = decode.Generate(
+        worker_pb2.GenerateRequest(request_id="z", prompt_token_ids=[1, 2], sampling=worker_pb2.SamplingParams(max_tokens=0))
+    )
     with pytest.raises(grpc.aio.AioRpcError) as zero:
         await collect(call)
     assert zero.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_tokens" in zero.value.details()

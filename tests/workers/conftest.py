@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from worker_processes import KV_WAIT_S, WorkerProcess, start_worker, wait_serving
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
 from kvstore import mooncake_processes
 from kvstore.embedded import EmbeddedStore
-from worker_processes import KV_WAIT_S, WorkerProcess, start_worker, wait_serving
-
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
+from contracts.rpc import worker_pb2 as pb
 from kvstore.block_key import block_keys
-from splitserve.rpc import worker_pb2 as pb
 
 OK = pb.SamplingParams(temperature=0.0, max_tokens=4)
 
 
-def status_of(fn) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+def status_of(fn) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         fn()
     return info.value
@@ -31,24 +33,38 @@ def status_of(fn) -> grpc.RpcError:  # type: ignore[no-untyped-def]
 def test_bad_request_is_invalid_argument_on_both_workers(stack, prompt, sampling, words) -> None:
     prefill, decode = stack["prefill_a"], stack["decode"]
     with prefill.channel() as pc, decode.channel() as dc:
-        err = status_of(lambda: prefill.stub(pc).Prefill(pb.PrefillRequest(prompt_token_ids=prompt, sampling=sampling), timeout=30))
+        err = status_of(
+            lambda: prefill.stub(pc).Prefill(pb.PrefillRequest(prompt_token_ids=prompt, sampling=sampling), timeout=30)
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details()
-        err = status_of(lambda: list(decode.stub(dc).Generate(pb.GenerateRequest(prompt_token_ids=prompt, sampling=sampling), timeout=30)))
+        err = status_of(
+            lambda: list(decode.stub(dc).Generate(pb.GenerateRequest(prompt_token_ids=prompt, sampling=sampling), timeout=30))
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details()
 
 
 def _handle(stack, prompt: list[int]) -> pb.KVHandle:
     with stack["decode"].channel() as ch:
         fingerprint = stack["decode"].stub(ch).GetLoad(pb.LoadRequest(), timeout=10).model_fingerprint
-    return pb.KVHandle(model_fingerprint=fingerprint, dtype="float32", block_size=16, tp_size=1,
-                       block_keys=block_keys(prompt, fingerprint, 16), num_tokens=len(prompt))
+    return pb.KVHandle(
+        model_fingerprint=fingerprint,
+        dtype="float32",
+        block_size=16,
+        tp_size=1,
+        block_keys=block_keys(prompt, fingerprint, 16),
+        num_tokens=len(prompt),
+    )
 
 
 def _generate(stack, prompt: list[int], handle: pb.KVHandle, first: int | None = 7) -> None:
     decode = stack["decode"]
-    extra = {"first_token_id": first} if first is not None else {}
+    extra: dict[str, Any] = {"first_token_id": first} if first is not None else {}
     with decode.channel() as ch:
-        list(decode.stub(ch).Generate(pb.GenerateRequest(prompt_token_ids=prompt, sampling=OK, kv_handle=handle, **extra), timeout=30))
+        list(
+            decode.stub(ch).Generate(
+                pb.GenerateRequest(prompt_token_ids=prompt, sampling=OK, kv_handle=handle, **extra), timeout=30
+            )
+        )
 
 
 def test_handle_of_blocks_never_stored_is_not_found(stack) -> None:

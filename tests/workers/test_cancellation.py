@@ -7,10 +7,10 @@ import random
 import time
 
 import grpc
-
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 from worker_processes import WorkerProcess
+
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 
 def active_blocks(worker: WorkerProcess) -> int:
@@ -46,8 +46,13 @@ def test_500_cancelled_streams_leak_no_kv_block(stack) -> None:
         if i % 4 == 0:  # some colocated streams too
             request = pb.GenerateRequest(request_id=f"cancel-{i}", prompt_token_ids=prompt, sampling=LONG)
         else:
-            request = pb.GenerateRequest(request_id=f"cancel-{i}", prompt_token_ids=prompt, sampling=LONG,
-                                         kv_handle=prefilled.kv_handle, first_token_id=prefilled.first_token_id)
+            request = pb.GenerateRequest(
+                request_id=f"cancel-{i}",
+                prompt_token_ids=prompt,
+                sampling=LONG,
+                kv_handle=prefilled.kv_handle,
+                first_token_id=prefilled.first_token_id,
+            )
         async with gate:
             call = stub.Generate(request, timeout=60)
             async for _ in call:
@@ -69,7 +74,9 @@ def test_abort_rpc_ends_the_stream_and_frees_its_blocks(stack) -> None:
     decode = stack["decode"]
     with decode.channel() as ch:
         stub = decode.stub(ch)
-        stream = stub.Generate(pb.GenerateRequest(request_id="to-abort", prompt_token_ids=list(range(3, 60)), sampling=LONG), timeout=60)
+        stream = stub.Generate(
+            pb.GenerateRequest(request_id="to-abort", prompt_token_ids=list(range(3, 60)), sampling=LONG), timeout=60
+        )
         first = next(stream)
         assert first.token_ids
         assert active_blocks(decode) > 0

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
-from engine.sampling_params import SamplingParams
-from kv_transfer.handle import KVHandle
-from kv_transfer.peer_pool import PoolDescriptor, process_alive, remove_orphaned_pools
-from splitserve.rpc import worker_pb2 as pb
 from worker_processes import WorkerProcess, colocated, start_worker, wait_serving
+
+from contracts.kv_handle import KVHandle, PoolDescriptor
+from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
+from kv_transfer.peer_pool import process_alive, remove_orphaned_pools
 
 LEASE_S = 4.0
 GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -40,7 +40,7 @@ def active_blocks(worker: WorkerProcess) -> int:
         return worker.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).active_kv_blocks
 
 
-def wait_for(predicate, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout_s: float) -> float:
     start = time.monotonic()
     while not predicate():
         assert time.monotonic() - start < timeout_s, "condition not reached in time"
@@ -55,12 +55,17 @@ def prefill(worker: WorkerProcess, rid: str, prompt: list[int]) -> pb.PrefillRes
 
 def generate(decode: WorkerProcess, rid: str, prompt: list[int], first: pb.PrefillResponse) -> list[int]:
     with decode.channel() as ch:
-        request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY,
-                                     kv_handle=first.kv_handle, first_token_id=first.first_token_id)
+        request = pb.GenerateRequest(
+            request_id=rid,
+            prompt_token_ids=prompt,
+            sampling=GREEDY,
+            kv_handle=first.kv_handle,
+            first_token_id=first.first_token_id,
+        )
         return [first.first_token_id] + [t for c in decode.stub(ch).Generate(request, timeout=60) for t in c.token_ids]
 
 
-def expected(reference, rid: str, prompt: list[int]) -> list[int]:  # type: ignore[no-untyped-def]
+def expected(reference, rid: str, prompt: list[int]) -> list[int]:
     return colocated(reference, [(rid, prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))])[rid]
 
 

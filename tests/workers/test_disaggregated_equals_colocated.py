@@ -8,22 +8,27 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from worker_processes import WorkerProcess, colocated
 
-from worker_processes import colocated
-from engine.sampling_params import SamplingParams
-from splitserve.rpc import worker_pb2 as pb
-from worker_processes import WorkerProcess
+from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
 
 
-def disaggregated(prefill: WorkerProcess, decode: WorkerProcess, rid: str, prompt: list[int],
-                  sp: pb.SamplingParams) -> tuple[list[int], pb.PrefillResponse, pb.GenerateChunk]:
+def disaggregated(
+    prefill: WorkerProcess, decode: WorkerProcess, rid: str, prompt: list[int], sp: pb.SamplingParams
+) -> tuple[list[int], pb.PrefillResponse, pb.GenerateChunk | None]:
     with prefill.channel() as pc, decode.channel() as dc:
         first = prefill.stub(pc).Prefill(pb.PrefillRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp), timeout=60)
         tokens = [first.first_token_id]
         last = None
         if not first.finish_reason:
-            request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=sp,
-                                         kv_handle=first.kv_handle, first_token_id=first.first_token_id)
+            request = pb.GenerateRequest(
+                request_id=rid,
+                prompt_token_ids=prompt,
+                sampling=sp,
+                kv_handle=first.kv_handle,
+                first_token_id=first.first_token_id,
+            )
             for last in decode.stub(dc).Generate(request, timeout=60):
                 tokens += list(last.token_ids)
         return tokens, first, last
@@ -37,8 +42,7 @@ def mixed_requests(tag: str, n: int, temperature: float) -> list[tuple[str, list
         prompt = [rng.randrange(3, 384) for _ in range(lengths[i % len(lengths)] + (i // len(lengths)) * 3)]
         max_tokens = rng.randrange(2, 12)
         seed = 1000 + i if temperature > 0 else None
-        wire = pb.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_tokens, ignore_eos=True,
-                                 **({"seed": seed} if seed is not None else {}))
+        wire = pb.SamplingParams(temperature=temperature, top_p=1.0, max_tokens=max_tokens, ignore_eos=True, seed=seed)
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed, ignore_eos=True)
         out.append((f"{tag}-{i}", prompt, wire, params))
     return out
@@ -52,9 +56,13 @@ def transferred_bytes(worker: WorkerProcess, transport: str) -> float:
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("splitserve_worker_kv_transfer_bytes_total{") and 'direction="in"' in line
-               and f'transport="{transport}"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("splitserve_worker_kv_transfer_bytes_total{")
+        and 'direction="in"' in line
+        and f'transport="{transport}"' in line
+    )
 
 
 @pytest.mark.parametrize(("transport", "backend_stack"), [("direct", "ours"), ("store", "ours"), ("store", "mooncake")],
@@ -79,6 +87,7 @@ def test_disaggregated_output_equals_colocated_output(backend_stack, reference, 
         assert first.kv_handle.num_tokens == len(prompt)
         assert len(first.kv_handle.block_keys) == len(prompt) // 16
         assert bool(first.kv_handle.tail_key) == bool(len(prompt) % 16)
+        assert last is not None, f"{rid}: the decode worker streamed nothing"
         assert last.finish_reason == "length" and last.completion_tokens == wire.max_tokens
         assert last.num_cached_tokens == len(prompt)  # the decode worker computed no prompt token
 
@@ -95,5 +104,7 @@ def test_prefix_prefilled_on_worker_a_is_reused_by_worker_b_through_store(backen
     tokens, on_b, _ = disaggregated(stack["prefill_b"], stack["decode"], "reuse-b", shared + suffix, sp)
     assert on_b.num_cached_tokens == 64  # the 4 full blocks came from the store
     assert on_b.num_computed_tokens == 90 - 64
-    expected = colocated(reference, [("reuse-ref", shared + suffix, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))])
+    expected = colocated(
+        reference, [("reuse-ref", shared + suffix, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))]
+    )
     assert tokens == expected["reuse-ref"]

@@ -10,13 +10,13 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from worker_processes import KV_WAIT_S, colocated
-from engine.sampling_params import SamplingParams
+
+from contracts.rpc import worker_pb2 as pb
+from contracts.sampling import SamplingParams
 from kv_transfer.store import tail_key
 from kvstore.backend import StoreBackend, open_store
 from kvstore.block_key import KVLayout, block_keys
-from splitserve.rpc import worker_pb2 as pb
 
 GREEDY = pb.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
@@ -39,8 +39,9 @@ def _wait_committed(client: StoreBackend, layout: KVLayout, keys: list[bytes], t
 def _generate(stack, rid: str, prompt: list[int], handle: pb.KVHandle, first: int) -> list[int]:
     decode = stack["decode"]
     with decode.channel() as ch:
-        request = pb.GenerateRequest(request_id=rid, prompt_token_ids=prompt, sampling=GREEDY, kv_handle=handle,
-                                     first_token_id=first)
+        request = pb.GenerateRequest(
+            request_id=rid, prompt_token_ids=prompt, sampling=GREEDY, kv_handle=handle, first_token_id=first
+        )
         return [t for chunk in decode.stub(ch).Generate(request, timeout=60) for t in chunk.token_ids]
 
 
@@ -50,8 +51,9 @@ def test_decode_waits_for_blocks_written_after_the_answer(backend_stack, referen
     prompt = [(i * 37 + 11) % 380 + 3 for i in range(70)]  # 4 full blocks + a tail, not seen by decode before
     prefill = stack["prefill_b"]  # store transport: the decode worker reads the store
     with prefill.channel() as ch:
-        first = prefill.stub(ch).Prefill(pb.PrefillRequest(request_id="pending-kv", prompt_token_ids=prompt,
-                                                           sampling=GREEDY), timeout=60)
+        first = prefill.stub(ch).Prefill(
+            pb.PrefillRequest(request_id="pending-kv", prompt_token_ids=prompt, sampling=GREEDY), timeout=60
+        )
     handle, keys = first.kv_handle, _all_keys(first.kv_handle)
     with open_store(backend_stack.kvstore) as client:
         layout = _layout(handle)
@@ -84,9 +86,17 @@ def test_pending_blocks_that_never_arrive_fail_within_the_wait_timeout(stack, st
     with decode.channel() as ch:
         fingerprint = decode.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).model_fingerprint
     keys = block_keys(prompt, fingerprint, 16)
-    handle = pb.KVHandle(model_fingerprint=fingerprint, dtype="float32", block_size=16, tp_size=1, block_keys=keys,
-                         tail_key=tail_key(keys[-1], fingerprint, "", prompt[32:]), num_tokens=len(prompt),
-                         blocks_pending=True, store_addresses=[store.address])
+    handle = pb.KVHandle(
+        model_fingerprint=fingerprint,
+        dtype="float32",
+        block_size=16,
+        tp_size=1,
+        block_keys=keys,
+        tail_key=tail_key(keys[-1], fingerprint, "", prompt[32:]),
+        num_tokens=len(prompt),
+        blocks_pending=True,
+        store_addresses=[store.address],
+    )
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         _generate(stack, "never-arrives", prompt, handle, 7)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from contracts.rpc import worker_pb2 as pb
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError
 from router.scheduler import Decision, Mode
 from router.worker_pool import WorkerPool
-from splitserve.rpc import worker_pb2 as pb
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
 
 TOKENS = [41, 42, 43, 44]  # what a colocated run of the prompt produces
 
@@ -21,8 +21,11 @@ class Prefill(pb_grpc.PrefillServiceServicer):
         self.first = first
 
     async def Prefill(self, request, context):
-        return pb.PrefillResponse(request_id=request.request_id, first_token_id=self.first,
-                                  kv_handle=pb.KVHandle(num_tokens=len(request.prompt_token_ids), blocks_pending=True))
+        return pb.PrefillResponse(
+            request_id=request.request_id,
+            first_token_id=self.first,
+            kv_handle=pb.KVHandle(num_tokens=len(request.prompt_token_ids), blocks_pending=True),
+        )
 
 
 class Decode(pb_grpc.DecodeServiceServicer):
@@ -32,13 +35,15 @@ class Decode(pb_grpc.DecodeServiceServicer):
     async def Generate(self, request, context):
         self.calls.append(request.HasField("kv_handle"))
         if request.HasField("kv_handle"):
-            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown KV handle / blocks evicted: 2 of 3 KV blocks did "
-                                "not reach the store within 10 s")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                "unknown KV handle / blocks evicted: 2 of 3 KV blocks did not reach the store within 10 s",
+            )
         yield pb.GenerateChunk(token_ids=TOKENS[:2])
         yield pb.GenerateChunk(token_ids=TOKENS[2:], finish_reason="length", prompt_tokens=3, completion_tokens=4)
 
 
-async def _serve(prefill_first: int):  # type: ignore[no-untyped-def]
+async def _serve(prefill_first: int):
     server, decode = grpc.aio.server(), Decode()
     pb_grpc.add_PrefillServiceServicer_to_server(Prefill(prefill_first), server)
     pb_grpc.add_DecodeServiceServicer_to_server(decode, server)
@@ -66,8 +71,11 @@ async def _run(sampling: pb.SamplingParams, prefill_first: int = TOKENS[0]) -> t
         await server.stop(None)
 
 
-@pytest.mark.parametrize("sampling", [pb.SamplingParams(temperature=0.0, max_tokens=4),
-                                      pb.SamplingParams(temperature=0.8, seed=5, max_tokens=4)], ids=["greedy", "seeded"])
+@pytest.mark.parametrize(
+    "sampling",
+    [pb.SamplingParams(temperature=0.0, max_tokens=4), pb.SamplingParams(temperature=0.8, seed=5, max_tokens=4)],
+    ids=["greedy", "seeded"],
+)
 async def test_kv_not_found_after_prefill_recomputes_colocated(sampling) -> None:
     tokens, calls = await _run(sampling)
     assert tokens == TOKENS  # the first token once, from prefill; the rest from the colocated run

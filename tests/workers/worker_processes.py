@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,22 +12,17 @@ from typing import TYPE_CHECKING
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from splitserve.rpc import worker_pb2_grpc as pb_grpc
-from splitserve.up import free_port_pair
+from contracts.ports import free_port, free_port_pair
+from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from contracts.sampling import SamplingParams
     from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 KV_WAIT_S = 5.0  # the decode worker's --kv-wait-timeout in the test stack (test_pending_kv.py)
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(slots=True)
@@ -42,7 +36,7 @@ class WorkerProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
-    def stub(self, channel: grpc.Channel):  # type: ignore[no-untyped-def]
+    def stub(self, channel: grpc.Channel):
         return (pb_grpc.PrefillServiceStub if self.role == "prefill" else pb_grpc.DecodeServiceStub)(channel)
 
     def health(self) -> int | None:
@@ -64,9 +58,29 @@ class WorkerProcess:
 
 def start_worker(role: str, model: str, kvstore: str, worker_id: str, *extra: str) -> WorkerProcess:
     port, metrics, events = free_port(), free_port(), free_port_pair()  # KV events on P, snapshots on P + 1
-    argv = [sys.executable, "-m", "splitserve.cli", role, "--model", model, "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", str(metrics), "--kv-events-port", str(events),
-            "--worker-id", worker_id, "--kv-cache-bytes", "16MiB", "--drain-timeout", "10", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "splitserve.cli",
+        role,
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics),
+        "--kv-events-port",
+        str(events),
+        "--worker-id",
+        worker_id,
+        "--kv-cache-bytes",
+        "16MiB",
+        "--drain-timeout",
+        "10",
+        *extra,
+    ]
     if kvstore:
         argv += ["--kvstore", kvstore]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1")

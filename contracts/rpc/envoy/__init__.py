@@ -1,0 +1,1 @@
+"""Generated stubs of the vendored, trimmed Envoy ext_proc API (proto/contracts/rpc/envoy/README.md)."""
