@@ -83,8 +83,11 @@ def test_sigterm_on_a_decode_worker_under_load_fails_no_request(model_dir: str, 
 
         killer = threading.Thread(target=sigterm_when_busy, daemon=True)
         killer.start()
+        results: list[tuple[int, str, float, float]] = []
         with ThreadPoolExecutor(CLIENTS) as pool:
-            results = list(pool.map(lambda i: complete(url, i), range(REQUESTS)))
+            # batches until one has run across the SIGTERM: the clients stay busy whenever it comes
+            while not sigterm_at and len(results) < 8 * REQUESTS:
+                results += pool.map(lambda i: complete(url, i), range(len(results), len(results) + REQUESTS))
         killer.join(timeout=15)
 
         assert sigterm_at, "the worker never had requests in flight"
