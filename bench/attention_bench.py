@@ -196,6 +196,7 @@ DECODE_TILES = [dict(BLOCK_N=64, num_warps=4, num_stages=3)] + [
 PREFILL_TILES = [
     dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st)
     for m, n, w, st in (
+        (256, 64, 16, 2),
         (128, 64, 8, 3),
         (128, 128, 8, 2),
         (128, 128, 8, 3),
@@ -207,7 +208,8 @@ PREFILL_TILES = [
         (128, 128, 4, 2),
         (256, 64, 8, 3),
         (256, 128, 8, 2),
-        (256, 64, 16, 2),
+        (256, 64, 16, 3),
+        (256, 32, 8, 3),
         (128, 64, 4, 4),
         (128, 128, 8, 4),
     )
@@ -228,6 +230,8 @@ def sweep(device: torch.device, only: str | None = None) -> list[dict]:
         ("prefill", 1, 4096, 4096),
         ("prefill", 1, 8192, 8192),
         ("prefill", 1, 2048, 8192),
+        ("prefill", 16, 512, 512),
+        ("prefill", 4, 2048, 2048),
     ]
     cases = [c for c in cases if only in (None, c[0])]
     rows = []
@@ -244,8 +248,8 @@ def sweep(device: torch.device, only: str | None = None) -> list[dict]:
             err = (out.float() - expected.float()).abs().max().item() if expected is not None else 0.0
             ms = bench_graph_ms(fn) if kind == "decode" else bench_ms(fn)
             rows.append({"kind": kind, "batch": b, "q_len": q_len, "kv_len": kv_len, **tiles, "ms": ms, "max_abs_err": err})
-        best = min((r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len), key=lambda r: r["ms"])
-        first = next(r for r in rows if r["kind"] == kind and r["batch"] == b and r["kv_len"] == kv_len)
+        mine = [r for r in rows if (r["kind"], r["batch"], r["q_len"], r["kv_len"]) == (kind, b, q_len, kv_len)]
+        best, first = min(mine, key=lambda r: r["ms"]), mine[0]
         shape = {k: v for k, v in best.items() if k[0].isupper() or k.startswith("num_")}
         print(
             f"sweep {kind:7} B={b:3d} q={q_len:5d} kv={kv_len:5d}: default {first['ms']:.4f} ms, best {best['ms']:.4f} ms "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kernel-level measurements on one GPU (docs/performance.md, issues 11 and 14): correctness of the
 # changed kernels on the device, KV block copy vs a device copy, attention tiles vs SDPA, where an
-# 8k prefill's time goes, and the engine table. Usage: bash bench/gpu_kernels.sh OUT_DIR
+# 8k prefill's time goes, and the engine table (ENGINE_BENCH=0 leaves it out). Usage: bash bench/gpu_kernels.sh OUT_DIR
 set -uo pipefail
 out=${1:-.}
 export PYTHONUNBUFFERED=1
@@ -13,5 +13,5 @@ timeout 90 python3 -m bench.kv_transfer_bench --tokens 256,1024,4096,16384,32768
 timeout 120 python3 bench/attention_bench.py --sweep --only prefill --out "$out/attn_sweep.json" 2>&1 | grep -v Warning | tee "$out/attn_sweep.txt"
 timeout 120 python3 -m bench.decode_profile --prefill --cases 2x8192,4x2048 --json "$out/prefill_profile.json" 2>&1 \
   | grep -v "^INFO\|Warning" | tee "$out/prefill_profile.txt"
-timeout 200 python3 -m bench.engine_bench --preset llama-3.1-8b --cases 1x512x128,32x512x128,128x512x64,256x1000x1000,4x8192x2 \
+[ "${ENGINE_BENCH:-1}" = 0 ] || timeout 200 python3 -m bench.engine_bench --preset llama-3.1-8b --cases 1x512x128,32x512x128,128x512x64,256x1000x1000,4x8192x2 \
   --json "$out/engine_bench.json" 2>&1 | grep -v "^INFO" | tail -20 | tee "$out/engine_bench.txt"

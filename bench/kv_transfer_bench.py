@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from contracts.kv_handle import PoolDescriptor
-from engine.block_copy import _copy_triton, copy_blocks
+from engine.block_copy import COPY_CHUNK, COPY_ORDER, COPY_WARPS, _copy_triton, _launch, _staged_ids, copy_blocks
 from engine.kv_cache import KVCache, KVCacheSpec
 from kv_transfer.peer_pool import describe_pool, open_pool
 
@@ -69,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--reps", type=int, default=20)
-    p.add_argument("--variants", default="", help="GPU: extra kernel configs CHUNKxWARPS[xORDER] to time, e.g. 16384x8,4096x4x0")
+    p.add_argument(
+        "--variants",
+        default="",
+        help="GPU: extra kernel configs CHUNKxWARPS[xORDER[xs]] to time (s: pairs sorted by source id), e.g. 16384x8,4096x4x0xs",
+    )
+    p.add_argument(
+        "--breakdown", action="store_true", help="GPU: also time the kernel alone (ids already on the device) per size"
+    )
     p.add_argument("--out", default="kv_transfer_bench.json")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,9 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             nbytes = n * spec.bytes_per_block
             direct = timed(functools.partial(copy_blocks, peer, src, mine.pool, dst), device, args.reps)
             for v in filter(None, args.variants.split(",")):
-                chunk, warps, *order = (int(x) for x in v.split("x"))
-                t = timed(functools.partial(_copy_triton, peer, src, mine.pool, dst, chunk, warps, *order), device, args.reps)
+                chunk, warps, *rest = v.split("x")
+                order, sort = int(rest[0]) if rest else COPY_ORDER, rest[1:] == ["s"]
+                call = functools.partial(_copy_triton, peer, src, mine.pool, dst, int(chunk), int(warps), order, sort)
+                t = timed(call, device, args.reps)
                 print(f"variant {v}: {n_tok} tokens {nbytes / t / 1e9:.1f} GB/s")
+            kernel_only = None
+            if args.breakdown and device.type == "cuda":
+                ids = _staged_ids(src, dst, device)
+                kernel_only = timed(
+                    functools.partial(_launch, peer, mine.pool, ids, n, COPY_CHUNK, COPY_WARPS, COPY_ORDER), device, args.reps
+                )
+                print(f"breakdown: {n_tok} tokens: whole copy {direct * 1e6:.1f} us, kernel alone {kernel_only * 1e6:.1f} us")
             a = torch.empty(nbytes // dtype.itemsize, dtype=dtype, device=device)
             b = torch.empty_like(a)
             plain = timed(functools.partial(b.copy_, a), device, args.reps)
@@ -113,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                     "device_copy_gb_s": nbytes / plain / 1e9,
                     "ratio": plain / direct,
                     "direct_us_per_token": 1e6 * direct / n_tok,
+                    "kernel_alone_us": None if kernel_only is None else 1e6 * kernel_only,
                 }
             )
             assert torch.equal(mine.pool[:, :, dst[-1]], peer[:, :, src[-1]]), "the copy moved the wrong bytes"

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -157,8 +159,24 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="per worker; the prefill workers and the decode worker share one GPU",
     )
+    p.add_argument("--warmup", type=int, default=4, help="untimed requests per mode first (kernels compiled, caches primed)")
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="run the workers under a private CUDA MPS daemon (splitserve/mps.py): their kernels share the GPU "
+        "instead of time-slicing it",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.mps:
+            from splitserve.mps import mps_daemon
+
+            os.environ.update(stack.enter_context(mps_daemon()))  # the workers inherit it
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "workers"))
     from worker_processes import start_worker, wait_serving
 
@@ -184,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         wait_serving([*prefills.values(), decode])
+        for mode in ["colocated", *(f"disagg-{t}" for t in transports)] if args.warmup else []:
+            prefill = prefills.get(mode.removeprefix("disagg-"), decode)
+            asyncio.run(run_rate(mode, 50.0, args.warmup, prefill.address, decode.address, 1, (hi - 1, hi), 4))
         for rate in [float(r) for r in args.rates.split(",")]:
             for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)

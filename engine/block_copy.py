@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 COPY_CHUNK = 4096  # elements per load/store step: 8 KiB of bf16
 COPY_WARPS = 4
-# Two launch layouts. ORDER 0, the default (measured on the H200, docs/performance.md): grid
-# (pairs, layer halves, chunks), one CHUNK per program. ORDER 1: slab-major, program i copies
-# slab i (one layer half of one block, B * Hkv * D contiguous elements, 32 KiB for Llama-8B)
-# in CHUNK steps, so neighbouring programs read neighbouring memory; not yet timed on a GPU
-# (bench/kv_transfer_bench.py --variants 4096x4x1), it becomes the default only if it is faster.
+# Two launch layouts. ORDER 0, the default: grid (pairs, layer halves, chunks), one CHUNK per
+# program. ORDER 1: slab-major, program i copies slab i (one layer half of one block, B * Hkv * D
+# contiguous elements, 32 KiB for Llama-8B) in CHUNK steps. On the H200 both, and four
+# chunk/warp settings, were within 3% of each other from 4k tokens up (docs/performance.md).
 COPY_ORDER = 0
+COPY_SORTED = False  # launch the pairs in ascending source id order (a variant: --variants 4096x4x0xs)
 
 
 def copy_blocks(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int]) -> None:
@@ -55,19 +57,73 @@ def _copy_triton(
     chunk: int = COPY_CHUNK,
     warps: int = COPY_WARPS,
     order: int = COPY_ORDER,
+    sort: bool = COPY_SORTED,
 ) -> None:
+    n = len(src_ids)
+    _launch(src, dst, _staged_ids(src_ids, dst_ids, dst.device, sort), n, chunk, warps, order)
+
+
+def _launch(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, n: int, chunk: int, warps: int, order: int) -> None:
+    """One kernel for ``n`` (src, dst) block pairs; ``ids`` [2, n] int64 on the device."""
     lk = src.shape[0] * src.shape[1]
     elems = src[0, 0, 0].numel()  # B * Hkv * D per block and layer half
-    on_gpu = dst.device.type == "cuda"
-    ids = torch.tensor([src_ids, dst_ids], dtype=torch.int64, pin_memory=on_gpu).to(dst.device, non_blocking=on_gpu)  # [2, n]
-    n = len(src_ids)
-    if order == 0:
-        grid = (n, lk, -(-elems // chunk))
-    else:
-        grid = (n * lk,)
+    grid = (n, lk, -(-elems // chunk)) if order == 0 else (n * lk,)
     _kernel()[grid](
         src, dst, ids, n, lk, src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=chunk, ORDER=order, num_warps=warps
     )
+
+
+class _IdStaging:
+    """A pinned host buffer and a device buffer for the id lists, reused by every copy on one stream.
+
+    A fresh ``torch.tensor(..., pin_memory=True)`` per copy cost more host time than moving 32 MiB
+    of KV on the H200 (bench/kv_transfer_bench.py --breakdown). The host buffer is rewritten only
+    after the previous upload out of it has finished (an event); the device buffer is reused in
+    stream order, so the kernel that read it is done before the next upload lands.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.capacity = device, 0
+        self.host = self.dev = torch.empty(0, dtype=torch.int64)
+        self.uploaded: torch.cuda.Event | None = None
+
+    def stage(self, src_ids: list[int], dst_ids: list[int], sort: bool) -> torch.Tensor:
+        n = len(src_ids)
+        if 2 * n > self.capacity:
+            self.capacity = max(2 * n, 2 * self.capacity, 1024)
+            if self.uploaded is not None:
+                self.uploaded.synchronize()
+            self.host = torch.empty(self.capacity, dtype=torch.int64, pin_memory=True)
+            self.dev = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
+        elif self.uploaded is not None:
+            self.uploaded.synchronize()  # the last upload out of the host buffer has been read
+        view = self.host.numpy()
+        view[:n], view[n : 2 * n] = src_ids, dst_ids
+        if sort:  # ascending source ids: neighbouring programs read neighbouring slabs of the peer pool
+            order = np.argsort(view[:n], kind="stable")
+            view[:n], view[n : 2 * n] = view[:n][order], view[n : 2 * n][order]
+        dev = self.dev[: 2 * n]
+        dev.copy_(self.host[: 2 * n], non_blocking=True)
+        self.uploaded = torch.cuda.Event()
+        self.uploaded.record(torch.cuda.current_stream(self.device))
+        return dev.view(2, n)
+
+
+_staging: dict[tuple[torch.device, int], _IdStaging] = {}
+_staging_lock = threading.Lock()
+
+
+def _staged_ids(src_ids: list[int], dst_ids: list[int], device: torch.device, sort: bool = False) -> torch.Tensor:
+    """The id lists as a [2, n] int64 tensor on ``device``."""
+    if device.type != "cuda":  # the Triton interpreter (CPU tests) reads host memory
+        ids = np.array([src_ids, dst_ids], dtype=np.int64)
+        return torch.from_numpy(np.ascontiguousarray(ids[:, np.argsort(ids[0], kind="stable")]) if sort else ids)
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    with _staging_lock:  # two threads on one stream take turns with its buffers
+        staging = _staging.get(key)
+        if staging is None:
+            staging = _staging[key] = _IdStaging(device)
+        return staging.stage(src_ids, dst_ids, sort)
 
 
 @functools.cache

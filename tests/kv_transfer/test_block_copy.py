@@ -37,14 +37,23 @@ def test_copy_blocks_moves_exactly_the_named_blocks(src_ids: list[int], dst_ids:
     assert torch.isnan(dst[:, :, untouched]).all()
 
 
-# (chunk, order): a slab is 64 elements here; chunk 16 makes each program loop over its slab,
-# 128 masks past the slab's end; order 0 is the benchmark's old layout
-@pytest.mark.parametrize("chunk,order", [(block_copy.COPY_CHUNK, block_copy.COPY_ORDER), (16, 1), (128, 1), (16, 0), (4096, 1)])
+# (chunk, order, sort): a slab is 64 elements here; chunk 16 makes each program loop over its slab,
+# 128 masks past the slab's end; sort launches the pairs in source order
+@pytest.mark.parametrize(
+    "chunk,order,sort",
+    [
+        (block_copy.COPY_CHUNK, block_copy.COPY_ORDER, block_copy.COPY_SORTED),
+        (16, 1, False),
+        (128, 1, False),
+        (16, 0, True),
+        (4096, 1, True),
+    ],
+)
 @pytest.mark.parametrize("src_ids,dst_ids", CASES[:3])
-def test_triton_kernel_equals_the_torch_copy(src_ids: list[int], dst_ids: list[int], chunk: int, order: int) -> None:
+def test_triton_kernel_equals_the_torch_copy(src_ids: list[int], dst_ids: list[int], chunk: int, order: int, sort: bool) -> None:
     pytest.importorskip("triton", reason="triton is a dev dependency (make setup installs it)")
     src, dst = (t.to(DEVICE) for t in pools())
-    block_copy._copy_triton(src, src_ids, dst, dst_ids, chunk=chunk, order=order)
+    block_copy._copy_triton(src, src_ids, dst, dst_ids, chunk=chunk, order=order, sort=sort)
     src, dst = src.cpu(), dst.cpu()
     expected = torch.full_like(dst, float("nan"))
     block_copy.copy_blocks(src, src_ids, expected, dst_ids)
