@@ -159,12 +159,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="per worker; the prefill workers and the decode worker share one GPU",
     )
-    p.add_argument("--warmup", type=int, default=4, help="untimed requests per mode first (kernels compiled, caches primed)")
+    p.add_argument("--warmup", type=int, default=12, help="untimed requests per mode first (kernels compiled, caches primed)")
     p.add_argument(
         "--mps",
         action="store_true",
         help="run the workers under a private CUDA MPS daemon (splitserve/mps.py): their kernels share the GPU "
         "instead of time-slicing it",
+    )
+    p.add_argument(
+        "--mps-decode-percent",
+        type=int,
+        default=None,
+        help="with --mps: the share of the GPU's SMs the decode worker may use (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)",
     )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
@@ -198,13 +204,16 @@ def bench(args: argparse.Namespace) -> int:
     prefills = {
         t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
     }
+    if args.mps and args.mps_decode_percent is not None:
+        os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)  # the decode worker's share only
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
+    os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
     results = []
     try:
         wait_serving([*prefills.values(), decode])
         for mode in ["colocated", *(f"disagg-{t}" for t in transports)] if args.warmup else []:
             prefill = prefills.get(mode.removeprefix("disagg-"), decode)
-            asyncio.run(run_rate(mode, 50.0, args.warmup, prefill.address, decode.address, 1, (hi - 1, hi), 4))
+            asyncio.run(run_rate(mode, 8.0, args.warmup, prefill.address, decode.address, 1, (lo, hi), 8))
         for rate in [float(r) for r in args.rates.split(",")]:
             for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)

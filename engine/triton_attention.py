@@ -49,7 +49,9 @@ def _find_sequence(cu_seqlens_q_ptr, num_seqs, tile, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+# num_seqs and the block-table stride change with every batch: specialising on them (== 1,
+# divisible by 16) would compile new variants of this kernel while serving, seconds each
+@triton.jit(do_not_specialize=["num_seqs", "stride_bt"])
 def _paged_attention_kernel(
     q_ptr,
     k_ptr,
