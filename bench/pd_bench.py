@@ -204,23 +204,29 @@ def bench(args: argparse.Namespace) -> int:
     prefills = {
         t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
     }
-    if args.mps and args.mps_decode_percent is not None:
+    capped = args.mps and args.mps_decode_percent is not None
+    if capped:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)  # the decode worker's share only
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
+    # colocated serving gets the whole GPU: with the decode worker capped, a worker of its own
+    colocated = start_worker("decode", model, store.address, "bench-colocated", *extra) if capped else decode
+    workers = [*prefills.values(), decode] + ([colocated] if capped else [])
     results = []
     try:
-        wait_serving([*prefills.values(), decode])
+        wait_serving(workers)
         for mode in ["colocated", *(f"disagg-{t}" for t in transports)] if args.warmup else []:
             prefill = prefills.get(mode.removeprefix("disagg-"), decode)
-            asyncio.run(run_rate(mode, 8.0, args.warmup, prefill.address, decode.address, 1, (lo, hi), 8))
+            target = colocated if mode == "colocated" else decode
+            asyncio.run(run_rate(mode, 8.0, args.warmup, prefill.address, target.address, 1, (lo, hi), 8))
         for rate in [float(r) for r in args.rates.split(",")]:
             for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)
+                target = colocated if mode == "colocated" else decode
                 moved = kv_move_seconds(decode.metrics_port)
                 r = asyncio.run(
                     run_rate(
-                        mode, rate, args.requests, prefill.address, decode.address, int(rate * 100), (lo, hi), args.max_tokens
+                        mode, rate, args.requests, prefill.address, target.address, int(rate * 100), (lo, hi), args.max_tokens
                     )
                 )
                 if mode != "colocated":
@@ -228,7 +234,7 @@ def bench(args: argparse.Namespace) -> int:
                     r.kv_move_us_per_prompt_token = 1e6 * (kv_move_seconds(decode.metrics_port) - moved) / r.prompt_tokens
                 results.append(r)
     finally:
-        for w in [*prefills.values(), decode]:
+        for w in workers:
             w.stop()
         store.stop()
     print(
