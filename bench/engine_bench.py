@@ -89,6 +89,7 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
     for i in range(batch):
         engine.add_request(f"b{batch}-{prompt_len}-{i}", [rng.randrange(vocab) for _ in range(prompt_len)], params)
     sync(torch)
+    retries = alloc_retries(torch)
     t0 = time.perf_counter()
     while engine.scheduler.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
         engine.step()  # prefill (chunked under the token budget) + first tokens
@@ -115,7 +116,12 @@ def run_case(engine, torch, batch: int, prompt_len: int, output_len: int, weight
         "decode_tok_s": batch * steps / max(t2 - t1, 1e-9),
         "decode_step_ms": 1000 * step_s,
         "decode_GB_s": bytes_per_step / step_s / 1e9,
+        "alloc_retries": alloc_retries(torch) - retries,  # the caching allocator freed its cache and retried a malloc
     }
+
+
+def alloc_retries(torch) -> int:
+    return torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
 
 
 class ModelRunCounter:

@@ -5,9 +5,10 @@ decode worker without a handle; disaggregated = Prefill on a prefill worker, the
 with its KV handle, once per KV transport (one prefill worker each: ``--kv-transport direct``
 = a pull out of the prefill engine's pool on this host, ``store`` = through the KV store).
 Reports TTFT (p50/p90), ITL p99, output tokens/s, and two handoff figures per prompt token:
-"handoff" = decode side Generate call -> first streamed token (includes one decode step), and
-"KV move" = the decode worker's own transfer time (kv_transfer_seconds), i.e. the KV's journey
-alone. Prints a table, writes JSON.
+"handoff" = decode side Generate call -> first streamed token (includes one decode step),
+"KV in place" = the import reaching the decode engine -> its KV in the engine's pool
+(kv_handoff_seconds: lookup, mapping, waiting for the admitting step, the copy), and
+"KV move" = the decode worker's own transfer time (kv_transfer_seconds), i.e. the copy alone. Prints a table, writes JSON.
 
     python -m bench.pd_bench --rates 2,8 --requests 24 --transports direct,store --out pd_bench.json
 """
@@ -44,6 +45,7 @@ class Result:
     output_tok_s: float
     handoff_us_per_prompt_token: float | None
     kv_move_us_per_prompt_token: float | None = None
+    kv_in_place_us_per_prompt_token: float | None = None
     prompt_tokens: int = 0
     failed: int = 0
 
@@ -128,15 +130,16 @@ TRANSPORT_FLAGS = {
 }
 
 
-def kv_move_seconds(metrics_port: int) -> float:
-    """Sum of the decode worker's kv_transfer_seconds (all transports) from its /metrics."""
+def kv_move_seconds(metrics_port: int, metric: str = "kv_transfer_seconds") -> float:
+    """Sum of one of the decode worker's histograms (all transports) from its /metrics: kv_transfer_seconds
+    (the KV's move alone) or kv_handoff_seconds (import reaching the engine -> KV in its pool)."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("splitserve_worker_kv_transfer_seconds_sum{") and 'role="decode"' in line
+        if line.startswith(f"splitserve_worker_{metric}_sum{{") and 'role="decode"' in line
     )
 
 
@@ -224,6 +227,7 @@ def bench(args: argparse.Namespace) -> int:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)
                 target = colocated if mode == "colocated" else decode
                 moved = kv_move_seconds(decode.metrics_port)
+                handed = kv_move_seconds(decode.metrics_port, "kv_handoff_seconds")
                 r = asyncio.run(
                     run_rate(
                         mode, rate, args.requests, prefill.address, target.address, int(rate * 100), (lo, hi), args.max_tokens
@@ -232,6 +236,8 @@ def bench(args: argparse.Namespace) -> int:
                 if mode != "colocated":
                     time.sleep(0.5)  # the last transfer's figure reaches /metrics just after its stream ends
                     r.kv_move_us_per_prompt_token = 1e6 * (kv_move_seconds(decode.metrics_port) - moved) / r.prompt_tokens
+                    in_place = kv_move_seconds(decode.metrics_port, "kv_handoff_seconds") - handed
+                    r.kv_in_place_us_per_prompt_token = 1e6 * in_place / r.prompt_tokens
                 results.append(r)
     finally:
         for w in workers:
@@ -239,14 +245,15 @@ def bench(args: argparse.Namespace) -> int:
         store.stop()
     print(
         f"{'mode':<15} {'rate/s':>6} {'reqs':>5} {'TTFT p50 ms':>12} {'TTFT p90 ms':>12} {'ITL p99 ms':>11} "
-        f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV move us/tok':>15} {'failed':>7}"
+        f"{'out tok/s':>10} {'handoff us/tok':>15} {'KV in place us/tok':>19} {'KV move us/tok':>15} {'failed':>7}"
     )
     for r in results:
         h = f"{r.handoff_us_per_prompt_token:.2f}" if r.handoff_us_per_prompt_token is not None else "-"
         m = f"{r.kv_move_us_per_prompt_token:.3f}" if r.kv_move_us_per_prompt_token is not None else "-"
+        ip = f"{r.kv_in_place_us_per_prompt_token:.3f}" if r.kv_in_place_us_per_prompt_token is not None else "-"
         print(
             f"{r.mode:<15} {r.rate:>6.1f} {r.requests:>5} {r.ttft_p50_ms:>12.1f} {r.ttft_p90_ms:>12.1f} "
-            f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {m:>15} {r.failed:>7}"
+            f"{r.itl_p99_ms:>11.1f} {r.output_tok_s:>10.1f} {h:>15} {ip:>19} {m:>15} {r.failed:>7}"
         )
     Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0

@@ -175,7 +175,14 @@ class Transfer(_Message, tag="transfer"):
     seconds: float
 
 
-FromCore = Ready | StepOutputs | Prefilled | RequestError | LoadReport | Queued | Transfer
+class Handoff(_Message, tag="handoff"):
+    """A prefilled request's KV is in this (decode) engine's pool: seconds since its import reached the core."""
+
+    transport: str  # "store" | "direct"
+    seconds: float
+
+
+FromCore = Ready | StepOutputs | Prefilled | RequestError | LoadReport | Queued | Transfer | Handoff
 
 _encoder = msgspec.msgpack.Encoder()
 _to_core = msgspec.msgpack.Decoder(ToCore)

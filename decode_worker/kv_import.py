@@ -10,6 +10,8 @@ loaded:       ``import_request`` with the load's KV source; the step that admits
               copies the blocks into its own (engine/kv_source.py).
 after_step(): once a direct copy has finished on the device (or the engine dropped the request),
               tell the prefill worker it may free its blocks.
+handoff:      seconds from an import reaching the core to its KV in this engine (direct: copied
+              on the device; store: read into host rows, copied in by the admitting step).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
 
 Observe = Callable[[str, int, float], None]
+Handoff = Callable[[str, float], None]  # (transport, seconds from the import's start to its KV in our pool)
 PRUNE_EVERY_S = 5.0
 
 
@@ -47,6 +50,7 @@ class Import:
     wait_s: float
     candidates: list[KVConnector]
     load: KVLoad | None = None
+    started: float = 0.0  # time.monotonic() when the import reached the core
 
 
 class KVImports:
@@ -59,13 +63,15 @@ class KVImports:
         later: Callable[[float, Callable[[], None]], None],
         send: Callable[[FromCore], None],
         observe: Observe,
+        handoff: Handoff | None = None,
     ) -> None:
         self.engine, self.connectors, self.layout = engine, connectors, layout
         self.done, self.later, self.send, self.observe = done, later, send, observe
+        self.handoff = handoff or (lambda transport, seconds: None)
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
-        self.copying: dict[str, DirectLoad] = {}  # imported with a direct source: release once copied
+        self.copying: dict[str, tuple[DirectLoad, float]] = {}  # imported with a direct source: release once copied
         self._next_prune = 0.0
 
     def busy(self) -> bool:
@@ -95,7 +101,7 @@ class KVImports:
                 "from here (no direct offer on this host and no store holding them)"
             )
         local = self.engine.cached_prefix_blocks(prompt, salt)
-        imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
+        imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates, started=time.monotonic())
         self.loading[rid] = imp
         self._begin(imp)
 
@@ -163,17 +169,19 @@ class KVImports:
             self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
-            self.copying[imp.request_id] = load
+            self.copying[imp.request_id] = (load, imp.started)
         else:
             load.done()
+            self.handoff("store", time.monotonic() - imp.started)  # read into host rows; copied in when admitted
 
     def after_step(self) -> None:
         """Release the prefill side's blocks of every finished direct copy (or dropped request)."""
-        for rid, load in list(self.copying.items()):
+        for rid, (load, started) in list(self.copying.items()):
             source = load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
                 self.observe("in", nbytes, source.copy_s)
+                self.handoff("direct", time.monotonic() - started)
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]
@@ -190,12 +198,12 @@ class KVImports:
 
     def abort(self, rid: str) -> None:
         self.loading.pop(rid, None)
-        load = self.copying.pop(rid, None)
-        if load is not None:
-            load.done()
+        copying = self.copying.pop(rid, None)
+        if copying is not None:
+            copying[0].done()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for load in self.copying.values():
+        for load, _ in self.copying.values():
             load.done()
         self.copying.clear()

@@ -231,6 +231,12 @@ KVSTORE = Dashboard(
         ),
         Panel("Worker KV transfer time", quantiles("splitserve_worker_kv_transfer_seconds", "role, transport"), "s"),
         Panel(
+            "Decode KV handoff (import -> KV in the pool)",
+            quantiles("splitserve_worker_kv_handoff_seconds", "transport"),
+            "s",
+            "A prefilled request's import reaching the decode engine until its KV is in the engine's pool.",
+        ),
+        Panel(
             "Store hit ratio",
             [
                 (

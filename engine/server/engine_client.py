@@ -26,6 +26,7 @@ from contracts.core_messages import (
     EngineLoad,
     ErrorKind,
     FromCore,
+    Handoff,
     LoadQuery,
     LoadReport,
     Prefilled,
@@ -77,6 +78,7 @@ class ClientHooks:
 
     on_step: Callable[[StepStats], None] | None = None
     on_transfer: Callable[[str, str, int, float], None] | None = None  # (transport, direction, bytes, seconds)
+    on_handoff: Callable[[str, float], None] | None = None  # (transport, seconds): an import's KV is in the pool
     on_queued: Callable[[float], None] | None = None
 
 
@@ -191,6 +193,8 @@ class AsyncEngineClient:
                 self.hooks.on_queued(seconds)
             case Transfer(transport, direction, nbytes, seconds) if self.hooks.on_transfer is not None:
                 self.hooks.on_transfer(transport, direction, nbytes, seconds)
+            case Handoff(transport, seconds) if self.hooks.on_handoff is not None:
+                self.hooks.on_handoff(transport, seconds)
             case Ready(info) if self._ready is not None and not self._ready.done():
                 self._ready.set_result(info)
 

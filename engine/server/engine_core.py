@@ -32,6 +32,7 @@ from contracts.core_messages import (
     CoreInfo,
     ErrorKind,
     FromCore,
+    Handoff,
     ImportRequest,
     LoadQuery,
     LoadReport,
@@ -140,6 +141,7 @@ class EngineCore:
             self.later,
             self.send,
             lambda d, n, s: self._observe_transfer("direct", d, n, s),
+            lambda transport, s: self.done.put(lambda: self.send(Handoff(transport, s))),
         )
         self._warm_up()
         self.send(

@@ -32,6 +32,12 @@ PREFILL = Histogram(_P + "prefill_seconds", "Prefill RPC duration (compute and K
 KV_TRANSFER = Histogram(
     _P + "kv_transfer_seconds", "One batched KV move (transport = store | direct)", ["role", "transport"], buckets=_LATENCY
 )
+KV_HANDOFF = Histogram(
+    _P + "kv_handoff_seconds",
+    "A prefilled request's import reaching the decode engine -> its KV in the pool (transport = store | direct)",
+    ["role", "transport"],
+    buckets=_LATENCY,
+)
 KV_TRANSFER_BYTES = Counter(
     _P + "kv_transfer_bytes", "KV bytes moved out of (out) or into (in) this engine", ["role", "direction", "transport"]
 )
@@ -56,6 +62,9 @@ class WorkerMetrics:
     def transfer(self, transport: str, direction: str, nbytes: int, seconds: float) -> None:
         KV_TRANSFER.labels(self.role, transport).observe(seconds)
         KV_TRANSFER_BYTES.labels(self.role, direction, transport).inc(nbytes)
+
+    def handoff(self, transport: str, seconds: float) -> None:
+        KV_HANDOFF.labels(self.role, transport).observe(seconds)
 
     def load(self, load: EngineLoad) -> None:
         RUNNING.labels(self.role).set(load.running)

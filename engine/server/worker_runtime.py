@@ -79,6 +79,7 @@ class WorkerRuntime:
             ClientHooks(
                 on_step=lambda s: self.metrics.step(s.seconds, s.batch_size),
                 on_transfer=self.metrics.transfer,
+                on_handoff=self.metrics.handoff,
                 on_queued=self.metrics.queued,
             ),
         )

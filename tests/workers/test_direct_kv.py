@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -87,6 +88,31 @@ def test_blocks_are_freed_when_the_reader_is_done_long_before_the_lease(stack, d
     assert generate(stack["decode"], "released", prompt, first) == expected(reference, "released-ref", prompt)
     assert wait_for(lambda: active_blocks(direct_only) == 0, LEASE_S) < LEASE_S / 2
     assert wait_for(lambda: active_blocks(stack["decode"]) == 0, 10) < 10  # nothing leaked on the decode side
+
+
+def handoffs(decode: WorkerProcess) -> tuple[float, float]:
+    """(count, sum) of the decode worker's kv_handoff_seconds for the direct transport."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{decode.metrics_port}/metrics", timeout=10).read().decode()
+    values = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("splitserve_worker_kv_handoff_seconds_") and 'transport="direct"' in line and "_bucket" not in line
+    }
+    return values.get("splitserve_worker_kv_handoff_seconds_count", 0.0), values.get(
+        "splitserve_worker_kv_handoff_seconds_sum", 0.0
+    )
+
+
+def test_the_decode_worker_reports_when_a_direct_import_has_its_kv(stack, direct_only, reference) -> None:
+    prompt = [(i * 5 + 9) % 380 + 3 for i in range(60)]
+    count, total = handoffs(stack["decode"])
+    started = time.monotonic()
+    first = prefill(direct_only, "handoff", prompt)
+    assert generate(stack["decode"], "handoff", prompt, first) == expected(reference, "handoff-ref", prompt)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: handoffs(stack["decode"])[0] == count + 1, 5)  # one import, one observation
+    seconds = handoffs(stack["decode"])[1] - total
+    assert 0 < seconds < elapsed  # the KV was in place before the answer was complete
 
 
 def test_blocks_of_a_reader_that_never_comes_are_freed_at_the_lease_end(direct_only) -> None:

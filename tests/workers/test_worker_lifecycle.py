@@ -199,6 +199,7 @@ def test_metrics_endpoint_exports_the_documented_worker_metrics(stack) -> None:
         "queue_seconds",
         "prefill_seconds",
         "kv_transfer_seconds",
+        "kv_handoff_seconds",
         "kv_transfer_bytes_total",
     ):
         assert f"splitserve_worker_{name}" in text and 'role="decode"' in text, name
