@@ -86,6 +86,11 @@ class ModelRunner:
         )
         for layer, k, v in zip(attn, self.kv.k, self.kv.v):
             layer.k_cache, layer.v_cache = k, v
+        if self.device.type == "cuda" and use_triton(self.device):
+            from engine import triton_attention  # not at import: importing triton fixes TRITON_INTERPRET
+
+            a = attn[0]
+            triton_attention.warm_up(self.device, self.dtype, a.num_heads, a.num_kv_heads, a.head_dim, config.block_size)
         self.graphs = self._capture_graphs() if wants_graphs else None
         self.use_graphs = True  # bench --check-graphs turns it off to compare with eager steps
 

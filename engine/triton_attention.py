@@ -214,14 +214,42 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+MAX_KV_SPLITS = 64
+KV_SPLIT_CHOICES = tuple(1 << i for i in range(MAX_KV_SPLITS.bit_length()))  # 1, 2, 4, ..., 64
+
+
 def _choose_kv_splits(device: torch.device, programs: int, max_kv_tiles: int) -> int:
-    """Split the keys only when the grid would leave most SMs idle."""
+    """Split the keys only when the grid would leave most SMs idle.
+
+    Always a power of two: NUM_SPLITS is a compile-time constant, so each value is a kernel
+    of its own, and any count from 1 to 64 would compile new kernels (about a second each)
+    while serving, whenever a batch shape first needs one. ``warm_up`` compiles all seven.
+    """
     if device.type != "cuda":
         return 1
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
     if programs >= sms:
         return 1
-    return max(1, min(triton.cdiv(2 * sms, programs), max_kv_tiles, 64))
+    splits = max(1, min(triton.cdiv(2 * sms, programs), max_kv_tiles, MAX_KV_SPLITS))
+    return 1 << (splits.bit_length() - 1)  # round down
+
+
+def warm_up(device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int) -> None:
+    """Compile every kernel variant a serving engine can launch (decode, mixed and prefill layouts, each
+    split count) on a tiny batch, so that no request waits for the compiler."""
+    num_blocks = 2 * MAX_KV_SPLITS
+    k_cache = torch.zeros(num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    seq_len = num_blocks * block_size
+    for q_len, max_q_len in ((1, 1), (1, None), (2, 2)):  # decode launch, decode-like mixed launch, prefill tiles
+        q = torch.zeros(q_len, num_heads, head_dim, dtype=dtype, device=device)
+        cu = torch.tensor([0, q_len], dtype=torch.int32, device=device)
+        lens = torch.tensor([seq_len], dtype=torch.int32, device=device)
+        table = torch.arange(num_blocks, dtype=torch.int32, device=device)[None]
+        for splits in KV_SPLIT_CHOICES:
+            paged_attention_triton(q, k_cache, v_cache, cu, lens, table, 1.0, max_q_len, kv_splits=splits)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def paged_attention_triton(

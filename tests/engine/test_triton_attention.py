@@ -162,3 +162,20 @@ def test_decode_replayed_from_cuda_graph_follows_new_seq_lens() -> None:
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, reference_fp32(batch), rtol=1e-5, atol=1e-5)
+
+
+def test_split_counts_are_a_few_powers_of_two_so_serving_never_compiles_a_new_kernel(monkeypatch) -> None:
+    from engine import triton_attention
+
+    monkeypatch.setattr(triton_attention, "_num_sms", lambda index: 132)
+    cuda = torch.device("cuda", 0)  # a device object only: nothing runs on it
+    seen = {triton_attention._choose_kv_splits(cuda, programs, tiles) for programs in range(1, 300) for tiles in range(1, 200)}
+    assert seen == set(triton_attention.KV_SPLIT_CHOICES)  # every one can occur, and nothing else
+    assert triton_attention._choose_kv_splits(cuda, 132, 1000) == 1  # a full grid never splits
+
+
+def test_warm_up_launches_every_variant_and_leaves_results_unchanged() -> None:
+    from engine import triton_attention
+
+    triton_attention.warm_up(DEVICE, torch.float32, num_heads=4, num_kv_heads=2, head_dim=16, block_size=4)
+    test_split_kv_mixed_batch_matches_reference()  # the kernels warm_up compiled still compute the right thing
