@@ -31,6 +31,7 @@ class Component:
     tcp_port: int | None = None  # ready once it accepts a connection (programs with no health service: Mooncake's)
     metrics_port: int | None = None
     expect_workers: dict[str, int] | None = None  # router: ready only once it sees this many ready workers
+    env: dict[str, str] = field(default_factory=dict)  # on top of the stack's environment, this component only
     process: subprocess.Popen | None = field(default=None, repr=False)
     started_at: float = 0.0
     restarts: int = 0
@@ -136,7 +137,7 @@ class Stack:
         with open(self.log_dir / f"{comp.name}.log", "ab") as log:
             # own process group: Ctrl-C in the terminal reaches `up`, which stops children in order;
             # the parent-death signal kills the child if `up` itself is killed
-            comp.process = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            comp.process = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **comp.env},
                                             start_new_session=True, preexec_fn=preexec_for(os.getpid()))  # fmt: skip
         comp.started_at = time.monotonic()
         comp.restart_at = None

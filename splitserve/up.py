@@ -10,6 +10,7 @@ Ctrl-C or SIGTERM stops everything. The processes are supervised
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -147,7 +148,10 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
                 argv += ["--kv-transport", args.kv_transport, "--store-write-budget", str(args.store_write_budget)]
             if args.tensor_parallel_size > 1:
                 argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
-            comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics))
+            env = {}
+            if getattr(args, "mps", False) and role == "decode":  # memory-bound decode leaves the other SMs to prefill
+                env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)
+            comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics, env=env))
     prefill = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("prefill-"))
     decode = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("decode-"))
     router = py + [
@@ -255,6 +259,10 @@ def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    if args.mps and (args.ray or not 1 <= args.mps_decode_percent <= 100):
+        problem = "not with --ray" if args.ray else f"--mps-decode-percent must be 1-100, got {args.mps_decode_percent}"
+        print(f"[up] error: --mps: {problem}", file=sys.stderr, flush=True)
+        return 2
     if args.ray:
         from splitserve.ray_launcher import require_ray
 
@@ -273,9 +281,23 @@ def run_up(args: argparse.Namespace) -> int:
         from splitserve.ray_launcher import run_on_ray
 
         return run_on_ray(plan_stack(args, str(model)), args)
+    with contextlib.ExitStack() as held:
+        if args.mps:
+            from splitserve.mps import MPSUnavailable, mps_daemon
+
+            try:
+                os.environ.update(held.enter_context(mps_daemon()))  # every worker inherits it
+            except (MPSUnavailable, ValueError) as exc:
+                print(f"[up] error: --mps: {exc}", file=sys.stderr, flush=True)
+                return 2
+            print(f"[up] CUDA MPS daemon started; decode workers may use {args.mps_decode_percent}% of the SMs", flush=True)
+        return serve_stack(args, str(model))
+
+
+def serve_stack(args: argparse.Namespace, model: str) -> int:
     log_dir = Path(args.log_dir) if args.log_dir else Path.cwd() / "runs" / time.strftime("up-%Y%m%d-%H%M%S")
     stack_secret(log_dir)
-    stack = Stack(plan_stack(args, str(model)), log_dir, RestartPolicy(enabled=not args.no_restart))
+    stack = Stack(plan_stack(args, model), log_dir, RestartPolicy(enabled=not args.no_restart))
     stop = StopRequested()
     url = f"http://{args.host if args.host != '0.0.0.0' else '127.0.0.1'}:{args.port}"
     print(f"[up] starting {len(stack.comps)} processes (logs in {log_dir})", flush=True)
@@ -283,7 +305,7 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         stack.wait_ready(args.ready_timeout, stop)
         if args.state_file:
-            write_state(args.state_file, stack_info(stack, url, str(model), args.served_model_name))
+            write_state(args.state_file, stack_info(stack, url, model, args.served_model_name))
         name = args.served_model_name
         print(f"[up] serving on {url}  (model {name!r} from {model})")
         print(
@@ -297,7 +319,7 @@ def run_up(args: argparse.Namespace) -> int:
         # failover is for); with --no-restart `up` keeps serving on whatever is left
         while not stop.requested:
             if stack.supervise() and args.state_file:
-                write_state(args.state_file, stack_info(stack, url, str(model), args.served_model_name))
+                write_state(args.state_file, stack_info(stack, url, model, args.served_model_name))
             time.sleep(0.2)
         return 0
     except KeyboardInterrupt:
@@ -374,6 +396,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds a SIGTERM shutdown may take in all; then what still runs is killed",
     )
     p.add_argument("--demo-request", action="store_true", help="send one chat completion once ready and print it")
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="workers sharing a GPU run under a private CUDA MPS daemon (their kernels run side by side instead of "
+        "time-slicing the card; docs/performance.md); needs the NVIDIA driver's nvidia-cuda-mps-control",
+    )
+    p.add_argument(
+        "--mps-decode-percent",
+        type=int,
+        default=50,
+        help="with --mps: the share of the GPU's SMs each decode worker may use (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)",
+    )
     p.add_argument(
         "--ray",
         action="store_true",

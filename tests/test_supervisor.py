@@ -88,3 +88,24 @@ def test_children_die_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{child}").exists()  # reaped by init at once: it was SIGKILLed by the kernel
+
+
+def test_a_components_own_environment_reaches_it_and_no_other(tmp_path: Path) -> None:
+    show = [
+        sys.executable,
+        "-c",
+        "import os; print('share=' + os.environ.get('CUDA_MPS_ACTIVE_THREAD_PERCENTAGE', '-'), flush=True)",
+    ]
+    stack = Stack(
+        [Component("capped", show, env={"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"}), Component("plain", show)],
+        tmp_path,
+        RestartPolicy(enabled=False),
+        _quiet([]),
+    )
+    stack.start()
+    for comp in stack.comps:
+        assert comp.process is not None
+        comp.process.wait(timeout=30)
+    stack.stop(5)
+    assert (tmp_path / "capped.log").read_text().strip() == "share=50"
+    assert (tmp_path / "plain.log").read_text().strip() == "share=-"
