@@ -1,10 +1,12 @@
 """KVHandle: where a prefilled request's prompt KV can be fetched from (worker.proto KVHandle),
-and the two messages of the direct transport: the PoolDescriptor a reader maps, the Release it sends back.
+the two messages of the direct transport (the PoolDescriptor a reader maps, the Release it sends
+back) and the four of the point-to-point transport (PeerPair, PeerPull, PeerRows, PeerRefused).
 
 Transport-neutral: the layout that must match, the blocks by content key, and what each
-offered transport needs — ``direct`` for a pull out of the prefill engine's pool,
-``store_addresses`` for the store tier. ``transfer_id`` and ``epoch`` name the hold on the
-prefill side, so a release or a restarted peer is never confused with another handoff.
+offered transport needs — ``direct`` for a pull out of the prefill engine's pool, ``peer`` for
+a point-to-point send from it (any host), ``store_addresses`` for the store tier.
+``transfer_id`` and ``epoch`` name the hold on the prefill side, so a release or a restarted
+peer is never confused with another handoff.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ class DirectOffer(msgspec.Struct, forbid_unknown_fields=True):
     lease_deadline: float  # time.monotonic() on the shared host
 
 
+class PeerOffer(msgspec.Struct, forbid_unknown_fields=True):
+    control_endpoint: str  # tcp:// ZMQ ROUTER of the prefill engine (kv_transfer/p2p.py)
+    rendezvous: str  # HOST:PORT of its TCPStore
+
+
 class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
     model_fingerprint: str
     dtype: str
@@ -37,6 +44,7 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
     transfer_id: str = ""
     epoch: str = ""
     direct: DirectOffer | None = None
+    peer: PeerOffer | None = None
 
     def layout(self) -> tuple[str, str, int, int]:
         return (self.model_fingerprint, self.dtype, self.block_size, self.tp_size)
@@ -67,6 +75,8 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
                     pool=o.pool, block_ids=o.block_ids, release_endpoint=o.release_endpoint, lease_deadline=o.lease_deadline
                 )
             )
+        if self.peer is not None:
+            msg.peer.CopyFrom(pb.PeerKV(control_endpoint=self.peer.control_endpoint, rendezvous=self.peer.rendezvous))
         return msg
 
     @classmethod
@@ -75,6 +85,7 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
         if h.HasField("direct"):
             d = h.direct
             direct = DirectOffer(d.pool, list(d.block_ids), d.release_endpoint, d.lease_deadline)
+        peer = PeerOffer(h.peer.control_endpoint, h.peer.rendezvous) if h.HasField("peer") else None
         return cls(
             h.model_fingerprint,
             h.dtype,
@@ -89,6 +100,7 @@ class KVHandle(msgspec.Struct, forbid_unknown_fields=True):
             h.transfer_id,
             h.epoch,
             direct,
+            peer,
         )
 
 
@@ -117,3 +129,33 @@ class Release(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
 
     transfer_id: str
     epoch: str
+
+
+# The point-to-point transport's control messages (kv_transfer/p2p.py), over a ZMQ DEALER/ROUTER pair.
+class PeerPair(msgspec.Struct, tag=True, forbid_unknown_fields=True):
+    """Decode -> prefill: build the two-rank group of this pair (the reader is rank 1)."""
+
+    pair: str
+
+
+class PeerPull(msgspec.Struct, tag=True, forbid_unknown_fields=True):
+    """Decode -> prefill: send the blocks of this hold from ``first_block`` on, with this tag."""
+
+    pair: str
+    transfer_id: str
+    epoch: str
+    first_block: int
+    tag: int
+
+
+class PeerRows(msgspec.Struct, tag=True, forbid_unknown_fields=True):
+    """Prefill -> decode: the rows follow on the pair's group, [n, L, 2, B, Hkv, D] of this dtype."""
+
+    shape: list[int]
+    dtype: str
+
+
+class PeerRefused(msgspec.Struct, tag=True, forbid_unknown_fields=True):
+    """Prefill -> decode: no rows (unknown pair or transfer, lease over, another epoch)."""
+
+    reason: str

@@ -29,6 +29,7 @@ from engine.errors import EngineError, UnknownRequest
 from engine.llm_engine import LLMEngine
 from kv_transfer.connector import KVConnector, KVLoad
 from kv_transfer.direct import DirectConnector, DirectLoad
+from kv_transfer.p2p import PeerTransferFailed
 from kv_transfer.peer_pool import PeerPoolUnavailable
 from kv_transfer.store import BlocksMissing
 from kvstore.block_key import KVLayout, block_keys
@@ -50,6 +51,7 @@ class Import:
     wait_s: float
     candidates: list[KVConnector]
     load: KVLoad | None = None
+    transport: str = ""  # the connector of the current load
     started: float = 0.0  # time.monotonic() when the import reached the core
 
 
@@ -106,7 +108,8 @@ class KVImports:
         self._begin(imp)
 
     def _begin(self, imp: Import) -> None:
-        imp.load = imp.candidates.pop(0).load(imp.handle, imp.local_blocks, imp.wait_s)
+        connector = imp.candidates.pop(0)
+        imp.load, imp.transport = connector.load(imp.handle, imp.local_blocks, imp.wait_s), connector.name
         load = imp.load
 
         def attempt() -> None:
@@ -143,7 +146,7 @@ class KVImports:
             self._begin(imp)  # e.g. the direct pull failed (peer gone): read the store instead
             return
         del self.loading[imp.request_id]
-        if isinstance(exc, (BlocksMissing, PeerPoolUnavailable)):
+        if isinstance(exc, (BlocksMissing, PeerPoolUnavailable, PeerTransferFailed)):
             self.send(RequestError(imp.request_id, ErrorKind.NOT_FOUND, f"unknown KV handle / blocks evicted: {exc}"))
         else:
             self.send(RequestError(imp.request_id, ErrorKind.UNAVAILABLE, f"loading the KV blocks failed: {exc}"))
@@ -172,7 +175,7 @@ class KVImports:
             self.copying[imp.request_id] = (load, imp.started)
         else:
             load.done()
-            self.handoff("store", time.monotonic() - imp.started)  # read into host rows; copied in when admitted
+            self.handoff(imp.transport, time.monotonic() - imp.started)  # rows in this process; copied in when admitted
 
     def after_step(self) -> None:
         """Release the prefill side's blocks of every finished direct copy (or dropped request)."""

@@ -12,7 +12,8 @@ receiver (decode engine core, decode_worker/kv_import.py)
     load(handle, first) start a load of the blocks from ``first`` on -> KVLoad
 
 Transports: store.py (blocks through the KV store, which is also the cache tier for prefix
-reuse) and direct.py (a pull straight out of the peer engine's pool on the same host).
+reuse), direct.py (a pull straight out of the peer engine's pool on the same host) and p2p.py
+(a send over a process group of the two engines, any host).
 """
 
 from __future__ import annotations

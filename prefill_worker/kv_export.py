@@ -154,7 +154,7 @@ class PrefillJobs:
         pj.output = out
         errors = self.store.failed(pj.job) if self.store is not None else []
         handle = self._handle(pj.job)
-        if errors and handle.direct is None:  # the store was the only way: the handle would be useless
+        if errors and handle.direct is None and handle.peer is None:  # the store was the only way: the handle is useless
             self.send(
                 RequestError(out.request_id, ErrorKind.UNAVAILABLE, f"writing the KV blocks to the store failed: {errors[0]}")
             )

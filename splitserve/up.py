@@ -357,9 +357,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--kv-transport",
-        choices=["direct", "store"],
+        choices=["direct", "p2p", "store"],
         default="direct",
-        help="how prefill KV reaches decode: a direct pull on this host, or through the store",
+        help="how prefill KV reaches decode: a direct pull on this host, a point-to-point send, or through the store",
     )
     p.add_argument(
         "--store-write-budget",

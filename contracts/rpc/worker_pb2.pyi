@@ -72,7 +72,7 @@ class TokenLogprob(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class KVHandle(_message.Message):
-    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker", "blocks_pending", "transfer_id", "epoch", "direct")
+    __slots__ = ("model_fingerprint", "dtype", "block_size", "tp_size", "block_keys", "tail_key", "num_tokens", "store_addresses", "source_worker", "blocks_pending", "transfer_id", "epoch", "direct", "peer")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class KVHandle(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     DIRECT_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     dtype: str
     block_size: int
@@ -99,7 +100,8 @@ class KVHandle(_message.Message):
     transfer_id: str
     epoch: str
     direct: DirectKV
-    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ..., blocks_pending: _Optional[bool] = ..., transfer_id: _Optional[str] = ..., epoch: _Optional[str] = ..., direct: _Optional[_Union[DirectKV, _Mapping]] = ...) -> None: ...
+    peer: PeerKV
+    def __init__(self, model_fingerprint: _Optional[str] = ..., dtype: _Optional[str] = ..., block_size: _Optional[int] = ..., tp_size: _Optional[int] = ..., block_keys: _Optional[_Iterable[bytes]] = ..., tail_key: _Optional[bytes] = ..., num_tokens: _Optional[int] = ..., store_addresses: _Optional[_Iterable[str]] = ..., source_worker: _Optional[str] = ..., blocks_pending: _Optional[bool] = ..., transfer_id: _Optional[str] = ..., epoch: _Optional[str] = ..., direct: _Optional[_Union[DirectKV, _Mapping]] = ..., peer: _Optional[_Union[PeerKV, _Mapping]] = ...) -> None: ...
 
 class DirectKV(_message.Message):
     __slots__ = ("pool", "block_ids", "release_endpoint", "lease_deadline")
@@ -112,6 +114,14 @@ class DirectKV(_message.Message):
     release_endpoint: str
     lease_deadline: float
     def __init__(self, pool: _Optional[bytes] = ..., block_ids: _Optional[_Iterable[int]] = ..., release_endpoint: _Optional[str] = ..., lease_deadline: _Optional[float] = ...) -> None: ...
+
+class PeerKV(_message.Message):
+    __slots__ = ("control_endpoint", "rendezvous")
+    CONTROL_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RENDEZVOUS_FIELD_NUMBER: _ClassVar[int]
+    control_endpoint: str
+    rendezvous: str
+    def __init__(self, control_endpoint: _Optional[str] = ..., rendezvous: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_token_ids", "sampling", "cache_salt")

@@ -19,6 +19,6 @@ class CoreConfig:
     kv_snapshot_bind: str  # ZMQ REP bind address
     advertise_host: str  # replaces a wildcard host in the endpoints reported by GetLoad
     tp_size: int = 1
-    kv_transport: str = "direct"  # prefill: also offer a device-direct pull of its pool ("store": the store only)
+    kv_transport: str = "direct"  # prefill: offer a device-direct pull of its pool; "p2p": a send; "store": the store only
     kv_lease_s: float = 30.0  # prefill: longest hold of a request's blocks for a direct reader
     store_write_budget: int | None = None  # prefill with direct: store writes in flight beyond this are skipped

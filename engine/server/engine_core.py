@@ -19,6 +19,7 @@ import queue
 import signal
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 
@@ -56,6 +57,7 @@ from engine.outputs import PrefillProgress, RequestOutput
 from engine.server.core_config import CoreConfig
 from kv_transfer.connector import KVConnector
 from kv_transfer.direct import DirectConnector
+from kv_transfer.p2p import PeerConnector, PeerSender
 from kv_transfer.peer_pool import PeerPoolUnavailable, remove_orphaned_pools, shm_pool_path
 from kv_transfer.store import BlocksMissing, StoreConnector, StorePutFailed, dtype_name
 from kvstore.block_key import KVLayout
@@ -160,10 +162,11 @@ class EngineCore:
         )
 
     def _connectors(self, direct_sender: bool) -> list[KVConnector]:
-        """Preference order for a reader: the direct pull first (same host), then the store."""
+        """Preference order for a reader: the direct pull (same host), the point-to-point send (any host), the store."""
         c = self.config
         found: list[KVConnector] = []
         runner = self.engine.runner
+        peer_sender = c.role == "prefill" and c.kv_transport == "p2p" and c.tp_size == 1
         if c.tp_size == 1:  # the direct pull maps one pool; a TP engine's KV is spread over its ranks
             pool = runner.kv.pool if direct_sender else None
             found.append(
@@ -171,8 +174,25 @@ class EngineCore:
                     self.zmq, runner.device, self.epoch, c.kv_lease_s, pool, c.engine.kv_pool_file, self.engine.block_ids
                 )
             )
+            sender = None
+            if peer_sender:
+                bind = urllib.parse.urlsplit(c.kv_events_bind).hostname or "0.0.0.0"
+                wake = functools.partial(self.done.put, lambda: None)
+                sender = PeerSender(self.zmq, runner.kv.pool, bind, c.advertise_host, self.epoch, wake)
+            found.append(
+                PeerConnector(
+                    self.zmq,
+                    runner.device,
+                    self.epoch,
+                    functools.partial(self._observe_transfer, "p2p"),
+                    c.kv_lease_s,
+                    sender,
+                    self.engine.block_ids,
+                )
+            )
         if c.kvstore:
-            budget = c.store_write_budget if direct_sender else None  # beside a direct offer, store writes are a cache
+            # beside a direct or point-to-point offer, store writes are a cache
+            budget = c.store_write_budget if direct_sender or peer_sender else None
             observe = functools.partial(self._observe_transfer, "store")
             found.append(
                 StoreConnector(

@@ -41,10 +41,10 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
-        if self.kv_transport not in ("direct", "store"):
-            raise ValueError(f"--kv-transport must be direct or store, got {self.kv_transport!r}")
-        if self.role == "prefill" and not self.kvstore and self.kv_transport != "direct":
-            raise ValueError("a prefill worker needs --kvstore HOST:PORT unless it offers --kv-transport direct")
+        if self.kv_transport not in ("direct", "p2p", "store"):
+            raise ValueError(f"--kv-transport must be direct, p2p or store, got {self.kv_transport!r}")
+        if self.role == "prefill" and not self.kvstore and self.kv_transport == "store":
+            raise ValueError("a prefill worker needs --kvstore HOST:PORT unless it offers --kv-transport direct or p2p")
         self.advertise_host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host)
         self.worker_id = self.worker_id or f"{self.role}-{self.advertise_host}-{self.port}"
 
@@ -92,11 +92,12 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     if role == "prefill":
         p.add_argument(
             "--kv-transport",
-            choices=["direct", "store"],
+            choices=["direct", "p2p", "store"],
             default="direct",
             help="direct: a decode worker on this host pulls the KV straight out of this worker's pool "
             "(CUDA IPC / shared memory) and the store is written in the background as a cache; "
-            "store: KV reaches decode through the store only",
+            "p2p: this worker sends the KV to a decode worker on any host over a process group of the "
+            "two (NCCL between GPUs, gloo on CPU); store: KV reaches decode through the store only",
         )
         p.add_argument(
             "--kv-lease-timeout",

@@ -21,7 +21,7 @@ import pytest
 from contracts import core_messages as ec
 from contracts import kv_events as ev
 from contracts import rank_plan as rp
-from contracts.kv_handle import DirectOffer, KVHandle, PoolDescriptor, Release
+from contracts.kv_handle import DirectOffer, KVHandle, PeerPair, PeerPull, PeerRefused, PeerRows, PoolDescriptor, Release
 from contracts.sampling import SamplingParams
 
 SCHEMAS = Path(__file__).with_name("message_schemas.json")
@@ -93,7 +93,19 @@ EVENTS: list[ev.KVEvent] = [
 
 def all_shapes() -> dict:
     """JSON schema of every message union and record that crosses a process boundary."""
-    types = [ec.ToCore, ec.FromCore, rp.RankPlan, rp.JoinRequest, rp.RankSetup, ev.KVEvent, ev.Snapshot, PoolDescriptor, Release]
+    types = [
+        ec.ToCore,
+        ec.FromCore,
+        rp.RankPlan,
+        rp.JoinRequest,
+        rp.RankSetup,
+        ev.KVEvent,
+        ev.Snapshot,
+        PoolDescriptor,
+        Release,
+        PeerPair | PeerPull,
+        PeerRows | PeerRefused,
+    ]
     _, components = msgspec.json.schema_components(types)
     return components
 

@@ -34,12 +34,14 @@ def store() -> Iterator[EmbeddedStore]:
     s.stop()
 
 
-def start_stack(model_dir: str, kvstore: str, tag: str = "") -> dict[str, WorkerProcess]:
+def start_stack(model_dir: str, kvstore: str, tag: str = "", p2p: bool = False) -> dict[str, WorkerProcess]:
     workers = {
         "prefill_a": start_worker("prefill", model_dir, kvstore, f"prefill-a{tag}", "--store-write-budget", "1GiB"),
         "prefill_b": start_worker("prefill", model_dir, kvstore, f"prefill-b{tag}", "--kv-transport", "store"),
         "decode": start_worker("decode", model_dir, kvstore, f"decode-0{tag}", "--kv-wait-timeout", str(KV_WAIT_S)),
     }
+    if p2p:  # C: the point-to-point send (a process group of the two workers; gloo here)
+        workers["prefill_c"] = start_worker("prefill", model_dir, kvstore, f"prefill-c{tag}", "--kv-transport", "p2p")
     try:
         wait_serving(list(workers.values()))
     except BaseException:
@@ -51,7 +53,7 @@ def start_stack(model_dir: str, kvstore: str, tag: str = "") -> dict[str, Worker
 
 @pytest.fixture(scope="session")
 def stack(model_dir: str, store: EmbeddedStore) -> Iterator[dict[str, WorkerProcess]]:
-    workers = start_stack(model_dir, store.address)
+    workers = start_stack(model_dir, store.address, p2p=True)
     try:
         yield workers
     finally:

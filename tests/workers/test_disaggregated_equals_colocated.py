@@ -1,6 +1,6 @@
 """Prefill worker -> KV transport -> decode worker gives exactly the colocated engine's tokens,
-through each transport: the device-direct pull (prefill A) and the store (prefill B), the store
-being ours or Mooncake Store."""
+through each transport: the device-direct pull (prefill A), the store (prefill B; ours or Mooncake
+Store) and the point-to-point send (prefill C, gloo on CPU)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def mixed_requests(tag: str, n: int, temperature: float) -> list[tuple[str, list
     return out
 
 
-TRANSPORTS = {"direct": "prefill_a", "store": "prefill_b"}
+TRANSPORTS = {"direct": "prefill_a", "store": "prefill_b", "p2p": "prefill_c"}
 
 
 def transferred_bytes(worker: WorkerProcess, transport: str) -> float:
@@ -65,24 +65,25 @@ def transferred_bytes(worker: WorkerProcess, transport: str) -> float:
     )
 
 
-@pytest.mark.parametrize(("transport", "backend_stack"), [("direct", "ours"), ("store", "ours"), ("store", "mooncake")],
-                         indirect=["backend_stack"])  # fmt: skip
+@pytest.mark.parametrize(("transport", "backend_stack"), [("direct", "ours"), ("store", "ours"), ("p2p", "ours"),
+                                                      ("store", "mooncake")], indirect=["backend_stack"])  # fmt: skip
 @pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "seeded"])
 def test_disaggregated_output_equals_colocated_output(backend_stack, reference, temperature: float, transport: str) -> None:
     stack = backend_stack.workers
     requests = mixed_requests(f"eq{temperature}-{transport}-{backend_stack.backend}", 50, temperature)
     expected = colocated(reference, [(rid, prompt, params) for rid, prompt, _, params in requests])
     prefill, decode = stack[TRANSPORTS[transport]], stack["decode"]
-    other = "store" if transport == "direct" else "direct"
     before = {t: transferred_bytes(decode, t) for t in TRANSPORTS}
     with ThreadPoolExecutor(8) as pool:
         futures = {rid: pool.submit(disaggregated, prefill, decode, rid, prompt, wire) for rid, prompt, wire, _ in requests}
         got = {rid: f.result() for rid, f in futures.items()}
     assert transferred_bytes(decode, transport) > before[transport]  # the KV came this way...
-    assert transferred_bytes(decode, other) == before[other]  # ...and not the other
+    for other in set(TRANSPORTS) - {transport}:
+        assert transferred_bytes(decode, other) == before[other]  # ...and no other way
     for rid, prompt, wire, _ in requests:
         tokens, first, last = got[rid]
         assert first.kv_handle.HasField("direct") == (transport == "direct")
+        assert first.kv_handle.HasField("peer") == (transport == "p2p")
         assert tokens == expected[rid], f"{rid} (prompt of {len(prompt)} tokens) diverged"
         assert first.kv_handle.num_tokens == len(prompt)
         assert len(first.kv_handle.block_keys) == len(prompt) // 16
