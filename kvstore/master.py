@@ -126,9 +126,10 @@ class MasterServicer(pb_grpc.MasterServicer):
         with _timed("exists"):
             try:
                 _check_batch(request.keys, "BatchExists")
-                return pb.ExistsReply(exists=[self.state.exists(k) for k in request.keys])
+                exists = [self.state.exists(k) for k in request.keys]
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
+            return pb.ExistsReply(exists=exists)
 
     async def WaitCommitted(self, request: pb.WaitCommittedRequest, context: grpc.aio.ServicerContext) -> pb.ExistsReply:
         """Answer once every key is committed (woken by BatchPutCommit) or at the timeout."""

@@ -82,13 +82,19 @@ def wait_for_port(proc: subprocess.Popen, host: str, port: int, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before serving on {host}:{port}")
+            raise RuntimeError(f"{_program(proc)} exited with {proc.returncode} before serving on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{proc.args[0]} did not serve on {host}:{port} within {timeout_s:g} s")
+    raise RuntimeError(f"{_program(proc)} did not serve on {host}:{port} within {timeout_s:g} s")
+
+
+def _program(proc: subprocess.Popen) -> str:
+    """The program a child runs (this module starts each from an argv list)."""
+    args = proc.args
+    return os.fsdecode(args if isinstance(args, str | bytes | os.PathLike) else args[0])
 
 
 @dataclass(slots=True)
@@ -160,12 +166,10 @@ def plan_local(segment_bytes: int, host: str = "127.0.0.1") -> LocalPlan:
 
 def _spawn(argv: list[str], log_dir: str | None, name: str) -> subprocess.Popen:
     # Mooncake logs (glog) to stderr at INFO; keep it in a file when asked, else drop it.
-    out = open(os.path.join(log_dir, f"mooncake-{name}.log"), "ab") if log_dir else subprocess.DEVNULL
-    try:
+    if not log_dir:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(os.path.join(log_dir, f"mooncake-{name}.log"), "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    finally:
-        if log_dir:
-            out.close()
 
 
 def start_cluster(
