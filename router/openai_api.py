@@ -25,23 +25,23 @@ from starlette.background import BackgroundTask
 
 from kvstore.block_key import block_keys
 from router import protocol as p
-from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.body_limit import BodySizeLimit
 from router.config import RouterConfig
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
 from router.errors import APIError, error_response, install_error_handlers, sse_error
 from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
+from router.guide_request import GuideValidator, requested_guide
 from router.kv_event_subscriber import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.saturation import export_saturation
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
-from router.structured_output import GuideValidator, requested_guide
 from router.template_sandbox import TemplateRejected, render_in_sandbox
 from router.tenancy import bearer_key, cache_salt_for
 from router.tokenization import ChatTemplateError, PromptTokenizer, check_client_template, messages_as_dicts
 from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
+from router.worker_backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.worker_pool import WorkerPool
 from router.workers import Role
 
