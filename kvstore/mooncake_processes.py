@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from contracts.ports import free_port
 from kvstore.mooncake_store import INSTALL_HINT
@@ -32,6 +33,15 @@ def program(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH: {INSTALL_HINT}")
     return path
+
+
+class MasterOptions(TypedDict, total=False):
+    """The keyword options of master_argv, passed through by start_cluster."""
+
+    lease_ttl_ms: int
+    client_ttl_s: int
+    eviction_high_watermark: float
+    etcd_endpoints: str
 
 
 def master_argv(
@@ -177,11 +187,11 @@ def start_cluster(
     segment_bytes: int = 256 << 20,
     host: str = "127.0.0.1",
     log_dir: str | None = None,
-    **master_options: object,
+    **master_options: Unpack[MasterOptions],
 ) -> MooncakeCluster:
     """Start a master and ``n_nodes`` memory nodes on ``host``; call ``stop()`` when done."""
     port = free_port(host)
-    master = _spawn(master_argv(host, port, free_port(host), **master_options), log_dir, "master")  # type: ignore[arg-type]
+    master = _spawn(master_argv(host, port, free_port(host), **master_options), log_dir, "master")
     cluster = MooncakeCluster(host, port, master, log_dir=log_dir)
     try:
         wait_for_port(master, host, port)
