@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -106,6 +107,7 @@ def time_sdpa(
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
 
+    kwargs: dict[str, Any]
     if q_len == 1:
         kwargs = {}
     elif q_len == kv_len:
@@ -234,7 +236,7 @@ def sweep(device: torch.device, only: str | None = None) -> list[dict]:
         ("prefill", 4, 2048, 2048),
     ]
     cases = [c for c in cases if only in (None, c[0])]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for kind, b, q_len, kv_len in cases:
         batch = make_paged_batch([q_len] * b, [kv_len] * b, torch.bfloat16, device, heads)
         expected = paged_attention_reference(**batch) if b * q_len <= 4096 else None

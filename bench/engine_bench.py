@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
+    from engine.model_runner import ModelRunner
 
     model, load_format = args.model, "safetensors"
     if args.preset:
@@ -257,7 +258,9 @@ def main(argv: list[str] | None = None) -> None:
             enforce_eager=args.enforce_eager,
         )
     )
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    runner = engine.runner
+    assert isinstance(runner, ModelRunner)  # tensor_parallel_size 1: the model runs in this process
+    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     checked = check_graphs(engine, torch) if args.check_graphs else None
     copy_gbps = copy_bandwidth_gbps(torch)
     matmul = matmul_tflops(torch)
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         "copy_GB_s": copy_gbps,
         "matmul_TFLOP_s": matmul,
         "torch": torch.__version__,
-        "cuda_graphs": engine.runner.graphs is not None,
+        "cuda_graphs": runner.graphs is not None,
     }
     print(json.dumps(header))
     cols = list(rows[0])

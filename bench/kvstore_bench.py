@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ from kvstore.sync_client import KVStoreClient  # noqa: E402
 def start(args: list[str]) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "kvstore", *args, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     return proc, proc.stdout.readline().rsplit(" ", 1)[-1].strip()
 
 
@@ -66,7 +68,7 @@ def bench_store(client: KVStoreClient, size: int, total: int, batch: int, latenc
     run = uuid.uuid4().hex[:8]
     payloads = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(batch)]
     n_batches = max(1, total // (size * batch))
-    keys_all: list[str] = []
+    keys_all: list[list[str]] = []
     t0 = time.perf_counter()
     for b in range(n_batches):
         keys = [f"{run}/t{b}/{i}" for i in range(batch)]
@@ -247,7 +249,7 @@ def bench_tcp_batch(n: int, size: int, repeats: int) -> float:
     for _ in range(calls):
         t = time.perf_counter()
         for obj in objects:
-            sock.sendall(obj)
+            sock.sendall(obj.data)
         sock.recv(1)
         times.append(time.perf_counter() - t)
     sock.close()
@@ -286,7 +288,7 @@ def bench_tcp_batch_processes(n: int, size: int, repeats: int) -> float:
     for _ in range(calls):
         t = time.perf_counter()
         for obj in objects:
-            sock.sendall(obj)
+            sock.sendall(obj.data)
         sock.recv(1)
         times.append(time.perf_counter() - t)
     sock.close()
@@ -381,7 +383,9 @@ def main() -> None:
     master, master_addr = start(["kvstore-master", "--events-port", "0", "--lease-ttl", "0.5"])
     node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
     mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, parse_size(args.capacity))
-    rows, batch_rows, backend_rows = [], [], []
+    rows: list[dict[str, Any]] = []
+    batch_rows: list[dict[str, Any]] = []
+    backend_rows: list[dict[str, Any]] = []
     try:
         time.sleep(0.5)
         clients = {"remote": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
@@ -426,9 +430,9 @@ def main() -> None:
     print("| path | object | put GB/s | get GB/s | put p50 ms | put p99 ms | get p50 ms | get p99 ms |")
     print("|" + " --- |" * 8)
     for r in rows:
-        size = size_name(r["size"])
+        size_label = size_name(r["size"])
         print(
-            f"| {r['path']} | {size} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['put_p50_ms']:.3f} | "
+            f"| {r['path']} | {size_label} | {r['put_GBps']:.2f} | {r['get_GBps']:.2f} | {r['put_p50_ms']:.3f} | "
             f"{r['put_p99_ms']:.3f} | {r['get_p50_ms']:.3f} | {r['get_p99_ms']:.3f} |"
         )
     print("\nbatched: one call per batch (median GB/s; % of the best memcpy of the same batch)")

@@ -82,6 +82,7 @@ def timing(preset: str, layers: int | None, cases: list[tuple[int, int, int]], *
     from bench.engine_bench import run_case
     from bench.model_presets import write_preset
     from engine.config import EngineConfig
+    from engine.executor import ParallelExecutor
     from engine.llm_engine import LLMEngine
 
     overrides = {"num_hidden_layers": layers} if layers else {}
@@ -91,7 +92,7 @@ def timing(preset: str, layers: int | None, cases: list[tuple[int, int, int]], *
             model=model, load_format="dummy", enable_prefix_caching=False, num_kv_blocks=4096, max_num_batched_tokens=2048, **kw
         )
     )
-    runner = getattr(engine.runner, "runner", engine.runner)  # rank 0's ModelRunner
+    runner = engine.runner.runner if isinstance(engine.runner, ParallelExecutor) else engine.runner  # rank 0's ModelRunner
     weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     run_case(engine, torch, 1, 16, 4, weight_bytes)  # warm-up: kernels compiled, allocator primed
     rows = []

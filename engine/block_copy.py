@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import threading
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def _staged_ids(src_ids: list[int], dst_ids: list[int], device: torch.device, so
 
 
 @functools.cache
-def _kernel() -> Callable:
+def _kernel() -> Any:  # a triton JITFunction (triton is untyped), launched as _kernel()[grid](...)
     """Built on first use: importing triton at engine import would fix TRITON_INTERPRET too early."""
     import triton
     import triton.language as tl

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from torch import nn
 
 from engine.errors import CheckpointError
+from engine.weight_loader import ShardId, weight_loader
 
 WEIGHT_GLOB = "*.safetensors"
 
@@ -109,7 +110,7 @@ def _copy_loader(param: nn.Parameter, full: torch.Tensor) -> None:
 def load_weights(model: nn.Module, model_dir: Path) -> None:
     """Load every parameter through its weight_loader; raise if any is missing."""
     params = dict(model.named_parameters())
-    packed: dict[str, tuple[str, object]] = getattr(model, "packed_modules", {})
+    packed: dict[str, tuple[str, ShardId]] = getattr(model, "packed_modules", {})
     tied = getattr(model, "tie_word_embeddings", False)
     loaded: set[str] = set()
     for raw_name, raw in _tensors(model_dir):
@@ -130,11 +131,13 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                 raise CheckpointError(
                     f"checkpoint tensor {raw_name!r} matches no model parameter; is config.json the one of these weights?"
                 )
-            loader = getattr(param, "weight_loader", _copy_loader)
-            if shard is None:
-                loader(param, tensor)
-            else:
+            loader = weight_loader(param)
+            if loader is not None:
                 loader(param, tensor, shard)
+            elif shard is None:
+                _copy_loader(param, tensor)
+            else:
+                raise CheckpointError(f"checkpoint tensor {raw_name!r} is shard {shard!r} of {target!r}, which has no shards")
             loaded.add(target)
     missing = sorted(n for n in params if n not in loaded and not (tied and n == "lm_head.weight"))
     # a fused parameter counts as loaded once any of its shards is; partial fused loads are a checkpoint bug

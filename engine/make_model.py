@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +66,9 @@ def write_tokenizer(model_dir: Path, vocab_size: int) -> int:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(model_dir)
-    return tok.token_to_id(EOS_TOKEN)
+    eos = tok.token_to_id(EOS_TOKEN)
+    assert eos is not None  # one of the trainer's special tokens
+    return eos
 
 
 def hf_config(arch: str, size: str = "tiny", **overrides):
@@ -76,7 +79,8 @@ def hf_config(arch: str, size: str = "tiny", **overrides):
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    kw = dict(SIZES[size], max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-6)
+    kw: dict[str, Any] = dict(SIZES[size], max_position_embeddings=512, tie_word_embeddings=True, rms_norm_eps=1e-6)
+    cls: type[transformers.PretrainedConfig]
     if arch == "llama":
         cls = transformers.LlamaConfig
         kw["rope_scaling"] = {

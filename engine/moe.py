@@ -17,6 +17,8 @@ Three ways to run the experts, all without a host sync except the CPU one:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,16 @@ class Expert(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [t, H] -> [t, H], partial sum under TP
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, self.down_proj.weight)
+
+
+@dataclass(slots=True)
+class FusedExperts:
+    """The local experts' weights as one tensor each, for the grouped GEMMs."""
+
+    w13: torch.Tensor  # [E_local, 2I, H]
+    w2: torch.Tensor  # [E_local, H, I]
+    local_index: torch.Tensor  # [E] int64: global expert -> local, E_local if not here
+    local_range: torch.Tensor  # [E_local] int64
 
 
 class SparseMoE(nn.Module):
@@ -59,27 +71,28 @@ class SparseMoE(nn.Module):
             expert_ids = [e for e in range(num_experts) if e % world == rank] if ep else list(range(num_experts))
         self.experts = nn.ModuleDict({str(e): Expert(hidden_size, moe_intermediate_size, parallel=not ep) for e in expert_ids})
         self.expert_ids = list(expert_ids)
-        # set by fuse_experts: w13 [E_local, 2I, H] and w2 [E_local, H, I], the experts' weights as one tensor each
-        self.w13: torch.Tensor | None = None
-        self.w2: torch.Tensor | None = None
-        self.local_index: torch.Tensor | None = None  # [E] int64: global expert -> local, E_local if not here
-        self.local_range: torch.Tensor | None = None  # [E_local] int64
+        self.fused: FusedExperts | None = None  # set by fuse_experts
+
+    def expert(self, e: int) -> Expert:
+        """The local expert of global index ``e``."""
+        expert = self.experts[str(e)]
+        assert isinstance(expert, Expert)  # the ModuleDict holds only Experts
+        return expert
 
     def fuse_experts(self) -> None:
         """Stack the local experts' weights (the experts keep views into the stacks, no copy stays)."""
-        experts = [self.experts[str(e)] for e in self.expert_ids]
+        experts = [self.expert(e) for e in self.expert_ids]
         if not experts:
             return
-        self.w13 = torch.stack([ex.gate_up_proj.weight.data for ex in experts])
-        self.w2 = torch.stack([ex.down_proj.weight.data for ex in experts])
+        w13 = torch.stack([ex.gate_up_proj.weight.data for ex in experts])
+        w2 = torch.stack([ex.down_proj.weight.data for ex in experts])
         for i, ex in enumerate(experts):
-            ex.gate_up_proj.weight.data = self.w13[i]
-            ex.down_proj.weight.data = self.w2[i]
-        device = self.w13.device
+            ex.gate_up_proj.weight.data = w13[i]
+            ex.down_proj.weight.data = w2[i]
+        device = w13.device
         local = torch.full((self.num_experts,), len(experts), dtype=torch.long)
         local[torch.tensor(self.expert_ids, dtype=torch.long)] = torch.arange(len(experts))
-        self.local_index = local.to(device)
-        self.local_range = torch.arange(len(experts), device=device)
+        self.fused = FusedExperts(w13, w2, local.to(device), torch.arange(len(experts), device=device))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights [T, k] in x.dtype, expert ids [T, k])."""
@@ -93,8 +106,8 @@ class SparseMoE(nn.Module):
         weights, ids = self.route(x)
         if not x.is_cuda:
             out = self._forward_sparse(x, weights, ids)
-        elif self.w13 is not None:
-            out = self._forward_grouped(x, weights, ids)
+        elif self.fused is not None:
+            out = self._forward_grouped(x, weights, ids, self.fused)
         else:
             out = self._forward_dense(x, weights, ids)
         return distributed.all_reduce(out) if self.tp_size > 1 else out
@@ -110,16 +123,16 @@ class SparseMoE(nn.Module):
             out.index_add_(0, tok, y)
         return out
 
-    def _forward_grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def _forward_grouped(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, fused: FusedExperts) -> torch.Tensor:
         num_tokens, k = ids.shape
-        local = self.local_index[ids.reshape(-1)]  # [T*k], E_local for experts of other ranks
+        local = fused.local_index[ids.reshape(-1)]  # [T*k], E_local for experts of other ranks
         order = torch.argsort(local, stable=True)  # [T*k], grouped by local expert, others last
-        offs = torch.searchsorted(local[order], self.local_range, right=True).to(torch.int32)  # [E_local] group ends
-        h = torch._grouped_mm(x[order // k], self.w13.transpose(1, 2), offs=offs)  # [T*k, 2I/tp]
-        y = torch._grouped_mm(_silu_and_mul(h), self.w2.transpose(1, 2), offs=offs)  # [T*k, H]
+        offs = torch.searchsorted(local[order], fused.local_range, right=True).to(torch.int32)  # [E_local] group ends
+        h = torch._grouped_mm(x[order // k], fused.w13.transpose(1, 2), offs=offs)  # [T*k, 2I/tp]
+        y = torch._grouped_mm(_silu_and_mul(h), fused.w2.transpose(1, 2), offs=offs)  # [T*k, H]
         # rows past the last group (other ranks' experts) are not written by the GEMM: mask, do not multiply
         y = torch.empty_like(y).index_copy_(0, order, y)  # back to (token, slot) order
-        keep = (local < self.local_range.numel())[:, None]
+        keep = (local < fused.local_range.numel())[:, None]
         y = torch.where(keep, y * weights.reshape(-1, 1), torch.zeros((), dtype=y.dtype, device=y.device))
         return y.view(num_tokens, k, -1).sum(dim=1)  # [T, H]
 

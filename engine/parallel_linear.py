@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import distributed
+from engine.weight_loader import ShardId, set_weight_loader
 
 
 def _tp_size(parallel: bool) -> int:
@@ -32,14 +33,14 @@ class LinearBase(nn.Module):
         self.tp_size = _tp_size(parallel)
         self.tp_dim = tp_dim
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
-            self.bias.weight_loader = self.weight_loader
+            set_weight_loader(self.bias, self.weight_loader)
         else:
             self.register_parameter("bias", None)
 
-    def weight_loader(self, param: nn.Parameter, full: torch.Tensor) -> None:
+    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: ShardId = None, /) -> None:
         if self.tp_dim is not None and self.tp_dim < full.dim():
             size = param.shape[self.tp_dim]
             full = full.narrow(self.tp_dim, self.tp_rank * size, size)
@@ -72,7 +73,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(in_features, sum(output_sizes), bias, parallel)
 
-    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: int) -> None:
+    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: ShardId = None, /) -> None:
+        if not isinstance(shard_id, int):
+            raise ValueError(f"a fused column-parallel weight loads by output index, not {shard_id!r}")
         size = self.output_sizes[shard_id] // self.tp_size
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         part = full.narrow(0, self.tp_rank * size, size)
@@ -95,7 +98,9 @@ class QKVParallelLinear(ColumnParallelLinear):
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, out, bias)
 
-    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: str) -> None:
+    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: ShardId = None, /) -> None:
+        if shard_id not in ("q", "k", "v"):
+            raise ValueError(f"a fused qkv weight loads shard 'q', 'k' or 'v', not {shard_id!r}")
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
         if shard_id == "q":
@@ -113,7 +118,7 @@ class RowParallelLinear(LinearBase):
         tp = _tp_size(parallel)
         super().__init__(_divide(in_features, tp, "in_features"), out_features, bias, tp_dim=1, parallel=parallel)
 
-    def weight_loader(self, param: nn.Parameter, full: torch.Tensor) -> None:
+    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: ShardId = None, /) -> None:
         if param.dim() == 1:  # bias: added once, on rank 0 only
             param.data.copy_(full if self.tp_rank == 0 else torch.zeros_like(full))
             return

@@ -130,7 +130,8 @@ def start_ray_ranks(config: EngineConfig, world: int, port: int, eos: set[int]) 
     try:
         for r in range(1, world):
             strategy = PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=r - 1)
-            actor = Rank.options(scheduling_strategy=strategy).remote()
+            # mypy does not apply class decorators: it misses the ActorClass that @ray.remote made
+            actor = Rank.options(scheduling_strategy=strategy).remote()  # type: ignore[attr-defined]
             ranks.append(RayRank(ray, actor, actor.run.remote(r), pg))
         plans = _accept_plan_channels(server, token, ranks)  # any order: every rank gets the same frames
     except BaseException:

@@ -41,6 +41,8 @@ def rope_parameters(hf_config) -> tuple[float, dict | None]:
 
 
 class RotaryEmbedding(nn.Module):
+    inv_freq: torch.Tensor  # [D/2], a buffer
+
     def __init__(self, head_dim: int, base: float, scaling: dict | None = None) -> None:
         super().__init__()
         inv_freq = _inv_freq(head_dim, base)

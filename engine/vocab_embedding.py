@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import distributed
+from engine.weight_loader import ShardId, set_weight_loader
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -18,9 +19,9 @@ class VocabParallelEmbedding(nn.Module):
         self.shard_size = -(-vocab_size // self.tp_size)  # ceil: the last shard is zero-padded
         self.vocab_start = self.tp_rank * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        set_weight_loader(self.weight, self.weight_loader)
 
-    def weight_loader(self, param: nn.Parameter, full: torch.Tensor) -> None:
+    def weight_loader(self, param: nn.Parameter, full: torch.Tensor, shard_id: ShardId = None, /) -> None:
         part = full[self.vocab_start : self.vocab_start + self.shard_size]
         param.data.zero_()
         param.data[: part.shape[0]].copy_(part)

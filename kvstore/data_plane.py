@@ -98,7 +98,11 @@ class DataPlaneServer:
                 conn.shutdown(socket.SHUT_RDWR)  # wakes its thread out of recv
             except OSError:
                 pass
-        await asyncio.to_thread(lambda: [t.join(5) for t in self._threads])
+        await asyncio.to_thread(self._join_threads)
+
+    def _join_threads(self) -> None:
+        for t in self._threads:
+            t.join(5)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -141,7 +145,7 @@ class DataPlaneServer:
         if any(size == 0 or offset + size > capacity for offset, size, _ in items):
             conn.sendall(bytes([BAD_RANGE] * count))
             return False  # a write's payload would follow: the stream cannot be resynchronised
-        segment = memoryview(self.segment.array)
+        segment = self.segment.array.data
         if op == WRITE:
             status = bytearray(count)
             for i, (offset, size, checksum) in enumerate(items):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,8 +34,8 @@ def _timed(op: str) -> Iterator[None]:
     metrics.OPERATION_SECONDS.labels("master", op).observe(time.perf_counter() - start)
 
 
-def _check_batch(items: object, what: str) -> None:
-    n = len(items)  # type: ignore[arg-type]
+def _check_batch(items: Sized, what: str) -> None:
+    n = len(items)
     if n == 0 or n > MAX_BATCH:
         raise InvalidRequest(f"{what}: a batch needs 1..{MAX_BATCH} items, got {n}")
 
@@ -126,9 +126,10 @@ class MasterServicer(pb_grpc.MasterServicer):
         with _timed("exists"):
             try:
                 _check_batch(request.keys, "BatchExists")
-                return pb.ExistsReply(exists=[self.state.exists(k) for k in request.keys])
+                exists = [self.state.exists(k) for k in request.keys]
             except StoreError as exc:
                 await context.abort(exc.code, str(exc))
+            return pb.ExistsReply(exists=exists)
 
     async def WaitCommitted(self, request: pb.WaitCommittedRequest, context: grpc.aio.ServicerContext) -> pb.ExistsReply:
         """Answer once every key is committed (woken by BatchPutCommit) or at the timeout."""

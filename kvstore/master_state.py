@@ -12,6 +12,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from kvstore.allocator import OutOfSpace, SegmentAllocator
@@ -233,7 +234,7 @@ class MasterState:
         for node in self.nodes.values():
             cap = node.allocator.capacity
             if node.allocator.used > self.config.high_watermark * cap:
-                self._evict(node, lambda n=node, c=cap: n.allocator.used <= self.config.low_watermark * c)
+                self._evict(node, partial(self._at_low_watermark, node))
 
     def snapshot(self) -> dict[str, list[bytes]]:
         keys = (block_key_of(k) for k in list(self.objects))
@@ -255,6 +256,9 @@ class MasterState:
             return node.allocator.allocate(size)
         except OutOfSpace:
             return None
+
+    def _at_low_watermark(self, node: NodeInfo) -> bool:
+        return node.allocator.used <= self.config.low_watermark * node.allocator.capacity
 
     def _evict(self, node: NodeInfo, done: Callable[[], bool]) -> None:
         """Evict least recently used objects with a replica on ``node`` until ``done``."""

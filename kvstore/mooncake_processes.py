@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from contracts.ports import free_port
 from kvstore.mooncake_store import INSTALL_HINT
@@ -32,6 +33,15 @@ def program(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH: {INSTALL_HINT}")
     return path
+
+
+class MasterOptions(TypedDict, total=False):
+    """The keyword options of master_argv, passed through by start_cluster."""
+
+    lease_ttl_ms: int
+    client_ttl_s: int
+    eviction_high_watermark: float
+    etcd_endpoints: str
 
 
 def master_argv(
@@ -82,13 +92,19 @@ def wait_for_port(proc: subprocess.Popen, host: str, port: int, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before serving on {host}:{port}")
+            raise RuntimeError(f"{_program(proc)} exited with {proc.returncode} before serving on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{proc.args[0]} did not serve on {host}:{port} within {timeout_s:g} s")
+    raise RuntimeError(f"{_program(proc)} did not serve on {host}:{port} within {timeout_s:g} s")
+
+
+def _program(proc: subprocess.Popen) -> str:
+    """The program a child runs (this module starts each from an argv list)."""
+    args = proc.args
+    return os.fsdecode(args if isinstance(args, str | bytes | os.PathLike) else args[0])
 
 
 @dataclass(slots=True)
@@ -160,12 +176,10 @@ def plan_local(segment_bytes: int, host: str = "127.0.0.1") -> LocalPlan:
 
 def _spawn(argv: list[str], log_dir: str | None, name: str) -> subprocess.Popen:
     # Mooncake logs (glog) to stderr at INFO; keep it in a file when asked, else drop it.
-    out = open(os.path.join(log_dir, f"mooncake-{name}.log"), "ab") if log_dir else subprocess.DEVNULL
-    try:
+    if not log_dir:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(os.path.join(log_dir, f"mooncake-{name}.log"), "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    finally:
-        if log_dir:
-            out.close()
 
 
 def start_cluster(
@@ -173,11 +187,11 @@ def start_cluster(
     segment_bytes: int = 256 << 20,
     host: str = "127.0.0.1",
     log_dir: str | None = None,
-    **master_options: object,
+    **master_options: Unpack[MasterOptions],
 ) -> MooncakeCluster:
     """Start a master and ``n_nodes`` memory nodes on ``host``; call ``stop()`` when done."""
     port = free_port(host)
-    master = _spawn(master_argv(host, port, free_port(host), **master_options), log_dir, "master")  # type: ignore[arg-type]
+    master = _spawn(master_argv(host, port, free_port(host), **master_options), log_dir, "master")
     cluster = MooncakeCluster(host, port, master, log_dir=log_dir)
     try:
         wait_for_port(master, host, port)

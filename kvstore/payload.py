@@ -26,7 +26,7 @@ def readable_view(value: Payload) -> memoryview:
         t = t.contiguous().reshape(-1)
         return memoryview(t.view(__import__("torch").uint8).numpy())
     if isinstance(value, np.ndarray):
-        return memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+        return np.ascontiguousarray(value).reshape(-1).view(np.uint8).data
     return memoryview(value).cast("B")
 
 
@@ -45,7 +45,7 @@ class DestinationBuffer:
         elif isinstance(value, np.ndarray):
             if not value.flags.c_contiguous or not value.flags.writeable:
                 raise ValueError("get_into needs a writable C-contiguous numpy array")
-            self.view = memoryview(value.reshape(-1).view(np.uint8))
+            self.view = value.reshape(-1).view(np.uint8).data
         else:
             view = memoryview(value)
             if view.readonly:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -57,6 +58,9 @@ class ReadJob:
     lease_until: float = 0.0  # monotonic time until which the master keeps these bytes sealed and in place
     data: bytes | None = None
     ok: bool = False
+
+
+_Job = TypeVar("_Job", WriteJob, ReadJob)
 
 
 @dataclass(slots=True)
@@ -166,7 +170,7 @@ class NodeTransport:
         """Copy into the node's segment and seal: the bytes that landed must match the declared checksum."""
         target = segment.array[job.replica.offset : job.replica.offset + len(job.data)]
         np.copyto(target, np.frombuffer(job.data, np.uint8))
-        if xxhash.xxh3_64_intdigest(target) != job.checksum:  # the caller changed its buffer while we copied
+        if xxhash.xxh3_64_intdigest(target.data) != job.checksum:  # the caller changed its buffer while we copied
             job.error = ChecksumMismatch(
                 f"object at offset {job.replica.offset}: the bytes written to shared memory do "
                 "not match their checksum (was the source buffer modified during the put?)"
@@ -191,8 +195,10 @@ class NodeTransport:
                     f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment"
                 )
 
-    def _batches(self, jobs: list, size_of) -> list[list]:
-        batches, current, total = [], [], 0
+    def _batches(self, jobs: list[_Job], size_of: Callable[[_Job], int]) -> list[list[_Job]]:
+        batches: list[list[_Job]] = []
+        current: list[_Job] = []
+        total = 0
         for job in jobs:
             if current and total + size_of(job) > self.batch_bytes:
                 batches.append(current)

@@ -86,11 +86,13 @@ def prompt_ids_of(state: RouterState, body: bytes) -> list[int]:
         raise APIError(400, f"{where}: {first['msg']}", param=str(first["loc"][0]), code="invalid_value") from exc
     except ChatTemplateError as exc:
         raise APIError(400, str(exc), param="messages") from exc
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and not p.is_token_ids(prompt):
         if len(prompt) != 1:
             raise APIError(400, "one prompt per request is supported", param="prompt")
         prompt = prompt[0]
-    return state.tokenizer.encode(prompt) if isinstance(prompt, str) and prompt else list(prompt or [])
+    if isinstance(prompt, str):
+        return state.tokenizer.encode(prompt) if prompt else []
+    return list(prompt)
 
 
 class EndpointPicker(ep_grpc.ExternalProcessorServicer):
@@ -184,8 +186,10 @@ def header_mutation(headers: dict[str, str]) -> ep.HeaderMutation:
 def immediate(error: APIError) -> ep.ProcessingResponse:
     """An OpenAI-shaped error the gateway returns to the client instead of forwarding."""
     headers = {"content-type": "application/json", **(error.headers or {})}
+    # the generated stub types `code` as the StatusCode enum; the proto3 field takes any HTTP status number
+    status = http_status_pb2.HttpStatus(code=error.status)  # type: ignore[arg-type]
     return ep.ProcessingResponse(immediate_response=ep.ImmediateResponse(
-        status=http_status_pb2.HttpStatus(code=error.status), headers=header_mutation(headers),
+        status=status, headers=header_mutation(headers),
         body=json.dumps(error.body()).encode(), details=f"splitserve_picker_{error.code or error.status}",
     ))  # fmt: skip
 
@@ -196,7 +200,9 @@ def passthrough(kind: str) -> ep.ProcessingResponse:
         return ep.ProcessingResponse(response_headers=ep.HeadersResponse())
     if kind == "response_body":
         return ep.ProcessingResponse(response_body=ep.BodyResponse())
-    return ep.ProcessingResponse(**{kind: ep.TrailersResponse()})
+    if kind == "request_trailers":
+        return ep.ProcessingResponse(request_trailers=ep.TrailersResponse())
+    return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
 
 async def start_picker(state: RouterState, host: str, port: int, target_port: int | None = None) -> tuple[grpc.aio.Server, int]:

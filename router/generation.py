@@ -51,7 +51,7 @@ def sampling_params(
 ) -> SamplingParams:
     """Validate and fill OpenAI defaults (temperature 1.0; seed stays unset unless given).
 
-    ``guide`` is the structured-output (guided_kind, guided_spec), see router.structured_output."""
+    ``guide`` is the structured-output (guided_kind, guided_spec), see router.guide_request."""
     if req.n > max_n:
         raise APIError(400, f"n={req.n} is too large: at most {max_n} choices per request", param="n")
     if prompt_len >= max_model_len:

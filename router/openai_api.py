@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -24,23 +25,23 @@ from starlette.background import BackgroundTask
 
 from kvstore.block_key import block_keys
 from router import protocol as p
-from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.body_limit import BodySizeLimit
 from router.config import RouterConfig
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
 from router.errors import APIError, error_response, install_error_handlers, sse_error
 from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
+from router.guide_request import GuideValidator, requested_guide
 from router.kv_event_subscriber import KVEventSubscriber
 from router.metrics import RouterMetrics
 from router.prefix_index import PrefixIndex
 from router.responses_api import ResponsesBuilder, responses_sse, to_chat_request
 from router.saturation import export_saturation
 from router.scheduler import STORE_PUBLISHER, AdmissionRejected, Decision, NoWorkersAvailable, Scheduler, ScheduleRequest
-from router.structured_output import GuideValidator, requested_guide
 from router.template_sandbox import TemplateRejected, render_in_sandbox
 from router.tenancy import bearer_key, cache_salt_for
 from router.tokenization import ChatTemplateError, PromptTokenizer, check_client_template, messages_as_dicts
 from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
+from router.worker_backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.worker_pool import WorkerPool
 from router.workers import Role
 
@@ -142,7 +143,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
             )
 
     auth = [Depends(check_api_key)]
-    errors = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+    errors: dict[int | str, dict[str, Any]] = {code: {"model": p.ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 
     app.add_middleware(RequestCounter, counter=state.metrics.requests)
 
@@ -193,7 +194,7 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     @app.post("/v1/completions", response_model=p.CompletionResponse, dependencies=auth, responses=errors)
     async def completions(req: p.CompletionRequest, request: Request):
         check_model(req.model)
-        if isinstance(req.prompt, list) and req.prompt and isinstance(req.prompt[0], str):
+        if isinstance(req.prompt, list) and not p.is_token_ids(req.prompt):
             if len(req.prompt) != 1:
                 raise APIError(400, "one prompt per request is supported", param="prompt")
             req.prompt = req.prompt[0]
@@ -338,6 +339,7 @@ async def _run(
     metrics.decisions.labels("decode", decision.decode_worker, decision.mode.value).inc()
     from router.responses import ResponseBuilder
 
+    builder: ResponseBuilder | ResponsesBuilder
     if responses is not None:
         request_id = "resp_" + uuid.uuid4().hex
         builder = ResponsesBuilder(request_id, state.model_name, responses, len(prompt_ids))
@@ -413,14 +415,17 @@ async def _run(
     if req.stream:
         # the background task also runs when the client left before the stream began
         failures = (WorkerStreamError, NoWorkersAvailable, AdmissionRejected)
-        stream = responses_sse(builder, events(), states, failures) if responses else _sse(builder, events(), states, req)
+        if isinstance(builder, ResponsesBuilder):
+            stream = responses_sse(builder, events(), states, failures)
+        else:
+            stream = _sse(builder, events(), states, req)
         return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(release, decision))
     try:
         async for event in events():
             builder.add(event)
     except WorkerStreamError as exc:
         raise APIError(502, str(exc), type="server_error", code="worker_failed") from exc
-    if responses is not None:
+    if isinstance(builder, ResponsesBuilder):
         return JSONResponse(builder.final_body(states))
     return JSONResponse(builder.final(states).model_dump(exclude_none=True))
 

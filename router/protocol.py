@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from router.request_checks import check_raw_body
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing.TypeIs from Python 3.13
 
 
 def new_id(prefix: str) -> str:
@@ -78,6 +81,11 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False  # the prompt's text is prepended to each choice (prompt logprobs are not given)
     best_of: int | None = Field(None, ge=1)  # only None or n: ranking extra samples is not supported
+
+
+def is_token_ids(prompt: list[int] | list[str]) -> TypeIs[list[int]]:
+    """Whether a completions prompt list is token ids (an empty one counts) rather than strings."""
+    return not prompt or not isinstance(prompt[0], str)
 
 
 class TextContentPart(BaseModel):

@@ -38,14 +38,15 @@ class ResponseBuilder:
         return self.tok.token_str(token_id)
 
     def _chat_logprobs(self, event: TokenEvent) -> p.ChatLogprobs | None:
-        if not self.wants_logprobs:
-            return None
+        return p.ChatLogprobs(content=self._chat_token_logprobs(event)) if self.wants_logprobs else None
+
+    def _chat_token_logprobs(self, event: TokenEvent) -> list[p.ChatTokenLogprob]:
         content = []
         for lp in event.logprobs:
             token = self._token(lp.token_id)
             top = [p.TopLogprob(token=self._token(t.token_id), logprob=t.logprob) for t in lp.top]
             content.append(p.ChatTokenLogprob(token=token, logprob=lp.logprob, bytes=list(token.encode()), top_logprobs=top))
-        return p.ChatLogprobs(content=content)
+        return content
 
     def _completion_logprobs(self, event: TokenEvent, offset: int) -> p.CompletionLogprobs | None:
         if not self.wants_logprobs:
@@ -77,20 +78,18 @@ class ResponseBuilder:
 
     def final(self, states: list[ChoiceState]) -> p.ChatCompletionResponse | p.CompletionResponse:
         if self.chat:
-            choices = []
+            chat_choices = []
             for i, s in enumerate(states):
-                lps = None
+                chat_lps = None
                 if self.wants_logprobs:
-                    lps = p.ChatLogprobs(
-                        content=[c for e in self.logprobs.get(i, []) for c in (self._chat_logprobs(e).content or [])]
-                    )
+                    chat_lps = p.ChatLogprobs(content=[c for e in self.logprobs.get(i, []) for c in self._chat_token_logprobs(e)])
                 message, finish = p.ChatMessageOut(content=s.text), s.finish_reason
                 if self.tools is not None:
                     content, calls = parse_calls(s.text, self.tools)
                     message = p.ChatMessageOut(content=content, tool_calls=[c.to_openai() for c in calls] or None)
                     finish = "tool_calls" if calls and finish == "stop" else finish
-                choices.append(p.ChatChoice(index=i, message=message, logprobs=lps, finish_reason=finish))
-            return p.ChatCompletionResponse(id=self.id, model=self.model, choices=choices, usage=self._usage(states))
+                chat_choices.append(p.ChatChoice(index=i, message=message, logprobs=chat_lps, finish_reason=finish))
+            return p.ChatCompletionResponse(id=self.id, model=self.model, choices=chat_choices, usage=self._usage(states))
         choices = []
         for i, s in enumerate(states):
             lps = None
@@ -152,10 +151,12 @@ class ResponseBuilder:
                 delta, finish = self._tool_delta(event)
                 if delta.content is None and delta.tool_calls is None and finish is None and not self.wants_logprobs:
                     return None
-            choice = p.ChatChunkChoice(index=event.index, delta=delta, logprobs=self._chat_logprobs(event), finish_reason=finish)
-            return p.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]).model_dump_json(
-                exclude_none=True
+            chat_choice = p.ChatChunkChoice(
+                index=event.index, delta=delta, logprobs=self._chat_logprobs(event), finish_reason=finish
             )
+            return p.ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[chat_choice]
+            ).model_dump_json(exclude_none=True)
         choice = p.CompletionChoice(
             index=event.index, text=event.text, logprobs=self._completion_logprobs(event, 0), finish_reason=event.finish_reason
         )

@@ -155,9 +155,9 @@ async def responses_sse(
         for frame in builder.stream_start():
             yield frame
         async for event in events:
-            frame = builder.stream_chunk(event)
-            if frame is not None:
-                yield frame
+            chunk = builder.stream_chunk(event)
+            if chunk is not None:
+                yield chunk
         for frame in builder.stream_end(states):
             yield frame
     except failure as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from router import protocol as p
 from router.errors import APIError
-from router.structured_output import Guide
+from router.guide_request import Guide
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)

@@ -19,7 +19,7 @@ class Worker:
 
     ``inflight_prefill_tokens`` / ``inflight_requests`` count the work this router sent
     that has not finished yet: charged when a request is placed, released as its prompt
-    is computed and as it ends (router/backend.py). The polled load lags by up to one
+    is computed and as it ends (router/worker_backend.py). The polled load lags by up to one
     poll interval in both directions (a burst not seen yet, finished work still
     counted), so the scheduler takes the larger of the two.
     """

@@ -3,7 +3,7 @@
 The router's decision path is the real one: `router.scheduler.Scheduler` (the policy
 config), `PrefixIndex` fed by the workers' KV events, `Worker` load polled every
 ``poll_s`` (GetLoad's fields, from `service.load_of`) plus the scheduler's own in-flight
-charges, released as `router/backend.py` releases them. What is left out is the
+charges, released as `router/worker_backend.py` releases them. What is left out is the
 router's own CPU time (HTTP, tokenization, gRPC), measured apart (bench/router_bench.py),
 and the network between processes. On a virtual-time loop a 64-worker cluster replays
 the whole Mooncake trace in minutes, unaffected by other load on the machine;

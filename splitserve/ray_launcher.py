@@ -86,7 +86,8 @@ def run_on_ray(components: list[Component], args: argparse.Namespace) -> int:
         for comp in components:
             is_worker = comp.name.startswith(("prefill-", "decode-"))
             gpus = args.tensor_parallel_size if is_worker and has_gpus else 0
-            actor = ComponentActor.options(num_gpus=gpus, num_cpus=1, name=comp.name).remote(
+            # mypy does not apply class decorators: it misses the ActorClass that @ray.remote made
+            actor = ComponentActor.options(num_gpus=gpus, num_cpus=1, name=comp.name).remote(  # type: ignore[attr-defined]
                 comp.argv, os.getcwd(), str(log_dir / f"{comp.name}.log") if log_dir else None
             )
             actors.append((comp, actor))

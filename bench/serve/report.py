@@ -133,7 +133,9 @@ def write_plots(results: list[BenchResult], labels: list[str], out_dir: Path, sw
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for result, label in zip(results, labels):
-        points = [(r.send_time - result.start_time, ttft(r) * 1000.0) for r in result.records if r.success]
+        points = [
+            (r.send_time - result.start_time, v * 1000.0) for r in result.records if r.success and (v := ttft(r)) is not None
+        ]
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=6, label=label)
     ax.set(title="TTFT over time", xlabel="send time (s)", ylabel="TTFT (ms)")
     ax.legend()

@@ -7,6 +7,7 @@ import contextlib
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 
@@ -92,7 +93,7 @@ async def _dispatch(
     async def run(request: BenchRequest, offset: float) -> None:
         await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
         if not request.is_chat:
-            payload = {"prompt": request.prompt, "max_tokens": request.max_tokens}
+            payload: dict[str, Any] = {"prompt": request.prompt, "max_tokens": request.max_tokens}
             await send(base + "/v1/completions", payload, RequestRecord(request.index, 0, request.prompt_len, request.max_tokens))
             return
         # Multi-turn: each turn carries the whole history, answers included.

@@ -84,6 +84,8 @@ class DecoderModel(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, meta)
+        if residual is None:  # no layers
+            return self.norm(x)
         return self.norm.add_and_norm(x, residual)[0]
 
 
@@ -112,4 +114,4 @@ class DecoderForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     def attention_layers(self) -> list[PagedAttention]:
-        return [layer.self_attn for layer in self.model.layers]
+        return [m for m in self.modules() if isinstance(m, PagedAttention)]  # in layer order

@@ -3,6 +3,8 @@ the waiting queue is served most urgent first, and preemption frees the least ur
 
 from __future__ import annotations
 
+import pytest
+
 from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
@@ -29,7 +31,7 @@ def test_a_more_urgent_waiting_request_is_scheduled_first(llama_dir) -> None:
     assert finish_order(engine) == ["urgent", "default", "default-2", "late-low"]
 
 
-def test_preemption_frees_the_least_urgent_running_request(llama_dir) -> None:
+def test_preemption_frees_the_least_urgent_running_request(llama_dir, monkeypatch: pytest.MonkeyPatch) -> None:
     # 6 blocks of 16 tokens: three requests of 20 + 40 tokens (4 blocks each) cannot all run
     engine = LLMEngine(EngineConfig(model=str(llama_dir), dtype="float32", num_kv_blocks=6, max_num_batched_tokens=256))
     preempted: list[str] = []
@@ -39,7 +41,7 @@ def test_preemption_frees_the_least_urgent_running_request(llama_dir) -> None:
         preempted.append(seq.request_id)
         original(seq)
 
-    engine.scheduler._preempt = spy
+    monkeypatch.setattr(engine.scheduler, "_preempt", spy)
     engine.add_request("low", PROMPT, params(9, max_tokens=40))
     engine.step()  # "low" runs first, so it is ahead of "urgent" in the batch
     engine.add_request("urgent", PROMPT, params(-1, max_tokens=40))

@@ -136,6 +136,7 @@ def test_logprobs_are_raw_log_softmax_with_sorted_top_columns() -> None:
         SamplingParams(),
     ]
     out = Sampler(seed=0)(logits, make_batch(params, [[1, 2], [], [5]]))
+    assert out.logprobs is not None and out.top_token_ids is not None and out.top_logprobs is not None
     raw = torch.log_softmax(logits, dim=-1)
     expected = raw.gather(1, out.token_ids[:, None]).squeeze(1)
     torch.testing.assert_close(out.logprobs, expected)

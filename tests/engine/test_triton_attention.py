@@ -7,6 +7,7 @@ On a machine without CUDA the kernel runs in the Triton interpreter
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -72,7 +73,7 @@ def run_triton(batch: dict, **kwargs) -> torch.Tensor:
 
 
 def reference_fp32(batch: dict) -> torch.Tensor:
-    upcast = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
+    upcast: dict[str, Any] = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
     return paged_attention_reference(**upcast)
 
 

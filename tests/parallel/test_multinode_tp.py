@@ -22,6 +22,7 @@ import pytest
 from contracts.ports import free_port_pair
 from contracts.sampling import SamplingParams
 from engine.config import EngineConfig
+from engine.executor import ParallelExecutor
 from engine.llm import run_to_completion
 from engine.llm_engine import LLMEngine
 from engine.make_model import make_model
@@ -58,6 +59,7 @@ def test_a_tp2_engine_over_two_hosts_gives_the_tokens_of_one_device(model: Path,
     try:
         engine = LLMEngine(EngineConfig(model=str(model), dtype="float32", kv_cache_bytes=4 << 20,
                                         tensor_parallel_size=2, nnodes=2, dist_host="127.0.0.1", dist_port=port))  # fmt: skip
+        assert isinstance(engine.runner, ParallelExecutor)
         assert engine.runner.world == 2 and engine.runner.ranks[0].rank == 1  # rank 1 is the other host's
         # scale-down: the whole group gets SIGTERM, but the leader still drains and needs its ranks
         node.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -31,7 +32,7 @@ FINGERPRINT = "fp-test"
 IDLE, BUSY, PREFILL = "127.0.0.2:50081", "127.0.0.3:50081", "127.0.0.4:50071"
 
 
-def add_worker(state: RouterState, role: Role, address: str, **load: float) -> None:
+def add_worker(state: RouterState, role: Role, address: str, **load: Any) -> None:
     state.pool.apply(DiscoveryEvent(Change.ADDED, role, address))
     state.pool.apply(DiscoveryEvent(Change.READY, role, address))
     worker = state.pool.workers[address]

@@ -79,9 +79,9 @@ def test_an_allowed_heavy_template_times_out_and_health_keeps_answering(model_di
         time.sleep(0.1)
         start = time.monotonic()
         assert c.get("/health").status_code == 200
-        results["health_s"] = time.monotonic() - start
+        health_s = time.monotonic() - start
         slow.join(10)
-    assert results["health_s"] < 0.4  # the template renders off the event loop
+    assert health_s < 0.4  # the template renders off the event loop
     assert "took over" in _error(results["chat"], 400)["message"]
 
 

@@ -52,7 +52,7 @@ class Relay:
         self._port = 0
 
     def start(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
         for s in (xsub, xpub):
             s.setsockopt(zmq.LINGER, 0)

@@ -13,9 +13,9 @@ import pytest
 
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
-from router.backend import GenerationRequest, WorkerBackend
 from router.kv_path_breaker import KVPathBreaker
 from router.scheduler import Decision, Mode
+from router.worker_backend import GenerationRequest, WorkerBackend
 from router.worker_pool import WorkerPool
 
 TOKENS = [41, 42, 43, 44]  # what a colocated run of the prompt produces

@@ -12,8 +12,8 @@ import pytest
 
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
-from router.backend import GenerationRequest, WorkerBackend, WorkerStreamError
 from router.scheduler import Decision, Mode
+from router.worker_backend import GenerationRequest, WorkerBackend, WorkerStreamError
 from router.worker_pool import WorkerPool
 from router.workers import Role, Worker
 

@@ -49,6 +49,7 @@ async def collect(call) -> tuple[list[worker_pb2.GenerateChunk], float, float]:
     async for chunk in call:
         first = first if first is not None else time.monotonic() - start
         chunks.append(chunk)
+    assert first is not None, "the stream sent no chunk"
     return chunks, first, time.monotonic() - start
 
 

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -80,7 +80,9 @@ class WorkerBackend:
     request_timeout_s: float = 600.0  # the whole request, every retry included: the workers' gRPC deadline
     kv_path: KVPathBreaker = field(default_factory=KVPathBreaker)
 
-    async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+    async def generate(
+        self, request: GenerationRequest, decision: Decision, redecide: Redecide
+    ) -> AsyncGenerator[TokenChunk, None]:
         try:
             async with contextlib.aclosing(self._generate(request, decision, redecide)) as chunks:
                 async for chunk in chunks:
@@ -88,7 +90,9 @@ class WorkerBackend:
         finally:
             release(decision)  # whatever the outcome, nothing of this request stays counted on a worker
 
-    async def _generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+    async def _generate(
+        self, request: GenerationRequest, decision: Decision, redecide: Redecide
+    ) -> AsyncGenerator[TokenChunk, None]:
         deadline = time.monotonic() + self.request_timeout_s
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
@@ -99,23 +103,24 @@ class WorkerBackend:
         try:
             for _ in range(self.max_attempts * 2):
                 if decision.mode is Mode.DISAGGREGATED and prefill is None:
-                    assert decision.prefill_worker is not None
+                    prefill_worker = decision.prefill_worker
+                    assert prefill_worker is not None
                     try:
-                        prefill = await self._prefill(decision.prefill_worker, request, deadline)
+                        prefill = await self._prefill(prefill_worker, request, deadline)
                     except (TimeoutError, grpc.aio.AioRpcError) as exc:
-                        log.warning("prefill of %s on %s failed: %s", request.request_id, decision.prefill_worker, _describe(exc))
+                        log.warning("prefill of %s on %s failed: %s", request.request_id, prefill_worker, _describe(exc))
                         if _path_fault(exc):
-                            self.kv_path.failed(f"prefill on {decision.prefill_worker}: {_describe(exc)}")
+                            self.kv_path.failed(f"prefill on {prefill_worker}: {_describe(exc)}")
                         # the chosen decode worker computes the prompt itself: neither a lost prefill
                         # worker nor a store that cannot take its KV fails the request
-                        excluded.add(decision.prefill_worker)
+                        excluded.add(prefill_worker)
                         if decision is not first:
                             release(decision)
                         decision = Decision(Mode.COLOCATED, None, decision.decode_worker)
                         continue
                     if decision.charge is not None:
                         decision.charge.prompt_computed()
-                        decision.charge.finished(decision.prefill_worker)
+                        decision.charge.finished(prefill_worker)
                     yield TokenChunk(
                         [prefill.first_token_id],
                         [prefill.first_logprob] if prefill.HasField("first_logprob") else [],
