@@ -7,15 +7,10 @@ import random
 import time
 
 import grpc
-from worker_processes import WorkerProcess
+from worker_processes import WorkerProcess, active_blocks
 
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
-
-
-def active_blocks(worker: WorkerProcess) -> int:
-    with worker.channel() as ch:
-        return worker.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).active_kv_blocks
 
 
 def wait_for_active_blocks(worker: WorkerProcess, expected: int, timeout_s: float = 15.0) -> int:

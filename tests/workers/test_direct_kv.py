@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from worker_processes import WorkerProcess, colocated, start_worker, wait_serving
+from worker_processes import WorkerProcess, active_blocks, colocated, start_worker, wait_for, wait_serving
 
 from contracts.kv_handle import KVHandle, PoolDescriptor
 from contracts.rpc import worker_pb2 as pb
@@ -34,19 +34,6 @@ def direct_only(model_dir: str) -> Iterator[WorkerProcess]:
         yield w
     finally:
         w.stop()
-
-
-def active_blocks(worker: WorkerProcess) -> int:
-    with worker.channel() as ch:
-        return worker.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).active_kv_blocks
-
-
-def wait_for(predicate, timeout_s: float) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout_s, "condition not reached in time"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def prefill(worker: WorkerProcess, rid: str, prompt: list[int]) -> pb.PrefillResponse:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contracts.ports import free_port, free_port_pair
+from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
@@ -112,3 +113,18 @@ def colocated(engine: LLMEngine, requests: list[tuple[str, list[int], SamplingPa
             if out.finished:
                 done[out.request_id] = list(out.output_token_ids)
     return done
+
+
+def active_blocks(worker: WorkerProcess) -> int:
+    """KV blocks the worker's engine holds (GetLoad)."""
+    with worker.channel() as ch:
+        return worker.stub(ch).GetLoad(pb.LoadRequest(), timeout=10).active_kv_blocks
+
+
+def wait_for(predicate, timeout_s: float) -> float:
+    """Seconds until ``predicate()`` held; fails the test after ``timeout_s``."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, "condition not reached in time"
+        time.sleep(0.05)
+    return time.monotonic() - start
