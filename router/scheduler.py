@@ -20,11 +20,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, mul
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
-from router.pickers import Option, Options, Picker, build_picker
+from router.pickers import Option, Options, Picker, RandomPick, build_picker
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
@@ -144,8 +145,12 @@ class Scheduler:
         decode_workers: Sequence[Worker],
         exclude: frozenset[str] | set[str] = frozenset(),
     ) -> Decision:
-        prefill = [w for w in prefill_workers if w.available and w.address not in exclude]
-        decode = [w for w in decode_workers if w.available and w.address not in exclude]
+        if exclude:
+            prefill = [w for w in prefill_workers if w.healthy and w.ready and w.address not in exclude]
+            decode = [w for w in decode_workers if w.healthy and w.ready and w.address not in exclude]
+        else:  # Worker.available, read inline: a property call per worker is a measurable share of a decision
+            prefill = [w for w in prefill_workers if w.healthy and w.ready]
+            decode = [w for w in decode_workers if w.healthy and w.ready]
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
         decision, workers = self._place(request, prefill, decode)
@@ -159,15 +164,20 @@ class Scheduler:
         held = self.index.num_blocks_of if use_index and self.index is not None else _no_blocks
         prompt, bs = request.prompt_tokens, request.block_size
         last = max(prompt - 1, 0)  # the last prompt token is always computed: it yields the first token
-        get = matches.get
+
+        def hit_tokens(ids: list[str]) -> list[int]:  # min(blocks held * bs, last) per worker, in C-level maps
+            if not matches:
+                return [0] * len(ids)
+            return list(map(min, map(mul, map(matches.get, ids, repeat(0)), repeat(bs)), repeat(last)))
+
         # Only the worker's own cache counts on the decode side: a decode worker neither prefills
         # (colocated) nor imports (disaggregated) from the store what it already holds.
         decode_ids = list(map(_WORKER_ID, decode))
-        local = Candidates.of(decode, decode_ids, prompt, [min(get(i, 0) * bs, last) for i in decode_ids])
+        local = Candidates.of(decode, decode_ids, prompt, hit_tokens(decode_ids))
         # A prefill worker pulls from the store the blocks that follow its own prefix.
         prefill_ids = list(map(_WORKER_ID, prefill))
-        own = [min(get(i, 0) * bs, last) for i in prefill_ids]
-        store_hit = min(get(STORE_PUBLISHER, 0) * bs, last)
+        own = hit_tokens(prefill_ids)
+        store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
         if store_hit:
             pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
                                     [max(store_hit - o, 0) for o in own])  # fmt: skip
@@ -222,8 +232,13 @@ class Scheduler:
                        profile_name == "colocated")  # fmt: skip
 
     def _pick(self, profile_name: str, options: Options) -> Option:
+        if options.picked is not None:
+            return options.picked
         profile = self._profiles[profile_name]
-        return options.option(profile.picker.pick(options, self._turns[profile.pool]))
+        picked = options.option(profile.picker.pick(options, self._turns[profile.pool]))
+        if not isinstance(profile.picker, RandomPick):  # the same options and turn: the same choice
+            options.picked = picked
+        return picked
 
     def _pick_within_slo(self, profile_name: str, options: Options, slo_s: float | None) -> Option | None:
         if slo_s is not None:
@@ -237,9 +252,8 @@ class Scheduler:
         """Count the decision on its workers until the backend releases it (see Charge);
         ``workers``: the one computing the prompt first."""
         prefiller = workers[0]
-        charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), [])
-        prefiller.charge(charge.prefill_tokens, 0)
-        for worker in workers:
+        charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), list(workers))
+        prefiller.charge(charge.prefill_tokens, 1)
+        for worker in workers[1:]:
             worker.charge(0, 1)
-            charge.holders.append(worker)
         return charge
