@@ -42,8 +42,9 @@ class Candidates:
         uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
         if uncached and min(uncached) < 0:
             uncached = [max(u, 0) for u in uncached]
-        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers), uncached, list(map(_QUEUED, workers)),
-                   list(map(_ACTIVE, workers)), list(map(_KV, workers)), list(map(_RATE, workers)))  # fmt: skip
+        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers), uncached,
+                   list(map(_QUEUED, workers)), list(map(_ACTIVE, workers)), list(map(_KV, workers)),
+                   list(map(_RATE, workers)))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.workers)
