@@ -253,20 +253,34 @@ class WorkerBackend:
         checks fail for the worker (a stopped or wedged process answers nothing, not even
         health; a slow but live one keeps passing them and keeps its requests).
         """
-        task = asyncio.ensure_future(awaitable)
-        start = time.monotonic()
+        # One timer re-armed every STALL_POLL_S that cancels this task (via asyncio.timeout) when the
+        # worker is silent too long: no task and no asyncio.wait per chunk read.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stalled = ""
+
+        def check() -> None:
+            nonlocal stalled, timer
+            silent = loop.time() - start
+            if silent >= silence_s:
+                stalled = f"worker {address} sent nothing for {silent:.1f}s"
+            elif silent >= self.stall_timeout_s and not self._responsive(address):
+                stalled = f"worker {address} stalled: silent for {silent:.1f}s and failing its health checks"
+            else:
+                timer = loop.call_later(STALL_POLL_S, check)
+                return
+            limit.reschedule(loop.time())
+
+        timer = loop.call_later(STALL_POLL_S, check)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=STALL_POLL_S)
-                if done:
-                    return task.result()
-                silent = time.monotonic() - start
-                if silent >= silence_s:
-                    raise WorkerStalled(f"worker {address} sent nothing for {silent:.1f}s")
-                if silent >= self.stall_timeout_s and not self._responsive(address):
-                    raise WorkerStalled(f"worker {address} stalled: silent for {silent:.1f}s and failing its health checks")
+            async with asyncio.timeout(None) as limit:
+                return await awaitable
+        except TimeoutError:
+            if stalled:
+                raise WorkerStalled(stalled) from None
+            raise
         finally:
-            task.cancel()
+            timer.cancel()
 
     def _responsive(self, address: str) -> bool:
         worker = self.pool.workers.get(address)
