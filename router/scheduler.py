@@ -168,34 +168,45 @@ class Scheduler:
         def hit_tokens(ids: list[str]) -> list[int]:  # min(blocks held * bs, last) per worker, in C-level maps
             if not matches:
                 return [0] * len(ids)
-            return list(map(min, map(mul, map(matches.get, ids, repeat(0)), repeat(bs)), repeat(last)))
+            tokens = list(map(mul, map(matches.get, ids, repeat(0)), repeat(bs)))
+            if tokens and max(tokens) > last:  # e.g. holds every block of a prompt that fills its blocks exactly
+                return [t if t <= last else last for t in tokens]
+            return tokens
 
         # Only the worker's own cache counts on the decode side: a decode worker neither prefills
         # (colocated) nor imports (disaggregated) from the store what it already holds.
         decode_ids = list(map(_WORKER_ID, decode))
         local = Candidates.of(decode, decode_ids, prompt, hit_tokens(decode_ids))
-        # A prefill worker pulls from the store the blocks that follow its own prefix.
-        prefill_ids = list(map(_WORKER_ID, prefill))
-        own = hit_tokens(prefill_ids)
-        store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
-        if store_hit:
-            pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
-                                    [max(store_hit - o, 0) for o in own])  # fmt: skip
-        else:
-            pulling = Candidates.of(prefill, prefill_ids, prompt, own)
         colocated = self._options("colocated", local, held)
-        disagg = self._options("prefill", pulling, held)
-        if self._prefer_colocated(request, colocated, disagg, prefill):
-            order = [("colocated", colocated), ("prefill", disagg)]
-        else:
-            order = [("prefill", disagg), ("colocated", colocated)]
+        disagg: Options | None = None
+
+        def disaggregated() -> Options:  # built only when the decider or a fallback looks at it
+            nonlocal disagg
+            if disagg is None:
+                # A prefill worker pulls from the store the blocks that follow its own prefix.
+                prefill_ids = list(map(_WORKER_ID, prefill))
+                own = hit_tokens(prefill_ids)
+                store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
+                if store_hit:
+                    pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
+                                            [max(store_hit - o, 0) for o in own])  # fmt: skip
+                else:
+                    pulling = Candidates.of(prefill, prefill_ids, prompt, own)
+                disagg = self._options("prefill", pulling, held)
+            return disagg
+
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
         if request.priority < 0:
             slo_s = None  # an urgent request waits in a queue rather than being turned away
-        chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
+        if self._prefer_colocated(request, colocated, disaggregated, prefill):
+            chosen = self._pick_within_slo("colocated", colocated, slo_s)
+            chosen = chosen or self._pick_within_slo("prefill", disaggregated(), slo_s)
+        else:
+            chosen = self._pick_within_slo("prefill", disaggregated(), slo_s)
+            chosen = chosen or self._pick_within_slo("colocated", colocated, slo_s)
         if chosen is None:
             assert slo_s is not None
-            best_ttft = min(o.ttft_s(i) for o in (colocated, disagg) for i in range(len(o)))
+            best_ttft = min(o.ttft_s(i) for o in (colocated, disaggregated()) for i in range(len(o)))
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
         if chosen.colocated:
             self._turns["decode"] += 1
@@ -206,14 +217,17 @@ class Scheduler:
         decision = Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.hit_tokens, chosen.ttft_s)
         return decision, [chosen.worker, decode_option.worker]
 
-    def _prefer_colocated(self, request: ScheduleRequest, colocated: Options, disagg: Options, prefill: list[Worker]) -> bool:
-        if not prefill or not disagg:
+    def _prefer_colocated(
+        self, request: ScheduleRequest, colocated: Options, disaggregated: Callable[[], Options], prefill: list[Worker]
+    ) -> bool:
+        if not prefill:  # (filters never drop a whole pool: no prefill options only without prefill workers)
             return True
         if self.config.basis is DeciderBasis.PROMPT:  # the baselines: prompt length only
             return request.prompt_tokens < self.config.colocate_threshold_tokens
         best = self._pick("colocated", colocated)
         if best.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
+        disagg = disaggregated()
         saturation = self.config.prefill_saturation_tokens
         if all(q >= saturation for q in disagg.candidates.queued_prefill_tokens):
             return True
