@@ -23,7 +23,6 @@ their first token, or end with a clear error after it, and a stream never hangs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -81,14 +80,7 @@ class WorkerBackend:
     kv_path: KVPathBreaker = field(default_factory=KVPathBreaker)
 
     async def generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
-        try:
-            async with contextlib.aclosing(self._generate(request, decision, redecide)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            release(decision)  # whatever the outcome, nothing of this request stays counted on a worker
-
-    async def _generate(self, request: GenerationRequest, decision: Decision, redecide: Redecide) -> AsyncIterator[TokenChunk]:
+        """The request's tokens; whatever the outcome, nothing of it stays counted on a worker afterwards."""
         deadline = time.monotonic() + self.request_timeout_s
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
@@ -179,6 +171,7 @@ class WorkerBackend:
         finally:
             if decision is not first:
                 release(decision)
+            release(first)
 
     def _retry(self, redecide: Redecide, excluded: set[str], failed: Decision) -> Decision:
         release(failed)
