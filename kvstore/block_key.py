@@ -10,6 +10,7 @@ processes and machines (never Python's ``hash``). The 0x00 separator keeps
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,11 +47,11 @@ def block_keys(
         raise ValueError(f"block_size must be positive, got {block_size}")
     prev = root_key(model_fingerprint, cache_salt) if parent is None else parent
     # one conversion to bytes, then a bytes slice per block (a numpy slice and tobytes per block
-    # cost more than the hashing); fromiter converts a list faster than asarray
+    # cost more than the hashing); struct packs a list of ints 2x faster than numpy converts it
     if isinstance(token_ids, np.ndarray):
         data = np.asarray(token_ids, dtype="<i4").tobytes()
     else:
-        data = np.fromiter(token_ids, dtype="<i4", count=len(token_ids)).tobytes()
+        data = struct.pack(f"<{len(token_ids)}i", *token_ids)
     step = block_size * 4
     keys: list[BlockKey] = []
     digest = xxhash.xxh3_128_digest
