@@ -10,6 +10,7 @@ processes and machines (never Python's ``hash``). The 0x00 separator keeps
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,10 +46,17 @@ def block_keys(
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     prev = root_key(model_fingerprint, cache_salt) if parent is None else parent
-    tokens = np.asarray(token_ids, dtype="<i4")
+    # one conversion to bytes, then a bytes slice per block (a numpy slice and tobytes per block
+    # cost more than the hashing); struct packs a list of ints 2x faster than numpy converts it
+    if isinstance(token_ids, np.ndarray):
+        data = np.asarray(token_ids, dtype="<i4").tobytes()
+    else:
+        data = struct.pack(f"<{len(token_ids)}i", *token_ids)
+    step = block_size * 4
     keys: list[BlockKey] = []
-    for start in range(0, len(tokens) - block_size + 1, block_size):
-        prev = xxhash.xxh3_128_digest(prev + tokens[start : start + block_size].tobytes())
+    digest = xxhash.xxh3_128_digest
+    for start in range(0, len(data) - step + 1, step):
+        prev = digest(prev + data[start : start + step])
         keys.append(prev)
     return keys
 

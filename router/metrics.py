@@ -30,6 +30,7 @@ class RouterMetrics:
         )
         self.realised_hits = Counter(p + "realised_prefix_hit_tokens_total", "Prefix-hit tokens the workers reported", registry=r)
         self.decisions = Counter(p + "decisions_total", "Placement decisions", ["role", "worker", "mode"], registry=r)
+        self._decision_series: dict[tuple[str, str, str], Counter] = {}
         self.index_blocks = Gauge(p + "index_blocks", "Distinct KV blocks in the prefix index", registry=r)
         self.store_tier_blocks = Gauge(
             p + "index_store_tier_blocks",
@@ -43,3 +44,11 @@ class RouterMetrics:
             ["role"],
             registry=r,
         )
+
+    def count_decision(self, role: str, worker: str, mode: str) -> None:
+        """decisions_total += 1, its labelled series looked up once (``labels()`` costs microseconds a call)."""
+        key = (role, worker, mode)
+        series = self._decision_series.get(key)
+        if series is None:
+            series = self._decision_series[key] = self.decisions.labels(*key)
+        series.inc()

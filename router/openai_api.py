@@ -335,8 +335,8 @@ async def _run(
     metrics.prompt_tokens.inc(len(prompt_ids))
     metrics.predicted_hits.inc(decision.predicted_hit_tokens)
     if decision.prefill_worker:
-        metrics.decisions.labels("prefill", decision.prefill_worker, decision.mode.value).inc()
-    metrics.decisions.labels("decode", decision.decode_worker, decision.mode.value).inc()
+        metrics.count_decision("prefill", decision.prefill_worker, decision.mode.value)
+    metrics.count_decision("decode", decision.decode_worker, decision.mode.value)
     from router.responses import ResponseBuilder
 
     builder: ResponseBuilder | ResponsesBuilder
@@ -347,7 +347,6 @@ async def _run(
         request_id = p.new_id("chatcmpl" if chat else "cmpl")
         builder = ResponseBuilder(request_id, state.model_name, chat, req, len(prompt_ids), tok, tools)
     start = time.monotonic()
-    queue: asyncio.Queue = asyncio.Queue()
     states = [ChoiceState() for _ in range(req.n)]
     last_token = [start]
 
@@ -372,7 +371,7 @@ async def _run(
             await chunks.aclose()
             release(first)  # also when the generator never started (cancelled before its first step)
 
-    async def run_choice(i: int) -> None:
+    async def run_choice(i: int, queue: asyncio.Queue) -> None:
         async with contextlib.aclosing(choice_events(i)) as choice:
             async for event in choice:
                 await queue.put(event)
@@ -391,7 +390,8 @@ async def _run(
             finally:
                 record_totals()
             return
-        tasks = [asyncio.create_task(run_choice(i)) for i in range(req.n)]
+        queue: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.create_task(run_choice(i, queue)) for i in range(req.n)]
         pending = set(tasks)
         getter: asyncio.Task | None = None
         try:

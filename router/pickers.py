@@ -21,6 +21,7 @@ class Options:
     held_of: Callable[[str], int]  # blocks a publisher holds in the index: breaks cost ties towards the emptier cache
     default_rate_tps: float  # prefill rate of a worker whose rate has not been measured yet
     colocated: bool = False
+    picked: Option | None = None  # a deterministic picker's choice, kept: a decision may ask twice
 
     def __len__(self) -> int:
         return len(self.costs)
@@ -73,8 +74,10 @@ class MinCost:
     def pick(self, options: Options, turn: int) -> int:
         costs = options.costs
         best = min(costs)
+        if costs.count(best) == 1:  # the usual case, found by C-level scans
+            return costs.index(best)
         ties = [i for i, cost in enumerate(costs) if cost == best]
-        return ties[0] if len(ties) == 1 else min(ties, key=options.held_blocks)
+        return min(ties, key=options.held_blocks)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from kvstore.block_key import BlockKey
 # prefill workers announce with the "store" medium (Mooncake, kvstore/store_tier_events.py)
 # are filed under it too, whoever announced them.
 STORE_PUBLISHER = "kvstore"
+_MASK_CACHE_SIZE = 4096  # holder sets whose publishers PrefixIndex.match remembers
 
 
 class PrefixIndex:
@@ -39,6 +40,7 @@ class PrefixIndex:
         self._names: dict[int, str] = {}  # bit -> publisher
         self._free_bits: list[int] = []  # bits of cleared publishers, reused before new ones
         self._media: dict[str, int] = {}
+        self._mask_names: dict[int, tuple[str, ...]] = {}  # mask -> its publishers; cleared when a bit changes hands
         self._lock = threading.Lock()
 
     def _medium_bit(self, medium: str) -> int:
@@ -54,6 +56,7 @@ class PrefixIndex:
             bit = self._free_bits.pop() if self._free_bits else 1 << len(self._bits)
             self._bits[publisher] = bit
             self._names[bit] = publisher
+            self._mask_names.clear()
         return bit
 
     def store(self, publisher: str, keys: Iterable[BlockKey], medium: str = "gpu") -> None:
@@ -93,6 +96,7 @@ class PrefixIndex:
             if me:  # no key carries its bit any more
                 del self._names[me]
                 self._free_bits.append(me)
+                self._mask_names.clear()
 
     def replace(self, publisher: str, by_medium: dict[str, list[BlockKey]]) -> None:
         """Install a snapshot as the publisher's whole state."""
@@ -118,7 +122,7 @@ class PrefixIndex:
         result: dict[str, int] = {}
         if not chain:
             return result
-        holders, names = self._holders, self._names
+        holders, publishers_in = self._holders, self._publishers_in
         with self._lock:
             alive = holders.get(chain[0], 0)
             depth = 1
@@ -127,18 +131,26 @@ class PrefixIndex:
                     break
                 kept = alive & holders.get(key, 0)
                 if kept != alive:
-                    dropped = alive ^ kept
-                    while dropped:
-                        low = dropped & -dropped
-                        result[names[low]] = depth
-                        dropped ^= low
+                    result.update(dict.fromkeys(publishers_in(alive ^ kept), depth))
                     alive = kept
                 depth += 1
-            while alive:
-                low = alive & -alive
-                result[names[low]] = depth
-                alive ^= low
+            if alive:
+                result.update(dict.fromkeys(publishers_in(alive), depth))
         return result
+
+    def _publishers_in(self, mask: int) -> tuple[str, ...]:
+        """The publishers whose bits ``mask`` has; cached, as the same holder sets recur."""
+        names = self._mask_names.get(mask)
+        if names is None:
+            if len(self._mask_names) >= _MASK_CACHE_SIZE:
+                self._mask_names.clear()
+            found, bits = [], mask
+            while bits:
+                low = bits & -bits
+                found.append(self._names[low])
+                bits ^= low
+            names = self._mask_names[mask] = tuple(found)
+        return names
 
     def publishers(self) -> list[str]:
         with self._lock:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """``prefix-`` and 32 random hex digits (os.urandom directly: a uuid4 object costs 5x as much)."""
+    return f"{prefix}-{os.urandom(16).hex()}"
 
 
 class StreamOptions(BaseModel):

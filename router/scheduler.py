@@ -20,11 +20,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, mul
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
-from router.pickers import Option, Options, Picker, build_picker
+from router.pickers import Option, Options, Picker, RandomPick, build_picker
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
@@ -144,8 +145,12 @@ class Scheduler:
         decode_workers: Sequence[Worker],
         exclude: frozenset[str] | set[str] = frozenset(),
     ) -> Decision:
-        prefill = [w for w in prefill_workers if w.available and w.address not in exclude]
-        decode = [w for w in decode_workers if w.available and w.address not in exclude]
+        if exclude:
+            prefill = [w for w in prefill_workers if w.healthy and w.ready and w.address not in exclude]
+            decode = [w for w in decode_workers if w.healthy and w.ready and w.address not in exclude]
+        else:  # Worker.available, read inline: a property call per worker is a measurable share of a decision
+            prefill = [w for w in prefill_workers if w.healthy and w.ready]
+            decode = [w for w in decode_workers if w.healthy and w.ready]
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
         decision, workers = self._place(request, prefill, decode)
@@ -159,33 +164,49 @@ class Scheduler:
         held = self.index.num_blocks_of if use_index and self.index is not None else _no_blocks
         prompt, bs = request.prompt_tokens, request.block_size
         last = max(prompt - 1, 0)  # the last prompt token is always computed: it yields the first token
-        get = matches.get
+
+        def hit_tokens(ids: list[str]) -> list[int]:  # min(blocks held * bs, last) per worker, in C-level maps
+            if not matches:
+                return [0] * len(ids)
+            tokens = list(map(mul, map(matches.get, ids, repeat(0)), repeat(bs)))
+            if tokens and max(tokens) > last:  # e.g. holds every block of a prompt that fills its blocks exactly
+                return [t if t <= last else last for t in tokens]
+            return tokens
+
         # Only the worker's own cache counts on the decode side: a decode worker neither prefills
         # (colocated) nor imports (disaggregated) from the store what it already holds.
         decode_ids = list(map(_WORKER_ID, decode))
-        local = Candidates.of(decode, decode_ids, prompt, [min(get(i, 0) * bs, last) for i in decode_ids])
-        # A prefill worker pulls from the store the blocks that follow its own prefix.
-        prefill_ids = list(map(_WORKER_ID, prefill))
-        own = [min(get(i, 0) * bs, last) for i in prefill_ids]
-        store_hit = min(get(STORE_PUBLISHER, 0) * bs, last)
-        if store_hit:
-            pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
-                                    [max(store_hit - o, 0) for o in own])  # fmt: skip
-        else:
-            pulling = Candidates.of(prefill, prefill_ids, prompt, own)
+        local = Candidates.of(decode, decode_ids, prompt, hit_tokens(decode_ids))
         colocated = self._options("colocated", local, held)
-        disagg = self._options("prefill", pulling, held)
-        if self._prefer_colocated(request, colocated, disagg, prefill):
-            order = [("colocated", colocated), ("prefill", disagg)]
-        else:
-            order = [("prefill", disagg), ("colocated", colocated)]
+        disagg: Options | None = None
+
+        def disaggregated() -> Options:  # built only when the decider or a fallback looks at it
+            nonlocal disagg
+            if disagg is None:
+                # A prefill worker pulls from the store the blocks that follow its own prefix.
+                prefill_ids = list(map(_WORKER_ID, prefill))
+                own = hit_tokens(prefill_ids)
+                store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
+                if store_hit:
+                    pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
+                                            [max(store_hit - o, 0) for o in own])  # fmt: skip
+                else:
+                    pulling = Candidates.of(prefill, prefill_ids, prompt, own)
+                disagg = self._options("prefill", pulling, held)
+            return disagg
+
         slo_s = self.config.ttft_slo_ms / 1000 if self.config.ttft_slo_ms else None
         if request.priority < 0:
             slo_s = None  # an urgent request waits in a queue rather than being turned away
-        chosen = self._pick_within_slo(*order[0], slo_s) or self._pick_within_slo(*order[1], slo_s)
+        if self._prefer_colocated(request, colocated, disaggregated, prefill):
+            chosen = self._pick_within_slo("colocated", colocated, slo_s)
+            chosen = chosen or self._pick_within_slo("prefill", disaggregated(), slo_s)
+        else:
+            chosen = self._pick_within_slo("prefill", disaggregated(), slo_s)
+            chosen = chosen or self._pick_within_slo("colocated", colocated, slo_s)
         if chosen is None:
             assert slo_s is not None
-            best_ttft = min(o.ttft_s(i) for o in (colocated, disagg) for i in range(len(o)))
+            best_ttft = min(o.ttft_s(i) for o in (colocated, disaggregated()) for i in range(len(o)))
             raise AdmissionRejected(best_ttft, slo_s, max(1, math.ceil(best_ttft - slo_s)))
         if chosen.colocated:
             self._turns["decode"] += 1
@@ -196,14 +217,17 @@ class Scheduler:
         decision = Decision(Mode.DISAGGREGATED, chosen.address, decode_option.address, chosen.hit_tokens, chosen.ttft_s)
         return decision, [chosen.worker, decode_option.worker]
 
-    def _prefer_colocated(self, request: ScheduleRequest, colocated: Options, disagg: Options, prefill: list[Worker]) -> bool:
-        if not prefill or not disagg:
+    def _prefer_colocated(
+        self, request: ScheduleRequest, colocated: Options, disaggregated: Callable[[], Options], prefill: list[Worker]
+    ) -> bool:
+        if not prefill:  # (filters never drop a whole pool: no prefill options only without prefill workers)
             return True
         if self.config.basis is DeciderBasis.PROMPT:  # the baselines: prompt length only
             return request.prompt_tokens < self.config.colocate_threshold_tokens
         best = self._pick("colocated", colocated)
         if best.uncached_tokens < self.config.colocate_threshold_tokens:
             return True
+        disagg = disaggregated()
         saturation = self.config.prefill_saturation_tokens
         if all(q >= saturation for q in disagg.candidates.queued_prefill_tokens):
             return True
@@ -222,8 +246,13 @@ class Scheduler:
                        profile_name == "colocated")  # fmt: skip
 
     def _pick(self, profile_name: str, options: Options) -> Option:
+        if options.picked is not None:
+            return options.picked
         profile = self._profiles[profile_name]
-        return options.option(profile.picker.pick(options, self._turns[profile.pool]))
+        picked = options.option(profile.picker.pick(options, self._turns[profile.pool]))
+        if not isinstance(profile.picker, RandomPick):  # the same options and turn: the same choice
+            options.picked = picked
+        return picked
 
     def _pick_within_slo(self, profile_name: str, options: Options, slo_s: float | None) -> Option | None:
         if slo_s is not None:
@@ -237,9 +266,8 @@ class Scheduler:
         """Count the decision on its workers until the backend releases it (see Charge);
         ``workers``: the one computing the prompt first."""
         prefiller = workers[0]
-        charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), [])
-        prefiller.charge(charge.prefill_tokens, 0)
-        for worker in workers:
+        charge = Charge(prefiller, max(request.prompt_tokens - decision.predicted_hit_tokens, 0), list(workers))
+        prefiller.charge(charge.prefill_tokens, 1)
+        for worker in workers[1:]:
             worker.charge(0, 1)
-            charge.holders.append(worker)
         return charge

@@ -6,9 +6,10 @@ the default cost of a prefill candidate is `uncached_prefill_tokens + queued tok
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import add, attrgetter, mul
+from operator import add, attrgetter, mul, sub
 from typing import Protocol
 
 from router.scheduler_config import PluginSpec
@@ -38,9 +39,12 @@ class Candidates:
     @classmethod
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
            store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
-        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers),
-                   [max(prompt_tokens - h, 0) for h in hit_tokens], list(map(_QUEUED, workers)),
-                   list(map(_ACTIVE, workers)), list(map(_KV, workers)), list(map(_RATE, workers)))  # fmt: skip
+        uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
+        if uncached and min(uncached) < 0:
+            uncached = [max(u, 0) for u in uncached]
+        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers), uncached,
+                   list(map(_QUEUED, workers)), list(map(_ACTIVE, workers)), list(map(_KV, workers)),
+                   list(map(_RATE, workers)))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -76,6 +80,8 @@ class UncachedPrefillScorer:
     store_token_cost: float = 0.25  # a pulled token, in computed-token equivalents (measured ~0.1 on CPU, less on GPU)
 
     def scores(self, candidates: Candidates) -> list[float]:
+        if not any(candidates.store_tokens):  # nothing to pull from the store: the uncached tokens themselves
+            return candidates.uncached_tokens  # type: ignore[return-value]  # ints are numbers here
         k = self.store_token_cost
         return [u + k * s for u, s in zip(candidates.uncached_tokens, candidates.store_tokens)]
 
@@ -122,8 +128,7 @@ class KVImportScorer:
     import_token_cost: float = 0.25  # an imported token, in computed-token equivalents
 
     def scores(self, candidates: Candidates) -> list[float]:
-        k = self.import_token_cost
-        return [k * u for u in candidates.uncached_tokens]
+        return list(map(mul, candidates.uncached_tokens, repeat(self.import_token_cost)))
 
 
 @dataclass(slots=True)
@@ -171,9 +176,8 @@ def build_scorer(spec: PluginSpec) -> WeightedScorer:
 def total_costs(candidates: Candidates, scorers: list[WeightedScorer]) -> list[float]:
     """Each candidate's weighted sum of its scores (0 for every candidate without scorers);
     summed column-wise with C-level maps."""
-    costs: list[float] = [0.0] * len(candidates)
-    for ws in scorers:
+    costs: Iterable[float] = repeat(0.0, len(candidates))
+    for ws in scorers:  # lazy maps, nested: one list at the end, not one per scorer
         scores = ws.scorer.scores(candidates)
-        weighted = scores if ws.weight == 1 else map(mul, scores, repeat(ws.weight))
-        costs = list(map(add, costs, weighted))
-    return costs
+        costs = map(add, costs, scores if ws.weight == 1 else map(mul, scores, repeat(ws.weight)))
+    return list(costs)

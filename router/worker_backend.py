@@ -23,7 +23,6 @@ their first token, or end with a clear error after it, and a stream never hangs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -83,16 +82,7 @@ class WorkerBackend:
     async def generate(
         self, request: GenerationRequest, decision: Decision, redecide: Redecide
     ) -> AsyncGenerator[TokenChunk, None]:
-        try:
-            async with contextlib.aclosing(self._generate(request, decision, redecide)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            release(decision)  # whatever the outcome, nothing of this request stays counted on a worker
-
-    async def _generate(
-        self, request: GenerationRequest, decision: Decision, redecide: Redecide
-    ) -> AsyncGenerator[TokenChunk, None]:
+        """The request's tokens; whatever the outcome, nothing of it stays counted on a worker afterwards."""
         deadline = time.monotonic() + self.request_timeout_s
         excluded: set[str] = set()
         prefill: worker_pb2.PrefillResponse | None = None
@@ -184,6 +174,7 @@ class WorkerBackend:
         finally:
             if decision is not first:
                 release(decision)
+            release(first)
 
     def _retry(self, redecide: Redecide, excluded: set[str], failed: Decision) -> Decision:
         release(failed)
@@ -258,20 +249,35 @@ class WorkerBackend:
         checks fail for the worker (a stopped or wedged process answers nothing, not even
         health; a slow but live one keeps passing them and keeps its requests).
         """
-        task = asyncio.ensure_future(awaitable)
-        start = time.monotonic()
+        # One timer re-armed every STALL_POLL_S that cancels this task (via asyncio.timeout) when the
+        # worker is silent too long: no task and no asyncio.wait per chunk read.
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stalled = ""
+        timer: asyncio.TimerHandle  # armed below, re-armed by check()
+
+        def check() -> None:
+            nonlocal stalled, timer
+            silent = loop.time() - start
+            if silent >= silence_s:
+                stalled = f"worker {address} sent nothing for {silent:.1f}s"
+            elif silent >= self.stall_timeout_s and not self._responsive(address):
+                stalled = f"worker {address} stalled: silent for {silent:.1f}s and failing its health checks"
+            else:
+                timer = loop.call_later(STALL_POLL_S, check)
+                return
+            limit.reschedule(loop.time())
+
+        timer = loop.call_later(STALL_POLL_S, check)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=STALL_POLL_S)
-                if done:
-                    return task.result()
-                silent = time.monotonic() - start
-                if silent >= silence_s:
-                    raise WorkerStalled(f"worker {address} sent nothing for {silent:.1f}s")
-                if silent >= self.stall_timeout_s and not self._responsive(address):
-                    raise WorkerStalled(f"worker {address} stalled: silent for {silent:.1f}s and failing its health checks")
+            async with asyncio.timeout(None) as limit:
+                return await awaitable
+        except TimeoutError:
+            if stalled:
+                raise WorkerStalled(stalled) from None
+            raise
         finally:
-            task.cancel()
+            timer.cancel()
 
     def _responsive(self, address: str) -> bool:
         worker = self.pool.workers.get(address)

@@ -39,9 +39,13 @@ class WorkerPool:
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _stubs: dict[tuple[str, Callable], object] = field(default_factory=dict)  # (address, stub class) -> stub
     _failures: dict[str, int] = field(default_factory=dict)
+    _by_role: dict[Role, list[Worker]] | None = None  # role_workers' lists; reset when `workers` changes (apply)
 
     def role_workers(self, role: Role) -> list[Worker]:
-        return [w for w in self.workers.values() if w.role is role]
+        """The workers of ``role`` (every request asks: kept between membership changes; do not modify)."""
+        if self._by_role is None:
+            self._by_role = {r: [w for w in self.workers.values() if w.role is r] for r in Role}
+        return self._by_role[role]
 
     def ready_count(self, role: Role) -> int:
         return sum(1 for w in self.role_workers(role) if w.available)
@@ -76,6 +80,7 @@ class WorkerPool:
         return ""
 
     def apply(self, event: DiscoveryEvent) -> None:
+        self._by_role = None
         worker = self.workers.get(event.address)
         if event.change is Change.ADDED and worker is None:
             # Not schedulable until discovery says ready and a health check passed.

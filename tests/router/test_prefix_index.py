@@ -74,3 +74,14 @@ def test_a_publisher_that_joins_after_another_was_cleared_holds_only_its_own_blo
     index.store("new", keys[:1])
     assert index.match(keys) == {"stays": 2, "new": 1}
     assert index.num_blocks() == 2 and index.keys_of("gone") == set()
+
+
+def test_a_new_publisher_reusing_a_cleared_publishers_bit_is_reported_under_its_own_name():
+    keys = chain(list(range(16)))
+    index = PrefixIndex()
+    index.store("w1", keys)
+    index.store("w2", keys[:2])
+    assert index.match(keys) == {"w1": 4, "w2": 2}
+    index.clear("w1")
+    index.store("w3", keys[:3])  # takes w1's freed bit
+    assert index.match(keys) == {"w3": 3, "w2": 2}
