@@ -243,6 +243,15 @@ def bench_tcp_batch(n: int, size: int, repeats: int) -> float:
     thread = threading.Thread(target=serve)
     thread.start()
     sock = socket.create_connection(server.getsockname())
+    best = _send_batches(sock, n, size, calls)
+    thread.join()
+    server.close()
+    return n * size / best / 1e9
+
+
+def _send_batches(sock: socket.socket, n: int, size: int, calls: int) -> float:
+    """Send ``calls`` batches of n objects, each answered by a one-byte ack; the best call's seconds
+    (the first call is a warm-up). Closes ``sock``."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     objects = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(n)]
     times = []
@@ -253,9 +262,7 @@ def bench_tcp_batch(n: int, size: int, repeats: int) -> float:
         sock.recv(1)
         times.append(time.perf_counter() - t)
     sock.close()
-    thread.join()
-    server.close()
-    return n * size / min(times[1:]) / 1e9
+    return min(times[1:])
 
 
 def _receive_batches(conn_fd: int, n: int, size: int, calls: int) -> None:
@@ -282,18 +289,9 @@ def bench_tcp_batch_processes(n: int, size: int, repeats: int) -> float:
     receiver.start()
     conn.close()
     server.close()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    objects = [np.random.randint(0, 255, size, dtype=np.uint8) for _ in range(n)]
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        for obj in objects:
-            sock.sendall(obj.data)
-        sock.recv(1)
-        times.append(time.perf_counter() - t)
-    sock.close()
+    best = _send_batches(sock, n, size, calls)
     receiver.join()
-    return n * size / min(times[1:]) / 1e9
+    return n * size / best / 1e9
 
 
 def bench_backend_batch(store: StoreBackend, n: int, size: int, repeats: int) -> dict:
