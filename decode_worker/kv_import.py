@@ -165,6 +165,7 @@ class KVImports:
                 imp.first_token,
                 start_block=imp.local_blocks,
                 cache_salt=imp.salt,
+                evict_first=True,  # the prefill worker keeps these blocks: cache what only we have
             )
         except (EngineError, ValueError, UnknownRequest) as exc:
             load.done()

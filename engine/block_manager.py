@@ -4,6 +4,12 @@ A block is *cached* once it is full and its key (kvstore.block_key chain) is
 registered; a cached block whose last user finished stays in the free list and
 can be reused by a later request with the same prefix until it is evicted,
 oldest first. Every registration / eviction is recorded as a KV event.
+
+Free blocks come in two lists: uncached ones (nothing to lose) are handed out first,
+then cached ones in eviction order. A decode worker's copy of KV it imported for a
+disaggregated request goes to the head of the cached list when the request ends
+(``Sequence.imported_blocks``): the prefill worker holds the same blocks, so the
+cache keeps what only this worker has (docs/performance.md, routing at scale).
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ class BlockManager:
     enable_prefix_caching: bool = True
     medium: str = "gpu"
     blocks: list[Block] = field(init=False)
-    free: OrderedDict[int, None] = field(init=False)  # ref_count == 0, eviction order first
+    free: OrderedDict[int, None] = field(init=False)  # cached, ref_count == 0, eviction order first
+    free_uncached: OrderedDict[int, None] = field(init=False)  # no key, ref_count == 0: handed out first
     cached: dict[BlockKey, int] = field(init=False)
     events: list[KVEvent] = field(init=False)
     stats: PrefixCacheStats = field(init=False)
 
     def __post_init__(self) -> None:
         self.blocks = [Block(i) for i in range(self.num_blocks)]
-        self.free = OrderedDict((i, None) for i in range(self.num_blocks))
+        self.free = OrderedDict()
+        self.free_uncached = OrderedDict((i, None) for i in range(self.num_blocks))
         self.cached = {}
         self.events = []
         self.stats = PrefixCacheStats()
@@ -52,11 +60,11 @@ class BlockManager:
     # ---- queries -------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
-        return len(self.free)
+        return len(self.free) + len(self.free_uncached)
 
     @property
     def num_active(self) -> int:
-        return self.num_blocks - len(self.free)
+        return self.num_blocks - self.num_free
 
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         """New blocks ``seq`` needs to hold ``num_tokens`` tokens."""
@@ -64,7 +72,7 @@ class BlockManager:
 
     def room(self, seq: Sequence) -> int:
         """Tokens ``seq`` could add now: its own free slots plus every free block."""
-        return (len(seq.block_table) + len(self.free)) * self.block_size - seq.num_computed_tokens
+        return (len(seq.block_table) + self.num_free) * self.block_size - seq.num_computed_tokens
 
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_needed(seq, num_tokens) <= self.num_free
@@ -122,8 +130,11 @@ class BlockManager:
     def allocate(self, seq: Sequence, num_tokens: int) -> None:
         """Grow ``seq``'s block table to hold ``num_tokens`` tokens (caller checked can_allocate)."""
         for _ in range(self.blocks_needed(seq, num_tokens)):
-            block_id, _ = self.free.popitem(last=False)
-            self._evict(block_id)
+            if self.free_uncached:
+                block_id, _ = self.free_uncached.popitem(last=False)
+            else:
+                block_id, _ = self.free.popitem(last=False)
+                self._evict(block_id)
             self.blocks[block_id].ref_count = 1
             seq.block_table.append(block_id)
 
@@ -134,9 +145,16 @@ class BlockManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self.free[block_id] = None
                 if block.key is None:  # nothing to reuse: hand it out before cached blocks
-                    self.free.move_to_end(block_id, last=False)
+                    self.free_uncached[block_id] = None
+                    self.free_uncached.move_to_end(block_id, last=False)
+                else:
+                    self.free[block_id] = None
+        first, end = seq.imported_blocks
+        for block_id in seq.block_table[first:end]:  # root first, so that the deepest ends up oldest
+            if block_id in self.free:
+                self.free.move_to_end(block_id, last=False)  # another worker holds these: evict them first
+        seq.imported_blocks = (0, 0)
         seq.block_table.clear()
         seq.block_keys.clear()
 
@@ -147,6 +165,8 @@ class BlockManager:
         removed = list(self.cached)
         for block in self.blocks:
             block.key = None
+        self.free_uncached.update(self.free)  # nothing is cached any more
+        self.free.clear()
         self.cached.clear()
         if removed:
             self.events.append(BlockRemoved(keys=removed, medium=self.medium))
@@ -159,7 +179,7 @@ class BlockManager:
     def _acquire(self, block_id: int) -> None:
         block = self.blocks[block_id]
         if block.ref_count == 0:
-            del self.free[block_id]
+            del self.free[block_id]  # a prefix hit: only cached blocks are found
         block.ref_count += 1
 
     def _evict(self, block_id: int) -> None:

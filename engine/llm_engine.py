@@ -121,13 +121,16 @@ class LLMEngine:
         start_block: int = 0,
         cache_salt: str = "",
         prefill_only: bool = False,
+        evict_first: bool = False,
     ) -> None:
         """Add a request whose first ``num_tokens`` prompt tokens' KV comes from ``kv``.
 
         Rows before ``start_block`` must be in the local prefix cache (see
         ``cached_prefix_blocks``); if they are gone by admission time the request
         recomputes instead. ``prefill_only`` as in ``add_request`` (a prefill worker that
-        imported a cached prefix from the store). ``first_token_id`` is the token the prefill side sampled;
+        imported a cached prefix from the store). ``evict_first``: once the request ends, the
+        blocks the import copied in are the first cached blocks to be evicted (a decode worker:
+        the prefill worker that sent them keeps its own). ``first_token_id`` is the token the prefill side sampled;
         decoding continues after it.
         """
         if not 0 < num_tokens <= len(prompt_token_ids):
@@ -139,6 +142,7 @@ class LLMEngine:
         seq = self._new_sequence(request_id, prompt_token_ids, params, prefill_only, cache_salt)
         seq.pending_kv, seq.pending_kv_tokens = source, num_tokens
         seq.pending_kv_start_block = start_block
+        seq.imports_evict_first = evict_first
         if first_token_id is not None:
             seq.token_ids.append(first_token_id)
             req = self.requests[request_id]
@@ -339,6 +343,8 @@ class LLMEngine:
             if seq.pending_kv is None:
                 raise RuntimeError(f"request {seq.request_id}: its imported KV is gone before the copy")
             seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
+            if seq.imports_evict_first:
+                seq.imported_blocks = (have_blocks, end)
         seq.pending_kv = None
         self.blocks.commit_full_blocks(seq)
 

@@ -35,6 +35,8 @@ class Sequence:
     pending_kv: KVSource | None = None
     pending_kv_tokens: int = 0
     pending_kv_start_block: int = 0  # rows of pending_kv start at this block
+    imports_evict_first: bool = False  # a decode worker's import: its copy is the first cache to go
+    imported_blocks: tuple[int, int] = (0, 0)  # block-table range the import copied in (imports_evict_first)
     first_scheduled: bool = False
     grammar: GrammarState | None = None  # structured output: the tokens allowed next
 
