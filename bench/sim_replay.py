@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         help="shipped policy names or scheduler config files, comma-separated",
     )
     p.add_argument("--poll", type=float, default=1.0, help="GetLoad interval of the router (s)")
-    p.add_argument("--decode-evicts-imports-first", action="store_true",
-                   help="what-if: decode workers evict KV they imported for a disaggregated request before any other "
-                        "cached block (today they keep it as prefix cache like any other)")  # fmt: skip
+    p.add_argument("--decode-keeps-imports", action="store_true",
+                   help="what-if: decode workers keep KV they imported for a disaggregated request as prefix cache like "
+                        "any other (before: they evict it first, as the engine does)")  # fmt: skip
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.prefill,
                 args.decode,
                 poll_s=args.poll,
-                decode_keeps_imports=not args.decode_evicts_imports_first,
+                decode_keeps_imports=args.decode_keeps_imports,
             ),
             requests,
         )

@@ -54,10 +54,11 @@ class _Seq:
 
 
 class SimDecodeWorker:
-    def __init__(self, node: SimNode, tick_s: float = 0.01, flush_s: float = 0.25, keep_imports: bool = True) -> None:
-        """``keep_imports=False`` is a what-if, not what our decode workers do: KV imported for a
-        disaggregated request is the first to be evicted once the request ends (the prefill
-        worker holds the same blocks), so the cache keeps what only this worker has."""
+    def __init__(self, node: SimNode, tick_s: float = 0.01, flush_s: float = 0.25, keep_imports: bool = False) -> None:
+        """As our decode workers do (engine/block_manager.py), KV imported for a disaggregated
+        request is the first to be evicted once the request ends (the prefill worker holds the
+        same blocks), so the cache keeps what only this worker has. ``keep_imports=True`` is the
+        what-if of the workers before that change: imported KV ages like any other."""
         self.node = node
         self.keep_imports = keep_imports
         self.cache: BlockCache = node.cache

@@ -62,7 +62,7 @@ class ReplayConfig:
     capacity_blocks: int | None = None
     poll_s: float = 1.0  # the router's GetLoad interval
     tick_s: float = 0.05  # decode steps run per wake-up (simulated seconds; no arrival waits longer than one step)
-    decode_keeps_imports: bool = True  # False: a what-if (SimDecodeWorker.keep_imports), not today's workers
+    decode_keeps_imports: bool = False  # True: decode workers before they evicted imported KV first (a what-if now)
 
 
 @dataclass(slots=True)
