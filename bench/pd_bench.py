@@ -127,6 +127,7 @@ TRANSPORT_FLAGS = {
     "direct": ["--kv-transport", "direct"],
     "direct+cache": ["--kv-transport", "direct", "--store-write-budget", "1GiB"],  # store writes in the background
     "store": ["--kv-transport", "store"],
+    "p2p": ["--kv-transport", "p2p"],  # a send over a process group of the two workers (NCCL on GPUs, gloo on CPU)
 }
 
 
