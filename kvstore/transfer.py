@@ -23,8 +23,10 @@ allocation, and first-touch page faults cost more than the copy).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -97,6 +99,17 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
     return error_from_code(exc.code().value[0], f"{exc.code().name}: {exc.details()}")
 
 
+LOCAL_PARALLEL_BYTES = 1 << 20  # below this a local read copies on the calling thread
+
+
+def _copy_out(pairs: list[tuple[ReadJob, np.ndarray]]) -> None:
+    for job, src in pairs:
+        if job.dest is None:
+            job.data = src.tobytes()
+        else:
+            np.copyto(np.frombuffer(job.dest, np.uint8)[: job.size], src)
+
+
 class NodeTransport:
     def __init__(
         self,
@@ -116,6 +129,10 @@ class NodeTransport:
         self._stubs: dict[str, NodeStub] = {}
         self._segments: dict[str, SharedSegment | None] = {}
         self._limit = asyncio.Semaphore(max_inflight)
+        # local shared-memory reads of a big batch copy on a few threads at once (numpy copies
+        # without the GIL): one core's memcpy is the limit otherwise
+        self._copy_threads = min(4, os.cpu_count() or 1)
+        self._copiers = ThreadPoolExecutor(self._copy_threads, thread_name_prefix="kv-shm-copy")
 
     # ------------------------------------------------------------ routing
 
@@ -245,20 +262,11 @@ class NodeTransport:
         """Read every job and verify its checksum; ``job.ok`` says which arrived intact."""
         by_node: dict[str, list[ReadJob]] = {}
         tasks = []
+        local: list[tuple[ReadJob, np.ndarray]] = []
         for job in jobs:
             segment = self.local_segment(job.replica)
             if segment is not None:
-                src = segment.array[job.replica.offset : job.replica.offset + job.size]
-                if job.dest is None:
-                    job.data = src.tobytes()
-                else:
-                    np.copyto(np.frombuffer(job.dest, np.uint8)[: job.size], src)
-                if time.monotonic() < job.lease_until:
-                    # No transfer to check: the writer verified these bytes when it sealed them, and
-                    # the lease kept them from being evicted or reused while we copied.
-                    job.ok = True
-                else:
-                    self._verify(job)  # the copy outlived the lease: the bytes may have been reused
+                local.append((job, segment.array[job.replica.offset : job.replica.offset + job.size]))
             elif self.use_data_plane and job.replica.data_address:
                 by_node.setdefault("tcp:" + job.replica.data_address, []).append(job)
             elif job.size > self.chunk_size:
@@ -271,7 +279,32 @@ class NodeTransport:
                 continue
             for batch in self._batches(group, lambda j: j.size):
                 tasks.append(self._batch_read(batch))
+        if local:
+            tasks.append(self._read_local(local))
         await asyncio.gather(*tasks)
+
+    async def _read_local(self, local: list[tuple[ReadJob, np.ndarray]]) -> None:
+        """Copy out of a shared-memory segment of this host; a batch of 1 MiB or more on several threads."""
+        total = sum(job.size for job, _ in local)
+        workers = min(self._copy_threads, len(local)) if total >= LOCAL_PARALLEL_BYTES else 1
+        if workers > 1:
+            groups: list[list[tuple[ReadJob, np.ndarray]]] = [[] for _ in range(workers)]
+            sizes = [0] * workers
+            for pair in sorted(local, key=lambda p: -p[0].size):  # biggest first, to the least loaded group
+                i = sizes.index(min(sizes))
+                groups[i].append(pair)
+                sizes[i] += pair[0].size
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._copiers, _copy_out, g) for g in groups))
+        else:
+            _copy_out(local)
+        for job, _ in local:
+            if time.monotonic() < job.lease_until:
+                # No transfer to check: the writer verified these bytes when it sealed them, and
+                # the lease kept them from being evicted or reused while we copied.
+                job.ok = True
+            else:
+                self._verify(job)  # the copy outlived the lease: the bytes may have been reused
 
     async def _raw_read(self, address: str, jobs: list[ReadJob]) -> None:
         items = [Item(j.replica.offset, j.size, 0, j.dest) for j in jobs]
@@ -330,6 +363,7 @@ class NodeTransport:
             self._verify(job)
 
     async def close(self) -> None:
+        self._copiers.shutdown(wait=False)
         self._data_plane.close()
         for channel in self._channels.values():
             await channel.close()

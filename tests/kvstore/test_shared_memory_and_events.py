@@ -41,6 +41,18 @@ def test_shared_memory_path_returns_the_same_bytes_as_grpc(store):
         assert local.get(list(more)) == more
 
 
+def test_a_big_same_host_batch_read_on_several_threads_lands_every_object_in_its_own_buffer(store):
+    # over 1 MiB in all, so the copies are split over threads (kvstore/transfer.py); uneven sizes
+    objects = {f"par/{i}": os.urandom(size) for i, size in enumerate([700_000, 512 << 10, 3, 1 << 20, 65_537, 300_000])}
+    with KVStoreClient(store.address, use_shm=True) as client:
+        assert all(r.ok for r in client.put(objects).values())
+        buffers = [bytearray(len(v) + 7) for v in objects.values()]  # room to spare stays untouched
+        assert client.get_into(list(objects), buffers) == [True] * len(objects)
+        for (key, value), buf in zip(objects.items(), buffers):
+            assert bytes(buf[: len(value)]) == value and buf[len(value) :] == bytearray(7), key
+        assert client.get(list(objects)) == objects
+
+
 def test_tensors_round_trip_into_caller_buffers_on_both_paths(store):
     layout = KVLayout("tiny-model", "bfloat16", 16, tp_rank=0, tp_size=1)
     keys = block_keys(list(range(64)), "tiny-model")  # 4 blocks
