@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import Connection
 
@@ -158,7 +159,13 @@ def _run_remote_rank(host: str, port: int, rank: int) -> None:
     from engine.rank_worker import run_rank
 
     conn, config, eos = join_leader(host, port, rank)
-    run_rank(config, rank, config.tensor_parallel_size, port, conn, eos)
+    run_rank(config, rank, config.tensor_parallel_size, port, conn, eos)  # returns once its group is shut down
+    # Leave without the interpreter's teardown: c10d's C++ threads (the store client, gloo) can still
+    # be unwinding then, and their destructors abort the process ("terminate called without an active
+    # exception", exit -6) after all its work was done. An error above still exits nonzero.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_node(host: str, port: int, world: int, nnodes: int, node_rank: int) -> int:
