@@ -131,7 +131,7 @@ TRANSPORT_FLAGS = {
 }
 
 
-def kv_move_seconds(metrics_port: int, metric: str = "kv_transfer_seconds") -> float:
+def decode_histogram_sum(metrics_port: int, metric: str) -> float:
     """Sum of one of the decode worker's histograms (all transports) from its /metrics: kv_transfer_seconds
     (the KV's move alone) or kv_handoff_seconds (import reaching the engine -> KV in its pool)."""
     import urllib.request
@@ -227,8 +227,8 @@ def bench(args: argparse.Namespace) -> int:
             for mode in ["colocated", *(f"disagg-{t}" for t in transports)]:
                 prefill = prefills.get(mode.removeprefix("disagg-"), decode)
                 target = colocated if mode == "colocated" else decode
-                moved = kv_move_seconds(decode.metrics_port)
-                handed = kv_move_seconds(decode.metrics_port, "kv_handoff_seconds")
+                moved = decode_histogram_sum(decode.metrics_port, "kv_transfer_seconds")
+                handed = decode_histogram_sum(decode.metrics_port, "kv_handoff_seconds")
                 r = asyncio.run(
                     run_rate(
                         mode, rate, args.requests, prefill.address, target.address, int(rate * 100), (lo, hi), args.max_tokens
@@ -236,8 +236,9 @@ def bench(args: argparse.Namespace) -> int:
                 )
                 if mode != "colocated":
                     time.sleep(0.5)  # the last transfer's figure reaches /metrics just after its stream ends
-                    r.kv_move_us_per_prompt_token = 1e6 * (kv_move_seconds(decode.metrics_port) - moved) / r.prompt_tokens
-                    in_place = kv_move_seconds(decode.metrics_port, "kv_handoff_seconds") - handed
+                    move = decode_histogram_sum(decode.metrics_port, "kv_transfer_seconds") - moved
+                    r.kv_move_us_per_prompt_token = 1e6 * move / r.prompt_tokens
+                    in_place = decode_histogram_sum(decode.metrics_port, "kv_handoff_seconds") - handed
                     r.kv_in_place_us_per_prompt_token = 1e6 * in_place / r.prompt_tokens
                 results.append(r)
     finally:

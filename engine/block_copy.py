@@ -89,14 +89,12 @@ class _IdStaging:
 
     def stage(self, src_ids: list[int], dst_ids: list[int], sort: bool) -> torch.Tensor:
         n = len(src_ids)
+        if self.uploaded is not None:
+            self.uploaded.synchronize()  # the last upload out of the host buffer has been read
         if 2 * n > self.capacity:
             self.capacity = max(2 * n, 2 * self.capacity, 1024)
-            if self.uploaded is not None:
-                self.uploaded.synchronize()
             self.host = torch.empty(self.capacity, dtype=torch.int64, pin_memory=True)
             self.dev = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
-        elif self.uploaded is not None:
-            self.uploaded.synchronize()  # the last upload out of the host buffer has been read
         view = self.host.numpy()
         view[:n], view[n : 2 * n] = src_ids, dst_ids
         if sort:  # ascending source ids: neighbouring programs read neighbouring slabs of the peer pool

@@ -58,10 +58,6 @@ class PeerTransferFailed(RuntimeError):
     pass
 
 
-def _backend(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
 class PairGroup(Protocol):
     """What we use of ProcessGroupGloo / ProcessGroupNCCL (torch's stubs leave these out)."""
 
@@ -73,7 +69,7 @@ class PairGroup(Protocol):
 def _pair_group(store: dist.Store, pair: str, rank: int, device: torch.device) -> PairGroup:
     """The two-rank group of one (prefill, decode) pair; blocks until the other rank joins."""
     prefixed = dist.PrefixStore(f"pair/{pair}/", store)
-    if _backend(device) == "nccl":  # not yet run on two GPUs (issue 12)
+    if device.type == "cuda":  # NCCL; not yet run on two GPUs (issue 12)
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = GROUP_TIMEOUT
         return cast(PairGroup, dist.ProcessGroupNCCL(prefixed, rank, 2, options))
@@ -115,7 +111,6 @@ class PeerSender:
         self.lock = threading.Lock()
         self.held: dict[str, _Held] = {}  # transfer id -> its blocks
         self.groups: dict[str, PairGroup] = {}
-        self.sent = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="kv-p2p-sender", daemon=True)
         self.thread.start()
@@ -190,7 +185,6 @@ class PeerSender:
             self.wake()
         self.socket.send_multipart([peer, _encoder.encode(PeerRows(list(rows.shape), str(rows.dtype).removeprefix("torch.")))])
         group.send([_as_bytes(rows)], 1, pull.tag).wait()
-        self.sent += 1
 
     def close(self) -> None:
         self.stopping.set()
@@ -303,17 +297,15 @@ class PeerConnector:
         self,
         ctx: zmq.Context,
         local_device: torch.device,
-        epoch: str,
         observe: Callable[[str, int, float], None],
         lease_s: float = 30.0,
         sender: PeerSender | None = None,
         block_ids_of: Callable[[str, int], list[int]] | None = None,
     ) -> None:
         """Sender side when ``sender`` is given (this engine's pool behind a control socket)."""
-        self.epoch, self.lease_s, self.observe = epoch, lease_s, observe
+        self.lease_s, self.observe = lease_s, observe
         self.sender, self.block_ids_of = sender, block_ids_of
         self.receiver = PeerReceiver(ctx, local_device)
-        self.expired = 0
 
     # ---- sender ---------------------------------------------------------------------------------
     def save(self, job: ExportJob, blocks: list[int]) -> None:

@@ -149,7 +149,7 @@ def plan_stack(args: argparse.Namespace, model: str) -> list[Component]:
             if args.tensor_parallel_size > 1:
                 argv += ["--tensor-parallel-size", str(args.tensor_parallel_size)]
             env = {}
-            if getattr(args, "mps", False) and role == "decode":  # memory-bound decode leaves the other SMs to prefill
+            if args.mps and role == "decode":  # memory-bound decode leaves the other SMs to prefill
                 env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)
             comps.append(Component(f"{role}-{i}", argv, grpc_port=port, metrics_port=metrics, env=env))
     prefill = ",".join(f"{host}:{c.grpc_port}" for c in comps if c.name.startswith("prefill-"))

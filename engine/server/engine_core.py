@@ -183,7 +183,6 @@ class EngineCore:
                 PeerConnector(
                     self.zmq,
                     runner.device,
-                    self.epoch,
                     functools.partial(self._observe_transfer, "p2p"),
                     c.kv_lease_s,
                     sender,
