@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ COPY_WARPS = 4
 # chunk/warp settings, were within 3% of each other from 4k tokens up (docs/performance.md).
 COPY_ORDER = 0
 COPY_SORTED = False  # launch the pairs in ascending source id order (a variant: --variants 4096x4x0xs)
+GRAPH_MAX_PAIRS = 16384  # copies of more blocks launch directly (their host cost is small beside the copy)
+GRAPH_CACHE = 32  # captured copies kept (per pool pair and size class), least recently used dropped
 
 
 def copy_blocks(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_ids: list[int]) -> None:
@@ -60,16 +64,110 @@ def _copy_triton(
     sort: bool = COPY_SORTED,
 ) -> None:
     n = len(src_ids)
+    if dst.device.type == "cuda" and not sort and (chunk, warps, order) == (COPY_CHUNK, COPY_WARPS, COPY_ORDER):
+        graph = _graph_for(src, dst, n)
+        if graph is not None:
+            graph.run(src_ids, dst_ids)
+            return
     _launch(src, dst, _staged_ids(src_ids, dst_ids, dst.device, sort), n, chunk, warps, order)
 
 
-def _launch(src: torch.Tensor, dst: torch.Tensor, ids: torch.Tensor, n: int, chunk: int, warps: int, order: int) -> None:
-    """One kernel for ``n`` (src, dst) block pairs; ``ids`` [2, n] int64 on the device."""
+def graphs_enabled() -> bool:
+    return os.environ.get("SPLITSERVE_COPY_GRAPHS", "1") != "0"
+
+
+class _CopyGraph:
+    """The copy of up to ``capacity`` block pairs between two fixed pools, captured in a CUDA graph.
+
+    One replay uploads the ids (a memcpy node out of a pinned buffer, the pair count first) and
+    runs the copy kernel: a few microseconds of host time, where staging the ids and launching
+    the Triton kernel from Python took 50-100 us, more than moving 32 MiB on an H200
+    (bench/kv_transfer_bench.py --breakdown). The pinned buffer is rewritten only after the
+    last replay that read it has finished.
+    """
+
+    def __init__(self, src: torch.Tensor, dst: torch.Tensor, capacity: int) -> None:
+        self.capacity = capacity
+        self.host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
+        self.dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
+        self.replayed: torch.cuda.Event | None = None
+        count, ids = self.dev[:1], self.dev[1:].view(2, capacity)
+        _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)  # compiles; count 0 copies nothing
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's CUDA calls (a step, a store read) do not break the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.dev.copy_(self.host, non_blocking=True)
+            _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)
+
+    def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
+        if self.replayed is not None:
+            self.replayed.synchronize()  # its upload has read the pinned buffer
+        n, cap = len(src_ids), self.capacity
+        view = self.host.numpy()
+        view[0] = n
+        view[1 : 1 + n] = src_ids
+        view[1 + cap : 1 + cap + n] = dst_ids
+        self.graph.replay()
+        self.replayed = torch.cuda.Event()
+        self.replayed.record()
+
+
+_graphs: OrderedDict[tuple, _CopyGraph | None] = OrderedDict()
+_graphs_lock = threading.Lock()
+
+
+def _graph_for(src: torch.Tensor, dst: torch.Tensor, n: int) -> _CopyGraph | None:
+    """The captured copy for these pools and ``n`` pairs (capacity: the next power of two), or None."""
+    if n > GRAPH_MAX_PAIRS or not graphs_enabled():
+        return None
+    capacity = max(16, 1 << (n - 1).bit_length())
+    key = (src.data_ptr(), tuple(src.shape), dst.data_ptr(), tuple(dst.shape), dst.device, capacity)
+    with _graphs_lock:
+        if key in _graphs:
+            _graphs.move_to_end(key)
+            return _graphs[key]
+        try:
+            graph: _CopyGraph | None = _CopyGraph(src, dst, capacity)
+        except RuntimeError:  # a capture the driver refused: this pool pair launches directly
+            graph = None
+        _graphs[key] = graph
+        while len(_graphs) > GRAPH_CACHE:
+            _graphs.popitem(last=False)
+        return graph
+
+
+def _launch(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    ids: torch.Tensor,
+    n: int,
+    chunk: int,
+    warps: int,
+    order: int,
+    count: torch.Tensor | None = None,
+) -> None:
+    """One kernel for ``n`` (src, dst) block pairs; ``ids`` [2, n] int64 on the device.
+
+    ``count``: a one-element device tensor; only its first ``count[0]`` pairs are copied
+    (a launch captured in a CUDA graph for up to ``n`` pairs).
+    """
     lk = src.shape[0] * src.shape[1]
     elems = src[0, 0, 0].numel()  # B * Hkv * D per block and layer half
     grid = (n, lk, -(-elems // chunk)) if order == 0 else (n * lk,)
     _kernel()[grid](
-        src, dst, ids, n, lk, src.shape[2] * elems, dst.shape[2] * elems, elems, CHUNK=chunk, ORDER=order, num_warps=warps
+        src,
+        dst,
+        ids,
+        ids if count is None else count,
+        n,
+        lk,
+        src.shape[2] * elems,
+        dst.shape[2] * elems,
+        elems,
+        CHUNK=chunk,
+        ORDER=order,
+        DEVICE_COUNT=count is not None,
+        num_warps=warps,
     )
 
 
@@ -132,8 +230,21 @@ def _kernel() -> Any:  # a triton JITFunction (triton is untyped), launched as _
 
     @triton.jit
     def copy_blocks_kernel(
-        src, dst, ids, n, lk_total, src_lk_stride, dst_lk_stride, elems, CHUNK: tl.constexpr, ORDER: tl.constexpr
+        src,
+        dst,
+        ids,
+        count,
+        n,
+        lk_total,
+        src_lk_stride,
+        dst_lk_stride,
+        elems,
+        CHUNK: tl.constexpr,
+        ORDER: tl.constexpr,
+        DEVICE_COUNT: tl.constexpr,
     ):
+        # ids: [2, n] (source ids, then destination ids); with DEVICE_COUNT only the first
+        # count[0] pairs are live (a captured launch sized for up to n pairs)
         if ORDER == 0:
             pair = tl.program_id(0)
             lk = tl.program_id(1).to(tl.int64)
@@ -146,13 +257,16 @@ def _kernel() -> Any:  # a triton JITFunction (triton is untyped), launched as _
             lk = (slab % lk_total).to(tl.int64)
             first = 0
             last = elems
-        s = tl.load(ids + pair)
+        live_pairs = n  # pairs below this are copied: all of them, unless only the first count[0] are
+        if DEVICE_COUNT:
+            live_pairs = tl.load(count)
+        s = tl.load(ids + pair)  # a dead pair's ids are stale or zero: nothing is moved for it
         d = tl.load(ids + n + pair)
         src_base = src + lk * src_lk_stride + s * elems
         dst_base = dst + lk * dst_lk_stride + d * elems
         for start in range(first, last, CHUNK):
             offs = start + tl.arange(0, CHUNK)
-            mask = offs < elems
+            mask = (offs < elems) & (offs * 0 + pair < live_pairs)
             vals = tl.load(src_base + offs, mask=mask)
             tl.store(dst_base + offs, vals, mask=mask)
 

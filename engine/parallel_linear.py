@@ -15,6 +15,16 @@ from engine import distributed
 from engine.weight_loader import ShardId, set_weight_loader
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, except a decode step of a few tokens on a GPU runs engine/triton_gemv.py's kernel."""
+    if x.is_cuda and x.dim() == 2 and x.shape[0] <= 16:
+        from engine import triton_gemv  # on first CUDA use: importing triton early would fix TRITON_INTERPRET
+
+        if triton_gemv.enabled():
+            return triton_gemv.skinny_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 def _tp_size(parallel: bool) -> int:
     return distributed.tp_size() if parallel else 1
 
@@ -52,7 +62,7 @@ class ReplicatedLinear(LinearBase):
         super().__init__(in_features, out_features, bias, tp_dim=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -63,7 +73,7 @@ class ColumnParallelLinear(LinearBase):
         super().__init__(in_features, _divide(out_features, tp, "out_features"), bias, tp_dim=0, parallel=parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -125,5 +135,5 @@ class RowParallelLinear(LinearBase):
         super().weight_loader(param, full)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         return distributed.all_reduce(y) if self.tp_size > 1 else y

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import distributed
+from engine.parallel_linear import linear
 from engine.weight_loader import ShardId, set_weight_loader
 
 
@@ -39,7 +40,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Projects hidden states to logits; gathers vocab shards to full-vocab logits."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [S, H] -> [S, V]
-        logits = F.linear(hidden, self.weight)  # [S, V / tp]
+        logits = linear(hidden, self.weight)  # [S, V / tp]
         if self.tp_size > 1:
             logits = distributed.all_gather(logits, dim=-1)
         return logits[:, : self.vocab_size]

@@ -85,3 +85,31 @@ def test_file_backed_pool_is_visible_to_a_second_mapping(tmp_path) -> None:
     rows = torch.randn(2, 3, 2, 4, 2, 8)
     a.scatter([0, 3], rows)
     assert torch.equal(b.gather([0, 3]), rows)
+
+
+def test_a_launch_sized_for_more_pairs_copies_only_the_counted_ones() -> None:
+    """The captured copy's kernel: ids for 4 pairs on the device, count says 2: only those 2 land."""
+    pytest.importorskip("triton", reason="triton is a dev dependency (make setup installs it)")
+    src, dst = (t.to(DEVICE) for t in pools())
+    ids = torch.tensor([[3, 1, 8, 9], [0, 11, 2, 3]], dtype=torch.int64, device=DEVICE)
+    count = torch.tensor([2], dtype=torch.int64, device=DEVICE)
+    block_copy._launch(src, dst, ids, 4, block_copy.COPY_CHUNK, block_copy.COPY_WARPS, block_copy.COPY_ORDER, count)
+    src, dst = src.cpu(), dst.cpu()
+    assert torch.equal(dst[:, :, 0], src[:, :, 3]) and torch.equal(dst[:, :, 11], src[:, :, 1])
+    assert torch.isnan(dst[:, :, [2, 3]]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_copies_of_any_size_move_exactly_the_named_blocks() -> None:
+    src, dst = (t.cuda() for t in pools(40, 40))
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 3, 16, 17, 9, 30, 2):  # capacities 16 and 32, each reused with fewer pairs than before
+        perm_src, perm_dst = torch.randperm(40, generator=gen)[:n].tolist(), torch.randperm(40, generator=gen)[:n].tolist()
+        dst.fill_(float("nan"))
+        block_copy.copy_blocks(src, perm_src, dst, perm_dst)
+        torch.cuda.synchronize()
+        for s, d in zip(perm_src, perm_dst):
+            assert torch.equal(dst[:, :, d], src[:, :, s])
+        untouched = [i for i in range(40) if i not in perm_dst]
+        assert torch.isnan(dst[:, :, untouched]).all()
+    assert any(g is not None for g in block_copy._graphs.values()), "no copy was captured"
