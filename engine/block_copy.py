@@ -77,39 +77,46 @@ def graphs_enabled() -> bool:
 
 
 class _CopyGraph:
-    """The copy of up to ``capacity`` block pairs between two fixed pools, captured in a CUDA graph.
+    """The copy of up to ``capacity`` block pairs between two fixed pools, captured in CUDA graphs.
 
     One replay uploads the ids (a memcpy node out of a pinned buffer, the pair count first) and
     runs the copy kernel: a few microseconds of host time, where staging the ids and launching
     the Triton kernel from Python took 50-100 us, more than moving 32 MiB on an H200
-    (bench/kv_transfer_bench.py --breakdown). The pinned buffer is rewritten only after the
-    last replay that read it has finished.
+    (bench/kv_transfer_bench.py --breakdown). ``RING`` captures, each with its own buffers, take
+    turns, so a copy never waits for the one before it; a pinned buffer is rewritten only after
+    the replay that last read it has finished.
     """
 
+    RING = 4
+
     def __init__(self, src: torch.Tensor, dst: torch.Tensor, capacity: int) -> None:
-        self.capacity = capacity
-        self.host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
-        self.dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
-        self.replayed: torch.cuda.Event | None = None
-        count, ids = self.dev[:1], self.dev[1:].view(2, capacity)
-        _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)  # compiles; count 0 copies nothing
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (a step, a store read) do not break the capture
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.dev.copy_(self.host, non_blocking=True)
-            _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)
+        self.capacity, self.turn = capacity, 0
+        self.slots: list[tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.cuda.Event]] = []
+        for _ in range(self.RING):
+            host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
+            dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
+            count, ids = dev[:1], dev[1:].view(2, capacity)
+            _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)  # compiles; count 0 copies nothing
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: another thread's CUDA calls (a step, a store read) do not break the capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                dev.copy_(host, non_blocking=True)
+                _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)
+            done = torch.cuda.Event()
+            done.record()
+            self.slots.append((graph, host, done))
 
     def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
-        if self.replayed is not None:
-            self.replayed.synchronize()  # its upload has read the pinned buffer
+        graph, host, done = self.slots[self.turn]
+        self.turn = (self.turn + 1) % self.RING
+        done.synchronize()  # the last replay of this slot has read its pinned buffer
         n, cap = len(src_ids), self.capacity
-        view = self.host.numpy()
+        view = host.numpy()
         view[0] = n
         view[1 : 1 + n] = src_ids
         view[1 + cap : 1 + cap + n] = dst_ids
-        self.graph.replay()
-        self.replayed = torch.cuda.Event()
-        self.replayed.record()
+        graph.replay()
+        done.record()
 
 
 _graphs: OrderedDict[tuple, _CopyGraph | None] = OrderedDict()

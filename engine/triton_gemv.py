@@ -24,7 +24,7 @@ import triton.language as tl
 
 MAX_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel; bench/gemv_bench.py --sweep on the H200
-FMA_CONFIG = (16, 512, 4, 3)
+FMA_CONFIG = (16, 1024, 8, 2)
 DOT_CONFIG = (64, 256, 4, 4)
 
 
