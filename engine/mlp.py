@@ -23,11 +23,7 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
         gate_up = self.gate_up_proj(x)  # [T, 2I/tp]
         if fused_ops_enabled(gate_up):
-            from engine import triton_gemv
             from engine.triton_fused import silu_and_mul
-
-            if gate_up.shape[0] == 1 and triton_gemv.enabled():  # a batch-1 decode step: one kernel
-                return self.down_proj.forward_gated(gate_up)
 
             return self.down_proj(silu_and_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)  # [T, I/tp] each

@@ -137,10 +137,3 @@ class RowParallelLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.weight, self.bias)
         return distributed.all_reduce(y) if self.tp_size > 1 else y
-
-    def forward_gated(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """``forward(SiLU(gate) * up)`` of one token [1, 2I] on a GPU, the activation inside the GEMV."""
-        from engine import triton_gemv
-
-        y = triton_gemv.silu_mul_linear(gate_up, self.weight, self.bias)
-        return distributed.all_reduce(y) if self.tp_size > 1 else y

@@ -29,9 +29,7 @@ DOT_CONFIG = (64, 256, 4, 4)
 
 
 @triton.jit
-def _gemv_fma_kernel(x_ptr, w_ptr, y_ptr, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr):
-    # GATED: x is [gate | up] of 2K and the input is SiLU(gate) * up, rounded to x's dtype as
-    # triton_fused.silu_and_mul rounds it (a down projection without the activation's own kernel)
+def _gemv_fma_kernel(x_ptr, w_ptr, y_ptr, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
@@ -39,13 +37,8 @@ def _gemv_fma_kernel(x_ptr, w_ptr, y_ptr, K, stride_w, BLOCK_N: tl.constexpr, BL
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         w = tl.load(w_ptrs + k)
-        if GATED:
-            gate = tl.load(x_ptr + k + cols).to(tl.float32)
-            up = tl.load(x_ptr + K + k + cols).to(tl.float32)
-            x = (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
-        else:
-            x = tl.load(x_ptr + k + cols).to(tl.float32)
-        acc += w.to(tl.float32) * x[None, :]
+        x = tl.load(x_ptr + k + cols)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty))
 
 
@@ -71,7 +64,7 @@ def enabled() -> bool:
     return os.environ.get("SPLITSERVE_GEMV", "1") != "0"
 
 
-def covers(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int] | None = None, gated: bool = False) -> bool:
+def covers(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> bool:
     """Whether ``skinny_linear`` runs its own kernel for this input (else it is ``F.linear``)."""
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter: CPU tests
     if x.dim() != 2 or not on_device or x.shape[0] > MAX_M or x.shape[0] == 0:
@@ -80,24 +73,7 @@ def covers(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, i
         return False
     block_n, block_k, _, _ = config or (FMA_CONFIG if x.shape[0] == 1 else DOT_CONFIG)
     n, k = weight.shape
-    return n % block_n == 0 and k % block_k == 0 and x.shape[1] == (2 * k if gated else k) and x.stride(1) == 1
-
-
-def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(silu_and_mul(gate_up), weight, bias)`` for one token [1, 2K] in one kernel."""
-    if gate_up.shape[0] != 1 or not covers(gate_up, weight, FMA_CONFIG, gated=True):
-        from engine.triton_fused import silu_and_mul
-
-        return skinny_linear(silu_and_mul(gate_up), weight, bias)
-    n, k = weight.shape
-    block_n, block_k, warps, stages = FMA_CONFIG
-    y = torch.empty(1, n, dtype=gate_up.dtype, device=gate_up.device)
-    _gemv_fma_kernel[(n // block_n,)](
-        gate_up, weight, y, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, GATED=True, num_warps=warps, num_stages=stages
-    )
-    if bias is not None:
-        y += bias
-    return y
+    return n % block_n == 0 and k % block_k == 0 and x.shape[1] == k and x.stride(1) == 1
 
 
 def skinny_linear(
@@ -120,7 +96,7 @@ def skinny_linear(
     grid = (n // block_n,)
     if kernel == "fma":
         _gemv_fma_kernel[grid](
-            x, weight, y, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, GATED=False, num_warps=warps, num_stages=stages
+            x, weight, y, k, weight.stride(0), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages
         )
     else:
         _gemv_dot_kernel[grid](
@@ -132,4 +108,4 @@ def skinny_linear(
     return y
 
 
-__all__ = ["skinny_linear", "silu_mul_linear", "covers", "enabled"]
+__all__ = ["skinny_linear", "covers", "enabled"]
