@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -63,12 +64,53 @@ def time_graph(fn, reps: int = 20) -> float:
     return start.elapsed_time(end) / reps
 
 
+def sweep_per_shape(shapes: list[tuple[int, int]], weights: list[torch.Tensor], path: str) -> None:
+    """Best tiles per (kernel, N, K), each timed over every weight of that shape in the step."""
+    best: dict[str, dict[str, list[int]]] = {"fma": {}, "dot": {}}
+    dev, dt = weights[0].device, weights[0].dtype
+    for n, k in sorted(set(shapes)):
+        ws = [w for w in weights if tuple(w.shape) == (n, k)]
+        for kernel, m in (("fma", 1), ("dot", 8)):
+            x, out = torch.randn(m, k, dtype=dt, device=dev), torch.empty(m, n, dtype=dt, device=dev)
+
+            def run(config, x=x, out=out, ws=ws, kernel=kernel):
+                for w in ws:
+                    triton_gemv.skinny_linear(x, w, kernel=kernel, config=config, out=out)
+
+            def cublas(x=x, out=out, ws=ws):
+                for w in ws:
+                    torch.matmul(x, w.t(), out=out)
+
+            base = time_graph(cublas)
+            timings = []
+            for config in SWEEP[kernel]:
+                if not triton_gemv.covers(x, ws[0], config):
+                    continue
+                try:
+                    timings.append((time_graph(lambda c=config: run(c)), config))
+                except Exception:  # a tile shape the compiler rejects
+                    continue
+            ms, config = min(timings)
+            best[kernel][f"{n}x{k}"] = list(config)
+            print(f"{n}x{k} x{len(ws)} {kernel} M={m}: cuBLAS {base:.3f} ms, best {ms:.3f} ms {config}")
+    with open(path, "w") as f:
+        json.dump(best, f, indent=1)
+    os.environ["SPLITSERVE_GEMV_CONFIGS"] = path
+    triton_gemv._shape_configs.cache_clear()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="llama-3.1-8b", choices=sorted(PRESETS))
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--out")
+    ap.add_argument(
+        "--per-shape",
+        metavar="FILE",
+        help="sweep the tiles of each GEMM shape on its own (fma at M=1, dot at M=8), write the best to FILE "
+        "(the format of SPLITSERVE_GEMV_CONFIGS), then time the step with them",
+    )
     args = ap.parse_args(argv)
     cfg = PRESETS[args.preset][1]
     shapes = step_shapes(cfg)
@@ -79,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     if copy_gbps is None:
         raise SystemExit("gemv_bench needs a CUDA device")
     print(f"{args.preset}: {len(shapes)} GEMMs per step, {weight_bytes / 1e9:.2f} GB of weights; copy {copy_gbps:.0f} GB/s")
+    if args.per_shape:
+        sweep_per_shape(shapes, weights, args.per_shape)
     rows = []
     for m in [int(b) for b in args.batches.split(",")]:
         xs = {k: torch.randn(m, k, dtype=dt, device=dev) for k in {k for _, k in shapes}}
@@ -89,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch.matmul(xs[w.shape[1]], w.t(), out=o)
 
         def triton_step(kernel: str, config, xs=xs, outs=outs):
-            def run():
+            def run():  # config None: each shape's own tiles (triton_gemv.config_for)
                 for w, o in zip(weights, outs):
                     triton_gemv.skinny_linear(xs[w.shape[1]], w, kernel=kernel, config=config, out=o)
 
@@ -106,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         base = time_graph(cublas)
         row: dict[str, object] = {"batch": m, "cublas_ms": base, "cublas_bw": weight_bytes / base / 1e6 / copy_gbps}
         for kernel in kernels:
-            configs = SWEEP[kernel] if args.sweep else [triton_gemv.FMA_CONFIG if kernel == "fma" else triton_gemv.DOT_CONFIG]
+            configs = SWEEP[kernel] if args.sweep else [None]
             best = None
             for config in configs:
                 try:

@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --mps: the share of the GPU's SMs the decode worker may use (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE)",
     )
+    p.add_argument(
+        "--mps-prefill-percent",
+        type=int,
+        default=None,
+        help="with --mps: the share of the SMs each prefill worker may use (so that decode kernels always find SMs free)",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -205,11 +211,14 @@ def bench(args: argparse.Namespace) -> int:
     store = EmbeddedStore(capacity=(32 << 30) if args.preset else (512 << 20))
     store.start()
     transports = args.transports.split(",") if args.transports else []
+    if args.mps and args.mps_prefill_percent is not None:
+        os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_prefill_percent)  # the prefill workers' share
     prefills = {
         t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
     }
-    capped = args.mps and args.mps_decode_percent is not None
-    if capped:
+    os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
+    capped = args.mps and (args.mps_decode_percent is not None or args.mps_prefill_percent is not None)
+    if args.mps and args.mps_decode_percent is not None:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)  # the decode worker's share only
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)
     os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)

@@ -15,7 +15,9 @@ cover (bench/gemv_bench.py measures both against cuBLAS in one run).
 
 from __future__ import annotations
 
+import json
 import os
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,28 @@ MAX_M = 16
 # (BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel; bench/gemv_bench.py --sweep on the H200
 FMA_CONFIG = (16, 1024, 8, 2)
 DOT_CONFIG = (64, 256, 4, 4)
+# per (kernel, N, K) tiles, where the per-shape sweep (bench/gemv_bench.py --per-shape) found better
+# ones than the defaults; SPLITSERVE_GEMV_CONFIGS names a JSON file of that sweep to use instead
+SHAPE_CONFIGS: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
+
+
+@cache
+def _shape_configs() -> dict[tuple[str, int, int], tuple[int, int, int, int]]:
+    path = os.environ.get("SPLITSERVE_GEMV_CONFIGS")
+    if not path:
+        return SHAPE_CONFIGS
+    with open(path) as f:
+        raw: dict[str, dict[str, list[int]]] = json.load(f)  # {"fma": {"NxK": [BLOCK_N, BLOCK_K, warps, stages]}}
+    table = {}
+    for kernel, by_shape in raw.items():
+        for shape, (block_n, block_k, warps, stages) in by_shape.items():
+            n, k = (int(v) for v in shape.split("x"))
+            table[(kernel, n, k)] = (block_n, block_k, warps, stages)
+    return table
+
+
+def config_for(kernel: str, n: int, k: int) -> tuple[int, int, int, int]:
+    return _shape_configs().get((kernel, n, k), FMA_CONFIG if kernel == "fma" else DOT_CONFIG)
 
 
 @triton.jit
@@ -71,8 +95,8 @@ def covers(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, i
         return False
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or weight.dtype != x.dtype or weight.stride(1) != 1:
         return False
-    block_n, block_k, _, _ = config or (FMA_CONFIG if x.shape[0] == 1 else DOT_CONFIG)
     n, k = weight.shape
+    block_n, block_k, _, _ = config or config_for("fma" if x.shape[0] == 1 else "dot", n, k)
     return n % block_n == 0 and k % block_k == 0 and x.shape[1] == k and x.stride(1) == 1
 
 
@@ -87,7 +111,7 @@ def skinny_linear(
 ) -> torch.Tensor:
     m = x.shape[0]
     kernel = kernel or ("fma" if m == 1 else "dot")
-    config = config or (FMA_CONFIG if kernel == "fma" else DOT_CONFIG)
+    config = config or config_for(kernel, *weight.shape)
     if not covers(x, weight, config) or (kernel == "fma" and m != 1):
         return F.linear(x, weight, bias)
     n, k = weight.shape
