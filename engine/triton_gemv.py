@@ -30,7 +30,16 @@ FMA_CONFIG = (16, 1024, 8, 2)
 DOT_CONFIG = (64, 256, 4, 4)
 # per (kernel, N, K) tiles, where the per-shape sweep (bench/gemv_bench.py --per-shape) found better
 # ones than the defaults; SPLITSERVE_GEMV_CONFIGS names a JSON file of that sweep to use instead
-SHAPE_CONFIGS: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
+SHAPE_CONFIGS: dict[tuple[str, int, int], tuple[int, int, int, int]] = {
+    # Llama-3.1-8B at TP 1 on the H200 (2026-12-02): o, down, qkv, gate/up, LM head
+    ("fma", 4096, 4096): (16, 1024, 8, 3),
+    ("fma", 4096, 14336): (16, 1024, 8, 3),
+    ("fma", 6144, 4096): (8, 512, 4, 4),
+    ("fma", 28672, 4096): (16, 512, 4, 2),
+    ("fma", 128256, 4096): (16, 512, 4, 3),
+    ("dot", 28672, 4096): (128, 128, 4, 3),
+    ("dot", 128256, 4096): (128, 128, 4, 3),
+}
 
 
 @cache
