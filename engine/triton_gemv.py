@@ -99,10 +99,12 @@ def enabled() -> bool:
 
 def covers(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int] | None = None) -> bool:
     """Whether ``skinny_linear`` runs its own kernel for this input (else it is ``F.linear``)."""
-    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter: CPU tests
-    if x.dim() != 2 or not on_device or x.shape[0] > MAX_M or x.shape[0] == 0:
+    interpreted = not x.is_cuda and os.environ.get("TRITON_INTERPRET") == "1"  # CPU tests, fp32 too
+    if x.dim() != 2 or not (x.is_cuda or interpreted) or x.shape[0] > MAX_M or x.shape[0] == 0:
         return False
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or weight.dtype != x.dtype or weight.stride(1) != 1:
+    # fp32 stays with F.linear on a GPU: the dot kernel's tensor cores would round it to tf32
+    dtypes = (torch.bfloat16, torch.float16, torch.float32) if interpreted else (torch.bfloat16, torch.float16)
+    if x.dtype not in dtypes or weight.dtype != x.dtype or weight.stride(1) != 1:
         return False
     n, k = weight.shape
     block_n, block_k, _, _ = config or config_for("fma" if x.shape[0] == 1 else "dot", n, k)
