@@ -10,7 +10,7 @@ Both sides use blocking sockets on threads (see DataPlaneServer).
 One request per batch on a pooled connection, little-endian:
 
     request  = op:u8 (1 write, 2 read) | count:u32 | count x (offset:u64 size:u64)
-               | writes: count x (payload | checksum:u64)
+               | writes: count x payload | count x checksum:u64
     reply    = count x status:u8 (0 ok, 1 bad range, 2 checksum mismatch) | read payloads of the ok items
 
 Every payload is hashed (xxh3_64) piece by piece as it passes through the socket, while
@@ -18,7 +18,7 @@ the piece is still in cache, on both sides: a writer learns its objects' checksu
 sends them (and declares them to the master at commit; kvstore/client.py), so no side
 makes a separate pass over the bytes. The node checks every range against its segment
 before it touches a byte and closes the connection after a bad request; a write is
-acknowledged only once the bytes that arrived match the checksum that followed them, and
+acknowledged only once the bytes that arrived match the checksum sent after them, and
 the client checks every read against the master's checksum the same way.
 """
 
@@ -175,12 +175,10 @@ class DataPlaneServer:
             return False  # a write's payload would follow: the stream cannot be resynchronised
         segment = self.segment.array.data
         if op == WRITE:
-            status = bytearray(count)
-            trailer = bytearray(_CHECKSUM.size)
-            for i, (offset, size) in enumerate(items):
-                arrived = _recv_hashed(conn, segment[offset : offset + size])
-                _recv_exactly(conn, memoryview(trailer))
-                status[i] = OK if arrived == _CHECKSUM.unpack(trailer)[0] else BAD_CHECKSUM
+            arrived = [_recv_hashed(conn, segment[offset : offset + size]) for offset, size in items]
+            sent = bytearray(_CHECKSUM.size * count)
+            _recv_exactly(conn, memoryview(sent))
+            status = bytes(OK if a == s else BAD_CHECKSUM for a, (s,) in zip(arrived, _CHECKSUM.iter_unpack(sent)))
             metrics.RECEIVED.labels("node").inc(sum(size for _, size in items))
             conn.sendall(bytes(status))
         else:
@@ -223,7 +221,7 @@ class DataPlaneClient:
                 for item in items:
                     assert item.view is not None
                     item.checksum = _send_hashed(sock, item.view[: item.size])
-                    sock.sendall(_CHECKSUM.pack(item.checksum))
+                sock.sendall(b"".join(_CHECKSUM.pack(item.checksum) for item in items))
             status = bytearray(len(items))
             _recv_exactly(sock, memoryview(status))
             if op == READ and all(s == OK for s in status):

@@ -7,9 +7,12 @@ import os
 import socket
 import struct
 
+import grpc
 import pytest
 import xxhash
 
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore.data_plane import BAD_CHECKSUM, BAD_RANGE, OK, READ, WRITE, DataPlaneClient, DataPlaneServer, Item
 from kvstore.embedded import EmbeddedStore
 from kvstore.segment import SharedSegment
@@ -30,6 +33,24 @@ def test_remote_clients_read_over_the_data_plane_what_grpc_clients_read():
             buffers = [bytearray(len(v)) for v in objects.values()]
             assert raw.get_into(list(objects), buffers) == [True] * len(objects)
             assert [bytes(b) for b in buffers] == list(objects.values())
+
+
+def test_readers_check_the_checksum_declared_at_commit_and_miss_bytes_that_do_not_match_it():
+    with (
+        EmbeddedStore(16 << 20) as store,
+        KVStoreClient(store.address, use_shm=False) as reader,
+        grpc.insecure_channel(store.address) as channel,
+    ):
+        master = pb_grpc.MasterStub(channel)
+        data = memoryview(os.urandom(1 << 20))
+        for key, declared in (("honest", None), ("lying", 12345)):
+            started = master.PutStart(pb.PutStartItem(key=key, size=len(data)))  # no checksum at start
+            item = Item(started.replicas[0].offset, len(data), data)
+            assert DataPlaneClient().request_blocking(started.replicas[0].data_address, WRITE, [item]) == [OK]
+            checksum = item.checksum if declared is None else declared
+            assert checksum is not None
+            master.BatchPutCommit(pb.PutCommitRequest(put_ids=[started.put_id], checksums=[checksum]))
+        assert reader.get(["honest", "lying"]) == {"honest": bytes(data), "lying": None}
 
 
 @pytest.fixture
@@ -62,7 +83,7 @@ async def test_bytes_that_arrive_unlike_their_checksum_are_refused_and_the_rest_
     good = xxhash.xxh3_64_intdigest(data)
     # what a transfer corrupted on the way looks like to the node: payload and trailing checksum disagree
     request = struct.pack("<BI", WRITE, 2) + struct.pack("<QQ", 0, 4096) + struct.pack("<QQ", 8192, 4096)
-    request += data + struct.pack("<Q", good) + data + struct.pack("<Q", good ^ 1)
+    request += data + data + struct.pack("<QQ", good, good ^ 1)
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
