@@ -13,14 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
-import xxhash
 
 from contracts.grpc_options import STORE_GRPC_OPTIONS
 from contracts.internal_auth import client_interceptors
 from contracts.rpc import kvstore_pb2 as pb
 from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore.block_key import BlockKey, KVLayout, store_key
-from kvstore.errors import InvalidRequest, StoreError, error_from_code
+from kvstore.errors import ChecksumMismatch, InvalidRequest, StoreError, error_from_code
 from kvstore.payload import DestinationBuffer, Payload, readable_view
 from kvstore.transfer import NodeTransport, ReadJob, WriteJob
 
@@ -40,6 +39,17 @@ class PutResult:
     @property
     def ok(self) -> bool:
         return self.status is not PutStatus.FAILED
+
+
+def _written(key: str, replicas: list[WriteJob]) -> tuple[StoreError | None, int]:
+    """The first error among an object's replica writes, else the checksum they all wrote."""
+    error = next((j.error for j in replicas if j.error is not None), None)
+    checksums = {j.checksum for j in replicas}
+    if error is None and (len(checksums) != 1 or None in checksums):
+        error = ChecksumMismatch(
+            f"object {key!r}: its replicas were written with different bytes (was the source buffer modified during the put?)"
+        )
+    return error, replicas[0].checksum or 0
 
 
 class AsyncKVStoreClient:
@@ -72,15 +82,18 @@ class AsyncKVStoreClient:
     # ------------------------------------------------------------ put
 
     async def put(self, items: Mapping[str, Payload], replicas: int | None = None) -> dict[str, PutResult]:
-        """Store objects (two-phase: start -> write replicas -> commit); per-key outcome."""
+        """Store objects (two-phase: start -> write replicas -> commit); per-key outcome.
+
+        Checksums are declared at commit, not at start: the raw-TCP data plane hashes each object
+        while it sends it (the node checks the bytes that arrived against it before acknowledging),
+        and the other paths hash just before they write. So no pass over the bytes comes before the
+        start, and none is made twice on the data plane.
+        """
         if not items:
             return {}
         views = {key: readable_view(value) for key, value in items.items()}
-        checksums = {key: xxhash.xxh3_64_intdigest(view) for key, view in views.items()}
         n = self.replicas if replicas is None else replicas
-        request = pb.PutStartRequest(
-            items=[pb.PutStartItem(key=k, size=len(v), checksum=checksums[k], replicas=n) for k, v in views.items()]
-        )
+        request = pb.PutStartRequest(items=[pb.PutStartItem(key=k, size=len(v), replicas=n) for k, v in views.items()])
         reply = await self._call(self._master.BatchPutStart, request)
         results: dict[str, PutResult] = {}
         jobs: dict[str, list[WriteJob]] = {}
@@ -88,7 +101,7 @@ class AsyncKVStoreClient:
         for r in reply.results:
             if r.state == pb.PUT_STATE_STARTED:
                 put_ids[r.key] = r.put_id
-                jobs[r.key] = [WriteJob(replica, views[r.key], checksums[r.key]) for replica in r.replicas]
+                jobs[r.key] = [WriteJob(replica, views[r.key]) for replica in r.replicas]
             elif r.state == pb.PUT_STATE_ALREADY_EXISTS:
                 results[r.key] = PutResult(PutStatus.EXISTS)
             elif r.state == pb.PUT_STATE_IN_FLIGHT:
@@ -96,18 +109,20 @@ class AsyncKVStoreClient:
             else:
                 results[r.key] = PutResult(PutStatus.FAILED, error_from_code(r.code, r.message))
         await self._nodes.write([job for group in jobs.values() for job in group])
-        commit, abort = [], []
+        commit: dict[str, int] = {}  # key -> checksum
+        abort = []
         for key, group in jobs.items():
-            error = next((j.error for j in group if j.error is not None), None)
+            error, checksum = _written(key, group)
             if error is None:
-                commit.append(key)
+                commit[key] = checksum
             else:
                 abort.append(put_ids[key])
                 results[key] = PutResult(PutStatus.FAILED, error)
         if abort:
             await self._call(self._master.BatchPutAbort, pb.PutAbortRequest(put_ids=abort))
         if commit:
-            reply = await self._call(self._master.BatchPutCommit, pb.PutCommitRequest(put_ids=[put_ids[k] for k in commit]))
+            commit_request = pb.PutCommitRequest(put_ids=[put_ids[k] for k in commit], checksums=list(commit.values()))
+            reply = await self._call(self._master.BatchPutCommit, commit_request)
             for key, r in zip(commit, reply.results):
                 results[key] = (
                     PutResult(PutStatus.STORED) if r.ok else PutResult(PutStatus.FAILED, error_from_code(r.code, r.message))

@@ -83,10 +83,17 @@ class MasterServicer(pb_grpc.MasterServicer):
 
     async def BatchPutCommit(self, request: pb.PutCommitRequest, context: grpc.aio.ServicerContext) -> pb.KeyResults:
         with _timed("put_commit"):
+            if request.checksums and len(request.checksums) != len(request.put_ids):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"BatchPutCommit: {len(request.checksums)} checksums for {len(request.put_ids)} put ids "
+                    "(give none, or one per put id)",
+                )
+            checksums: list[int | None] = list(request.checksums) or [None] * len(request.put_ids)
             results = []
-            for put_id in request.put_ids:
+            for put_id, checksum in zip(request.put_ids, checksums):
                 try:
-                    obj = self.state.put_commit(put_id)
+                    obj = self.state.put_commit(put_id, checksum)
                     metrics.RECEIVED.labels("master").inc(obj.size)
                     results.append(pb.KeyResult(key=put_id, ok=True))
                 except StoreError as exc:

@@ -168,13 +168,14 @@ class MasterState:
         self.pending_keys[key] = put.put_id
         return PutStartOutcome(key, "started", put)
 
-    def put_commit(self, put_id: str) -> StoredObject:
+    def put_commit(self, put_id: str, checksum: int | None = None) -> StoredObject:
+        """Make a put's object visible; ``checksum``, when given, is its xxh3_64 declared now rather than at start."""
         put = self.pending.get(put_id)
         if put is None:
             raise PutExpired(f"put {put_id!r} is unknown: aborted, timed out, or a replica's node was lost")
         del self.pending[put_id]
         del self.pending_keys[put.key]
-        obj = StoredObject(put.key, put.size, put.checksum, put.placements)
+        obj = StoredObject(put.key, put.size, put.checksum if checksum is None else checksum, put.placements)
         self.objects[put.key] = obj
         bk = block_key_of(put.key)
         if bk is not None:

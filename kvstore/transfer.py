@@ -3,13 +3,14 @@
 Four paths, chosen per replica:
 - same host: copy straight into / out of the node's shared-memory segment — only
   metadata on gRPC, with the master. A write is sealed by the writer itself: it checks the
-  bytes now in the segment against the checksum it declared, then commits (two round trips
+  bytes now in the segment against the checksum of its source, then commits (two round trips
   per put: start and commit). Asking the node to check them would prove nothing more — a
   client that maps the segment can write any byte of it — and cost a third round trip.
   A read that finishes within the master's lease skips the checksum pass: sealed bytes
   cannot change while leased, and no transfer happened that could corrupt them;
 - another host, node with a data plane (kvstore/data_plane.py): one raw-TCP request
-  per node and batch, bytes sent from and received into the caller's buffers;
+  per node and batch, bytes sent from and received into the caller's buffers and hashed
+  as they pass (a write's checksum is learnt while sending, a read's while receiving);
 - objects up to ``chunk_size`` over gRPC: packed into unary BatchWrite / BatchRead
   calls of up to ``batch_bytes``;
 - larger objects over gRPC: client-streaming Write / server-streaming Read in chunks.
@@ -47,7 +48,7 @@ from kvstore.segment import SharedSegment, host_identity
 class WriteJob:
     replica: pb.Replica
     data: memoryview
-    checksum: int
+    checksum: int | None = None  # xxh3_64 of data: given, or set by the write (the data plane hashes as it sends)
     error: StoreError | None = None
 
 
@@ -97,6 +98,13 @@ class NodeStub:
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> StoreError:
     return error_from_code(exc.code().value[0], f"{exc.code().name}: {exc.details()}")
+
+
+def _source_checksum(job: WriteJob) -> int:
+    """xxh3_64 of a write's source, for the paths that declare it before the bytes (all but the data plane)."""
+    if job.checksum is None:
+        job.checksum = xxhash.xxh3_64_intdigest(job.data)
+    return job.checksum
 
 
 LOCAL_PARALLEL_BYTES = 1 << 20  # below this a local read copies on the calling thread
@@ -184,17 +192,18 @@ class NodeTransport:
 
     @staticmethod
     def _shm_write(segment: SharedSegment, job: WriteJob) -> None:
-        """Copy into the node's segment and seal: the bytes that landed must match the declared checksum."""
+        """Copy into the node's segment and seal: the bytes that landed must match the source's checksum."""
         target = segment.array[job.replica.offset : job.replica.offset + len(job.data)]
+        checksum = _source_checksum(job)
         np.copyto(target, np.frombuffer(job.data, np.uint8))
-        if xxhash.xxh3_64_intdigest(target.data) != job.checksum:  # the caller changed its buffer while we copied
+        if xxhash.xxh3_64_intdigest(target.data) != checksum:  # the caller changed its buffer while we copied
             job.error = ChecksumMismatch(
                 f"object at offset {job.replica.offset}: the bytes written to shared memory do "
                 "not match their checksum (was the source buffer modified during the put?)"
             )
 
     async def _raw_write(self, address: str, jobs: list[WriteJob]) -> None:
-        items = [Item(j.replica.offset, len(j.data), j.checksum, j.data) for j in jobs]
+        items = [Item(j.replica.offset, len(j.data), j.data) for j in jobs]
         async with self._limit:
             try:
                 status = await self._data_plane.request(address, WRITE, items)
@@ -202,15 +211,22 @@ class NodeTransport:
                 for j in jobs:
                     j.error = StoreError(f"data plane {address}: {exc}")
                 return
-        for job, s in zip(jobs, status):
+        for job, item, s in zip(jobs, items, status):
             if s == BAD_CHECKSUM:
                 job.error = ChecksumMismatch(
-                    f"data plane {address}: bytes at offset {job.replica.offset} do not match their checksum"
+                    f"data plane {address}: bytes at offset {job.replica.offset} arrived corrupted (checksum mismatch)"
                 )
             elif s != OK:
                 job.error = InvalidRequest(
                     f"data plane {address}: range at offset {job.replica.offset} is outside the node's segment"
                 )
+            elif job.checksum is not None and job.checksum != item.checksum:
+                job.error = ChecksumMismatch(
+                    f"object at offset {job.replica.offset}: the bytes sent to {address} do not match the checksum "
+                    "declared for them (was the source buffer modified during the put?)"
+                )
+            else:
+                job.checksum = item.checksum
 
     def _batches(self, jobs: list[_Job], size_of: Callable[[_Job], int]) -> list[list[_Job]]:
         batches: list[list[_Job]] = []
@@ -227,7 +243,7 @@ class NodeTransport:
         return batches
 
     async def _batch_write(self, jobs: list[WriteJob]) -> None:
-        items = [wire.WriteItemView(j.replica.offset, j.checksum, j.data) for j in jobs]
+        items = [wire.WriteItemView(j.replica.offset, _source_checksum(j), j.data) for j in jobs]
         await self._apply(jobs, self.stub(jobs[0].replica.address).batch_write, items)
 
     async def _apply(self, jobs: list[WriteJob], call, request) -> None:
@@ -243,10 +259,12 @@ class NodeTransport:
                 job.error = error_from_code(result.code, result.message)
 
     async def _stream_write(self, job: WriteJob) -> None:
-        # no per-chunk checksums: the node verifies the whole object against job.checksum at the end
+        # no per-chunk checksums: the node verifies the whole object against the checksum at the end
+        checksum = _source_checksum(job)
+
         async def chunks() -> AsyncIterator[wire.WriteChunkView]:
             data, step = job.data, self.chunk_size
-            yield wire.WriteChunkView(data[:step], offset=job.replica.offset, size=len(data), checksum=job.checksum)
+            yield wire.WriteChunkView(data[:step], offset=job.replica.offset, size=len(data), checksum=checksum)
             for start in range(step, len(data), step):
                 yield wire.WriteChunkView(data[start : start + step])
 
@@ -307,7 +325,7 @@ class NodeTransport:
                 self._verify(job)  # the copy outlived the lease: the bytes may have been reused
 
     async def _raw_read(self, address: str, jobs: list[ReadJob]) -> None:
-        items = [Item(j.replica.offset, j.size, 0, j.dest) for j in jobs]
+        items = [Item(j.replica.offset, j.size, j.dest) for j in jobs]
         async with self._limit:
             try:
                 status = await self._data_plane.request(address, READ, items)
@@ -317,7 +335,7 @@ class NodeTransport:
             if s == OK and item.view is not None:
                 if job.dest is None:
                     job.data = bytes(item.view)
-                self._verify(job)
+                job.ok = item.checksum == job.checksum  # hashed while it arrived
 
     def _verify(self, job: ReadJob) -> None:
         view = job.data if job.dest is None else job.dest[: job.size]

@@ -115,10 +115,12 @@ class PutStartReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[PutStartResult, _Mapping]]] = ...) -> None: ...
 
 class PutCommitRequest(_message.Message):
-    __slots__ = ("put_ids",)
+    __slots__ = ("put_ids", "checksums")
     PUT_IDS_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     put_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, put_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    checksums: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, put_ids: _Optional[_Iterable[str]] = ..., checksums: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PutAbortRequest(_message.Message):
     __slots__ = ("put_ids",)

@@ -120,6 +120,15 @@ def test_commit_of_an_unknown_put_is_failed_precondition(master):
     assert "not-a-put" in err.details()
 
 
+def test_a_commit_with_checksums_for_only_some_puts_is_refused_and_commits_nothing(master):
+    started = master.PutStart(pb.PutStartItem(key="two-checksums", size=16))
+    err = rpc_error(master.BatchPutCommit, pb.PutCommitRequest(put_ids=[started.put_id], checksums=[1, 2]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2 checksums for 1 put ids" in err.details()
+    assert master.Exists(pb.KeysRequest(keys=["two-checksums"])).exists == [False]
+    master.BatchPutAbort(pb.PutAbortRequest(put_ids=[started.put_id]))
+
+
 def test_get_into_a_buffer_too_small_is_refused_before_any_copy(store):
     with KVStoreClient(store.address) as client:
         client.put({"sized": b"a" * 1000})

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 
+import grpc
 import pytest
 import xxhash
 
+from contracts.rpc import kvstore_pb2 as pb
+from contracts.rpc import kvstore_pb2_grpc as pb_grpc
 from kvstore.data_plane import BAD_CHECKSUM, BAD_RANGE, OK, READ, WRITE, DataPlaneClient, DataPlaneServer, Item
 from kvstore.embedded import EmbeddedStore
 from kvstore.segment import SharedSegment
@@ -31,9 +35,27 @@ def test_remote_clients_read_over_the_data_plane_what_grpc_clients_read():
             assert [bytes(b) for b in buffers] == list(objects.values())
 
 
+def test_readers_check_the_checksum_declared_at_commit_and_miss_bytes_that_do_not_match_it():
+    with (
+        EmbeddedStore(16 << 20) as store,
+        KVStoreClient(store.address, use_shm=False) as reader,
+        grpc.insecure_channel(store.address) as channel,
+    ):
+        master = pb_grpc.MasterStub(channel)
+        data = memoryview(os.urandom(1 << 20))
+        for key, declared in (("honest", None), ("lying", 12345)):
+            started = master.PutStart(pb.PutStartItem(key=key, size=len(data)))  # no checksum at start
+            item = Item(started.replicas[0].offset, len(data), data)
+            assert DataPlaneClient().request_blocking(started.replicas[0].data_address, WRITE, [item]) == [OK]
+            checksum = item.checksum if declared is None else declared
+            assert checksum is not None
+            master.BatchPutCommit(pb.PutCommitRequest(put_ids=[started.put_id], checksums=[checksum]))
+        assert reader.get(["honest", "lying"]) == {"honest": bytes(data), "lying": None}
+
+
 @pytest.fixture
 async def server():
-    segment = SharedSegment.create(1 << 20)
+    segment = SharedSegment.create(4 << 20)
     plane = DataPlaneServer(segment)
     port = await plane.start("127.0.0.1", 0)
     yield f"127.0.0.1:{port}", segment
@@ -41,24 +63,39 @@ async def server():
     segment.close()
 
 
-async def test_a_write_whose_bytes_do_not_match_its_checksum_is_refused(server):
+async def test_a_write_learns_its_checksum_as_it_sends_and_reads_back_the_same_bytes(server):
     address, _ = server
     client = DataPlaneClient()
-    data = memoryview(os.urandom(4096))
-    good, bad = Item(0, 4096, xxhash.xxh3_64_intdigest(data), data), Item(8192, 4096, 12345, data)
-    assert await client.request(address, WRITE, [good, bad]) == [OK, BAD_CHECKSUM]
-    back = Item(0, 4096, 0, None)
+    data = memoryview(os.urandom(3 << 20))  # several hashed pieces
+    write = Item(0, len(data), data)
+    assert await client.request(address, WRITE, [write]) == [OK]
+    assert write.checksum == xxhash.xxh3_64_intdigest(data)
+    back = Item(0, len(data), None)
     assert await client.request(address, READ, [back]) == [OK]
     assert back.view is not None and bytes(back.view) == bytes(data)
+    assert back.checksum == write.checksum  # hashed while it arrived
     client.close()
+
+
+async def test_bytes_that_arrive_unlike_their_checksum_are_refused_and_the_rest_acknowledged(server):
+    address, _ = server
+    data = os.urandom(4096)
+    good = xxhash.xxh3_64_intdigest(data)
+    # what a transfer corrupted on the way looks like to the node: payload and trailing checksum disagree
+    request = struct.pack("<BI", WRITE, 2) + struct.pack("<QQ", 0, 4096) + struct.pack("<QQ", 8192, 4096)
+    request += data + data + struct.pack("<QQ", good, good ^ 1)
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        assert sock.recv(2, socket.MSG_WAITALL) == bytes([OK, BAD_CHECKSUM])
 
 
 async def test_a_range_outside_the_segment_is_refused_and_the_node_keeps_serving(server):
     address, segment = server
     client = DataPlaneClient()
-    assert await client.request(address, READ, [Item(segment.capacity - 10, 100, 0, None)]) == [BAD_RANGE]
-    assert await client.request(address, READ, [Item(0, 0, 0, None)]) == [BAD_RANGE]  # empty ranges too
-    assert await client.request(address, READ, [Item(0, 100, 0, None)]) == [OK]
+    assert await client.request(address, READ, [Item(segment.capacity - 10, 100, None)]) == [BAD_RANGE]
+    assert await client.request(address, READ, [Item(0, 0, None)]) == [BAD_RANGE]  # empty ranges too
+    assert await client.request(address, READ, [Item(0, 100, None)]) == [OK]
     client.close()
 
 
@@ -75,7 +112,7 @@ async def test_garbage_on_the_socket_closes_that_connection_only(server):
     assert answer == b""  # closed without an answer
     writer.close()
     client = DataPlaneClient()
-    assert await client.request(address, READ, [Item(0, 16, 0, None)]) == [OK]
+    assert await client.request(address, READ, [Item(0, 16, None)]) == [OK]
     client.close()
 
 
@@ -84,4 +121,4 @@ async def test_an_unreachable_node_is_an_os_error_not_a_hang():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening
         with pytest.raises(OSError):
-            await asyncio.wait_for(DataPlaneClient().request(f"127.0.0.1:{port}", READ, [Item(0, 1, 0, None)]), timeout=5)
+            await asyncio.wait_for(DataPlaneClient().request(f"127.0.0.1:{port}", READ, [Item(0, 1, None)]), timeout=5)

@@ -92,3 +92,42 @@ def test_client_killed_mid_put_leaves_nothing_visible_and_its_space_returns():
         data = os.urandom(4 << 20)
         assert client.put({"half-written": data})["half-written"].ok  # the key is free for a real writer
         assert client.get(["half-written"])["half-written"] == data
+
+
+WRITTEN_NEVER_COMMITTED = textwrap.dedent(
+    """
+    import sys, time, grpc
+    from contracts.rpc import kvstore_pb2 as pb, kvstore_pb2_grpc as pb_grpc
+    from kvstore.data_plane import OK, WRITE, DataPlaneClient, Item
+    data = memoryview(b"w" * (4 << 20))
+    master = pb_grpc.MasterStub(grpc.insecure_channel(sys.argv[1]))
+    started = master.PutStart(pb.PutStartItem(key="written", size=len(data)))  # checksum to come at commit
+    replica = started.replicas[0]
+    assert DataPlaneClient().request_blocking(replica.data_address, WRITE, [Item(replica.offset, len(data), data)]) == [OK]
+    print("written", flush=True)
+    time.sleep(60)  # killed here: every byte on the node and acknowledged, never committed
+    """
+)
+
+
+def test_writer_killed_between_its_acknowledged_data_and_its_commit_leaves_nothing_visible():
+    config = MasterConfig(events_port=None, put_timeout_s=1.0, tick_interval_s=0.05)
+    with EmbeddedStore(16 << 20, master=config) as store, KVStoreClient(store.address, use_shm=False) as client:
+        command = [sys.executable, "-c", WRITTEN_NEVER_COMMITTED, store.address]
+        writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
+            os.kill(writer.pid, signal.SIGKILL)
+        finally:
+            writer.kill()
+            writer.wait()
+        assert client.exists(["written"]) == [False]
+        assert client.get(["written"]) == {"written": None}
+        deadline = time.monotonic() + 5
+        while client.stats().nodes[0].used > 0:
+            assert time.monotonic() < deadline, "space of the uncommitted put never came back"
+            time.sleep(0.05)
+        assert client.stats().pending_puts == 0
+        data = os.urandom(4 << 20)
+        assert client.put({"written": data})["written"].ok
+        assert client.get(["written"])["written"] == data
