@@ -9,7 +9,8 @@ profile of filters -> weighted scorers -> picker, and a P/D decider:
 2. filters drop candidates (router/filters.py), scorers sum into a cost (router/scorers.py);
 3. the decider prefers colocated when the part to compute is short, the prefill pool is
    saturated, or (basis ``cost``) a decode worker holds more of the prompt than the best
-   prefill worker and costs less; else disaggregated; with a TTFT SLO, a placement predicted to break it
+   prefill worker and costs less, or (basis ``cheapest``) the best decode worker costs less
+   whatever it holds; else disaggregated; with a TTFT SLO, a placement predicted to break it
    is skipped, and when every one would, the request is rejected (AdmissionRejected);
 4. the profile's picker chooses among what is left (router/pickers.py).
 """
