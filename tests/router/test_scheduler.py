@@ -104,12 +104,14 @@ def test_slo_prefers_a_placement_that_meets_it_over_a_cheaper_one_that_does_not(
     fast.prefill_rate_tps = 20_000.0
     slow = worker("p1", Role.PREFILL, queued_prefill_tokens=1_000)
     slow.prefill_rate_tps = 1_000.0
-    d = sched.decide(request(PROMPT), [slow, fast], [worker("d1", Role.DECODE)])
+    busy = worker("d1", Role.DECODE, running_requests=4)  # an idle decode worker would be cheaper than both
+    d = sched.decide(request(PROMPT), [slow, fast], [busy])
     assert d.prefill_worker == "p2" and d.predicted_ttft_s <= 1.0
 
 
 def test_requests_between_load_polls_spread_over_equal_workers():
-    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    # basis "cost": kv-aware's "cheapest" would prefill the later ones on the idle decode workers
+    sched = Scheduler(SchedulerConfig(basis=DeciderBasis.COST), PrefixIndex())
     prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
     decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
     picks = [sched.decide(request(PROMPT), prefill, decode) for _ in range(4)]
@@ -211,7 +213,7 @@ def test_finished_requests_stop_counting_so_a_sequential_stream_keeps_its_cache_
 
 def test_new_prefixes_spread_over_idle_workers():
     index = PrefixIndex()
-    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0, basis=DeciderBasis.COST), index)
     prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
     picks = []
     for group in range(4):
