@@ -41,6 +41,7 @@ class PrefixIndex:
         self._free_bits: list[int] = []  # bits of cleared publishers, reused before new ones
         self._media: dict[str, int] = {}
         self._mask_names: dict[int, tuple[str, ...]] = {}  # mask -> its publishers; cleared when a bit changes hands
+        self._sole: dict[int, int] = {}  # bit -> keys only that publisher holds
         self._lock = threading.Lock()
 
     def _medium_bit(self, medium: str) -> int:
@@ -65,10 +66,16 @@ class PrefixIndex:
             me = self._publisher_bit(publisher)
             held = self._held.setdefault(publisher, {})
             holders = self._holders
+            sole = self._sole
             for key in keys:
                 mask = held.get(key, 0)
                 if not mask:
-                    holders[key] = holders.get(key, 0) | me
+                    before = holders.get(key, 0)
+                    holders[key] = before | me
+                    if not before:
+                        sole[me] = sole.get(me, 0) + 1
+                    elif not before & (before - 1):  # its one holder now shares it
+                        sole[before] -= 1
                 held[key] = mask | bit
 
     def remove(self, publisher: str, keys: Iterable[BlockKey], medium: str = "gpu") -> None:
@@ -95,6 +102,7 @@ class PrefixIndex:
                 self._drop_holder(key, me)
             if me:  # no key carries its bit any more
                 del self._names[me]
+                self._sole.pop(me, None)
                 self._free_bits.append(me)
                 self._mask_names.clear()
 
@@ -108,11 +116,16 @@ class PrefixIndex:
             self.store(publisher, keys, medium)
 
     def _drop_holder(self, key: BlockKey, me: int) -> None:
-        mask = self._holders.get(key, 0) & ~me
+        before = self._holders.get(key, 0)
+        mask = before & ~me
         if mask:
             self._holders[key] = mask
+            if not mask & (mask - 1):  # one holder left: its copy is now the only one
+                self._sole[mask] = self._sole.get(mask, 0) + 1
         else:
             self._holders.pop(key, None)
+        if before == me:
+            self._sole[me] -= 1
 
     def match(self, chain: Sequence[BlockKey]) -> dict[str, int]:
         """Number of leading blocks of ``chain`` each publisher holds (publishers with 0 omitted).
@@ -163,6 +176,11 @@ class PrefixIndex:
     def num_blocks_of(self, publisher: str) -> int:
         """Blocks one publisher holds (on any medium)."""
         return len(self._held.get(publisher, ()))
+
+    def num_sole_blocks_of(self, publisher: str) -> int:
+        """Blocks no other publisher holds: evicting one of them loses its KV from the cluster."""
+        bit = self._bits.get(publisher)
+        return self._sole.get(bit, 0) if bit else 0
 
     def num_blocks(self) -> int:
         """Distinct blocks in the index (the `index_blocks` gauge)."""

@@ -9,7 +9,8 @@ profile of filters -> weighted scorers -> picker, and a P/D decider:
 2. filters drop candidates (router/filters.py), scorers sum into a cost (router/scorers.py);
 3. the decider prefers colocated when the part to compute is short, the prefill pool is
    saturated, or (basis ``cost``) a decode worker holds more of the prompt than the best
-   prefill worker and costs less; else disaggregated; with a TTFT SLO, a placement predicted to break it
+   prefill worker and costs less, or (basis ``cheapest``) the best decode worker costs less
+   whatever it holds; else disaggregated; with a TTFT SLO, a placement predicted to break it
    is skipped, and when every one would, the request is rejected (AdmissionRejected);
 4. the profile's picker chooses among what is left (router/pickers.py).
 """
@@ -39,7 +40,7 @@ def _no_blocks(publisher: str) -> int:
 
 
 # Scorer types that read the prefix index; a policy without them never looks it up.
-_PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft"})
+_PREFIX_SCORERS = frozenset({"uncached-tokens", "kv-import-tokens", "predicted-ttft", "cache-pressure"})
 
 
 class Mode(str, Enum):
@@ -115,6 +116,7 @@ class _Profile:
     scorers: list[WeightedScorer]
     picker: Picker
     pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
+    reads_sole: bool  # a scorer reads Candidates.sole_blocks
 
 
 class Scheduler:
@@ -130,6 +132,7 @@ class Scheduler:
                 [build_scorer(s) for s in spec.scorers],
                 build_picker(spec.picker, self.config.seed),
                 "prefill" if name == "prefill" else "decode",
+                any(s.type == "cache-pressure" for s in spec.scorers),
             )
             for name, spec in self.config.profiles.items()
         }
@@ -236,10 +239,14 @@ class Scheduler:
             # cheaper all told, computes the rest itself (a conversation's earlier turn lives there).
             other = self._pick("prefill", disagg)
             return best.hit_tokens > other.hit_tokens and best.cost < other.cost
+        if self.config.basis is DeciderBasis.CHEAPEST:
+            return best.cost < self._pick("prefill", disagg).cost
         return False
 
     def _options(self, profile_name: str, candidates: Candidates, held: Callable[[str], int]) -> Options:
         profile = self._profiles[profile_name]
+        if profile.reads_sole and self.index is not None:
+            candidates.sole_blocks = list(map(self.index.num_sole_blocks_of, candidates.worker_ids))
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
         return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,

@@ -45,6 +45,7 @@ class DeciderBasis(str, Enum):
     UNCACHED = "uncached"  # prompt tokens the best colocated worker would still compute
     PROMPT = "prompt"  # the whole prompt length (policies that ignore the prefix index)
     COST = "cost"  # as UNCACHED, and also when a decode worker holds more of the prompt and costs less
+    CHEAPEST = "cheapest"  # as UNCACHED, and also whenever the best decode worker costs less than the best prefill one
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ class Candidates:
     active_requests: list[int]  # Worker.active_requests
     kv_usage: list[float]  # Worker.kv_fraction
     prefill_rate_tps: list[float | None]  # Worker.prefill_rate_tps (None until measured)
+    sole_blocks: list[int] | None = None  # blocks only this worker holds (PrefixIndex); filled when a scorer reads it
 
     @classmethod
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
@@ -55,7 +56,8 @@ class Candidates:
                           [self.hit_tokens[i] for i in rows], [self.store_tokens[i] for i in rows],
                           [self.uncached_tokens[i] for i in rows], [self.queued_prefill_tokens[i] for i in rows],
                           [self.active_requests[i] for i in rows], [self.kv_usage[i] for i in rows],
-                          [self.prefill_rate_tps[i] for i in rows])  # fmt: skip
+                          [self.prefill_rate_tps[i] for i in rows],
+                          None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows])  # fmt: skip
 
 
 _QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
@@ -148,6 +150,22 @@ class PredictedTTFTScorer:
 
 
 @dataclass(slots=True)
+class CachePressureScorer:
+    """What the new KV would evict: each uncached token computed here takes a cache slot, and
+    the larger the share of this worker's cache that holds the only copy of a block in the
+    cluster, the likelier the evicted block is one nobody else can serve. A cache full of
+    copies (a decode worker's imports, a conversation also held elsewhere) takes new prefixes
+    for free; one full of sole copies charges up to one token per token."""
+
+    name: str = "cache_pressure"
+
+    def scores(self, candidates: Candidates) -> list[float]:
+        sole = candidates.sole_blocks or [0] * len(candidates)
+        full = [min(s / (w.load.total_kv_blocks or 1), 1.0) for s, w in zip(sole, candidates.workers)]
+        return list(map(mul, candidates.uncached_tokens, full))
+
+
+@dataclass(slots=True)
 class WeightedScorer:
     scorer: Scorer
     weight: float
@@ -160,6 +178,7 @@ SCORER_TYPES: dict[str, type] = {
     "kv-usage": KVUsageScorer,
     "kv-import-tokens": KVImportScorer,
     "predicted-ttft": PredictedTTFTScorer,
+    "cache-pressure": CachePressureScorer,
 }
 
 

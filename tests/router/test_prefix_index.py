@@ -85,3 +85,19 @@ def test_a_new_publisher_reusing_a_cleared_publishers_bit_is_reported_under_its_
     index.clear("w1")
     index.store("w3", keys[:3])  # takes w1's freed bit
     assert index.match(keys) == {"w3": 3, "w2": 2}
+
+
+def test_sole_blocks_count_what_only_that_publisher_holds_through_stores_removals_and_clears():
+    keys = chain(list(range(40)))  # 10 blocks
+    index = PrefixIndex()
+    index.store("w1", keys)
+    assert index.num_sole_blocks_of("w1") == 10
+    index.store("w2", keys[:4])
+    index.store("w2", keys[:4], medium="cpu")  # a second medium is not a second copy
+    assert (index.num_sole_blocks_of("w1"), index.num_sole_blocks_of("w2")) == (6, 0)
+    index.remove("w1", keys[:2])  # w2 now holds the only copy of those two
+    assert (index.num_sole_blocks_of("w1"), index.num_sole_blocks_of("w2")) == (6, 2)
+    index.clear("w1")
+    assert (index.num_sole_blocks_of("w1"), index.num_sole_blocks_of("w2")) == (0, 4)
+    index.store("w3", keys[4:])
+    assert index.num_sole_blocks_of("w3") == 6  # a reused publisher bit starts from zero

@@ -104,12 +104,14 @@ def test_slo_prefers_a_placement_that_meets_it_over_a_cheaper_one_that_does_not(
     fast.prefill_rate_tps = 20_000.0
     slow = worker("p1", Role.PREFILL, queued_prefill_tokens=1_000)
     slow.prefill_rate_tps = 1_000.0
-    d = sched.decide(request(PROMPT), [slow, fast], [worker("d1", Role.DECODE)])
+    busy = worker("d1", Role.DECODE, running_requests=4)  # an idle decode worker would be cheaper than both
+    d = sched.decide(request(PROMPT), [slow, fast], [busy])
     assert d.prefill_worker == "p2" and d.predicted_ttft_s <= 1.0
 
 
 def test_requests_between_load_polls_spread_over_equal_workers():
-    sched = Scheduler(SchedulerConfig(), PrefixIndex())
+    # basis "cost": kv-aware's "cheapest" would prefill the later ones on the idle decode workers
+    sched = Scheduler(SchedulerConfig(basis=DeciderBasis.COST), PrefixIndex())
     prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
     decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
     picks = [sched.decide(request(PROMPT), prefill, decode) for _ in range(4)]
@@ -211,7 +213,7 @@ def test_finished_requests_stop_counting_so_a_sequential_stream_keeps_its_cache_
 
 def test_new_prefixes_spread_over_idle_workers():
     index = PrefixIndex()
-    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0), index)
+    sched = Scheduler(SchedulerConfig(colocate_threshold_tokens=0, basis=DeciderBasis.COST), index)
     prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
     picks = []
     for group in range(4):
@@ -245,3 +247,34 @@ def test_a_workers_load_reflects_a_poll_or_a_charge_at_once_whichever_is_larger(
     w.release(1_000, 1)
     w.update_load(WorkerLoad(worker_id="p1-id", total_kv_blocks=1000, active_kv_blocks=250))
     assert (w.queued_prefill_tokens, w.active_requests, w.kv_fraction) == (0, 0, 0.25)
+
+
+def _pressure_config(basis: DeciderBasis) -> SchedulerConfig:
+    from router.scheduler_config import parse_scheduler_config
+
+    profile = {"scorers": [{"type": "uncached-tokens"}, {"type": "queued-tokens"}, {"type": "cache-pressure"}]}
+    return parse_scheduler_config({"decider": {"basis": basis.value},
+                                   "profiles": {"prefill": profile, "decode": {}, "colocated": profile}})  # fmt: skip
+
+
+def test_a_new_prefix_goes_where_it_evicts_copies_rather_than_the_only_copy_of_a_hot_prefix():
+    index = PrefixIndex()
+    hot_p1 = request([10_000_000 + t for t in range(1000 * BS)])  # fills p1's cache; nobody else has it
+    hot_p2 = request([20_000_000 + t for t in range(1000 * BS)])  # p2's cache holds a copy of d1's prefix
+    index.store("p1", hot_p1.block_keys)
+    index.store("p2", hot_p2.block_keys)
+    index.store("d1", hot_p2.block_keys)
+    sched = Scheduler(_pressure_config(DeciderBasis.COST), index)
+    d = sched.decide(request(PROMPT), [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)], [worker("d1", Role.DECODE)])
+    assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "p2")
+
+
+def test_basis_cheapest_prefills_a_new_prompt_on_a_decode_worker_whose_cache_holds_only_copies():
+    index = PrefixIndex()
+    hot = request([10_000_000 + t for t in range(1000 * BS)])
+    index.store("p1", hot.block_keys)  # the prefill worker's cache: the only copy of a hot prefix
+    prefill, decode = [worker("p1", Role.PREFILL)], [worker("d1", Role.DECODE)]
+    d = Scheduler(_pressure_config(DeciderBasis.CHEAPEST), index).decide(request(PROMPT), prefill, decode)
+    assert (d.mode, d.decode_worker) == (Mode.COLOCATED, "d1")
+    d = Scheduler(_pressure_config(DeciderBasis.COST), index).decide(request(PROMPT), prefill, decode)
+    assert d.mode is Mode.DISAGGREGATED  # "cost" colocates only on a decode worker holding more of the prompt
