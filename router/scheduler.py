@@ -245,8 +245,8 @@ class Scheduler:
 
     def _options(self, profile_name: str, candidates: Candidates, held: Callable[[str], int]) -> Options:
         profile = self._profiles[profile_name]
-        if profile.reads_sole and self.index is not None:
-            candidates.sole_blocks = list(map(self.index.num_sole_blocks_of, candidates.worker_ids))
+        if profile.reads_sole and candidates.sole_blocks is None and self.index is not None:
+            candidates.sole_blocks = self.index.sole_blocks_of(candidates.worker_ids)
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
         return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,

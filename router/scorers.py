@@ -160,9 +160,13 @@ class CachePressureScorer:
     name: str = "cache_pressure"
 
     def scores(self, candidates: Candidates) -> list[float]:
-        sole = candidates.sole_blocks or [0] * len(candidates)
-        full = [min(s / (w.load.total_kv_blocks or 1), 1.0) for s, w in zip(sole, candidates.workers)]
-        return list(map(mul, candidates.uncached_tokens, full))
+        sole = candidates.sole_blocks
+        if sole is None:
+            return [0.0] * len(candidates)
+        return [
+            u * s / w.kv_capacity if s < w.kv_capacity else float(u)
+            for u, s, w in zip(candidates.uncached_tokens, sole, candidates.workers)
+        ]
 
 
 @dataclass(slots=True)

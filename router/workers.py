@@ -38,6 +38,7 @@ class Worker:
     queued_prefill_tokens: int = field(init=False)  # prompt tokens ahead: polled or charged, the larger
     active_requests: int = field(init=False)  # requests running or waiting: polled or charged, the larger
     kv_fraction: float = field(init=False)  # share of the KV cache running requests hold
+    kv_capacity: int = field(init=False)  # KV blocks of its cache, at least 1 (a divisor for scorers)
 
     def __post_init__(self) -> None:
         self._derive()
@@ -66,6 +67,7 @@ class Worker:
         self.queued_prefill_tokens = max(load.queued_prefill_tokens, self.inflight_prefill_tokens)
         self.active_requests = max(load.running_requests + load.waiting_requests, self.inflight_requests)
         self.kv_fraction = load.active_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else float(load.kv_usage)
+        self.kv_capacity = load.total_kv_blocks or 1
 
     def record_prefill(self, computed_tokens: int, seconds: float, alpha: float = 0.2) -> None:
         if computed_tokens <= 0 or seconds <= 0:
