@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from pathlib import Path
 
@@ -169,6 +170,11 @@ class ModelRunner:
     @torch.inference_mode()
     def _warm_up(self) -> None:
         """One full-budget prefill over a throwaway cache, to measure peak activation memory."""
+        # An engine closed earlier in this process may still hold its pool in cycles or in the
+        # caching allocator, where the free memory the budget reads cannot see it (a second engine
+        # in one process found no room for a single block on the H200): release it first.
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.hf_config.max_position_embeddings)
         block_size, dev = self.config.block_size, self.device
