@@ -214,6 +214,7 @@ class _Link:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        self.group = None  # type: ignore[assignment]  # the pair's group goes with its last reference
 
 
 class PeerReceiver:
@@ -234,6 +235,12 @@ class PeerReceiver:
                 raise PeerTransferFailed(f"pairing with {handle.source_worker} failed: {exc}") from exc
             with self.lock:
                 self.links[key] = link
+                # the same worker under another epoch restarted: its old group's other rank is gone
+                stale = [k for k in self.links if k[0] == key[0] and k != key]
+                stale_links = [self.links.pop(k) for k in stale]
+            for old in stale_links:
+                with old.lock:  # a pull still in flight on it ends first (its peer is gone: it fails)
+                    old.close()
         try:
             with link.lock:
                 return self._pull(link, handle, first_block)
