@@ -117,6 +117,7 @@ class _Profile:
     picker: Picker
     pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
     reads_sole: bool  # a scorer reads Candidates.sole_blocks
+    eviction_cap: float | None  # an eviction-cost scorer's max_factor: it reads Candidates.eviction_costs
 
 
 class Scheduler:
@@ -133,9 +134,13 @@ class Scheduler:
                 build_picker(spec.picker, self.config.seed),
                 "prefill" if name == "prefill" else "decode",
                 any(s.type == "cache-pressure" for s in spec.scorers),
+                next((float(s.params.get("max_factor", 4.0)) for s in spec.scorers if s.type == "eviction-cost"), None),
             )
             for name, spec in self.config.profiles.items()
         }
+        # Eviction ages count from a block's last use only if the index hears of uses: the
+        # scheduler touches the prefix its chosen prefiller hits.
+        self._touches = any(p.eviction_cap is not None for p in self._profiles.values())
         self._turns = {"prefill": 0, "decode": 0}
         self._reads_index = self.config.basis is not DeciderBasis.PROMPT or any(
             s.type in _PREFIX_SCORERS for spec in self.config.profiles.values() for s in spec.scorers
@@ -157,6 +162,9 @@ class Scheduler:
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
         decision, workers = self._place(request, prefill, decode)
+        if self._touches and self.index is not None and decision.predicted_hit_tokens:
+            hit_blocks = decision.predicted_hit_tokens // request.block_size
+            self.index.touch(workers[0].worker_id, request.block_keys[:hit_blocks])
         decision.charge = self._charge(decision, request, workers)
         return decision
 
@@ -247,6 +255,8 @@ class Scheduler:
         profile = self._profiles[profile_name]
         if profile.reads_sole and candidates.sole_blocks is None and self.index is not None:
             candidates.sole_blocks = self.index.sole_blocks_of(candidates.worker_ids)
+        if profile.eviction_cap is not None and candidates.eviction_costs is None and self.index is not None:
+            candidates.eviction_costs = self.index.eviction_costs_of(candidates.worker_ids, profile.eviction_cap)
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
         return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,

@@ -36,6 +36,7 @@ class Candidates:
     kv_usage: list[float]  # Worker.kv_fraction
     prefill_rate_tps: list[float | None]  # Worker.prefill_rate_tps (None until measured)
     sole_blocks: list[int] | None = None  # blocks only this worker holds (PrefixIndex); filled when a scorer reads it
+    eviction_costs: list[float] | None = None  # PrefixIndex.eviction_costs_of; filled when a scorer reads it
 
     @classmethod
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
@@ -57,7 +58,8 @@ class Candidates:
                           [self.uncached_tokens[i] for i in rows], [self.queued_prefill_tokens[i] for i in rows],
                           [self.active_requests[i] for i in rows], [self.kv_usage[i] for i in rows],
                           [self.prefill_rate_tps[i] for i in rows],
-                          None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows])  # fmt: skip
+                          None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows],
+                          None if self.eviction_costs is None else [self.eviction_costs[i] for i in rows])  # fmt: skip
 
 
 _QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
@@ -170,6 +172,24 @@ class CachePressureScorer:
 
 
 @dataclass(slots=True)
+class EvictionCostScorer:
+    """What the new KV would evict, from what this worker's recent evictions lost: each uncached
+    token computed here evicts a block like the ones the worker evicted last. A worker that has
+    evicted nothing yet, or only copies held elsewhere, takes new prefixes for free; one whose
+    evictions lost the only copy of blocks younger than the cluster's evicted ones charges more
+    (up to ``max_factor`` tokens per token): its cache is full of what was used recently."""
+
+    name: str = "eviction_cost"
+    max_factor: float = 4.0  # the cap of PrefixIndex.eviction_costs_of, read by the scheduler
+
+    def scores(self, candidates: Candidates) -> list[float]:
+        costs = candidates.eviction_costs
+        if costs is None:
+            return [0.0] * len(candidates)
+        return list(map(mul, candidates.uncached_tokens, costs))
+
+
+@dataclass(slots=True)
 class WeightedScorer:
     scorer: Scorer
     weight: float
@@ -183,6 +203,7 @@ SCORER_TYPES: dict[str, type] = {
     "kv-import-tokens": KVImportScorer,
     "predicted-ttft": PredictedTTFTScorer,
     "cache-pressure": CachePressureScorer,
+    "eviction-cost": EvictionCostScorer,
 }
 
 
