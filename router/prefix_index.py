@@ -250,23 +250,26 @@ class PrefixIndex:
         bit = self._bits.get(publisher)
         return self._sole.get(bit, 0) if bit else 0
 
-    def eviction_costs_of(self, publishers: Sequence[str], max_factor: float = 4.0) -> list[float]:
-        """For each publisher, what a block its next eviction frees is worth, relative to the
-        cluster's evictions: its share of removals that lose the only copy of a block, times how
-        much younger those blocks are than the cluster's (capped at ``max_factor``). 0 for a
-        publisher that has evicted nothing yet (it has free space) or only copies."""
+    def eviction_estimates_of(self, publishers: Sequence[str], max_factor: float = 4.0) -> tuple[list[float], list[float]]:
+        """Two columns (a scheduling decision's) on what each publisher's next evictions lose:
+
+        ``shares``: the share of its recent removals that lost the only copy of a block (0 for a
+        publisher that has removed nothing: it has free space);
+        ``youth``: how much younger its lost sole copies were than the cluster's, ``cluster mean
+        age / its mean age`` capped at ``max_factor`` (1 where it has lost no sole copy yet, 0
+        where it has removed nothing)."""
         cluster_age = self._all_evictions.sole_age
-        if not cluster_age:
-            return [0.0] * len(publishers)
         bit_of, evictions_of = self._bits.get, self._evictions.get
-        costs = []
+        shares, youth = [], []
         for p in publishers:
             e = evictions_of(bit_of(p, 0))
-            if e is None or not e.sole_age:  # nothing evicted, or only copies
-                costs.append(0.0)
+            if e is None or not e.removed:
+                shares.append(0.0)
+                youth.append(0.0)
             else:
-                costs.append(e.sole_share * min(max_factor, cluster_age / e.sole_age))
-        return costs
+                shares.append(e.sole_share)
+                youth.append(min(max_factor, cluster_age / e.sole_age) if e.sole_age else 1.0)
+        return shares, youth
 
     def num_blocks(self) -> int:
         """Distinct blocks in the index (the `index_blocks` gauge)."""

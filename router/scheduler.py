@@ -28,11 +28,21 @@ from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
 from router.pickers import Option, Options, Picker, RandomPick, build_picker
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
-from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
+from router.scheduler_config import (  # noqa: F401 (re-exported)
+    DeciderBasis,
+    PluginSpec,
+    Policy,
+    SchedulerConfig,
+    SchedulerConfigError,
+)
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
 _WORKER_ID = attrgetter("worker_id")
+
+
+def _reads_evictions(spec: PluginSpec) -> bool:
+    return spec.type == "eviction-cost" or (spec.type == "cache-pressure" and bool(spec.params.get("recency")))
 
 
 def _no_blocks(publisher: str) -> int:
@@ -117,7 +127,7 @@ class _Profile:
     picker: Picker
     pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
     reads_sole: bool  # a scorer reads Candidates.sole_blocks
-    eviction_cap: float | None  # an eviction-cost scorer's max_factor: it reads Candidates.eviction_costs
+    eviction_cap: float | None  # max_factor of a scorer reading Candidates.eviction_shares / eviction_youth
 
 
 class Scheduler:
@@ -134,7 +144,7 @@ class Scheduler:
                 build_picker(spec.picker, self.config.seed),
                 "prefill" if name == "prefill" else "decode",
                 any(s.type == "cache-pressure" for s in spec.scorers),
-                next((float(s.params.get("max_factor", 4.0)) for s in spec.scorers if s.type == "eviction-cost"), None),
+                next((float(s.params.get("max_factor", 4.0)) for s in spec.scorers if _reads_evictions(s)), None),
             )
             for name, spec in self.config.profiles.items()
         }
@@ -255,8 +265,9 @@ class Scheduler:
         profile = self._profiles[profile_name]
         if profile.reads_sole and candidates.sole_blocks is None and self.index is not None:
             candidates.sole_blocks = self.index.sole_blocks_of(candidates.worker_ids)
-        if profile.eviction_cap is not None and candidates.eviction_costs is None and self.index is not None:
-            candidates.eviction_costs = self.index.eviction_costs_of(candidates.worker_ids, profile.eviction_cap)
+        if profile.eviction_cap is not None and candidates.eviction_shares is None and self.index is not None:
+            estimates = self.index.eviction_estimates_of(candidates.worker_ids, profile.eviction_cap)
+            candidates.eviction_shares, candidates.eviction_youth = estimates
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
         return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,
