@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from kvstore.block_key import BlockKey
 
@@ -22,6 +23,32 @@ from kvstore.block_key import BlockKey
 # are filed under it too, whoever announced them.
 STORE_PUBLISHER = "kvstore"
 _MASK_CACHE_SIZE = 4096  # holder sets whose publishers PrefixIndex.match remembers
+# A publisher's entry for a key is (stamp << _MEDIA_BITS) | media mask: the stamp is the index's
+# clock when the key was stored (or last touched), kept in the same int to cost no second dict.
+_MEDIA_BITS = 8
+_MEDIA_MASK = (1 << _MEDIA_BITS) - 1
+_EVICTION_ALPHA = 1 / 512  # per removed block: an eviction estimate follows the last ~500 blocks
+
+
+@dataclass(slots=True)
+class Evictions:
+    """A moving estimate of what one publisher's removals (evictions) lose.
+
+    ``sole_share``: the share of removed blocks that were the only copy in the cluster;
+    ``sole_age``: their mean age at removal, in blocks stored cluster-wide since they were
+    stored or last touched (the index's clock: no wall time, so replays on virtual time agree).
+    """
+
+    sole_share: float = 0.0
+    sole_age: float = 0.0
+    removed: int = 0
+
+    def observe(self, sole: bool, age: int) -> None:
+        a = max(_EVICTION_ALPHA, 1 / (self.removed + 1))  # a plain mean until the window fills
+        self.removed += 1
+        self.sole_share += a * (sole - self.sole_share)
+        if sole:
+            self.sole_age += (a if self.sole_age else 1.0) * (age - self.sole_age)
 
 
 class PrefixIndex:
@@ -34,7 +61,7 @@ class PrefixIndex:
 
     def __init__(self) -> None:
         self._holders: dict[BlockKey, int] = {}  # key -> mask of the publishers holding it
-        # publisher -> key -> bitmask of the media holding it
+        # publisher -> key -> (stamp << _MEDIA_BITS) | bitmask of the media holding it
         self._held: dict[str, dict[BlockKey, int]] = {}
         self._bits: dict[str, int] = {}  # publisher -> its bit in _holders' masks
         self._names: dict[int, str] = {}  # bit -> publisher
@@ -42,11 +69,16 @@ class PrefixIndex:
         self._media: dict[str, int] = {}
         self._mask_names: dict[int, tuple[str, ...]] = {}  # mask -> its publishers; cleared when a bit changes hands
         self._sole: dict[int, int] = {}  # bit -> keys only that publisher holds
+        self._clock = 0  # blocks stored so far, cluster-wide: the clock of block ages
+        self._evictions: dict[int, Evictions] = {}  # bit -> what its removals lose
+        self._all_evictions = Evictions()  # every publisher's removals together
         self._lock = threading.Lock()
 
     def _medium_bit(self, medium: str) -> int:
         bit = self._media.get(medium)
         if bit is None:
+            if len(self._media) == _MEDIA_BITS:
+                raise ValueError(f"more than {_MEDIA_BITS} KV media announced; medium {medium!r} has no bit left")
             bit = 1 << len(self._media)
             self._media[medium] = bit
         return bit
@@ -67,16 +99,20 @@ class PrefixIndex:
             held = self._held.setdefault(publisher, {})
             holders = self._holders
             sole = self._sole
+            clock = self._clock
             for key in keys:
-                mask = held.get(key, 0)
-                if not mask:
+                entry = held.get(key, 0)
+                if not entry:
+                    clock += 1
+                    entry = clock << _MEDIA_BITS
                     before = holders.get(key, 0)
                     holders[key] = before | me
                     if not before:
                         sole[me] = sole.get(me, 0) + 1
                     elif not before & (before - 1):  # its one holder now shares it
                         sole[before] -= 1
-                held[key] = mask | bit
+                held[key] = entry | bit
+            self._clock = clock
 
     def remove(self, publisher: str, keys: Iterable[BlockKey], medium: str = "gpu") -> None:
         with self._lock:
@@ -85,13 +121,36 @@ class PrefixIndex:
                 return
             bit = self._medium_bit(medium)
             me = self._bits[publisher]
+            evictions = self._evictions.get(me)
+            if evictions is None:
+                evictions = self._evictions[me] = Evictions()
+            everyone, clock = self._all_evictions, self._clock
             for key in keys:
-                mask = held.get(key, 0) & ~bit
-                if mask:
-                    held[key] = mask
-                elif key in held:
-                    del held[key]
-                    self._drop_holder(key, me)
+                entry = held.get(key)
+                if entry is None:
+                    continue
+                entry &= ~bit
+                if entry & _MEDIA_MASK:
+                    held[key] = entry
+                    continue
+                del held[key]
+                sole, age = self._drop_holder(key, me), clock - (entry >> _MEDIA_BITS)
+                evictions.observe(sole, age)
+                everyone.observe(sole, age)
+
+    def touch(self, publisher: str, keys: Iterable[BlockKey]) -> None:
+        """Restamp the keys the publisher holds as used now (a request was routed to hit them),
+        as the worker's LRU cache does: their age at eviction then counts from their last use."""
+        with self._lock:
+            held = self._held.get(publisher)
+            if held is None:
+                return
+            now = self._clock << _MEDIA_BITS
+            for key in keys:
+                entry = held.get(key)
+                if entry is None:
+                    break
+                held[key] = now | (entry & _MEDIA_MASK)
 
     def clear(self, publisher: str) -> None:
         """Forget every block of a publisher (AllBlocksCleared, or the publisher left)."""
@@ -103,6 +162,7 @@ class PrefixIndex:
             if me:  # no key carries its bit any more
                 del self._names[me]
                 self._sole.pop(me, None)
+                self._evictions.pop(me, None)
                 self._free_bits.append(me)
                 self._mask_names.clear()
 
@@ -115,7 +175,8 @@ class PrefixIndex:
         for medium, keys in by_medium.items():
             self.store(publisher, keys, medium)
 
-    def _drop_holder(self, key: BlockKey, me: int) -> None:
+    def _drop_holder(self, key: BlockKey, me: int) -> bool:
+        """Drops ``me`` from the key's holders; whether it held the only copy."""
         before = self._holders.get(key, 0)
         mask = before & ~me
         if mask:
@@ -126,6 +187,8 @@ class PrefixIndex:
             self._holders.pop(key, None)
         if before == me:
             self._sole[me] -= 1
+            return True
+        return False
 
     def match(self, chain: Sequence[BlockKey]) -> dict[str, int]:
         """Number of leading blocks of ``chain`` each publisher holds (publishers with 0 omitted).
@@ -186,6 +249,27 @@ class PrefixIndex:
         """Blocks no other publisher holds: evicting one of them loses its KV from the cluster."""
         bit = self._bits.get(publisher)
         return self._sole.get(bit, 0) if bit else 0
+
+    def eviction_estimates_of(self, publishers: Sequence[str], max_factor: float = 4.0) -> tuple[list[float], list[float]]:
+        """Two columns (a scheduling decision's) on what each publisher's next evictions lose:
+
+        ``shares``: the share of its recent removals that lost the only copy of a block (0 for a
+        publisher that has removed nothing: it has free space);
+        ``youth``: how much younger its lost sole copies were than the cluster's, ``cluster mean
+        age / its mean age`` capped at ``max_factor`` (1 where it has lost no sole copy yet, 0
+        where it has removed nothing)."""
+        cluster_age = self._all_evictions.sole_age
+        bit_of, evictions_of = self._bits.get, self._evictions.get
+        shares, youth = [], []
+        for p in publishers:
+            e = evictions_of(bit_of(p, 0))
+            if e is None or not e.removed:
+                shares.append(0.0)
+                youth.append(0.0)
+            else:
+                shares.append(e.sole_share)
+                youth.append(min(max_factor, cluster_age / e.sole_age) if e.sole_age else 1.0)
+        return shares, youth
 
     def num_blocks(self) -> int:
         """Distinct blocks in the index (the `index_blocks` gauge)."""

@@ -28,11 +28,21 @@ from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
 from router.pickers import Option, Options, Picker, RandomPick, build_picker
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
-from router.scheduler_config import DeciderBasis, Policy, SchedulerConfig, SchedulerConfigError  # noqa: F401 (re-exported)
+from router.scheduler_config import (  # noqa: F401 (re-exported)
+    DeciderBasis,
+    PluginSpec,
+    Policy,
+    SchedulerConfig,
+    SchedulerConfigError,
+)
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
 
 _WORKER_ID = attrgetter("worker_id")
+
+
+def _reads_evictions(spec: PluginSpec) -> bool:
+    return spec.type == "eviction-cost" or (spec.type == "cache-pressure" and bool(spec.params.get("recency")))
 
 
 def _no_blocks(publisher: str) -> int:
@@ -117,6 +127,7 @@ class _Profile:
     picker: Picker
     pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
     reads_sole: bool  # a scorer reads Candidates.sole_blocks
+    eviction_cap: float | None  # max_factor of a scorer reading Candidates.eviction_shares / eviction_youth
 
 
 class Scheduler:
@@ -133,9 +144,13 @@ class Scheduler:
                 build_picker(spec.picker, self.config.seed),
                 "prefill" if name == "prefill" else "decode",
                 any(s.type == "cache-pressure" for s in spec.scorers),
+                next((float(s.params.get("max_factor", 4.0)) for s in spec.scorers if _reads_evictions(s)), None),
             )
             for name, spec in self.config.profiles.items()
         }
+        # Eviction ages count from a block's last use only if the index hears of uses: the
+        # scheduler touches the prefix its chosen prefiller hits.
+        self._touches = any(p.eviction_cap is not None for p in self._profiles.values())
         self._turns = {"prefill": 0, "decode": 0}
         self._reads_index = self.config.basis is not DeciderBasis.PROMPT or any(
             s.type in _PREFIX_SCORERS for spec in self.config.profiles.values() for s in spec.scorers
@@ -157,6 +172,9 @@ class Scheduler:
         if not decode:
             raise NoWorkersAvailable("no healthy decode worker is available")
         decision, workers = self._place(request, prefill, decode)
+        if self._touches and self.index is not None and decision.predicted_hit_tokens:
+            hit_blocks = decision.predicted_hit_tokens // request.block_size
+            self.index.touch(workers[0].worker_id, request.block_keys[:hit_blocks])
         decision.charge = self._charge(decision, request, workers)
         return decision
 
@@ -247,6 +265,9 @@ class Scheduler:
         profile = self._profiles[profile_name]
         if profile.reads_sole and candidates.sole_blocks is None and self.index is not None:
             candidates.sole_blocks = self.index.sole_blocks_of(candidates.worker_ids)
+        if profile.eviction_cap is not None and candidates.eviction_shares is None and self.index is not None:
+            estimates = self.index.eviction_estimates_of(candidates.worker_ids, profile.eviction_cap)
+            candidates.eviction_shares, candidates.eviction_youth = estimates
         if profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
         return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,

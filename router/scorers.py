@@ -36,6 +36,9 @@ class Candidates:
     kv_usage: list[float]  # Worker.kv_fraction
     prefill_rate_tps: list[float | None]  # Worker.prefill_rate_tps (None until measured)
     sole_blocks: list[int] | None = None  # blocks only this worker holds (PrefixIndex); filled when a scorer reads it
+    # PrefixIndex.eviction_estimates_of (share of evictions losing a sole copy, their youth); filled when read
+    eviction_shares: list[float] | None = None
+    eviction_youth: list[float] | None = None
 
     @classmethod
     def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
@@ -57,7 +60,9 @@ class Candidates:
                           [self.uncached_tokens[i] for i in rows], [self.queued_prefill_tokens[i] for i in rows],
                           [self.active_requests[i] for i in rows], [self.kv_usage[i] for i in rows],
                           [self.prefill_rate_tps[i] for i in rows],
-                          None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows])  # fmt: skip
+                          None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows],
+                          None if self.eviction_shares is None else [self.eviction_shares[i] for i in rows],
+                          None if self.eviction_youth is None else [self.eviction_youth[i] for i in rows])  # fmt: skip
 
 
 _QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
@@ -155,18 +160,44 @@ class CachePressureScorer:
     the larger the share of this worker's cache that holds the only copy of a block in the
     cluster, the likelier the evicted block is one nobody else can serve. A cache full of
     copies (a decode worker's imports, a conversation also held elsewhere) takes new prefixes
-    for free; one full of sole copies charges up to one token per token."""
+    for free; one full of sole copies charges up to one token per token.
+
+    With ``recency``, the share is weighted by how young the sole copies this worker evicted
+    were (PrefixIndex.eviction_estimates_of, capped at ``max_factor``): a cache whose sole
+    copies are cold takes new prefixes more cheaply than one evicting recently used ones."""
 
     name: str = "cache_pressure"
+    recency: bool = False
+    max_factor: float = 4.0
 
     def scores(self, candidates: Candidates) -> list[float]:
         sole = candidates.sole_blocks
         if sole is None:
             return [0.0] * len(candidates)
-        return [
+        pressure = [
             u * s / w.kv_capacity if s < w.kv_capacity else float(u)
             for u, s, w in zip(candidates.uncached_tokens, sole, candidates.workers)
         ]
+        youth = candidates.eviction_youth
+        return list(map(mul, pressure, youth)) if self.recency and youth is not None else pressure
+
+
+@dataclass(slots=True)
+class EvictionCostScorer:
+    """What the new KV would evict, from what this worker's recent evictions lost: each uncached
+    token computed here evicts a block like the ones the worker evicted last. A worker that has
+    evicted nothing yet, or only copies held elsewhere, takes new prefixes for free; one whose
+    evictions lost the only copy of blocks younger than the cluster's evicted ones charges more
+    (up to ``max_factor`` tokens per token): its cache is full of what was used recently."""
+
+    name: str = "eviction_cost"
+    max_factor: float = 4.0  # the cap of PrefixIndex.eviction_estimates_of's youth, read by the scheduler
+
+    def scores(self, candidates: Candidates) -> list[float]:
+        shares, youth = candidates.eviction_shares, candidates.eviction_youth
+        if shares is None or youth is None:
+            return [0.0] * len(candidates)
+        return list(map(mul, candidates.uncached_tokens, map(mul, shares, youth)))
 
 
 @dataclass(slots=True)
@@ -183,6 +214,7 @@ SCORER_TYPES: dict[str, type] = {
     "kv-import-tokens": KVImportScorer,
     "predicted-ttft": PredictedTTFTScorer,
     "cache-pressure": CachePressureScorer,
+    "eviction-cost": EvictionCostScorer,
 }
 
 

@@ -101,3 +101,33 @@ def test_sole_blocks_count_what_only_that_publisher_holds_through_stores_removal
     assert (index.num_sole_blocks_of("w1"), index.num_sole_blocks_of("w2")) == (0, 4)
     index.store("w3", keys[4:])
     assert index.num_sole_blocks_of("w3") == 6  # a reused publisher bit starts from zero
+
+
+def test_eviction_cost_is_zero_until_a_publisher_evicts_the_only_copy_of_a_block():
+    keys = chain(list(range(80)))  # 20 blocks
+    index = PrefixIndex()
+    index.store("w1", keys)
+    index.store("w2", keys[:10])
+    assert index.eviction_estimates_of(["w1", "w2", "unknown"])[0] == [0.0, 0.0, 0.0]  # nothing evicted: free space
+    index.remove("w2", keys[:10])  # copies w1 still holds
+    index.remove("w1", keys[15:])  # the only copies: lost from the cluster
+    assert index.eviction_estimates_of(["w1", "w2", "unknown"])[0] == [1.0, 0.0, 0.0]
+
+
+def test_a_publisher_evicting_recently_stored_or_used_blocks_costs_more_than_one_evicting_old_ones():
+    old, young = chain(list(range(40))), chain(list(range(1000, 1040)))
+    index = PrefixIndex()
+    index.store("cold", old)
+    index.store("hot", young[:5])
+    index.store("later", chain(list(range(2000, 2400))))  # the index's clock moves on
+    index.store("hot", young[5:])
+    index.remove("cold", old[5:])  # stored long ago, never used since
+    index.remove("hot", young[5:])  # stored just now
+    cold, hot = index.eviction_estimates_of(["cold", "hot"])[1]
+    assert hot > cold > 0
+
+    index.touch("cold", old[:5])  # a request hit them just now
+    index.remove("cold", old[:5])
+    index.remove("hot", young[:5])
+    cold_after, hot_after = index.eviction_estimates_of(["cold", "hot"])[1]
+    assert cold_after > cold and hot_after < hot

@@ -278,3 +278,23 @@ def test_basis_cheapest_prefills_a_new_prompt_on_a_decode_worker_whose_cache_hol
     assert (d.mode, d.decode_worker) == (Mode.COLOCATED, "d1")
     d = Scheduler(_pressure_config(DeciderBasis.COST), index).decide(request(PROMPT), prefill, decode)
     assert d.mode is Mode.DISAGGREGATED  # "cost" colocates only on a decode worker holding more of the prompt
+
+
+@pytest.mark.parametrize("scorer", [{"type": "eviction-cost"}, {"type": "cache-pressure", "recency": True}])
+def test_a_new_prefix_goes_to_the_worker_whose_evictions_lose_the_least_recently_used_blocks(scorer: dict):
+    from router.scheduler_config import parse_scheduler_config
+
+    profile = {"scorers": [{"type": "uncached-tokens"}, {"type": "queued-tokens"}, scorer]}
+    config = parse_scheduler_config({"decider": {"basis": "cost"},
+                                     "profiles": {"prefill": profile, "decode": {}, "colocated": profile}})  # fmt: skip
+    index = PrefixIndex()
+    cold = request([10_000_000 + t for t in range(600 * BS)]).block_keys
+    hot = request([20_000_000 + t for t in range(600 * BS)]).block_keys
+    index.store("cold", cold)
+    index.store("other", request([30_000_000 + t for t in range(1000 * BS)]).block_keys)  # time passes
+    index.store("hot", hot)
+    index.remove("cold", cold[500:])  # both caches keep 500 sole copies and evicted 100: the cold
+    index.remove("hot", hot[500:])  # one's long unused, the hot one's stored just now
+    prefill = [worker("hot", Role.PREFILL), worker("cold", Role.PREFILL)]
+    d = Scheduler(config, index).decide(request(PROMPT), prefill, [worker("d1", Role.DECODE)])
+    assert (d.mode, d.prefill_worker) == (Mode.DISAGGREGATED, "cold")
