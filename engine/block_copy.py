@@ -91,6 +91,7 @@ class _CopyGraph:
 
     def __init__(self, src: torch.Tensor, dst: torch.Tensor, capacity: int) -> None:
         self.capacity, self.turn = capacity, 0
+        self.lock = threading.Lock()  # two threads copying between the same pools take turns
         self.slots: list[tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.cuda.Event]] = []
         for _ in range(self.RING):
             host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
@@ -107,16 +108,17 @@ class _CopyGraph:
             self.slots.append((graph, host, done))
 
     def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
-        graph, host, done = self.slots[self.turn]
-        self.turn = (self.turn + 1) % self.RING
-        done.synchronize()  # the last replay of this slot has read its pinned buffer
         n, cap = len(src_ids), self.capacity
-        view = host.numpy()
-        view[0] = n
-        view[1 : 1 + n] = src_ids
-        view[1 + cap : 1 + cap + n] = dst_ids
-        graph.replay()
-        done.record()
+        with self.lock:
+            graph, host, done = self.slots[self.turn]
+            self.turn = (self.turn + 1) % self.RING
+            done.synchronize()  # the last replay of this slot has read its pinned buffer
+            view = host.numpy()
+            view[0] = n
+            view[1 : 1 + n] = src_ids
+            view[1 + cap : 1 + cap + n] = dst_ids
+            graph.replay()
+            done.record()
 
 
 _graphs: OrderedDict[tuple, _CopyGraph | None] = OrderedDict()

@@ -17,7 +17,7 @@ from engine.weight_loader import ShardId, set_weight_loader
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, except a decode step of a few tokens on a GPU runs engine/triton_gemv.py's kernel."""
-    if x.is_cuda and x.dim() == 2 and x.shape[0] <= 16:
+    if x.is_cuda and x.dim() == 2 and x.shape[0] <= 16:  # triton_gemv.MAX_M, read without importing triton
         from engine import triton_gemv  # on first CUDA use: importing triton early would fix TRITON_INTERPRET
 
         if triton_gemv.enabled():
