@@ -75,6 +75,22 @@ def pipelined(fn, reps: int) -> float:
     return start.elapsed_time(end) / 1e3 / reps
 
 
+def device_timed(fn, reps: int) -> float:
+    """Median device seconds of ``fn``: the GPU is kept busy (a sleep kernel) while the host
+    launches it, so host launch cost is not in the interval, only the work on the device."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(2_000_000)  # ~1 ms of spinning, longer than any launch below
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", default="1024,2048,4096,8192,16384,32768", help="prompt lengths (tokens)")
@@ -90,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--breakdown", action="store_true", help="GPU: also time the kernel alone (ids already on the device) per size"
+    )
+    p.add_argument(
+        "--device-time",
+        action="store_true",
+        help="GPU: also time each path on the device alone (launched while the GPU is busy, so host cost is hidden)",
     )
     p.add_argument("--out", default="kv_transfer_bench.json")
     args = p.parse_args(argv)
@@ -151,6 +172,27 @@ def main(argv: list[str] | None = None) -> int:
                     f"back to back: {n_tok} tokens: direct {nbytes / streamed / 1e9:.1f} GB/s, "
                     f"device copy {nbytes / plain_streamed / 1e9:.1f} GB/s, ratio {plain_streamed / streamed:.2f}"
                 )
+            dev_times = None
+            if args.device_time and device.type == "cuda":
+                ids = _staged_ids(src, dst, device)
+                dev_times = {
+                    "captured_copy_us": 1e6 * device_timed(functools.partial(copy_blocks, peer, src, mine.pool, dst), args.reps),
+                    "kernel_us": 1e6
+                    * device_timed(
+                        functools.partial(_launch, peer, mine.pool, ids, n, COPY_CHUNK, COPY_WARPS, COPY_ORDER), args.reps
+                    ),
+                    "device_copy_us": 1e6 * device_timed(functools.partial(b.copy_, a), args.reps),
+                }
+                for v in filter(None, args.variants.split(",")):
+                    chunk, warps, *rest = v.split("x")
+                    order = int(rest[0]) if rest else COPY_ORDER
+                    call = functools.partial(_launch, peer, mine.pool, ids, n, int(chunk), int(warps), order)
+                    dev_times[f"kernel_{v}_us"] = 1e6 * device_timed(call, args.reps)
+                print(
+                    f"device time: {n_tok} tokens: "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in dev_times.items())
+                    + f"; captured/device copy {dev_times['device_copy_us'] / dev_times['captured_copy_us']:.2f}"
+                )
             del a, b
             rows.append(
                 {
@@ -164,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kernel_alone_us": None if kernel_only is None else 1e6 * kernel_only,
                     "uncaptured_ratio": None if launched is None else plain / launched,
                     "back_to_back_ratio": None if streamed is None or plain_streamed is None else plain_streamed / streamed,
+                    "device_time": dev_times,
                 }
             )
             assert torch.equal(mine.pool[:, :, dst[-1]], peer[:, :, src[-1]]), "the copy moved the wrong bytes"

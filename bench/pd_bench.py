@@ -182,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="with --mps: the share of the SMs each prefill worker may use (so that decode kernels always find SMs free)",
     )
+    p.add_argument(
+        "--mps-prefill-priority",
+        type=int,
+        default=None,
+        help="with --mps: the prefill workers' MPS client priority (CUDA_MPS_CLIENT_PRIORITY; 1 = below normal: "
+        "the decode worker's kernels go first when both wait for SMs)",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -213,11 +220,16 @@ def bench(args: argparse.Namespace) -> int:
     transports = args.transports.split(",") if args.transports else []
     if args.mps and args.mps_prefill_percent is not None:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_prefill_percent)  # the prefill workers' share
+    if args.mps and args.mps_prefill_priority is not None:
+        os.environ["CUDA_MPS_CLIENT_PRIORITY"] = str(args.mps_prefill_priority)
     prefills = {
         t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
     }
     os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
-    capped = args.mps and (args.mps_decode_percent is not None or args.mps_prefill_percent is not None)
+    os.environ.pop("CUDA_MPS_CLIENT_PRIORITY", None)
+    capped = args.mps and (
+        args.mps_decode_percent is not None or args.mps_prefill_percent is not None or args.mps_prefill_priority is not None
+    )
     if args.mps and args.mps_decode_percent is not None:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)  # the decode worker's share only
     decode = start_worker("decode", model, store.address, "bench-decode", *extra)

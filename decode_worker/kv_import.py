@@ -6,6 +6,8 @@ start():      check the handle against this engine (layout, prompt, keys), reuse
               on a transfer thread (a store read may wait for blocks still being written); a
               failed load falls back to the next connector, and when none is left the request
               fails with NOT_FOUND (the router then recomputes it colocated).
+              A load that can finish at once (a direct pull from a pool mapped already) runs on the
+              core thread instead, so the request joins the next step.
 loaded:       ``import_request`` with the load's KV source; the step that admits the request
               copies the blocks into its own (engine/kv_source.py).
 after_step(): once a direct copy has finished on the device (or the engine dropped the request),
@@ -111,6 +113,18 @@ class KVImports:
         connector = imp.candidates.pop(0)
         imp.load, imp.transport = connector.load(imp.handle, imp.local_blocks, imp.wait_s), connector.name
         load = imp.load
+        immediate = getattr(load, "immediate", None)
+        if immediate is not None and immediate():
+            # on the core thread: the request can join the very next step (through a transfer
+            # thread it would land only after that step, one decode step later)
+            try:
+                complete = load.attempt()
+            except Exception as exc:  # reported to the caller as a status, or the next transport
+                self._failed(imp, load, exc)
+                return
+            if complete:
+                self._loaded(imp, load)
+                return
 
         def attempt() -> None:
             if self.loading.get(imp.request_id) is not imp:

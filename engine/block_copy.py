@@ -35,11 +35,17 @@ def copy_blocks(src: torch.Tensor, src_ids: list[int], dst: torch.Tensor, dst_id
         raise ValueError(f"{len(src_ids)} source blocks but {len(dst_ids)} destination blocks")
     if not src_ids:
         return
-    if dst.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+    if dst.device.type == "cuda" and _have_triton():
         _copy_triton(src, src_ids, dst, dst_ids)
     else:
         for s, d, n in consecutive_runs(src_ids, dst_ids):
             dst[:, :, d : d + n].copy_(src[:, :, s : s + n])
+
+
+@functools.cache
+def _have_triton() -> bool:
+    """Looked up once: ``find_spec`` searches sys.path, ~20-80 us, more than a 32 MiB copy takes on an H200."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def consecutive_runs(src_ids: list[int], dst_ids: list[int]) -> list[tuple[int, int, int]]:
@@ -92,7 +98,8 @@ class _CopyGraph:
     def __init__(self, src: torch.Tensor, dst: torch.Tensor, capacity: int) -> None:
         self.capacity, self.turn = capacity, 0
         self.lock = threading.Lock()  # two threads copying between the same pools take turns
-        self.slots: list[tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.cuda.Event]] = []
+        self.slots: list[tuple[torch.cuda.CUDAGraph, np.ndarray, torch.cuda.Event]] = []
+        self.buffers: list[torch.Tensor] = []  # the pinned id buffers the graphs read (kept alive here)
         for _ in range(self.RING):
             host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
             dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
@@ -105,15 +112,15 @@ class _CopyGraph:
                 _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)
             done = torch.cuda.Event()
             done.record()
-            self.slots.append((graph, host, done))
+            self.buffers.append(host)
+            self.slots.append((graph, host.numpy(), done))  # a numpy view of the pinned buffer: cheap writes
 
     def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
         n, cap = len(src_ids), self.capacity
         with self.lock:
-            graph, host, done = self.slots[self.turn]
+            graph, view, done = self.slots[self.turn]
             self.turn = (self.turn + 1) % self.RING
             done.synchronize()  # the last replay of this slot has read its pinned buffer
-            view = host.numpy()
             view[0] = n
             view[1 : 1 + n] = src_ids
             view[1 + cap : 1 + cap + n] = dst_ids
@@ -176,6 +183,7 @@ def _launch(
         CHUNK=chunk,
         ORDER=order,
         DEVICE_COUNT=count is not None,
+        EVEN=elems % chunk == 0,
         num_warps=warps,
     )
 
@@ -251,6 +259,7 @@ def _kernel() -> Any:  # a triton JITFunction (triton is untyped), launched as _
         CHUNK: tl.constexpr,
         ORDER: tl.constexpr,
         DEVICE_COUNT: tl.constexpr,
+        EVEN: tl.constexpr,
     ):
         # ids: [2, n] (source ids, then destination ids); with DEVICE_COUNT only the first
         # count[0] pairs are live (a captured launch sized for up to n pairs)
@@ -266,17 +275,20 @@ def _kernel() -> Any:  # a triton JITFunction (triton is untyped), launched as _
             lk = (slab % lk_total).to(tl.int64)
             first = 0
             last = elems
-        live_pairs = n  # pairs below this are copied: all of them, unless only the first count[0] are
+        live = True  # a captured launch sized for more pairs copies only the first count[0]
         if DEVICE_COUNT:
-            live_pairs = tl.load(count)
-        s = tl.load(ids + pair)  # a dead pair's ids are stale or zero: nothing is moved for it
-        d = tl.load(ids + n + pair)
-        src_base = src + lk * src_lk_stride + s * elems
-        dst_base = dst + lk * dst_lk_stride + d * elems
-        for start in range(first, last, CHUNK):
-            offs = start + tl.arange(0, CHUNK)
-            mask = (offs < elems) & (offs * 0 + pair < live_pairs)
-            vals = tl.load(src_base + offs, mask=mask)
-            tl.store(dst_base + offs, vals, mask=mask)
+            live = pair < tl.load(count)
+        if live:
+            s = tl.load(ids + pair)
+            d = tl.load(ids + n + pair)
+            src_base = src + lk * src_lk_stride + s * elems
+            dst_base = dst + lk * dst_lk_stride + d * elems
+            for start in range(first, last, CHUNK):
+                offs = start + tl.arange(0, CHUNK)
+                if EVEN:  # whole chunks: no mask, so every load and store is a full vector
+                    tl.store(dst_base + offs, tl.load(src_base + offs))
+                else:
+                    mask = offs < elems
+                    tl.store(dst_base + offs, tl.load(src_base + offs, mask=mask), mask=mask)
 
     return copy_blocks_kernel

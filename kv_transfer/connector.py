@@ -48,7 +48,9 @@ class KVLoad(Protocol):
     def attempt(self) -> bool: ...  # True once ``source`` is complete; raises on failure
 
     # A load may carry ``notice``, a Future set by a False attempt: the next attempt is due when it
-    # completes (the store announces the commit) instead of after ``next_delay``.
+    # completes (the store announces the commit) instead of after ``next_delay``. It may also have
+    # ``immediate()``: True when ``attempt`` is cheap enough to run on the core thread at once, which
+    # saves the request a decode step (the hop through a transfer thread lands after the next step).
 
     def next_delay(self) -> float: ...  # seconds before the next attempt
 

@@ -84,6 +84,12 @@ class DirectLoad:
         self._source = PeerBlocks(pool, offer.block_ids[self.first_block :], offer.lease_deadline)
         return True
 
+    def immediate(self) -> bool:
+        """Whether ``attempt`` is cheap enough to run on the core thread: the peer's pool is mapped
+        already, so it only checks that the peer is alive (mapping a new pool stays on a thread)."""
+        h = self.handle
+        return h.direct is not None and self.connector.peers.mapped(h.source_worker, h.epoch)
+
     def next_delay(self) -> float:
         return 0.0
 

@@ -183,6 +183,12 @@ class PeerPools:
             self._pools[peer] = (epoch, desc.owner_pid, pool)  # an older epoch's mapping goes with its last copy
         return pool
 
+    def mapped(self, peer: str, epoch: str) -> bool:
+        """Whether this epoch of ``peer``'s pool is mapped here already (``get`` then opens nothing)."""
+        with self._lock:
+            known = self._pools.get(peer)
+            return known is not None and known[0] == epoch
+
     def prune(self) -> None:
         """Forget the mappings of peers whose process has exited."""
         with self._lock:

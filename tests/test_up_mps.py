@@ -27,11 +27,19 @@ def test_decode_workers_get_the_sm_share_and_prefill_workers_the_whole_gpu() -> 
     assert all(c.env == {} for c in up.plan_stack(parse(), "some-model"))  # without --mps nothing changes
 
 
+def test_prefill_workers_can_yield_the_sms_to_decode_kernels() -> None:
+    args = parse("--mps", "--mps-prefill-priority", "1", "--prefill", "2", "--decode", "1")
+    comps = {c.name: c for c in up.plan_stack(args, "some-model")}
+    assert comps["prefill-0"].env == comps["prefill-1"].env == {"CUDA_MPS_CLIENT_PRIORITY": "1"}
+    assert comps["decode-0"].env == {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"}
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
         (["--mps", "--mps-decode-percent", "0"], "--mps-decode-percent must be 1-100, got 0"),
         (["--mps", "--ray"], "not with --ray"),
+        (["--mps", "--mps-prefill-priority", "2"], "--mps-prefill-priority must be 0 (normal) or 1 (below normal), got 2"),
     ],
 )
 def test_bad_mps_flags_fail_before_anything_starts(flags: list[str], message: str, capsys) -> None:
