@@ -170,6 +170,17 @@ def test_workers_advertise_their_pod_ip_and_use_their_pod_name_as_worker_id(rend
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
+def test_prefill_workers_hand_kv_over_a_path_that_crosses_pods(render: Render) -> None:
+    # the workers' own default (a CUDA IPC pull on one host) would be refused by every decode pod
+    by_default = containers(render())
+    assert arg_value(by_default[f"{FULL}-prefill"]["args"], "--kv-transport") == "store"
+    assert "--store-write-budget" not in by_default[f"{FULL}-prefill"]["args"]
+    assert "--kv-transport" not in by_default[f"{FULL}-decode"]["args"]
+    p2p = containers(render({"kvTransfer": {"transport": "p2p", "storeWriteBudget": "2GiB"}}))[f"{FULL}-prefill"]
+    assert arg_value(p2p["args"], "--kv-transport") == "p2p"
+    assert arg_value(p2p["args"], "--store-write-budget") == "2GiB"
+
+
 def test_worker_scheduling_settings_reach_the_pod(render: Render) -> None:
     values = VALUE_SETS["all-toggles-on"]
     pod = pod_templates(render(values))[f"{FULL}-prefill"]["spec"]

@@ -22,6 +22,8 @@ REJECTED: list[tuple[str, dict[str, Any], list[str]]] = [
     ("external store without a port", {"externalKvstore": {"address": "kv-master"}}, ["/externalKvstore/address"]),
     ("HTTPRoute without a Gateway", {"router": {"httpRoute": {"enabled": True}}}, ["/router/httpRoute/parentRefs"]),
     ("malformed quantity", {"prefill": {"shmSizeLimit": "lots"}}, ["/prefill/shmSizeLimit"]),
+    ("a KV transport that cannot cross pods", {"kvTransfer": {"transport": "direct"}}, ["/kvTransfer/transport"]),
+    ("malformed store write budget", {"kvTransfer": {"storeWriteBudget": "2G"}}, ["/kvTransfer/storeWriteBudget"]),
 ]
 
 

@@ -51,6 +51,15 @@ spec:
         # the same budget terminationGracePeriodSeconds is computed from
         - --drain-timeout
         - {{ $pool.drainTimeoutSeconds | quote }}
+        {{- if eq $role "prefill" }}
+        # across pods: `direct` would be refused by every decode worker (another host)
+        - --kv-transport
+        - {{ $root.Values.kvTransfer.transport }}
+        {{- if ne $root.Values.kvTransfer.transport "store" }}
+        - --store-write-budget
+        - {{ $root.Values.kvTransfer.storeWriteBudget | quote }}
+        {{- end }}
+        {{- end }}
         {{- if $lws.enabled }}
         # rank 0 of a group spanning the group's pods; they rendezvous at this pod's address
         - --nnodes
