@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-keeps-imports", action="store_true",
                    help="what-if: decode workers keep KV they imported for a disaggregated request as prefix cache like "
                         "any other (before: they evict it first, as the engine does)")  # fmt: skip
+    p.add_argument("--demote-moved-copies", action="store_true",
+                   help="what-if: a worker holding part of a request's prefix that another worker was chosen to "
+                        "compute moves that copy to the front of its eviction order (no worker does this yet)")  # fmt: skip
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 capacity_blocks=args.kv_blocks,
                 poll_s=args.poll,
                 decode_keeps_imports=args.decode_keeps_imports,
+                demote_moved_copies=args.demote_moved_copies,
             ),
             requests,
         )
