@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         default="round-robin,least-loaded,kv-aware",
         help="shipped policy names or scheduler config files, comma-separated",
     )
-    p.add_argument("--kv-blocks", type=int, default=None,
-                   help="KV blocks per worker (default: the profile's capacity); fewer puts a short slice under pressure")
+    p.add_argument(
+        "--kv-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker (default: the profile's capacity); fewer puts a short slice under pressure",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="GetLoad interval of the router (s)")
     p.add_argument("--decode-keeps-imports", action="store_true",
                    help="what-if: decode workers keep KV they imported for a disaggregated request as prefix cache like "

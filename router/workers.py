@@ -8,7 +8,6 @@ from itertools import count
 
 from contracts.rpc.worker_pb2 import WorkerLoad  # GetLoad's answer, kept as the worker sent it
 
-
 # One counter for every worker: a change stamps the worker with the next value, so a reader that
 # remembers the highest stamp it has seen finds the workers changed since (router/pool_columns.py).
 _CHANGES = count(1)
