@@ -3,7 +3,7 @@
 A decision reads the same load fields of every worker of a pool, and most workers have not
 changed since the last decision (a decision charges one or two of them; a load poll updates
 each once a second). Reading every field of every worker afresh cost ~10 us per pool at 32
-workers on the 2-core dev VM; here a decision checks one stamp per worker (Worker.changed)
+workers on the 2-core dev VM; here a decision compares one stamp per worker (Worker.changed)
 and re-reads only the rows that moved. Each profile's load cost (the weighted sum of its
 scorers that read one worker field, e.g. queued tokens, running requests) is kept the same
 way, so a decision adds only the terms that depend on the request.
@@ -12,7 +12,8 @@ way, so a decision adds only the terms that depend on the request.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import attrgetter, is_
+from itertools import compress
+from operator import attrgetter, ne
 
 from router.workers import Worker
 
@@ -38,7 +39,7 @@ class LoadTerms:
 
 @dataclass(slots=True)
 class PoolColumns:
-    """Columns of one pool's workers (row i is ``workers[i]``), as of stamp ``seen``."""
+    """Columns of one pool's workers (row i is ``workers[i]``), as of the workers' ``stamps``."""
 
     profiles: dict[str, LoadTerms]  # the profiles scoring this pool
     workers: list[Worker] = field(default_factory=list)
@@ -49,20 +50,24 @@ class PoolColumns:
     kv_capacity: list[int] = field(default_factory=list)
     prefill_rate_tps: list[float | None] = field(default_factory=list)
     load_costs: dict[str, list[float]] = field(default_factory=dict)  # profile -> each row's load cost
-    seen: int = -1  # the highest Worker.changed read into the columns
+    stamps: list[int] = field(default_factory=list)  # each row's Worker.changed when it was read
 
     def refresh(self, workers: list[Worker]) -> None:
-        """Make the columns those of ``workers`` (the same list as last time, or another)."""
-        if len(workers) != len(self.workers) or not all(map(is_, workers, self.workers)):
-            self._rebuild(workers)
-            return
-        seen = self.seen
-        if max(map(_CHANGED, workers), default=seen) <= seen:
-            return
-        for row in [i for i, w in enumerate(workers) if w.changed > seen]:
-            self._read(row, workers[row])
+        """Make the columns those of ``workers`` (the same list as last time, or another).
 
-    def _rebuild(self, workers: list[Worker]) -> None:
+        Stamps are unique across workers and changes, so equal stamp lists mean the same
+        workers, unchanged; a row whose stamp differs is re-read (a changed or another worker)."""
+        stamps = list(map(_CHANGED, workers))
+        if stamps == self.stamps:
+            return
+        if len(stamps) != len(self.stamps):
+            self._rebuild(workers, stamps)
+            return
+        for row in list(compress(range(len(stamps)), map(ne, stamps, self.stamps))):  # C-level scan
+            self._read(row, workers[row])
+        self.stamps = stamps
+
+    def _rebuild(self, workers: list[Worker], stamps: list[int]) -> None:
         self.workers = list(workers)
         self.worker_ids = [w.worker_id for w in workers]
         self.queued_prefill_tokens = [w.queued_prefill_tokens for w in workers]
@@ -71,9 +76,10 @@ class PoolColumns:
         self.kv_capacity = [w.kv_capacity for w in workers]
         self.prefill_rate_tps = [w.prefill_rate_tps for w in workers]
         self.load_costs = {name: [terms.cost_of(w) for w in workers] for name, terms in self.profiles.items()}
-        self.seen = max(map(_CHANGED, workers), default=-1)
+        self.stamps = stamps
 
     def _read(self, row: int, w: Worker) -> None:
+        self.workers[row] = w
         self.worker_ids[row] = w.worker_id
         self.queued_prefill_tokens[row] = w.queued_prefill_tokens
         self.active_requests[row] = w.active_requests
@@ -82,5 +88,3 @@ class PoolColumns:
         self.prefill_rate_tps[row] = w.prefill_rate_tps
         for name, terms in self.profiles.items():
             self.load_costs[name][row] = terms.cost_of(w)
-        if w.changed > self.seen:
-            self.seen = w.changed
