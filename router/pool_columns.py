@@ -27,14 +27,16 @@ _FIELDS = {
 }
 
 
-@dataclass(slots=True)
 class LoadTerms:
-    """A profile's scorers that read one worker field: (Candidates column, weight) each."""
+    """A profile's scorers that read one worker field, from (Candidates column, weight) each."""
 
-    terms: list[tuple[str, float]]
+    __slots__ = ("_terms",)
+
+    def __init__(self, terms: list[tuple[str, float]]) -> None:
+        self._terms = [(attrgetter(_FIELDS[column]), weight) for column, weight in terms]
 
     def cost_of(self, worker: Worker) -> float:
-        return sum(weight * getattr(worker, _FIELDS[column]) for column, weight in self.terms)
+        return sum(weight * field_of(worker) for field_of, weight in self._terms)
 
 
 @dataclass(slots=True)

@@ -261,7 +261,7 @@ class Scheduler:
             return True
         disagg = disaggregated()
         saturation = self.config.prefill_saturation_tokens
-        if all(q >= saturation for q in disagg.candidates.queued_prefill_tokens):
+        if min(disagg.candidates.queued_prefill_tokens, default=0) >= saturation:
             return True
         if self.config.basis is DeciderBasis.COST:
             # A decode worker that holds more of the prompt than the chosen prefill worker, and is

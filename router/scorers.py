@@ -58,9 +58,12 @@ class Candidates:
     def of_pool(cls, pool: PoolColumns, prompt_tokens: int, hit_tokens: list[int],
                 store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
         """As ``of``, with the load columns the pool keeps (shared, not copied: read-only here)."""
-        uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
-        if uncached and min(uncached) < 0:
-            uncached = [max(u, 0) for u in uncached]
+        if not any(hit_tokens):  # a new prompt: one C-level fill
+            uncached = [prompt_tokens] * len(hit_tokens)
+        else:
+            uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
+            if min(uncached) < 0:
+                uncached = [max(u, 0) for u in uncached]
         return cls(pool.workers, pool.worker_ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(pool.workers),
                    uncached, pool.queued_prefill_tokens, pool.active_requests, pool.kv_usage, pool.kv_capacity,
                    pool.prefill_rate_tps)  # fmt: skip
