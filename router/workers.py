@@ -34,7 +34,7 @@ class Worker:
     load: WorkerLoad = field(default_factory=WorkerLoad)
     healthy: bool = True
     ready: bool = True
-    prefill_rate_tps: float | None = None  # measured, EWMA of computed tokens / second
+    prefill_rate_tps: float | None = None  # measured, EWMA of computed tokens / second (record_prefill stamps it)
     inflight_prefill_tokens: int = 0  # change through charge / release, which keep the fields below current
     inflight_requests: int = 0
     # Derived from the above, recomputed on every change rather than on every read: the
