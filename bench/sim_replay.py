@@ -29,7 +29,7 @@ DEFAULT_TRACE = "../shared/data/traces/mooncake_synthetic_trace.jsonl"  # relati
 def build(args: argparse.Namespace) -> list[ReplayRequest]:
     if args.workload == "tenants":
         return tenants(args.limit or 2000, args.tenants, args.prefix_len, args.question_len, args.output_len, args.rate)
-    requests = mooncake_trace(args.trace, args.limit, args.time_scale, args.output_scale)
+    requests = mooncake_trace(args.trace, args.limit, args.time_scale, args.output_scale, skip=args.skip)
     return unique_prompts(requests) if args.workload == "unique" else requests
 
 
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workload", choices=["trace", "tenants", "unique"], default="trace")
     p.add_argument("--trace", default=DEFAULT_TRACE)
     p.add_argument("--limit", type=int, default=None, help="first N requests (tenants: how many)")
+    p.add_argument("--skip", type=int, default=0, help="trace: start at request N (a second slice of the trace)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies trace timestamps (0.5 = twice the rate)")
     p.add_argument("--output-scale", type=float, default=1.0)
     p.add_argument("--tenants", type=int, default=150)
@@ -53,16 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         default="round-robin,least-loaded,kv-aware",
         help="shipped policy names or scheduler config files, comma-separated",
     )
+    p.add_argument(
+        "--kv-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per worker (default: the profile's capacity); fewer puts a short slice under pressure",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="GetLoad interval of the router (s)")
     p.add_argument("--decode-keeps-imports", action="store_true",
                    help="what-if: decode workers keep KV they imported for a disaggregated request as prefix cache like "
                         "any other (before: they evict it first, as the engine does)")  # fmt: skip
+    p.add_argument("--demote-moved-copies", action="store_true",
+                   help="what-if: a worker holding part of a request's prefix that another worker was chosen to "
+                        "compute moves that copy to the front of its eviction order (no worker does this yet)")  # fmt: skip
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
     requests = build(args)
     profile = load_profile(args.profile)
-    capacity = profile.kv_capacity_blocks(16)
+    capacity = args.kv_blocks or profile.kv_capacity_blocks(16)
     oracle = oracle_hit_rate(requests, capacity * (args.prefill + args.decode))
     rows = []
     for name in args.policies.split(","):
@@ -74,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 config,
                 args.prefill,
                 args.decode,
+                capacity_blocks=args.kv_blocks,
                 poll_s=args.poll,
                 decode_keeps_imports=args.decode_keeps_imports,
+                demote_moved_copies=args.demote_moved_copies,
             ),
             requests,
         )

@@ -22,11 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import repeat
-from operator import attrgetter, mul
+from operator import mul
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
 from router.pickers import Option, Options, Picker, RandomPick, build_picker
+from router.pool_columns import LoadTerms, PoolColumns
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
 from router.scheduler_config import (  # noqa: F401 (re-exported)
     DeciderBasis,
@@ -37,8 +38,6 @@ from router.scheduler_config import (  # noqa: F401 (re-exported)
 )
 from router.scorers import Candidates, WeightedScorer, build_scorer, total_costs
 from router.workers import Worker
-
-_WORKER_ID = attrgetter("worker_id")
 
 
 def _reads_evictions(spec: PluginSpec) -> bool:
@@ -128,6 +127,7 @@ class _Profile:
     pool: str  # "prefill" | "decode": whose turn counter a rotating picker reads
     reads_sole: bool  # a scorer reads Candidates.sole_blocks
     eviction_cap: float | None  # max_factor of a scorer reading Candidates.eviction_shares / eviction_youth
+    load_terms: LoadTerms | None  # its scorers that read one worker column (None with filters: rows may drop)
 
 
 class Scheduler:
@@ -145,8 +145,17 @@ class Scheduler:
                 "prefill" if name == "prefill" else "decode",
                 any(s.type == "cache-pressure" for s in spec.scorers),
                 next((float(s.params.get("max_factor", 4.0)) for s in spec.scorers if _reads_evictions(s)), None),
+                None,
             )
             for name, spec in self.config.profiles.items()
+        }
+        for profile in self._profiles.values():
+            if not profile.filters:
+                columns = [(ws.scorer.column, ws.weight) for ws in profile.scorers if ws.scorer.column is not None]
+                profile.load_terms = LoadTerms(columns)
+        self._pools = {
+            pool: PoolColumns({n: p.load_terms for n, p in self._profiles.items() if p.pool == pool and p.load_terms})
+            for pool in ("prefill", "decode")
         }
         # Eviction ages count from a block's last use only if the index hears of uses: the
         # scheduler touches the prefix its chosen prefiller hits.
@@ -196,8 +205,9 @@ class Scheduler:
 
         # Only the worker's own cache counts on the decode side: a decode worker neither prefills
         # (colocated) nor imports (disaggregated) from the store what it already holds.
-        decode_ids = list(map(_WORKER_ID, decode))
-        local = Candidates.of(decode, decode_ids, prompt, hit_tokens(decode_ids))
+        decode_pool = self._pools["decode"]
+        decode_pool.refresh(decode)
+        local = Candidates.of_pool(decode_pool, prompt, hit_tokens(decode_pool.worker_ids))
         colocated = self._options("colocated", local, held)
         disagg: Options | None = None
 
@@ -205,14 +215,15 @@ class Scheduler:
             nonlocal disagg
             if disagg is None:
                 # A prefill worker pulls from the store the blocks that follow its own prefix.
-                prefill_ids = list(map(_WORKER_ID, prefill))
-                own = hit_tokens(prefill_ids)
+                pool = self._pools["prefill"]
+                pool.refresh(prefill)
+                own = hit_tokens(pool.worker_ids)
                 store_hit = min(matches.get(STORE_PUBLISHER, 0) * bs, last)
                 if store_hit:
-                    pulling = Candidates.of(prefill, prefill_ids, prompt, [max(o, store_hit) for o in own],
-                                            [max(store_hit - o, 0) for o in own])  # fmt: skip
+                    pulling = Candidates.of_pool(pool, prompt, [max(o, store_hit) for o in own],
+                                                 [max(store_hit - o, 0) for o in own])  # fmt: skip
                 else:
-                    pulling = Candidates.of(prefill, prefill_ids, prompt, own)
+                    pulling = Candidates.of_pool(pool, prompt, own)
                 disagg = self._options("prefill", pulling, held)
             return disagg
 
@@ -250,7 +261,7 @@ class Scheduler:
             return True
         disagg = disaggregated()
         saturation = self.config.prefill_saturation_tokens
-        if all(q >= saturation for q in disagg.candidates.queued_prefill_tokens):
+        if min(disagg.candidates.queued_prefill_tokens, default=0) >= saturation:
             return True
         if self.config.basis is DeciderBasis.COST:
             # A decode worker that holds more of the prompt than the chosen prefill worker, and is
@@ -268,10 +279,13 @@ class Scheduler:
         if profile.eviction_cap is not None and candidates.eviction_shares is None and self.index is not None:
             estimates = self.index.eviction_estimates_of(candidates.worker_ids, profile.eviction_cap)
             candidates.eviction_shares, candidates.eviction_youth = estimates
-        if profile.filters and len(candidates):
+        load_costs = None
+        if profile.load_terms is not None:  # no filters: the rows are the pool's
+            load_costs = self._pools[profile.pool].load_costs[profile_name]
+        elif profile.filters and len(candidates):
             candidates = apply_filters(profile.filters, candidates)
-        return Options(candidates, total_costs(candidates, profile.scorers), held, self.config.default_prefill_rate_tps,
-                       profile_name == "colocated")  # fmt: skip
+        return Options(candidates, total_costs(candidates, profile.scorers, load_costs), held,
+                       self.config.default_prefill_rate_tps, profile_name == "colocated")  # fmt: skip
 
     def _pick(self, profile_name: str, options: Options) -> Option:
         if options.picked is not None:

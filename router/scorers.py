@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import add, attrgetter, mul, sub
-from typing import Protocol
+from operator import add, attrgetter, mul, sub, truediv
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from router.scheduler_config import PluginSpec
 from router.workers import Worker
+
+if TYPE_CHECKING:
+    from router.pool_columns import PoolColumns
 
 
 @dataclass(slots=True)
@@ -22,7 +25,7 @@ class Candidates:
 
     Columns, not one object per worker: a decision at 64 workers scores ~100 of them within
     a budget of ~100 us, and each scorer is then one list comprehension over a column. The
-    load columns are read from the workers once per decision.
+    load columns are the pool's (router/pool_columns.py), refreshed only where a worker changed.
     """
 
     workers: list[Worker]
@@ -34,6 +37,7 @@ class Candidates:
     queued_prefill_tokens: list[int]  # Worker.queued_prefill_tokens
     active_requests: list[int]  # Worker.active_requests
     kv_usage: list[float]  # Worker.kv_fraction
+    kv_capacity: list[int]  # Worker.kv_capacity
     prefill_rate_tps: list[float | None]  # Worker.prefill_rate_tps (None until measured)
     sole_blocks: list[int] | None = None  # blocks only this worker holds (PrefixIndex); filled when a scorer reads it
     # PrefixIndex.eviction_estimates_of (share of evictions losing a sole copy, their youth); filled when read
@@ -48,7 +52,21 @@ class Candidates:
             uncached = [max(u, 0) for u in uncached]
         return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers), uncached,
                    list(map(_QUEUED, workers)), list(map(_ACTIVE, workers)), list(map(_KV, workers)),
-                   list(map(_RATE, workers)))  # fmt: skip
+                   list(map(_CAPACITY, workers)), list(map(_RATE, workers)))  # fmt: skip
+
+    @classmethod
+    def of_pool(cls, pool: PoolColumns, prompt_tokens: int, hit_tokens: list[int],
+                store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
+        """As ``of``, with the load columns the pool keeps (shared, not copied: read-only here)."""
+        if not any(hit_tokens):  # a new prompt: one C-level fill
+            uncached = [prompt_tokens] * len(hit_tokens)
+        else:
+            uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
+            if min(uncached) < 0:
+                uncached = [max(u, 0) for u in uncached]
+        return cls(pool.workers, pool.worker_ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(pool.workers),
+                   uncached, pool.queued_prefill_tokens, pool.active_requests, pool.kv_usage, pool.kv_capacity,
+                   pool.prefill_rate_tps)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -59,21 +77,25 @@ class Candidates:
                           [self.hit_tokens[i] for i in rows], [self.store_tokens[i] for i in rows],
                           [self.uncached_tokens[i] for i in rows], [self.queued_prefill_tokens[i] for i in rows],
                           [self.active_requests[i] for i in rows], [self.kv_usage[i] for i in rows],
-                          [self.prefill_rate_tps[i] for i in rows],
+                          [self.kv_capacity[i] for i in rows], [self.prefill_rate_tps[i] for i in rows],
                           None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows],
                           None if self.eviction_shares is None else [self.eviction_shares[i] for i in rows],
                           None if self.eviction_youth is None else [self.eviction_youth[i] for i in rows])  # fmt: skip
 
 
 _QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
-_KV, _RATE = attrgetter("kv_fraction"), attrgetter("prefill_rate_tps")
+_KV, _RATE, _CAPACITY = attrgetter("kv_fraction"), attrgetter("prefill_rate_tps"), attrgetter("kv_capacity")
 
 
 class Scorer(Protocol):
     """Scores a whole pool at once: one list comprehension per scorer and decision, not one
-    call per worker (a 64-worker decision has a budget of ~100 us in Python)."""
+    call per worker (a 64-worker decision has a budget of ~100 us in Python).
+
+    A scorer whose score is one load column of Candidates names it in ``column``: the
+    scheduler then keeps its weighted sum per worker between decisions (router/pool_columns.py)."""
 
     name: str
+    column: ClassVar[str | None]
 
     def scores(self, candidates: Candidates) -> list[float]: ...
 
@@ -84,6 +106,7 @@ class UncachedPrefillScorer:
     cheaper but not free work of pulling store-held blocks (so a local hit wins a tie)."""
 
     name: str = "uncached_prefill_tokens"
+    column: ClassVar[str | None] = None
     store_token_cost: float = 0.25  # a pulled token, in computed-token equivalents (measured ~0.1 on CPU, less on GPU)
 
     def scores(self, candidates: Candidates) -> list[float]:
@@ -98,6 +121,7 @@ class QueuedPrefillScorer:
     """Work already ahead of this request on the worker."""
 
     name: str = "queued_prefill_tokens"
+    column: ClassVar[str | None] = "queued_prefill_tokens"
 
     def scores(self, candidates: Candidates) -> list[float]:
         return candidates.queued_prefill_tokens  # type: ignore[return-value]  # ints are numbers here
@@ -108,6 +132,7 @@ class KVUsageScorer:
     """Memory pressure: a full cache means preemption and evicted prefixes."""
 
     name: str = "kv_usage"
+    column: ClassVar[str | None] = "kv_usage"
 
     def scores(self, candidates: Candidates) -> list[float]:
         return candidates.kv_usage
@@ -118,6 +143,7 @@ class RunningRequestsScorer:
     """Batch size: more running sequences mean slower steps for everyone."""
 
     name: str = "running_requests"
+    column: ClassVar[str | None] = "active_requests"
 
     def scores(self, candidates: Candidates) -> list[float]:
         return candidates.active_requests  # type: ignore[return-value]
@@ -132,6 +158,7 @@ class KVImportScorer:
     """
 
     name: str = "kv_import_tokens"
+    column: ClassVar[str | None] = None
     import_token_cost: float = 0.25  # an imported token, in computed-token equivalents
 
     def scores(self, candidates: Candidates) -> list[float]:
@@ -144,6 +171,7 @@ class PredictedTTFTScorer:
     this request's uncached tokens, at the worker's measured prefill rate."""
 
     name: str = "predicted_ttft_ms"
+    column: ClassVar[str | None] = None
     default_rate_tps: float = 8000.0  # until the worker's rate has been measured
 
     def scores(self, candidates: Candidates) -> list[float]:
@@ -167,6 +195,7 @@ class CachePressureScorer:
     copies are cold takes new prefixes more cheaply than one evicting recently used ones."""
 
     name: str = "cache_pressure"
+    column: ClassVar[str | None] = None
     recency: bool = False
     max_factor: float = 4.0
 
@@ -174,10 +203,10 @@ class CachePressureScorer:
         sole = candidates.sole_blocks
         if sole is None:
             return [0.0] * len(candidates)
-        pressure = [
-            u * s / w.kv_capacity if s < w.kv_capacity else float(u)
-            for u, s, w in zip(candidates.uncached_tokens, sole, candidates.workers)
-        ]
+        uncached, capacity = candidates.uncached_tokens, candidates.kv_capacity
+        pressure = list(map(truediv, map(mul, uncached, sole), capacity))  # C-level maps
+        if max(map(sub, sole, capacity), default=-1) >= 0:  # a cache of nothing but sole copies charges 1 per token
+            pressure = [p if s < c else float(u) for p, u, s, c in zip(pressure, uncached, sole, capacity)]
         youth = candidates.eviction_youth
         return list(map(mul, pressure, youth)) if self.recency and youth is not None else pressure
 
@@ -191,6 +220,7 @@ class EvictionCostScorer:
     (up to ``max_factor`` tokens per token): its cache is full of what was used recently."""
 
     name: str = "eviction_cost"
+    column: ClassVar[str | None] = None
     max_factor: float = 4.0  # the cap of PrefixIndex.eviction_estimates_of's youth, read by the scheduler
 
     def scores(self, candidates: Candidates) -> list[float]:
@@ -228,11 +258,14 @@ def build_scorer(spec: PluginSpec) -> WeightedScorer:
         raise TypeError(f"scorer {spec.type!r}: bad parameters {spec.params}") from exc
 
 
-def total_costs(candidates: Candidates, scorers: list[WeightedScorer]) -> list[float]:
+def total_costs(candidates: Candidates, scorers: list[WeightedScorer], load_costs: list[float] | None = None) -> list[float]:
     """Each candidate's weighted sum of its scores (0 for every candidate without scorers);
-    summed column-wise with C-level maps."""
-    costs: Iterable[float] = repeat(0.0, len(candidates))
+    summed column-wise with C-level maps. ``load_costs``: the weighted sum of the scorers that
+    name a ``column``, already summed per row (PoolColumns); those scorers are then skipped."""
+    costs: Iterable[float] = repeat(0.0, len(candidates)) if load_costs is None else load_costs
     for ws in scorers:  # lazy maps, nested: one list at the end, not one per scorer
+        if load_costs is not None and ws.scorer.column is not None:
+            continue
         scores = ws.scorer.scores(candidates)
         costs = map(add, costs, scores if ws.weight == 1 else map(mul, scores, repeat(ws.weight)))
     return list(costs)

@@ -100,6 +100,14 @@ class BlockCache:
                 if key in evict_first and key in self._free:
                     self._free.move_to_end(key, last=False)
 
+    def demote(self, chain: Sequence[BlockKey]) -> None:
+        """Make the unreferenced blocks of ``chain`` the oldest of all (deepest first): a copy
+        another worker now serves (the what-if of ReplayConfig.demote_moved_copies)."""
+        with self._lock:
+            for key in chain:
+                if key in self._free:
+                    self._free.move_to_end(key, last=False)
+
     def snapshot(self) -> dict[str, list[BlockKey]]:
         with self._lock:
             return {"gpu": list(self._referenced) + list(self._free)}

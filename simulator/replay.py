@@ -63,6 +63,10 @@ class ReplayConfig:
     poll_s: float = 1.0  # the router's GetLoad interval
     tick_s: float = 0.05  # decode steps run per wake-up (simulated seconds; no arrival waits longer than one step)
     decode_keeps_imports: bool = False  # True: decode workers before they evicted imported KV first (a what-if now)
+    # What-if (no worker does this yet): when a request is placed, every other worker holding part
+    # of its prefix moves that copy to the front of its eviction order, since the conversation's
+    # next turn will go where the longest prefix now is.
+    demote_moved_copies: bool = False
 
 
 @dataclass(slots=True)
@@ -130,7 +134,10 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
 
     poller = asyncio.create_task(poll())
     start = asyncio.get_running_loop().time()
-    outcomes = await asyncio.gather(*(_one(r, start, scheduler, prefill, decode, sims, config.block_size) for r in requests))
+    demote = index if config.demote_moved_copies else None
+    outcomes = await asyncio.gather(
+        *(_one(r, start, scheduler, prefill, decode, sims, config.block_size, demote) for r in requests)
+    )
     duration = asyncio.get_running_loop().time() - start
     for task in [poller, *engines]:
         task.cancel()
@@ -139,7 +146,7 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
 
 
 async def _one(r: ReplayRequest, start: float, scheduler: Scheduler, prefill: list[Worker], decode: list[Worker],
-               sims: dict, block_size: int) -> RequestOutcome:  # fmt: skip
+               sims: dict, block_size: int, demote: PrefixIndex | None = None) -> RequestOutcome:  # fmt: skip
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, start + r.arrival_s - loop.time()))
     t0 = loop.time()
@@ -149,6 +156,11 @@ async def _one(r: ReplayRequest, start: float, scheduler: Scheduler, prefill: li
         return RequestOutcome(r.index, "rejected", 0.0, 0.0, r.output_len, r.prompt_len, 0, rejected=True)
     rid, charge = f"r{r.index}", decision.charge
     assert charge is not None
+    if demote is not None:
+        keep = decision.prefill_worker or decision.decode_worker
+        for wid, blocks in demote.match(r.chain).items():
+            if wid != keep and wid in sims:
+                sims[wid].cache.demote(r.chain[:blocks])
     try:
         if decision.mode is Mode.DISAGGREGATED:
             assert decision.prefill_worker is not None

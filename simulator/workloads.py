@@ -54,15 +54,18 @@ class _ChainBuilder:
 
 def mooncake_trace(path: str | Path, limit: int | None = None, time_scale: float = 1.0, output_scale: float = 1.0,
                    fingerprint: str = "sim", block_size: int = 16, seed: int = 0,
-                   vocab: tuple[int, int] = (1000, 128256)) -> list[ReplayRequest]:  # fmt: skip
-    """A Mooncake-format trace: `time_scale` multiplies timestamps (0.5 = twice the rate)."""
+                   vocab: tuple[int, int] = (1000, 128256), skip: int = 0) -> list[ReplayRequest]:  # fmt: skip
+    """A Mooncake-format trace: `time_scale` multiplies timestamps (0.5 = twice the rate); ``skip``
+    drops the first N rows (a later slice of the trace, its time starting at its first row)."""
     builder = _ChainBuilder(fingerprint, block_size, seed, vocab)
     per_hash = TRACE_BLOCK_TOKENS // block_size
     requests: list[ReplayRequest] = []
     t0 = None
     with Path(path).open() as lines:
         for i, line in enumerate(lines):
-            if limit is not None and i >= limit:
+            if i < skip:
+                continue
+            if limit is not None and i >= skip + limit:
                 break
             row = json.loads(line)
             n_in = int(row["input_length"])
@@ -78,7 +81,7 @@ def mooncake_trace(path: str | Path, limit: int | None = None, time_scale: float
             chain = chain[:full] + builder.unique(i, len(chain), max(0, full - len(chain)))
             t0 = row["timestamp"] if t0 is None else t0
             arrival = (row["timestamp"] - t0) / 1000.0 * time_scale
-            requests.append(ReplayRequest(i, arrival, n_in, chain, max(1, round(row["output_length"] * output_scale))))
+            requests.append(ReplayRequest(i - skip, arrival, n_in, chain, max(1, round(row["output_length"] * output_scale))))
     assert all(len(r.chain) == r.prompt_len // block_size for r in requests) and per_hash > 0
     return requests
 
