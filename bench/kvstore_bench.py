@@ -50,6 +50,7 @@ from contracts.sizes import parse_size  # noqa: E402
 from kvstore import mooncake_processes  # noqa: E402
 from kvstore.backend import StoreBackend, open_store  # noqa: E402
 from kvstore.block_key import KVLayout, block_keys  # noqa: E402
+from kvstore.hashed_io import lane_by_default  # noqa: E402
 from kvstore.sync_client import KVStoreClient  # noqa: E402
 
 
@@ -447,6 +448,8 @@ def main() -> None:
         "\nbackends side by side: put_blocks / get_blocks_into of one batch (median GB/s; % of memcpy and of raw TCP, same batch;"
     )
     print("tcp: sender and receiver threads of one process; tcp 2p: the receiver in another process, as a storage node is)")
+    hashing = "on a hash lane beside each socket thread" if lane_by_default() else "inline, by the socket threads"
+    print(f"ours tcp hashes {hashing} ({len(os.sched_getaffinity(0))} usable cores; kvstore/hashed_io.py)")
     print(
         "| path | batch | put GB/s | get_into GB/s | memcpy GB/s | tcp GB/s | tcp 2p GB/s | put % memcpy | get_into % memcpy "
         "| put % tcp | get_into % tcp | put % tcp 2p | get_into % tcp 2p |"
@@ -460,7 +463,7 @@ def main() -> None:
             f"{100 * put / m:.0f}% | {100 * into / m:.0f}% | {100 * put / t:.0f}% | {100 * into / t:.0f}% | "
             f"{100 * put / t2:.0f}% | {100 * into / t2:.0f}% |"
         )
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "args": vars(args)}
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "hash_lane": lane_by_default(), "args": vars(args)}
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows}, f, indent=2)
     print(f"wrote {args.out}")
