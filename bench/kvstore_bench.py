@@ -564,16 +564,15 @@ def main() -> None:
             f"{100 * put / m:.0f}% | {100 * into / m:.0f}% | {100 * put / t:.0f}% | {100 * into / t:.0f}% | "
             f"{100 * put / t2:.0f}% | {100 * into / t2:.0f}% |"
         )
-    print(
-        "\nhashing on the data plane's socket: one batch to another process (median call; CPU ms of each socket thread per call)"
-    )
-    print("| hashing | batch | GB/s | sender thread CPU ms | receiver thread CPU ms |")
-    print("|" + " --- |" * 5)
-    for r in hashing_rows:
-        print(
-            f"| {r['hashing']} | {r['n']} x {size_name(r['size'])} | {r['GBps']:.2f} | {r['sender_cpu_ms']:.1f} | "
-            f"{r['receiver_cpu_ms']:.1f} |"
-        )
+    if hashing_rows:
+        print("\ndata-plane hashing: a batch to another process (median call; CPU ms per call of each socket thread)")
+        print("| hashing | batch | GB/s | sender thread CPU ms | receiver thread CPU ms |")
+        print("|" + " --- |" * 5)
+        for r in hashing_rows:
+            print(
+                f"| {r['hashing']} | {r['n']} x {size_name(r['size'])} | {r['GBps']:.2f} | {r['sender_cpu_ms']:.1f} | "
+                f"{r['receiver_cpu_ms']:.1f} |"
+            )
     meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "hash_lane": lane, "args": vars(args)}
     with open(args.out, "w") as f:
         out = {"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows, "hashing": hashing_rows}
