@@ -85,6 +85,21 @@ async def test_a_write_learns_its_checksum_as_it_sends_and_reads_back_the_same_b
     client.close()
 
 
+async def test_concurrent_requests_through_one_client_lane_each_get_the_checksums_of_their_own_bytes(server):
+    address, _ = server
+    client = DataPlaneClient(hash_lane=True)  # one helper thread shared by every request of this client
+    blobs = [os.urandom((1 << 20) + 4096 * i) for i in range(3)]
+    writes = [Item(i * (5 << 20) // 4, len(b), memoryview(b)) for i, b in enumerate(blobs)]
+    statuses = await asyncio.gather(*(client.request(address, WRITE, [w]) for w in writes))
+    assert statuses == [[OK]] * 3
+    assert [w.checksum for w in writes] == [xxhash.xxh3_64_intdigest(b) for b in blobs]
+    reads = [Item(w.offset, w.size, None) for w in writes]
+    assert await asyncio.gather(*(client.request(address, READ, [r]) for r in reads)) == [[OK]] * 3
+    assert [r.checksum for r in reads] == [w.checksum for w in writes]
+    assert [bytes(r.view) for r in reads if r.view is not None] == blobs
+    client.close()
+
+
 def test_the_hash_lane_gives_every_object_the_checksum_of_its_own_bytes():
     # small objects share a hand-over, big ones span several: each digest must see exactly its bytes, in order
     objects = [os.urandom(n) for n in (1, 4096, 700_000, 3 << 20, 17, (1 << 20) + 1, 65_537, 2 << 20)]
