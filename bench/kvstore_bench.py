@@ -22,6 +22,9 @@ plus one memory node from the mooncake wheel, kvstore/mooncake_processes.py), ea
 a fraction of memcpy and of a raw TCP socket moving the same batch in the same run, the
 socket measured between two threads and between two processes (the store's client and
 node are two processes) (``--skip-mooncake`` leaves Mooncake out; ``--tables`` picks tables).
+A fourth table, only with ``--tables hashing``, moves the same batches over a bare socket to
+another process hashed as the data plane does it (not at all / inline / on a hash lane,
+kvstore/hashed_io.py) and gives each socket thread's CPU time per call.
 Prints the tables and writes JSON (--out).
 
     python bench/kvstore_bench.py --total-mib 64 --out kvstore_bench.json
@@ -50,6 +53,8 @@ from contracts.sizes import parse_size  # noqa: E402
 from kvstore import mooncake_processes  # noqa: E402
 from kvstore.backend import StoreBackend, open_store  # noqa: E402
 from kvstore.block_key import KVLayout, block_keys  # noqa: E402
+from kvstore.cli import HASH_LANE  # noqa: E402
+from kvstore.hashed_io import HashLane, lane_by_default, recv_exactly, recv_hashed, send_hashed  # noqa: E402
 from kvstore.sync_client import KVStoreClient  # noqa: E402
 
 
@@ -319,11 +324,13 @@ def bench_backend_batch(store: StoreBackend, n: int, size: int, repeats: int) ->
     return {f"{op}_GBps": n * size / float(np.median(ts)) / 1e9 for op, ts in times.items()}
 
 
-def bench_backends(master_addr: str, mooncake_url: str | None, batches: list[tuple[int, int]], repeats: int) -> list[dict]:
+def bench_backends(
+    master_addr: str, mooncake_url: str | None, batches: list[tuple[int, int]], repeats: int, hash_lane: bool | None
+) -> list[dict]:
     """Both store backends through the worker calls, beside memcpy and raw TCP of the same batch."""
     stores: dict[str, StoreBackend] = {
         "ours grpc": open_store(master_addr, use_shm=False, use_data_plane=False),
-        "ours tcp": open_store(master_addr, use_shm=False),
+        "ours tcp": open_store(master_addr, use_shm=False, hash_lane=hash_lane),
         "ours shm": open_store(master_addr, use_shm=True),
     }
     if mooncake_url:
@@ -356,6 +363,87 @@ def bench_backends(master_addr: str, mooncake_url: str | None, batches: list[tup
     return rows
 
 
+HASHINGS = ("none", "inline", "lane")  # a raw socket; the data plane hashing in its socket threads; beside them
+
+
+def _receive_hashed(conn_fd: int, n: int, size: int, calls: int, results: Any) -> None:
+    conn = socket.socket(fileno=conn_fd)
+    view = memoryview(bytearray(n * size))  # one landing place per object, as a node's segment is
+    targets = [view[i * size : (i + 1) * size] for i in range(n)]
+    lane = HashLane("bench-receive")
+    cpu: dict[str, list[float]] = {h: [] for h in HASHINGS}
+    for _ in range(calls):
+        for hashing in HASHINGS:
+            t = time.thread_time()
+            if hashing == "none":
+                for target in targets:
+                    recv_exactly(conn, target)
+            elif hashing == "inline":
+                for target in targets:
+                    recv_hashed(conn, target)
+            else:
+                lane.recv_all(conn, targets)
+            cpu[hashing].append(time.thread_time() - t)
+            conn.sendall(b"k")
+    lane.close()
+    conn.close()
+    results.put(cpu)
+
+
+def bench_hashing(n: int, size: int, repeats: int) -> list[dict]:
+    """One batch over a loopback socket to another process, hashed as the data plane hashes it: not at all
+    (a raw socket), inline in the socket threads, or on a hash lane beside them (kvstore/hashed_io.py), the
+    three alternating call by call. Per arrangement: GB/s (median call) and the CPU time of the sending and
+    the receiving socket thread per call (median): a transfer's critical path when every thread has a core."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    calls = 3 * repeats + 1
+    server = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    results = fork.SimpleQueue()
+    receiver = fork.Process(target=_receive_hashed, args=(conn.fileno(), n, size, calls, results))
+    receiver.start()
+    conn.close()
+    server.close()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rows = np.random.randint(0, 255, (n, size), dtype=np.uint8)
+    objects = [rows[i].data for i in range(n)]
+    lane = HashLane("bench-send")
+    wall: dict[str, list[float]] = {h: [] for h in HASHINGS}
+    cpu: dict[str, list[float]] = {h: [] for h in HASHINGS}
+    for _ in range(calls):
+        for hashing in HASHINGS:
+            t, c = time.perf_counter(), time.thread_time()
+            if hashing == "none":
+                for obj in objects:
+                    sock.sendall(obj)
+            elif hashing == "inline":
+                for obj in objects:
+                    send_hashed(sock, obj)
+            else:
+                lane.send_all(sock, objects)
+            cpu[hashing].append(time.thread_time() - c)
+            sock.recv(1)
+            wall[hashing].append(time.perf_counter() - t)
+    received = results.get()
+    receiver.join()
+    lane.close()
+    sock.close()
+    return [
+        {
+            "hashing": h,
+            "n": n,
+            "size": size,
+            "GBps": n * size / float(np.median(wall[h][1:])) / 1e9,
+            "sender_cpu_ms": float(np.median(cpu[h][1:])) * 1e3,
+            "receiver_cpu_ms": float(np.median(received[h][1:])) * 1e3,
+        }
+        for h in HASHINGS
+    ]
+
+
 def size_name(size: int) -> str:
     return f"{size // 1024} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
 
@@ -371,7 +459,15 @@ def main() -> None:
     parser.add_argument("--capacity", default="1GiB")
     parser.add_argument("--skip-mooncake", action="store_true", help="leave the Mooncake Store backend out")
     parser.add_argument(
-        "--tables", default="single,batched,backends", help="which tables to measure, comma-separated (single, batched, backends)"
+        "--tables",
+        default="single,batched,backends",
+        help="which tables to measure, comma-separated (single, batched, backends; hashing: asked for only)",
+    )
+    parser.add_argument(
+        "--hash-lane",
+        choices=sorted(HASH_LANE),
+        default="auto",
+        help="ours tcp: node and client hash beside their socket threads",
     )
     parser.add_argument("--out", default="kvstore_bench.json")
     args = parser.parse_args()
@@ -379,14 +475,18 @@ def main() -> None:
     # a removed object's space returns when its read lease ends: a short lease keeps back-to-back
     # 64 MiB calls from filling the node with removed-but-leased objects
     master, master_addr = start(["kvstore-master", "--events-port", "0", "--lease-ttl", "0.5"])
-    node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity])
+    node, _ = start(["kvstore-node", "--master", master_addr, "--capacity", args.capacity, "--hash-lane", args.hash_lane])
+    hash_lane = HASH_LANE[args.hash_lane]
+    lane = lane_by_default() if hash_lane is None else hash_lane
     mooncake = None if args.skip_mooncake else mooncake_processes.start_cluster(1, parse_size(args.capacity))
     rows: list[dict[str, Any]] = []
     batch_rows: list[dict[str, Any]] = []
     backend_rows: list[dict[str, Any]] = []
+    hashing_rows: list[dict[str, Any]] = []
     try:
         time.sleep(0.5)
-        clients = {"remote": KVStoreClient(master_addr, use_shm=False), "shm": KVStoreClient(master_addr, use_shm=True)}
+        remote = KVStoreClient(master_addr, use_shm=False, hash_lane=hash_lane)
+        clients = {"remote": remote, "shm": KVStoreClient(master_addr, use_shm=True)}
         tables = set(args.tables.split(","))
         for size in [int(s) * 1024 for s in args.sizes_kib.split(",")] if "single" in tables else []:
             total = args.total_mib << 20
@@ -413,9 +513,11 @@ def main() -> None:
                 batch_rows.append({"path": f"kvstore {name}", "n": n, "size": size, **result, "memcpy_GBps": memcpy})
         for client in clients.values():
             client.close()
+        for n, size in parse_batches(args.batches) if "hashing" in tables else []:
+            hashing_rows += bench_hashing(n, size, args.repeats)
         if "backends" in tables:
             backend_rows = bench_backends(
-                master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats
+                master_addr, mooncake.url if mooncake else None, parse_batches(args.batches), args.repeats, hash_lane
             )
     finally:
         if mooncake is not None:
@@ -447,6 +549,8 @@ def main() -> None:
         "\nbackends side by side: put_blocks / get_blocks_into of one batch (median GB/s; % of memcpy and of raw TCP, same batch;"
     )
     print("tcp: sender and receiver threads of one process; tcp 2p: the receiver in another process, as a storage node is)")
+    hashing = "on a hash lane beside each socket thread" if lane else "inline, by the socket threads"
+    print(f"ours tcp hashes {hashing} (--hash-lane {args.hash_lane}, {len(os.sched_getaffinity(0))} usable cores)")
     print(
         "| path | batch | put GB/s | get_into GB/s | memcpy GB/s | tcp GB/s | tcp 2p GB/s | put % memcpy | get_into % memcpy "
         "| put % tcp | get_into % tcp | put % tcp 2p | get_into % tcp 2p |"
@@ -460,9 +564,19 @@ def main() -> None:
             f"{100 * put / m:.0f}% | {100 * into / m:.0f}% | {100 * put / t:.0f}% | {100 * into / t:.0f}% | "
             f"{100 * put / t2:.0f}% | {100 * into / t2:.0f}% |"
         )
-    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "args": vars(args)}
+    if hashing_rows:
+        print("\ndata-plane hashing: a batch to another process (median call; CPU ms per call of each socket thread)")
+        print("| hashing | batch | GB/s | sender thread CPU ms | receiver thread CPU ms |")
+        print("|" + " --- |" * 5)
+        for r in hashing_rows:
+            print(
+                f"| {r['hashing']} | {r['n']} x {size_name(r['size'])} | {r['GBps']:.2f} | {r['sender_cpu_ms']:.1f} | "
+                f"{r['receiver_cpu_ms']:.1f} |"
+            )
+    meta = {"machine": platform.platform(), "cpus": os.cpu_count(), "hash_lane": lane, "args": vars(args)}
     with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows}, f, indent=2)
+        out = {"meta": meta, "rows": rows, "batched": batch_rows, "backends": backend_rows, "hashing": hashing_rows}
+        json.dump(out, f, indent=2)
     print(f"wrote {args.out}")
 
 

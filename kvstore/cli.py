@@ -11,6 +11,8 @@ import re
 
 from contracts.sizes import parse_size
 
+HASH_LANE = {"auto": None, "on": True, "off": False}  # --hash-lane -> NodeConfig.hash_lane
+
 
 def parse_duration(text: str) -> float:
     """'10s', '500ms', '2m' or a plain number of seconds."""
@@ -41,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     node.add_argument(
         "--data-port", type=int, default=0, help="raw-TCP data plane for remote clients (0: any free port, -1: off)"
     )
+    node.add_argument(
+        "--hash-lane",
+        choices=sorted(HASH_LANE),
+        default="auto",
+        help="data plane: hash on a helper thread beside each socket thread (auto: with 4 or more cores)",
+    )
     node.set_defaults(func=_run_node)
 
 
@@ -66,6 +74,7 @@ def _run_node(args: argparse.Namespace) -> int:
 
     config = NodeConfig(
         data_port=None if args.data_port < 0 else args.data_port,
+        hash_lane=HASH_LANE[args.hash_lane],
         master=args.master,
         capacity=args.capacity,
         host=args.host,

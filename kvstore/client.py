@@ -62,6 +62,7 @@ class AsyncKVStoreClient:
         batch_bytes: int = 4 << 20,
         use_shm: bool = True,
         use_data_plane: bool = True,
+        hash_lane: bool | None = None,
         timeout_s: float = 30.0,
     ) -> None:
         self.master_addr = master_addr
@@ -70,7 +71,11 @@ class AsyncKVStoreClient:
         self._channel = grpc.aio.insecure_channel(master_addr, options=STORE_GRPC_OPTIONS, interceptors=client_interceptors())
         self._master = pb_grpc.MasterStub(self._channel)
         self._nodes = NodeTransport(
-            chunk_size=chunk_size, batch_bytes=batch_bytes, use_shm=use_shm, use_data_plane=use_data_plane
+            chunk_size=chunk_size,
+            batch_bytes=batch_bytes,
+            use_shm=use_shm,
+            use_data_plane=use_data_plane,
+            hash_lane=hash_lane,  # None: by core count (kvstore/hashed_io.py)
         )
 
     async def __aenter__(self) -> AsyncKVStoreClient:

@@ -13,9 +13,10 @@ One request per batch on a pooled connection, little-endian:
                | writes: count x payload | count x checksum:u64
     reply    = count x status:u8 (0 ok, 1 bad range, 2 checksum mismatch) | read payloads of the ok items
 
-Every payload is hashed (xxh3_64) piece by piece as it passes through the socket, on both
-sides: a writer learns its objects' checksums as it sends them (and declares them to the
-master at commit; kvstore/client.py), so no side makes a pass of its own over the bytes.
+Every payload is hashed (xxh3_64) as it passes through the socket, on both sides (by the
+socket's thread, or beside it on a helper thread where cores allow: kvstore/hashed_io.py):
+a writer learns its objects' checksums as it sends them (and declares them to the master at
+commit; kvstore/client.py), so no side makes a pass of its own over the bytes.
 The node checks every range against its segment before it touches a byte and closes the
 connection after a bad request; a write is acknowledged only once the bytes that arrived
 match the checksum sent after them, and the client checks every read against the
@@ -32,9 +33,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import xxhash
-
 from kvstore import metrics
+from kvstore.hashed_io import HashLane, lane_by_default, recv_exactly, recv_hashed, send_hashed
 from kvstore.segment import SharedSegment
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ _ITEM = struct.Struct("<QQ")
 _CHECKSUM = struct.Struct("<Q")
 MAX_ITEMS = 1 << 16
 CONNECT_TIMEOUT_S = 5.0
-HASH_PIECE = 1 << 20  # sent / received and hashed in pieces of this size (64-256 KiB pieces ran slower: more wake-ups)
 IO_TIMEOUT_S = 60.0  # a node that stops reading or sending mid-request: the caller tries another replica
 
 
@@ -58,35 +57,6 @@ class Item:
     checksum: int | None = None  # xxh3_64 of the bytes sent (write) or received (read), hashed as they passed
 
 
-def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
-    got = 0
-    while got < len(view):
-        n = sock.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
-        if n == 0:
-            raise ConnectionError("peer closed the connection mid-message")
-        got += n
-
-
-def _recv_hashed(sock: socket.socket, view: memoryview) -> int:
-    """Receive exactly ``len(view)`` bytes and return their xxh3_64, each piece hashed as it arrives."""
-    digest = xxhash.xxh3_64()
-    for start in range(0, len(view), HASH_PIECE):
-        piece = view[start : start + HASH_PIECE]
-        _recv_exactly(sock, piece)
-        digest.update(piece)
-    return digest.intdigest()
-
-
-def _send_hashed(sock: socket.socket, view: memoryview) -> int:
-    """Send ``view`` and return its xxh3_64, each piece hashed just before it is sent."""
-    digest = xxhash.xxh3_64()
-    for start in range(0, len(view), HASH_PIECE):
-        piece = view[start : start + HASH_PIECE]
-        digest.update(piece)
-        sock.sendall(piece)
-    return digest.intdigest()
-
-
 class DataPlaneServer:
     """Serves one segment on a TCP port, beside the node's gRPC service.
 
@@ -96,8 +66,9 @@ class DataPlaneServer:
     (one per request in flight), so the threads stay few.
     """
 
-    def __init__(self, segment: SharedSegment) -> None:
+    def __init__(self, segment: SharedSegment, hash_lane: bool | None = None) -> None:
         self.segment = segment
+        self.hash_lane = lane_by_default() if hash_lane is None else hash_lane  # kvstore/hashed_io.py
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -145,8 +116,9 @@ class DataPlaneServer:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     def _serve(self, conn: socket.socket) -> None:
+        lane = HashLane("kv-data-plane-hash") if self.hash_lane else None
         try:
-            while self._one_request(conn):
+            while self._one_request(conn, lane):
                 pass
         except (ConnectionError, OSError):
             pass  # the client went away; its puts expire at the master
@@ -154,19 +126,21 @@ class DataPlaneServer:
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
+            if lane is not None:
+                lane.close()
 
-    def _one_request(self, conn: socket.socket) -> bool:
+    def _one_request(self, conn: socket.socket, lane: HashLane | None) -> bool:
         """Serve one request; False when the connection must close."""
         header = bytearray(_HEADER.size)
         try:
-            _recv_exactly(conn, memoryview(header))
+            recv_exactly(conn, memoryview(header))
         except ConnectionError:
             return False
         op, count = _HEADER.unpack(header)
         if op not in (WRITE, READ) or count > MAX_ITEMS:
             return False
         table = bytearray(_ITEM.size * count)
-        _recv_exactly(conn, memoryview(table))
+        recv_exactly(conn, memoryview(table))
         items = [_ITEM.unpack_from(table, i * _ITEM.size) for i in range(count)]
         capacity = self.segment.capacity
         if any(size == 0 or offset + size > capacity for offset, size in items):
@@ -174,9 +148,10 @@ class DataPlaneServer:
             return False  # a write's payload would follow: the stream cannot be resynchronised
         segment = self.segment.array.data
         if op == WRITE:
-            arrived = [_recv_hashed(conn, segment[offset : offset + size]) for offset, size in items]
+            targets = [segment[offset : offset + size] for offset, size in items]
+            arrived = lane.recv_all(conn, targets) if lane is not None else [recv_hashed(conn, t) for t in targets]
             sent = bytearray(_CHECKSUM.size * count)
-            _recv_exactly(conn, memoryview(sent))
+            recv_exactly(conn, memoryview(sent))
             status = bytes(OK if a == s else BAD_CHECKSUM for a, (s,) in zip(arrived, _CHECKSUM.iter_unpack(sent)))
             metrics.RECEIVED.labels("node").inc(sum(size for _, size in items))
             conn.sendall(status)
@@ -192,9 +167,11 @@ class DataPlaneClient:
     """Batches to nodes' data planes over pooled blocking connections (one request in flight per
     connection), each request on a worker thread so the caller's event loop keeps running."""
 
-    def __init__(self) -> None:
+    def __init__(self, hash_lane: bool | None = None) -> None:
         self._idle: dict[str, list[socket.socket]] = {}
         self._lock = threading.Lock()
+        use_lane = lane_by_default() if hash_lane is None else hash_lane  # kvstore/hashed_io.py
+        self._lane = HashLane("kv-data-plane-client-hash") if use_lane else None
 
     def _connect(self, address: str) -> socket.socket:
         with self._lock:
@@ -217,17 +194,11 @@ class DataPlaneClient:
             head = _HEADER.pack(op, len(items)) + b"".join(_ITEM.pack(i.offset, i.size) for i in items)
             sock.sendall(head)
             if op == WRITE:
-                for item in items:
-                    assert item.view is not None
-                    item.checksum = _send_hashed(sock, item.view[: item.size])
-                sock.sendall(b"".join(_CHECKSUM.pack(item.checksum) for item in items))
+                self._send(sock, items)
             status = bytearray(len(items))
-            _recv_exactly(sock, memoryview(status))
+            recv_exactly(sock, memoryview(status))
             if op == READ and all(s == OK for s in status):
-                for item in items:
-                    if item.view is None:
-                        item.view = memoryview(bytearray(item.size))
-                    item.checksum = _recv_hashed(sock, item.view[: item.size])
+                self._receive(sock, items)
         except BaseException:
             sock.close()  # a half-read reply leaves the stream unusable
             raise
@@ -238,9 +209,34 @@ class DataPlaneClient:
             sock.close()  # the node closes after a bad request
         return list(status)
 
+    def _send(self, sock: socket.socket, items: Sequence[Item]) -> None:
+        """A write's payloads, then their checksums (learnt while sending)."""
+        views = [_payload(item) for item in items]
+        checksums = self._lane.send_all(sock, views) if self._lane is not None else [send_hashed(sock, v) for v in views]
+        for item, checksum in zip(items, checksums):
+            item.checksum = checksum
+        sock.sendall(b"".join(_CHECKSUM.pack(c) for c in checksums))
+
+    def _receive(self, sock: socket.socket, items: Sequence[Item]) -> None:
+        """A read's payloads, each into its item's view (a fresh buffer where it has none), hashed as they arrive."""
+        for item in items:
+            if item.view is None:
+                item.view = memoryview(bytearray(item.size))
+        views = [_payload(item) for item in items]
+        checksums = self._lane.recv_all(sock, views) if self._lane is not None else [recv_hashed(sock, v) for v in views]
+        for item, checksum in zip(items, checksums):
+            item.checksum = checksum
+
     def close(self) -> None:
         with self._lock:
             for socks in self._idle.values():
                 for sock in socks:
                     sock.close()
             self._idle.clear()
+        if self._lane is not None:
+            self._lane.close()
+
+
+def _payload(item: Item) -> memoryview:
+    assert item.view is not None  # a write's bytes, or a read's landing place
+    return item.view[: item.size]

@@ -189,7 +189,7 @@ class NodeServer:
         host = cfg.advertise_host or ("127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host)
         self.address = f"{host}:{port}"
         if cfg.data_port is not None:
-            self.data_plane = DataPlaneServer(self.segment)
+            self.data_plane = DataPlaneServer(self.segment, cfg.hash_lane)
             self.data_address = f"{host}:{await self.data_plane.start(cfg.host, cfg.data_port)}"
         metrics.CAPACITY.labels("node").set(cfg.capacity)
         self._channel = grpc.aio.insecure_channel(cfg.master, interceptors=client_interceptors())

@@ -15,3 +15,4 @@ class NodeConfig:
     metrics_port: int | None = 9101
     read_chunk_size: int = 1 << 20
     data_port: int | None = 0  # raw-TCP data plane (kvstore/data_plane.py); 0: any free port, None: off
+    hash_lane: bool | None = None  # data plane hashes beside its socket threads (kvstore/hashed_io.py); None: by core count

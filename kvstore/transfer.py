@@ -126,12 +126,13 @@ class NodeTransport:
         max_inflight: int = 16,
         use_shm: bool = True,
         use_data_plane: bool = True,
+        hash_lane: bool | None = None,
     ) -> None:
         self.chunk_size = chunk_size
         self.batch_bytes = batch_bytes
         self.use_shm = use_shm
         self.use_data_plane = use_data_plane
-        self._data_plane = DataPlaneClient()
+        self._data_plane = DataPlaneClient(hash_lane)
         self._host = host_identity()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, NodeStub] = {}

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -13,13 +14,19 @@ import xxhash
 
 from contracts.rpc import kvstore_pb2 as pb
 from contracts.rpc import kvstore_pb2_grpc as pb_grpc
+from kvstore import hashed_io
 from kvstore.data_plane import BAD_CHECKSUM, BAD_RANGE, OK, READ, WRITE, DataPlaneClient, DataPlaneServer, Item
 from kvstore.embedded import EmbeddedStore
+from kvstore.hashed_io import HashLane
 from kvstore.segment import SharedSegment
 from kvstore.sync_client import KVStoreClient
 
+LANE = pytest.mark.parametrize("lane", [False, True], ids=["hashed-inline", "hash-lane"])
 
-def test_remote_clients_read_over_the_data_plane_what_grpc_clients_read():
+
+@LANE
+def test_remote_clients_read_over_the_data_plane_what_grpc_clients_read(lane, monkeypatch):
+    monkeypatch.setattr(hashed_io, "LANE_MIN_CPUS", 1 if lane else 1 << 20)  # node and client decide alike
     with EmbeddedStore(64 << 20) as store:
         assert store.node is not None and store.node.data_address
         objects = {f"obj{i}": os.urandom(1 + i * 7919) for i in range(40)} | {"big": os.urandom(9 << 20)}
@@ -53,19 +60,20 @@ def test_readers_check_the_checksum_declared_at_commit_and_miss_bytes_that_do_no
         assert reader.get(["honest", "lying"]) == {"honest": bytes(data), "lying": None}
 
 
-@pytest.fixture
-async def server():
+@pytest.fixture(params=[False, True], ids=["hashed-inline", "hash-lane"])
+async def server(request):
     segment = SharedSegment.create(4 << 20)
-    plane = DataPlaneServer(segment)
+    plane = DataPlaneServer(segment, hash_lane=request.param)
     port = await plane.start("127.0.0.1", 0)
     yield f"127.0.0.1:{port}", segment
     await plane.stop()
     segment.close()
 
 
-async def test_a_write_learns_its_checksum_as_it_sends_and_reads_back_the_same_bytes(server):
+@LANE
+async def test_a_write_learns_its_checksum_as_it_sends_and_reads_back_the_same_bytes(server, lane):
     address, _ = server
-    client = DataPlaneClient()
+    client = DataPlaneClient(hash_lane=lane)
     data = memoryview(os.urandom(3 << 20))  # several hashed pieces
     write = Item(0, len(data), data)
     assert await client.request(address, WRITE, [write]) == [OK]
@@ -75,6 +83,39 @@ async def test_a_write_learns_its_checksum_as_it_sends_and_reads_back_the_same_b
     assert back.view is not None and bytes(back.view) == bytes(data)
     assert back.checksum == write.checksum  # hashed while it arrived
     client.close()
+
+
+async def test_concurrent_requests_through_one_client_lane_each_get_the_checksums_of_their_own_bytes(server):
+    address, _ = server
+    client = DataPlaneClient(hash_lane=True)  # one helper thread shared by every request of this client
+    blobs = [os.urandom((1 << 20) + 4096 * i) for i in range(3)]
+    writes = [Item(i * (5 << 20) // 4, len(b), memoryview(b)) for i, b in enumerate(blobs)]
+    statuses = await asyncio.gather(*(client.request(address, WRITE, [w]) for w in writes))
+    assert statuses == [[OK]] * 3
+    assert [w.checksum for w in writes] == [xxhash.xxh3_64_intdigest(b) for b in blobs]
+    reads = [Item(w.offset, w.size, None) for w in writes]
+    assert await asyncio.gather(*(client.request(address, READ, [r]) for r in reads)) == [[OK]] * 3
+    assert [r.checksum for r in reads] == [w.checksum for w in writes]
+    assert [bytes(r.view) for r in reads if r.view is not None] == blobs
+    client.close()
+
+
+def test_the_hash_lane_gives_every_object_the_checksum_of_its_own_bytes():
+    # small objects share a hand-over, big ones span several: each digest must see exactly its bytes, in order
+    objects = [os.urandom(n) for n in (1, 4096, 700_000, 3 << 20, 17, (1 << 20) + 1, 65_537, 2 << 20)]
+    landing = [memoryview(bytearray(len(o))) for o in objects]
+    left, right = socket.socketpair()
+    sender, receiver = HashLane("test-send"), HashLane("test-receive")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            received = pool.submit(receiver.recv_all, right, landing)
+            sent = sender.send_all(left, [memoryview(o) for o in objects])
+            got = received.result(timeout=30)
+    finally:
+        for closing in (sender, receiver, left, right):
+            closing.close()
+    assert sent == got == [xxhash.xxh3_64_intdigest(o) for o in objects]
+    assert [bytes(v) for v in landing] == objects
 
 
 async def test_bytes_that_arrive_unlike_their_checksum_are_refused_and_the_rest_acknowledged(server):
