@@ -1,21 +1,13 @@
 """The scheduler keeps each pool's load columns between decisions (router/pool_columns.py):
 every change to a worker must still reach the next decision."""
 
-from kvstore.block_key import block_keys
+from scheduler_support import request, worker
+
 from router.prefix_index import PrefixIndex
-from router.scheduler import Mode, Scheduler, SchedulerConfig, ScheduleRequest
+from router.scheduler import Mode, Scheduler, SchedulerConfig
 from router.workers import Role, Worker, WorkerLoad
 
-BS = 16
 PROMPT = list(range(4096))
-
-
-def worker(addr: str, role: Role, **load) -> Worker:
-    return Worker(addr, role, WorkerLoad(worker_id=addr, role=role.value, total_kv_blocks=1000, **load))
-
-
-def request(tokens: list[int]) -> ScheduleRequest:
-    return ScheduleRequest(len(tokens), block_keys(tokens, "fp", BS), BS)
 
 
 def loaded(w: Worker, queued: int) -> WorkerLoad:

@@ -1,8 +1,8 @@
 """Scheduler decisions on hand-built worker loads and a hand-fed prefix index."""
 
 import pytest
+from scheduler_support import BS, request, worker
 
-from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
 from router.scheduler import (
     AdmissionRejected,
@@ -12,20 +12,8 @@ from router.scheduler import (
     Policy,
     Scheduler,
     SchedulerConfig,
-    ScheduleRequest,
 )
-from router.workers import Role, Worker, WorkerLoad
-
-BS = 16
-
-
-def worker(addr: str, role: Role, **load) -> Worker:
-    return Worker(addr, role, WorkerLoad(worker_id=addr, role=role.value, total_kv_blocks=1000, **load))
-
-
-def request(tokens: list[int]) -> ScheduleRequest:
-    return ScheduleRequest(len(tokens), block_keys(tokens, "fp", BS), BS)
-
+from router.workers import Role, WorkerLoad
 
 PROMPT = list(range(2048))
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from scheduler_support import request, worker
 
-from kvstore.block_key import block_keys
 from router.prefix_index import PrefixIndex
-from router.scheduler import Mode, Scheduler, ScheduleRequest
+from router.scheduler import Mode, Scheduler
 from router.scheduler_config import (
     Policy,
     SchedulerConfigError,
@@ -14,18 +14,9 @@ from router.scheduler_config import (
     load_scheduler_config,
     parse_scheduler_config,
 )
-from router.workers import Role, Worker, WorkerLoad
+from router.workers import Role
 
-BS = 16
 PROMPT = list(range(2048))
-
-
-def worker(addr: str, role: Role, **load) -> Worker:
-    return Worker(addr, role, WorkerLoad(worker_id=addr, role=role.value, total_kv_blocks=1000, **load))
-
-
-def request(tokens: list[int]) -> ScheduleRequest:
-    return ScheduleRequest(len(tokens), block_keys(tokens, "fp", BS), BS)
 
 
 def pipeline(prefill_scorers: list[dict], filters: list[dict] | None = None) -> dict:
