@@ -86,11 +86,11 @@ class _CopyGraph:
     """The copy of up to ``capacity`` block pairs between two fixed pools, captured in CUDA graphs.
 
     One replay uploads the ids (a memcpy node out of a pinned buffer, the pair count first) and
-    runs the copy kernel: a few microseconds of host time, where staging the ids and launching
-    the Triton kernel from Python took 50-100 us, more than moving 32 MiB on an H200
-    (bench/kv_transfer_bench.py --breakdown). ``RING`` captures, each with its own buffers, take
-    turns, so a copy never waits for the one before it; a pinned buffer is rewritten only after
-    the replay that last read it has finished.
+    runs the copy kernel: ~20 us of host time on the H200 host, nearly all of it the driver's
+    graph launch, where staging the ids and launching the Triton kernel from Python took
+    50-100 us, more than moving 32 MiB (bench/kv_transfer_bench.py --breakdown). ``RING``
+    captures, each with its own buffers, take turns, so a copy never waits for the one before
+    it; a pinned buffer is rewritten only after the replay that last read it has finished.
     """
 
     RING = 4
@@ -99,7 +99,6 @@ class _CopyGraph:
         self.capacity, self.turn = capacity, 0
         self.lock = threading.Lock()  # two threads copying between the same pools take turns
         self.slots: list[tuple[torch.cuda.CUDAGraph, np.ndarray, torch.cuda.Event]] = []
-        self.buffers: list[torch.Tensor] = []  # the pinned id buffers the graphs read (kept alive here)
         for _ in range(self.RING):
             host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
             dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
@@ -112,8 +111,8 @@ class _CopyGraph:
                 _launch(src, dst, ids, capacity, COPY_CHUNK, COPY_WARPS, COPY_ORDER, count)
             done = torch.cuda.Event()
             done.record()
-            self.buffers.append(host)
-            self.slots.append((graph, host.numpy(), done))  # a numpy view of the pinned buffer: cheap writes
+            # a numpy view of the pinned buffer (cheap writes); it keeps the buffer alive
+            self.slots.append((graph, host.numpy(), done))
 
     def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
         n, cap = len(src_ids), self.capacity

@@ -70,14 +70,13 @@ class PoolColumns:
         self.stamps = stamps
 
     def _rebuild(self, workers: list[Worker], stamps: list[int]) -> None:
-        self.workers = list(workers)
-        self.worker_ids = [w.worker_id for w in workers]
-        self.queued_prefill_tokens = [w.queued_prefill_tokens for w in workers]
-        self.active_requests = [w.active_requests for w in workers]
-        self.kv_usage = [w.kv_fraction for w in workers]
-        self.kv_capacity = [w.kv_capacity for w in workers]
-        self.prefill_rate_tps = [w.prefill_rate_tps for w in workers]
-        self.load_costs = {name: [terms.cost_of(w) for w in workers] for name, terms in self.profiles.items()}
+        n = len(workers)
+        self.workers, self.worker_ids = list(workers), [""] * n
+        self.queued_prefill_tokens, self.active_requests, self.kv_capacity = [0] * n, [0] * n, [0] * n
+        self.kv_usage, self.prefill_rate_tps = [0.0] * n, [None] * n
+        self.load_costs = {name: [0.0] * n for name in self.profiles}
+        for row, w in enumerate(workers):
+            self._read(row, w)
         self.stamps = stamps
 
     def _read(self, row: int, w: Worker) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
-from operator import add, attrgetter, mul, sub, truediv
+from operator import add, mul, sub, truediv
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from router.scheduler_config import PluginSpec
@@ -45,19 +45,10 @@ class Candidates:
     eviction_youth: list[float] | None = None
 
     @classmethod
-    def of(cls, workers: list[Worker], ids: list[str], prompt_tokens: int, hit_tokens: list[int],
-           store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
-        uncached = list(map(sub, repeat(prompt_tokens), hit_tokens))
-        if uncached and min(uncached) < 0:
-            uncached = [max(u, 0) for u in uncached]
-        return cls(workers, ids, prompt_tokens, hit_tokens, store_tokens or [0] * len(workers), uncached,
-                   list(map(_QUEUED, workers)), list(map(_ACTIVE, workers)), list(map(_KV, workers)),
-                   list(map(_CAPACITY, workers)), list(map(_RATE, workers)))  # fmt: skip
-
-    @classmethod
     def of_pool(cls, pool: PoolColumns, prompt_tokens: int, hit_tokens: list[int],
                 store_tokens: list[int] | None = None) -> Candidates:  # fmt: skip
-        """As ``of``, with the load columns the pool keeps (shared, not copied: read-only here)."""
+        """The pool's workers for one request: its load columns as the pool keeps them (shared, not copied:
+        read-only here), and the request's hit, store and uncached tokens per worker."""
         if not any(hit_tokens):  # a new prompt: one C-level fill
             uncached = [prompt_tokens] * len(hit_tokens)
         else:
@@ -81,10 +72,6 @@ class Candidates:
                           None if self.sole_blocks is None else [self.sole_blocks[i] for i in rows],
                           None if self.eviction_shares is None else [self.eviction_shares[i] for i in rows],
                           None if self.eviction_youth is None else [self.eviction_youth[i] for i in rows])  # fmt: skip
-
-
-_QUEUED, _ACTIVE = attrgetter("queued_prefill_tokens"), attrgetter("active_requests")
-_KV, _RATE, _CAPACITY = attrgetter("kv_fraction"), attrgetter("prefill_rate_tps"), attrgetter("kv_capacity")
 
 
 class Scorer(Protocol):

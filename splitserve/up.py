@@ -260,14 +260,21 @@ def demo_request(url: str, model: str, api_key: str | None = None) -> bool:
     return True
 
 
+def _mps_problem(args: argparse.Namespace) -> str | None:
+    if not args.mps:
+        return None
+    if args.ray:
+        return "not with --ray"
+    if args.mps_prefill_priority not in (0, 1):
+        return f"--mps-prefill-priority must be 0 (normal) or 1 (below normal), got {args.mps_prefill_priority}"
+    if not 1 <= args.mps_decode_percent <= 100:
+        return f"--mps-decode-percent must be 1-100, got {args.mps_decode_percent}"
+    return None
+
+
 def run_up(args: argparse.Namespace) -> int:
-    if args.mps and (args.ray or not 1 <= args.mps_decode_percent <= 100 or args.mps_prefill_priority not in (0, 1)):
-        if args.ray:
-            problem = "not with --ray"
-        elif args.mps_prefill_priority not in (0, 1):
-            problem = f"--mps-prefill-priority must be 0 (normal) or 1 (below normal), got {args.mps_prefill_priority}"
-        else:
-            problem = f"--mps-decode-percent must be 1-100, got {args.mps_decode_percent}"
+    problem = _mps_problem(args)
+    if problem is not None:
         print(f"[up] error: --mps: {problem}", file=sys.stderr, flush=True)
         return 2
     if args.ray:
