@@ -189,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --mps: the prefill workers' MPS client priority (CUDA_MPS_CLIENT_PRIORITY; 1 = below normal: "
         "the decode worker's kernels go first when both wait for SMs)",
     )
+    p.add_argument(
+        "--prefill-max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="the prefill workers' per-step token budget (default: the worker's own); colocated and decode keep theirs",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -222,8 +228,14 @@ def bench(args: argparse.Namespace) -> int:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_prefill_percent)  # the prefill workers' share
     if args.mps and args.mps_prefill_priority is not None:
         os.environ["CUDA_MPS_CLIENT_PRIORITY"] = str(args.mps_prefill_priority)
+    budget = (
+        []
+        if args.prefill_max_num_batched_tokens is None
+        else ["--max-num-batched-tokens", str(args.prefill_max_num_batched_tokens)]
+    )
     prefills = {
-        t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra) for t in transports
+        t: start_worker("prefill", model, store.address, f"bench-prefill-{t}", *TRANSPORT_FLAGS[t], *extra, *budget)
+        for t in transports
     }
     os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
     os.environ.pop("CUDA_MPS_CLIENT_PRIORITY", None)
