@@ -13,7 +13,9 @@ loaded:       ``import_request`` with the load's KV source; the step that admits
 after_step(): once a direct copy has finished on the device (or the engine dropped the request),
               tell the prefill worker it may free its blocks.
 handoff:      seconds from an import reaching the core to its KV in this engine (direct: copied
-              on the device; store: read into host rows, copied in by the admitting step).
+              on the device, timed on the device's clock from an event recorded on arrival to
+              the copy's end event, so the step the host spends noticing the copy is not
+              counted; store: read into host rows, copied in by the admitting step).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import torch
 
 from contracts.core_messages import ErrorKind, FromCore, RequestError
 from contracts.kv_handle import KVHandle
@@ -55,6 +59,31 @@ class Import:
     load: KVLoad | None = None
     transport: str = ""  # the connector of the current load
     started: float = 0.0  # time.monotonic() when the import reached the core
+    arrived: object | None = None  # on a GPU: an event recorded when the import reached the core
+
+
+class ArrivalClock:
+    """On a GPU, marks an import's arrival on the device's own clock: an event recorded on a
+    stream of its own (idle, so the event completes at once) that a copy's end event can be
+    timed against (``Event.elapsed_time`` works across streams of one device)."""
+
+    def __init__(self, device: object) -> None:
+        self.stream = torch.cuda.Stream(device=device) if getattr(device, "type", "") == "cuda" else None
+
+    def mark(self) -> object | None:
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream)
+        return event
+
+    @staticmethod
+    def seconds(arrived: object | None, started: float, source: object) -> float:
+        """Arrival -> the copy's end: on the device clock where both events exist, else the host's now."""
+        events = getattr(source, "events", None)
+        if arrived is not None and events is not None:
+            return arrived.elapsed_time(events[1]) / 1e3
+        return time.monotonic() - started
 
 
 class KVImports:
@@ -75,7 +104,8 @@ class KVImports:
         self.pool = ThreadPoolExecutor(4, thread_name_prefix="kv-import")
         self.block_size = engine.config.block_size
         self.loading: dict[str, Import] = {}  # waiting for their KV
-        self.copying: dict[str, tuple[DirectLoad, float]] = {}  # imported with a direct source: release once copied
+        self.copying: dict[str, tuple[DirectLoad, Import]] = {}  # imported with a direct source: release once copied
+        self.clock = ArrivalClock(getattr(engine.runner, "device", None))
         self._next_prune = 0.0
 
     def busy(self) -> bool:
@@ -105,7 +135,8 @@ class KVImports:
                 "from here (no direct offer on this host and no store holding them)"
             )
         local = self.engine.cached_prefix_blocks(prompt, salt)
-        imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates, started=time.monotonic())
+        imp = Import(rid, prompt, sp, salt, h, first, local, kv_wait_s, candidates)
+        imp.started, imp.arrived = time.monotonic(), self.clock.mark()
         self.loading[rid] = imp
         self._begin(imp)
 
@@ -187,19 +218,19 @@ class KVImports:
             self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
-            self.copying[imp.request_id] = (load, imp.started)
+            self.copying[imp.request_id] = (load, imp)
         else:
             load.done()
             self.handoff(imp.transport, time.monotonic() - imp.started)  # rows in this process; copied in when admitted
 
     def after_step(self) -> None:
         """Release the prefill side's blocks of every finished direct copy (or dropped request)."""
-        for rid, (load, started) in list(self.copying.items()):
+        for rid, (load, imp) in list(self.copying.items()):
             source = load.source
             if source.copy_finished():
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
                 self.observe("in", nbytes, source.copy_s)
-                self.handoff("direct", time.monotonic() - started)
+                self.handoff("direct", self.clock.seconds(imp.arrived, imp.started, source))
             elif self._still_pending(rid, source):
                 continue
             del self.copying[rid]
