@@ -59,7 +59,7 @@ class Import:
     load: KVLoad | None = None
     transport: str = ""  # the connector of the current load
     started: float = 0.0  # time.monotonic() when the import reached the core
-    arrived: object | None = None  # on a GPU: an event recorded when the import reached the core
+    arrived: torch.cuda.Event | None = None  # on a GPU: an event recorded when the import reached the core
 
 
 class ArrivalClock:
@@ -70,7 +70,7 @@ class ArrivalClock:
     def __init__(self, device: object) -> None:
         self.stream = torch.cuda.Stream(device=device) if getattr(device, "type", "") == "cuda" else None
 
-    def mark(self) -> object | None:
+    def mark(self) -> torch.cuda.Event | None:
         if self.stream is None:
             return None
         event = torch.cuda.Event(enable_timing=True)
@@ -78,7 +78,7 @@ class ArrivalClock:
         return event
 
     @staticmethod
-    def seconds(arrived: object | None, started: float, source: object) -> float:
+    def seconds(arrived: torch.cuda.Event | None, started: float, source: object) -> float:
         """Arrival -> the copy's end: on the device clock where both events exist, else the host's now."""
         events = getattr(source, "events", None)
         if arrived is not None and events is not None:
