@@ -155,11 +155,11 @@ class PrefixIndex:
             if held is None:
                 return
             now = self._clock << _MEDIA_BITS
-            for key in keys:
-                entry = held.get(key)
-                if entry is None:
-                    break
-                held[key] = now | (entry & _MEDIA_MASK)
+            keys = list(keys)
+            entries = list(map(held.get, keys))  # C-level; a prefix ends at the first key not held
+            if None in entries:
+                del entries[entries.index(None) :]
+            held.update(zip(keys, [now | (entry & _MEDIA_MASK) for entry in entries]))
 
     def clear(self, publisher: str) -> None:
         """Forget every block of a publisher (AllBlocksCleared, or the publisher left)."""
