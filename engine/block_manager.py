@@ -10,16 +10,10 @@ then cached ones in eviction order. A decode worker's copy of KV it imported for
 disaggregated request goes to the head of the cached list when the request ends
 (``Sequence.imported_blocks``): the prefill worker holds the same blocks, so the
 cache keeps what only this worker has (docs/performance.md, routing at scale).
-
-With ``shared_first``, copy notices (``mark_shared`` / ``mark_sole``: the router's prefix index
-knows when another worker starts or stops holding a block this one holds) put a free block
-another worker also holds before every other cached block, oldest first, but only a leaf (no
-cached block of this worker continues it): the cluster then keeps one copy of more prefixes.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -48,21 +42,12 @@ class BlockManager:
     fingerprint: str
     enable_prefix_caching: bool = True
     medium: str = "gpu"
-    shared_first: bool = False
     blocks: list[Block] = field(init=False)
-    free: OrderedDict[int, int] = field(init=False)  # cached, ref_count == 0, eviction order first -> stamp
+    free: OrderedDict[int, None] = field(init=False)  # cached, ref_count == 0, eviction order first
     free_uncached: OrderedDict[int, None] = field(init=False)  # no key, ref_count == 0: handed out first
     cached: dict[BlockKey, int] = field(init=False)
     events: list[KVEvent] = field(init=False)
     stats: PrefixCacheStats = field(init=False)
-    # shared_first: keys another worker holds; key -> the key before it; key -> cached keys after it;
-    # heap of (stamp, block id) of free shared leaves, checked again when popped
-    shared: set[BlockKey] = field(init=False, default_factory=set)
-    parent_of: dict[BlockKey, BlockKey] = field(init=False, default_factory=dict)
-    children: dict[BlockKey, int] = field(init=False, default_factory=dict)
-    _victims: list[tuple[int, int]] = field(init=False, default_factory=list)
-    _newest: int = field(init=False, default=0)  # free-list stamps: released blocks count up,
-    _oldest: int = field(init=False, default=0)  # blocks put first count down
 
     def __post_init__(self) -> None:
         self.blocks = [Block(i) for i in range(self.num_blocks)]
@@ -135,9 +120,6 @@ class BlockManager:
                 block.key = parent
                 self.cached[parent] = block.block_id
                 stored.append(parent)
-                if self.shared_first and i:
-                    before = self.parent_of[parent] = seq.block_keys[i - 1]
-                    self.children[before] = self.children.get(before, 0) + 1
         if stored:
             token_ids = seq.token_ids[first_new * self.block_size : num_full * self.block_size]
             self.events.append(
@@ -151,7 +133,7 @@ class BlockManager:
             if self.free_uncached:
                 block_id, _ = self.free_uncached.popitem(last=False)
             else:
-                block_id = self._victim()
+                block_id, _ = self.free.popitem(last=False)
                 self._evict(block_id)
             self.blocks[block_id].ref_count = 1
             seq.block_table.append(block_id)
@@ -167,13 +149,11 @@ class BlockManager:
                     self.free_uncached[block_id] = None
                     self.free_uncached.move_to_end(block_id, last=False)
                 else:
-                    self._newest += 1
-                    self.free[block_id] = self._newest
-                    self._offer(block_id)
+                    self.free[block_id] = None
         first, end = seq.imported_blocks
         for block_id in seq.block_table[first:end]:  # root first, so that the deepest ends up oldest
             if block_id in self.free:
-                self._to_front(block_id)  # another worker holds these: evict them first
+                self.free.move_to_end(block_id, last=False)  # another worker holds these: evict them first
         seq.imported_blocks = (0, 0)
         seq.block_table.clear()
         seq.block_keys.clear()
@@ -185,36 +165,12 @@ class BlockManager:
         removed = list(self.cached)
         for block in self.blocks:
             block.key = None
-        self.free_uncached.update(dict.fromkeys(self.free))  # nothing is cached any more
+        self.free_uncached.update(self.free)  # nothing is cached any more
         self.free.clear()
         self.cached.clear()
-        self.shared.clear()
-        self.parent_of.clear()
-        self.children.clear()
-        self._victims.clear()
         if removed:
             self.events.append(BlockRemoved(keys=removed, medium=self.medium))
         return True
-
-    def mark_shared(self, keys: list[BlockKey]) -> None:
-        """Copy notice: another worker now holds these blocks too (ignored without ``shared_first``)."""
-        if not self.shared_first:
-            return
-        for key in keys:
-            if key in self.cached:
-                self.shared.add(key)
-                self._offer(self.cached[key])
-
-    def mark_sole(self, keys: list[BlockKey]) -> None:
-        """Copy notice: this worker's copy is now the only one; a copy put first in the eviction
-        order (an import) becomes the most recently used block instead."""
-        for key in keys:
-            self.shared.discard(key)
-            block_id = self.cached.get(key)
-            if self.shared_first and block_id is not None and self.free.get(block_id, 1) <= 0:
-                self._newest += 1
-                self.free[block_id] = self._newest
-                self.free.move_to_end(block_id)
 
     def take_events(self) -> list[KVEvent]:
         events, self.events = self.events, []
@@ -231,41 +187,4 @@ class BlockManager:
         if block.key is not None:
             del self.cached[block.key]
             self.events.append(BlockRemoved(keys=[block.key], medium=self.medium))
-            if self.shared_first:
-                self.shared.discard(block.key)
-                before = self.parent_of.pop(block.key, None)
-                if before is not None:
-                    left = self.children[before] - 1
-                    if left:
-                        self.children[before] = left
-                    else:
-                        del self.children[before]
-                        if before in self.cached:
-                            self._offer(self.cached[before])
             block.key = None
-
-    def _to_front(self, block_id: int) -> None:
-        self._oldest -= 1
-        self.free[block_id] = self._oldest
-        self.free.move_to_end(block_id, last=False)
-        self._offer(block_id)
-
-    def _offer(self, block_id: int) -> None:
-        """Queue a free shared leaf as an eviction victim (checked again when popped)."""
-        key = self.blocks[block_id].key
-        if key in self.shared and not self.children.get(key) and block_id in self.free:
-            heapq.heappush(self._victims, (self.free[block_id], block_id))
-            if len(self._victims) > 2 * self.num_blocks:  # mostly stale entries: keep the live ones
-                self._victims = [(s, b) for s, b in self._victims if self.free.get(b) == s]
-                heapq.heapify(self._victims)
-
-    def _victim(self) -> int:
-        """The cached free block to evict: the oldest shared leaf, else the head of the free list."""
-        while self._victims:
-            stamp, block_id = heapq.heappop(self._victims)
-            key = self.blocks[block_id].key
-            if self.free.get(block_id) == stamp and key in self.shared and not self.children.get(key):
-                del self.free[block_id]
-                return block_id
-        block_id, _ = self.free.popitem(last=False)
-        return block_id
