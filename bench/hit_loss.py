@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode", type=int, default=8)
     ap.add_argument("--policy", default="kv-aware", help="shipped policy name or scheduler config file")
     ap.add_argument("--decode-keeps-imports", action="store_true", help="the what-if of bench/sim_replay.py")
+    ap.add_argument("--evict-shared-first", action="store_true", help="the what-if of bench/sim_replay.py")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_scheduler_config(args.policy) if args.policy.endswith((".yaml", ".yml", ".json")) else load_policy(args.policy)
     with Recorder() as rec:
         summary = replay(ReplayConfig(profile, config, args.prefill, args.decode,
-                                      decode_keeps_imports=args.decode_keeps_imports), requests)  # fmt: skip
+                                      decode_keeps_imports=args.decode_keeps_imports,
+                                      evict_shared_first=args.evict_shared_first), requests)  # fmt: skip
     by_index = {r.index: r for r in requests}
     totals = dict.fromkeys(("seen", "stored", "held", "chosen", "realised", "prompt"), 0)
     for outcome in summary.outcomes:

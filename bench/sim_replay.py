@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demote-moved-copies", action="store_true",
                    help="what-if: a worker holding part of a request's prefix that another worker was chosen to "
                         "compute moves that copy to the front of its eviction order (no worker does this yet)")  # fmt: skip
+    p.add_argument("--evict-shared-first", action="store_true",
+                   help="what-if: workers evict blocks another worker also holds first, told by copy notices from "
+                        "the router's prefix index (engine/block_manager.py can; no wire carries the notices yet)")  # fmt: skip
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 poll_s=args.poll,
                 decode_keeps_imports=args.decode_keeps_imports,
                 demote_moved_copies=args.demote_moved_copies,
+                evict_shared_first=args.evict_shared_first,
             ),
             requests,
         )

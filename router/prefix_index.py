@@ -13,7 +13,7 @@ until it has been removed from every medium.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -73,6 +73,9 @@ class PrefixIndex:
         self._clock = 0  # blocks stored so far, cluster-wide: the clock of block ages
         self._evictions: dict[int, Evictions] = {}  # bit -> what its removals lose
         self._all_evictions = Evictions()  # every publisher's removals together
+        # Copy notices: called (publisher, key, shared) when another publisher starts or stops
+        # holding a key this publisher holds too (called under the lock; keep it short)
+        self.on_sharing: Callable[[str, BlockKey, bool], None] | None = None
         self._lock = threading.Lock()
 
     def _medium_bit(self, medium: str) -> int:
@@ -101,6 +104,7 @@ class PrefixIndex:
             holders = self._holders
             sole = self._sole
             clock = self._clock
+            notify = self.on_sharing
             for key in keys:
                 entry = held.get(key, 0)
                 if not entry:
@@ -112,6 +116,10 @@ class PrefixIndex:
                         sole[me] = sole.get(me, 0) + 1
                     elif not before & (before - 1):  # its one holder now shares it
                         sole[before] -= 1
+                        if notify is not None:
+                            notify(self._names[before], key, True)
+                    if before and notify is not None:
+                        notify(publisher, key, True)
                 held[key] = entry | bit
             self._clock = clock
 
@@ -147,11 +155,11 @@ class PrefixIndex:
             if held is None:
                 return
             now = self._clock << _MEDIA_BITS
-            for key in keys:
-                entry = held.get(key)
-                if entry is None:
-                    break
-                held[key] = now | (entry & _MEDIA_MASK)
+            keys = list(keys)
+            entries = list(map(held.get, keys))  # C-level; a prefix ends at the first key not held
+            if None in entries:
+                del entries[entries.index(None) :]
+            held.update(zip(keys, [now | (entry & _MEDIA_MASK) for entry in entries]))
 
     def clear(self, publisher: str) -> None:
         """Forget every block of a publisher (AllBlocksCleared, or the publisher left)."""
@@ -184,6 +192,8 @@ class PrefixIndex:
             self._holders[key] = mask
             if not mask & (mask - 1):  # one holder left: its copy is now the only one
                 self._sole[mask] = self._sole.get(mask, 0) + 1
+                if self.on_sharing is not None:
+                    self.on_sharing(self._names[mask], key, False)
         else:
             self._holders.pop(key, None)
         if before == me:

@@ -26,6 +26,7 @@ from operator import mul
 
 from kvstore.block_key import BlockKey
 from router.filters import Filter, apply_filters, build_filter
+from router.inflight_prefixes import InflightPrefixes
 from router.pickers import Option, Options, Picker, RandomPick, build_picker
 from router.pool_columns import LoadTerms, PoolColumns
 from router.prefix_index import STORE_PUBLISHER, PrefixIndex
@@ -92,10 +93,15 @@ class Charge:
     prefiller: Worker  # computes the prompt: the prefill worker, or the decode worker when colocated
     prefill_tokens: int
     holders: list[Worker]  # each holds one in-flight request of this decision
+    inflight: InflightPrefixes | None = None  # where the prompt's chain counts as held until computed
+    chain: Sequence[BlockKey] = ()
 
     def prompt_computed(self) -> None:
         self.prefiller.release(self.prefill_tokens, 0)
         self.prefill_tokens = 0
+        if self.inflight is not None:
+            self.inflight.drop(self.prefiller.worker_id, self.chain)
+            self.inflight = None
 
     def finished(self, address: str) -> None:
         for worker in [w for w in self.holders if w.address == address]:
@@ -164,6 +170,8 @@ class Scheduler:
         self._reads_index = self.config.basis is not DeciderBasis.PROMPT or any(
             s.type in _PREFIX_SCORERS for spec in self.config.profiles.values() for s in spec.scorers
         )
+        use_inflight = self.config.inflight_prefixes and self._reads_index and index is not None
+        self.inflight = InflightPrefixes() if use_inflight else None
 
     def decide(
         self,
@@ -185,12 +193,17 @@ class Scheduler:
             hit_blocks = decision.predicted_hit_tokens // request.block_size
             self.index.touch(workers[0].worker_id, request.block_keys[:hit_blocks])
         decision.charge = self._charge(decision, request, workers)
+        if self.inflight is not None and request.block_keys:
+            self.inflight.add(workers[0].worker_id, request.block_keys)
+            decision.charge.inflight, decision.charge.chain = self.inflight, request.block_keys
         return decision
 
     def _place(self, request: ScheduleRequest, prefill: list[Worker], decode: list[Worker]) -> tuple[Decision, list[Worker]]:
         """The decision and its workers (prefill worker first when disaggregated)."""
         use_index = self._reads_index and self.index is not None
         matches = self.index.match(request.block_keys) if use_index and self.index is not None else {}
+        if self.inflight is not None:
+            matches = self.inflight.merge_into(matches, request.block_keys)
         held = self.index.num_blocks_of if use_index and self.index is not None else _no_blocks
         prompt, bs = request.prompt_tokens, request.block_size
         last = max(prompt - 1, 0)  # the last prompt token is always computed: it yields the first token

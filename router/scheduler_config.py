@@ -73,6 +73,9 @@ class SchedulerConfig:
     ttft_slo_ms: float | None = None
     default_prefill_rate_tps: float = 8000.0  # until a worker's rate has been measured
     seed: int | None = None
+    # Count a prompt the scheduler placed as held by its prefilling worker until its first token
+    # (router/inflight_prefixes.py), so that requests sharing it queue there and hit it.
+    inflight_prefixes: bool = False
     profiles: dict[str, ProfileSpec] = field(default_factory=dict)
 
     def resolved(self) -> SchedulerConfig:
@@ -84,6 +87,7 @@ class SchedulerConfig:
         shipped = load_policy(self.policy)
         self.profiles = shipped.profiles
         self.basis = self.basis or shipped.basis
+        self.inflight_prefixes = self.inflight_prefixes or shipped.inflight_prefixes
         return self
 
 
@@ -144,6 +148,10 @@ def _decider_value(name: str, value: Any, where: str) -> Any:
     try:
         if name == "basis":
             return DeciderBasis(value)
+        if name == "inflight_prefixes":
+            if not isinstance(value, bool):
+                raise TypeError(value)
+            return value
         if value is None and name in ("ttft_slo_ms", "seed"):
             return None
         if name in ("ttft_slo_ms", "default_prefill_rate_tps"):

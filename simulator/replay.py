@@ -67,6 +67,9 @@ class ReplayConfig:
     # of its prefix moves that copy to the front of its eviction order, since the conversation's
     # next turn will go where the longest prefix now is.
     demote_moved_copies: bool = False
+    # Workers evict blocks another worker also holds first (leaves only), told by copy notices
+    # from the prefix index (BlockCache.shared_first).
+    evict_shared_first: bool = False
 
 
 @dataclass(slots=True)
@@ -113,7 +116,8 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
     for role, count in ((Role.PREFILL, config.prefill), (Role.DECODE, config.decode)):
         for i in range(count):
             wid = f"{role.value}-{i}"
-            cache = BlockCache(config.capacity_blocks or config.profile.kv_capacity_blocks(config.block_size))
+            capacity = config.capacity_blocks or config.profile.kv_capacity_blocks(config.block_size)
+            cache = BlockCache(capacity, shared_first=config.evict_shared_first)
             node = SimNode(wid, role.value, config.profile, clock, cache, "sim", config.block_size, IndexSink(index, wid))
             sims[wid] = (
                 SimPrefillWorker(node)
@@ -122,6 +126,8 @@ async def _replay(config: ReplayConfig, requests: list[ReplayRequest]) -> Replay
             )
             views[wid] = Worker(wid, role, WorkerLoad(worker_id=wid, role=role.value))
     engines = [asyncio.create_task(s.run()) for s in sims.values()]
+    if config.evict_shared_first:
+        index.on_sharing = lambda wid, key, shared: sims[wid].cache.mark_shared(key) if shared else sims[wid].cache.mark_sole(key)
     scheduler = Scheduler(config.scheduler, index)
     prefill = [w for w in views.values() if w.role is Role.PREFILL]
     decode = [w for w in views.values() if w.role is Role.DECODE]

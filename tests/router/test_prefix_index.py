@@ -131,3 +131,20 @@ def test_a_publisher_evicting_recently_stored_or_used_blocks_costs_more_than_one
     index.remove("hot", young[:5])
     cold_after, hot_after = index.eviction_estimates_of(["cold", "hot"])[1]
     assert cold_after > cold and hot_after < hot
+
+
+def test_copy_notices_tell_a_holder_when_another_starts_or_stops_holding_its_block():
+    keys = chain(list(range(12)))  # 3 blocks
+    index = PrefixIndex()
+    notices: list[tuple[str, bytes, bool]] = []
+    index.on_sharing = lambda publisher, key, shared: notices.append((publisher, key, shared))
+    index.store("w1", keys)
+    assert notices == []  # the only copy
+    index.store("w2", keys[:2])
+    assert sorted(notices) == sorted([("w1", k, True) for k in keys[:2]] + [("w2", k, True) for k in keys[:2]])
+    notices.clear()
+    index.store("w3", keys[:1])  # a third copy: w3's is shared, nothing changes for w1 and w2
+    assert notices == [("w3", keys[0], True)]
+    notices.clear()
+    index.remove("w1", keys)
+    assert notices == [("w2", keys[1], False)]  # w2 now holds the only copy of block 1; block 0 has w3 too

@@ -102,7 +102,8 @@ def test_requests_between_load_polls_spread_over_equal_workers():
     sched = Scheduler(SchedulerConfig(basis=DeciderBasis.COST), PrefixIndex())
     prefill = [worker("p1", Role.PREFILL), worker("p2", Role.PREFILL)]
     decode = [worker("d1", Role.DECODE), worker("d2", Role.DECODE)]
-    picks = [sched.decide(request(PROMPT), prefill, decode) for _ in range(4)]
+    prompts = [[i * 10_000 + t for t in PROMPT] for i in range(4)]  # distinct: none hits another in flight
+    picks = [sched.decide(request(p), prefill, decode) for p in prompts]
     assert sorted(d.prefill_worker for d in picks) == ["p1", "p1", "p2", "p2"]
     assert sorted(d.decode_worker for d in picks) == ["d1", "d1", "d2", "d2"]
 
@@ -171,6 +172,7 @@ def test_colocates_on_the_decode_worker_that_holds_the_prefix():
         d = sched.decide(req, [worker("p1", Role.PREFILL)], decode)
         assert (d.mode, d.decode_worker) == (Mode.COLOCATED, "d2")
         assert d.predicted_hit_tokens == 120 * BS
+        d.charge.release()
 
 
 def test_disaggregated_requests_decode_where_the_prompt_prefix_already_is():

@@ -57,3 +57,42 @@ def test_blocks_released_as_evict_first_are_evicted_before_older_ones():
     cache.release(copy, 0, evict_first=set(copy))  # newer, but a copy another worker holds
     assert cache.allocate([b"n1"], 0).evicted == [b"c2"]  # the copy's deepest block goes first
     assert cache.match(old) == 2 and cache.match(copy) == 1
+
+
+def test_with_shared_first_a_copy_another_worker_holds_goes_before_older_blocks_of_its_own():
+    cache = BlockCache(6, shared_first=True)
+    old, copy = [b"o1", b"o2", b"o3"], [b"c1", b"c2", b"c3"]
+    for c in (old, copy):
+        cache.allocate(c, 0)
+        cache.release(c, 0)
+    for key in copy:
+        cache.mark_shared(key)  # another worker announced these blocks
+    assert cache.allocate([b"n1", b"n2"], 0).evicted == [b"c3", b"c2"]  # deepest first
+    cache.mark_sole(b"c1")  # that worker evicted its copy: ours is the only one now
+    assert cache.allocate([b"n3"], 0).evicted == [b"o3"]  # plain LRU again
+    assert cache.match(copy) == 1
+
+
+def test_with_shared_first_a_shared_block_is_kept_while_a_block_only_this_cache_holds_continues_it():
+    cache = BlockCache(5, shared_first=True)
+    other, prefix, tail = [b"x1", b"x2"], [b"p1", b"p2"], [b"t1"]
+    for c in (other, prefix + tail):  # `other` is the least recently used
+        cache.allocate(c, 0)
+        cache.release(c, 0)
+    for key in prefix:
+        cache.mark_shared(key)  # another worker holds the prefix, not our tail
+    assert cache.allocate([b"n1"], 0).evicted == [b"x2"]  # not p2: t1 would be lost without it
+    assert cache.match(prefix + tail) == 3
+    assert cache.allocate([b"n2", b"n3"], 0).evicted == [b"x1", b"t1"]
+    assert cache.allocate([b"n4"], 0).evicted == [b"p2"]  # now a shared leaf
+
+
+def test_without_shared_first_copy_notices_change_nothing():
+    cache = BlockCache(4)
+    old, copy = [b"o1", b"o2"], [b"c1", b"c2"]
+    for c in (old, copy):
+        cache.allocate(c, 0)
+        cache.release(c, 0)
+    for key in copy:
+        cache.mark_shared(key)
+    assert cache.allocate([b"n1"], 0).evicted == [b"o2"]
