@@ -27,7 +27,7 @@ class WorkerOptions:
     dist_host: str = "127.0.0.1"  # rendezvous address: this worker's own (leader) address when nnodes > 1
     dist_port: int = 0
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = 0  # tokens per engine step; 0: the role's default (step_tokens)
     kv_cache_bytes: int | None = None
     gpu_memory_utilization: float = 0.9
     load_format: str = "safetensors"
@@ -39,6 +39,8 @@ class WorkerOptions:
     store_write_budget: int | None = 0  # prefill with direct: store writes in flight beyond this are skipped
 
     def __post_init__(self) -> None:
+        if not self.max_num_batched_tokens:
+            self.max_num_batched_tokens = step_tokens(self.role)
         if self.tensor_parallel_size < 1:
             raise ValueError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
         if self.kv_transport not in ("direct", "p2p", "store"):
@@ -68,7 +70,12 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--worker-id", default="", help="topic of the KV events and id in GetLoad")
     add_parallel_flags(p)
     p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=_positive,
+        default=None,
+        help=f"tokens per engine step (default {PREFILL_STEP_TOKENS} on a prefill worker, {DECODE_STEP_TOKENS} otherwise)",
+    )
     p.add_argument("--kv-cache-bytes", type=parse_size, default=None, help="KV pool budget, e.g. 512MiB")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument(
@@ -123,6 +130,25 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
         )
 
 
+# Tokens per engine step. A decode or colocated worker chunks long prompts so that one prefill
+# chunk never stalls the decodes sharing its steps (ITL); a prefill worker has no decodes to
+# protect, and fewer, larger steps prefill faster (measured on one H200 with Llama-3.1-8B shapes:
+# docs/performance.md, issue 11, session 7).
+DECODE_STEP_TOKENS = 2048
+PREFILL_STEP_TOKENS = 8192
+
+
+def step_tokens(role: str) -> int:
+    return PREFILL_STEP_TOKENS if role == "prefill" else DECODE_STEP_TOKENS
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of tokens, got {value}")
+    return value
+
+
 def add_parallel_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared with `splitserve generate`."""
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="rank processes, one GPU each")
@@ -153,7 +179,7 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         nnodes=args.nnodes,
         dist_host=args.dist_addr,
         dist_port=args.dist_port,
-        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_batched_tokens=args.max_num_batched_tokens or 0,
         kv_cache_bytes=args.kv_cache_bytes,
         drain_timeout=args.drain_timeout,
         block_size=args.block_size,
