@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from typing import cast
 
 from kvstore.block_key import BlockKey
 
@@ -156,9 +157,10 @@ class PrefixIndex:
                 return
             now = self._clock << _MEDIA_BITS
             keys = list(keys)
-            entries = list(map(held.get, keys))  # C-level; a prefix ends at the first key not held
-            if None in entries:
-                del entries[entries.index(None) :]
+            found = list(map(held.get, keys))  # C-level; a prefix ends at the first key not held
+            if None in found:
+                del found[found.index(None) :]
+            entries = cast("list[int]", found)
             held.update(zip(keys, [now | (entry & _MEDIA_MASK) for entry in entries]))
 
     def clear(self, publisher: str) -> None:
