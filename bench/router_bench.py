@@ -79,10 +79,11 @@ def index_bench(args: argparse.Namespace) -> dict:
 
 def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Namespace) -> dict:
     """A whole kv-aware decision (index walk, scorers of every worker, picker, charge) as the
-    router makes it, half the workers prefill and half decode, in three cases: a prompt the
+    router makes it, half the workers prefill and half decode, in four cases: a prompt the
     workers hold (colocated: two profiles scored), a new prompt (disaggregated: all three
-    profiles) and a 16k-token held prompt; and the request's block hashing, which the router
-    does before deciding. Wall and thread-CPU percentiles: on a shared machine the wall p99
+    profiles), a 16k-token held prompt, and the held prompt while --in-flight placed requests
+    that share its first 3/4 still compute (a busy app's system prompt); and the request's
+    block hashing, which the router does before deciding. Wall and thread-CPU percentiles: on a shared machine the wall p99
     also counts the time other processes held the core."""
     from router.scheduler import Scheduler, ScheduleRequest
     from router.scheduler_config import load_policy
@@ -110,12 +111,24 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
     }
     scheduler = Scheduler(load_policy("kv-aware"), index)
     out = {}
-    for name, blocks, held in (("held", args.chain, True), ("new", args.chain, False), ("held", 1024, True)):
+    cases: list[tuple[str, int, bool, int]] = [
+        ("held", args.chain, True, 0),
+        ("new", args.chain, False, 0),
+        ("held", 1024, True, 0),
+        ("busy", args.chain, True, args.in_flight),
+    ]
+    for name, blocks, held, in_flight in cases:
         tokens = list(range(blocks * 16)) if held else list(range(7, 7 + blocks * 16))
         chain = block_keys(tokens, "bench", 16)
         if held:
             for i, w in enumerate(worker_ids):
                 index.store(w, chain[: blocks - (i % 8)])
+        # busy: requests in flight (placed, first token not out) that share the prompt's first 3/4
+        shared = tokens[: blocks * 12]
+        busy = [
+            scheduler.decide(ScheduleRequest(len(t), block_keys(t, "bench", 16), 16), pools[Role.PREFILL], pools[Role.DECODE])
+            for t in (shared + [10_000 + i] * (blocks * 4) for i in range(in_flight))
+        ]
         walls, cpus, hashing, modes = [], [], [], set()
         for _ in range(args.lookups):
             c, t = time.thread_time(), time.perf_counter()
@@ -129,6 +142,9 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
             t = time.perf_counter()
             block_keys(tokens, "bench", 16)
             hashing.append(time.perf_counter() - t)
+        for decision in busy:
+            if decision.charge is not None:
+                decision.charge.release()
         out[f"decide_{name}_{blocks}"] = {
             "p50_us": statistics.median(walls) * 1e6,
             "p99_us": pct(walls, 0.99) * 1e6,
@@ -410,6 +426,9 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--holders", type=int, default=8)
     ap.add_argument("--chain", type=int, default=64)
+    ap.add_argument(
+        "--in-flight", type=int, default=200, help="decide_busy: placed requests still computing that share the prompt's head"
+    )
     ap.add_argument("--lookups", type=int, default=2000)
     ap.add_argument("--no-stack", action="store_true", help="only the prefix-index part")
     ap.add_argument("--requests", type=int, default=200, help="overhead: requests per path")

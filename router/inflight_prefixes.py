@@ -16,33 +16,43 @@ from collections.abc import Sequence
 
 from kvstore.block_key import BlockKey
 
+_Id = tuple[str, int, BlockKey]  # (worker, blocks, last block key): one chain of one worker
+
 
 class InflightPrefixes:
     """Not thread-safe: the scheduler's event loop adds, matches and drops.
 
-    Chains are filed by their first block. A block key commits to every block before it
-    (kvstore/block_key.py), so two chains agree up to some depth and differ after it, and
-    that depth is found by bisection: adding and dropping a chain cost O(1) and
-    O(chains with its first block), a match O(log blocks) per such chain."""
+    Chains are filed by their first block. A block key commits to its position and every
+    block before it (kvstore/block_key.py), so a chain goes deeper into a query than a worker's
+    known depth d exactly when its key at d equals the query's: one comparison rules out most
+    chains, and only one that goes deeper is bisected for its depth. Adding and dropping a chain
+    cost O(1); a match O(in-flight chains with the query's first block), a comparison each. (Many
+    requests that share a system prompt the index already holds cost a comparison each.)"""
 
     def __init__(self) -> None:
-        self._by_root: dict[BlockKey, list[tuple[str, Sequence[BlockKey]]]] = {}
+        self._by_root: dict[BlockKey, dict[_Id, tuple[Sequence[BlockKey], int]]] = {}
 
     def __len__(self) -> int:
-        return sum(map(len, self._by_root.values()))
+        return sum(n for entries in self._by_root.values() for _, n in entries.values())
 
     def add(self, worker_id: str, chain: Sequence[BlockKey]) -> None:
-        if chain:
-            self._by_root.setdefault(chain[0], []).append((worker_id, chain))
+        if not chain:
+            return
+        entries = self._by_root.setdefault(chain[0], {})
+        ident = (worker_id, len(chain), chain[-1])
+        _, n = entries.get(ident, (chain, 0))
+        entries[ident] = (chain, n + 1)
 
     def drop(self, worker_id: str, chain: Sequence[BlockKey]) -> None:
         entries = self._by_root.get(chain[0]) if chain else None
-        if entries is None:
+        ident = (worker_id, len(chain), chain[-1]) if chain else None
+        if entries is None or ident not in entries:
+            return  # never added, or dropped already
+        held, n = entries[ident]
+        if n > 1:
+            entries[ident] = (held, n - 1)
             return
-        for i, (worker, held) in enumerate(entries):
-            if worker == worker_id and len(held) == len(chain) and held[-1] == chain[-1]:  # the same chain
-                del entries[i]
-                break
+        del entries[ident]
         if not entries:
             del self._by_root[chain[0]]
 
@@ -50,20 +60,19 @@ class InflightPrefixes:
         """``matches`` (leading blocks each worker holds, PrefixIndex.match) raised to what each
         worker will hold once its in-flight prompts are computed."""
         entries = self._by_root.get(chain[0]) if chain else None
-        for worker, held in entries or ():
-            depth = _common_depth(chain, held)
-            if matches.get(worker, 0) < depth:
-                matches[worker] = depth
+        if not entries:
+            return matches
+        end = len(chain)
+        for (worker, _, _), (held, _) in entries.items():
+            known = matches.get(worker, 0)
+            if known >= end or known >= len(held) or held[known] != chain[known]:
+                continue  # this chain goes no deeper into the query than the worker's known depth
+            lo, hi = known + 1, min(end, len(held))  # chain[:lo] == held[:lo]; the depth is <= hi
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if held[mid - 1] == chain[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            matches[worker] = lo
         return matches
-
-
-def _common_depth(a: Sequence[BlockKey], b: Sequence[BlockKey]) -> int:
-    """Leading blocks two chains share, given that they share the first."""
-    lo, hi = 1, min(len(a), len(b))  # a[:lo] == b[:lo]; the answer is <= hi
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[mid - 1] == b[mid - 1]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo

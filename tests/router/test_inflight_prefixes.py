@@ -62,3 +62,22 @@ def test_each_inflight_chain_counts_until_its_own_prompt_is_computed():
     inflight.drop("p1", b)
     inflight.drop("p2", b[:10])
     assert inflight.merge_into({}, a) == {} and len(inflight) == 0
+
+
+def test_the_deepest_of_many_chains_in_flight_on_a_worker_counts():
+    inflight = InflightPrefixes()
+    system = DOCUMENT[:1024]  # 64 blocks many requests share
+    for i in range(50):
+        inflight.add("p1", request(system + [10_000 + i] * 256).block_keys)
+    deep = request(DOCUMENT).block_keys
+    inflight.add("p1", deep)
+    inflight.add("p2", deep[:70])
+    query = request(DOCUMENT[:3072] + [7] * 64).block_keys
+    assert inflight.merge_into({"p1": 64}, query) == {"p1": 192, "p2": 70}  # 3072 tokens / 16
+    inflight.drop("p1", deep)
+    assert inflight.merge_into({"p1": 64}, query) == {"p1": 64, "p2": 70}  # the others end at the system prompt
+    inflight.add("p1", deep)
+    inflight.add("p1", deep)  # the same prompt twice: each counts until its own first token
+    inflight.drop("p1", deep)
+    assert inflight.merge_into({}, query)["p1"] == 192
+    assert len(inflight) == 50 + 1 + 1
