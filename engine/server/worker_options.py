@@ -133,7 +133,7 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
 # Tokens per engine step. A decode or colocated worker chunks long prompts so that one prefill
 # chunk never stalls the decodes sharing its steps (ITL); a prefill worker has no decodes to
 # protect, and fewer, larger steps prefill faster (measured on one H200 with Llama-3.1-8B shapes:
-# docs/performance.md, issue 11, session 7).
+# docs/performance.md, issue 11, session 8).
 DECODE_STEP_TOKENS = 2048
 PREFILL_STEP_TOKENS = 8192
 
