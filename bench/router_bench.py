@@ -83,8 +83,8 @@ def decision_bench(index: PrefixIndex, worker_ids: list[str], args: argparse.Nam
     workers hold (colocated: two profiles scored), a new prompt (disaggregated: all three
     profiles), a 16k-token held prompt, and the held prompt while --in-flight placed requests
     that share its first 3/4 still compute (a busy app's system prompt); and the request's
-    block hashing, which the router does before deciding. Wall and thread-CPU percentiles: on a shared machine the wall p99
-    also counts the time other processes held the core."""
+    block hashing, which the router does before deciding. Wall and thread-CPU percentiles: on a
+    shared machine the wall p99 also counts the time other processes held the core."""
     from router.scheduler import Scheduler, ScheduleRequest
     from router.scheduler_config import load_policy
     from router.workers import Role, Worker, WorkerLoad
