@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +38,21 @@ def sse_error(error: APIError) -> str:
     return f"data: {json.dumps(error.body())}\n\n"
 
 
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> APIError:
+    """The 400 for a request body that failed validation (pydantic's or FastAPI's error list;
+    the first error names the field)."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return APIError(400, f"malformed JSON body: {first.get('msg', '')}", code="invalid_json")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Drop pydantic's union-branch names ("str", "list[int]") from the field path.
+    param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool")) or None
+    message = f"{first.get('msg', 'invalid request')}" + (f" (field {param!r})" if param else "")
+    if first.get("type") == "missing" and param is None:
+        message = "request body is required"
+    return APIError(400, message, param=param, code="invalid_value")
+
+
 _STATUS_TYPES = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
@@ -47,16 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            return error_response(APIError(400, f"malformed JSON body: {first.get('msg', '')}", code="invalid_json"))
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        # Drop pydantic's union-branch names ("str", "list[int]") from the field path.
-        param = ".".join(p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool")) or None
-        message = f"{first.get('msg', 'invalid request')}" + (f" (field {param!r})" if param else "")
-        if first.get("type") == "missing" and param is None:
-            message = "request body is required"
-        return error_response(APIError(400, message, param=param, code="invalid_value"))
+        return error_response(validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

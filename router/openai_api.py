@@ -27,6 +27,7 @@ from kvstore.block_key import block_keys
 from router import protocol as p
 from router.body_limit import BodySizeLimit
 from router.config import RouterConfig
+from router.direct_routes import DirectRoute, DirectRoutes
 from router.discovery import Discovery, StaticDiscovery, parse_discovery_spec
 from router.errors import APIError, error_response, install_error_handlers, sse_error
 from router.generation import ChoiceState, detokenize_stream, sampling_params, to_proto
@@ -122,7 +123,6 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
     app = FastAPI(title="splitserve router", version="0.1.0", lifespan=lifespan)
     app.state.router = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s)
 
     async def check_api_key(request: Request) -> None:
         if not config.api_keys:
@@ -132,6 +132,12 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
             raise APIError(
                 401, "invalid or missing API key (Authorization: Bearer KEY)", type="authentication_error", code="invalid_api_key"
             )
+
+    # Middleware added first runs innermost: the generation routes are answered after the body
+    # limit and the request counter, before FastAPI's routing (filled in below, with the handlers).
+    direct: dict[str, DirectRoute] = {}
+    app.add_middleware(DirectRoutes, routes=direct, authorize=check_api_key)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s)
 
     def check_model(model: str | None) -> None:
         if model is not None and model != state.model_name:
@@ -243,6 +249,9 @@ def create_app(config: RouterConfig, start_workers: bool = True) -> FastAPI:
         prompt_ids = await _chat_ids(state, chat.messages, True, None)
         return await _run(state, chat, prompt_ids, request, chat=True, responses=req)
 
+    direct["/v1/completions"] = DirectRoute(p.CompletionRequest, completions)
+    direct["/v1/chat/completions"] = DirectRoute(p.ChatCompletionRequest, chat_completions)
+    direct["/v1/responses"] = DirectRoute(p.ResponsesRequest, create_response)
     return app
 
 
@@ -427,7 +436,8 @@ async def _run(
         raise APIError(502, str(exc), type="server_error", code="worker_failed") from exc
     if isinstance(builder, ResponsesBuilder):
         return JSONResponse(builder.final_body(states))
-    return JSONResponse(builder.final(states).model_dump(exclude_none=True))
+    # serialized by pydantic straight to JSON bytes (no dict in between, no json.dumps)
+    return Response(builder.final(states).model_dump_json(exclude_none=True), media_type="application/json")
 
 
 async def _sse(builder, events: AsyncIterator, states: list[ChoiceState], req) -> AsyncIterator[str]:
