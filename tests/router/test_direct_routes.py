@@ -51,7 +51,9 @@ def _client(model_dir, direct: bool) -> TestClient:
     app = create_app(config, start_workers=False)
     if not direct:
         (lane,) = [m for m in app.user_middleware if m.cls is DirectRoutes]
-        lane.kwargs["routes"].clear()  # every route falls through to FastAPI
+        routes = lane.kwargs["routes"]
+        assert isinstance(routes, dict) and routes
+        routes.clear()  # every route falls through to FastAPI
     return TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
 
 
