@@ -47,4 +47,5 @@ def _check_text(value: Any, path: str) -> None:
             _check_text(item, f"{path}.{key}" if path else str(key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_text(item, f"{path}.{i}")
+            if type(item) is not int:  # token ids (most of a long prompt's body) hold no text: no call, no path
+                _check_text(item, f"{path}.{i}")
