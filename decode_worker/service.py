@@ -11,11 +11,12 @@ Abort and client cancellation free the request's blocks at once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 
 from contracts.core_messages import AddRequest, ErrorKind, ImportRequest, RequestDelta
+from contracts.generate_unary import whole
 from contracts.kv_handle import KVHandle
 from contracts.rpc import worker_pb2 as pb
 from contracts.rpc import worker_pb2_grpc as pb_grpc
@@ -29,7 +30,9 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.rt = runtime
 
-    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.GenerateChunk]:
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[pb.GenerateChunk, None]:
         rt = self.rt
         async with rt.rpc(context):
             rid = request.request_id or f"generate-{uuid.uuid4().hex}"
@@ -76,6 +79,9 @@ class DecodeService(CommonWorkerRPCs, pb_grpc.DecodeServiceServicer):
                 if not finished:
                     rt.client.abort_nowait(rid)  # error, Abort RPC or client cancellation: free the blocks now
                 rt.client.close(rid)
+
+    async def GenerateUnary(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateChunk:
+        return await whole(self.Generate(request, context))
 
 
 def serve(options: WorkerOptions) -> int:

@@ -57,6 +57,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     sampling: worker_pb2.SamplingParams
     cache_salt: str = ""
+    # Decode in one unary call (GenerateUnary): for a short, non-streamed request. The whole
+    # generation is then held to the chunk timeout, as the wait for a stream's first chunk is.
+    unary: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +81,7 @@ class WorkerBackend:
     stall_timeout_s: float = 5.0  # longest silence tolerated from a worker that fails its health checks
     request_timeout_s: float = 600.0  # the whole request, every retry included: the workers' gRPC deadline
     kv_path: KVPathBreaker = field(default_factory=KVPathBreaker)
+    stream_only: set[str] = field(default_factory=set)  # decode workers that answered GenerateUnary UNIMPLEMENTED
 
     async def generate(
         self, request: GenerationRequest, decision: Decision, redecide: Redecide
@@ -219,6 +223,11 @@ class WorkerBackend:
         if prefill is not None:
             message.kv_handle.CopyFrom(prefill.kv_handle)
             message.first_token_id = prefill.first_token_id
+        if request.unary and address not in self.stream_only:
+            whole = await self._decode_unary(stub, address, message, deadline)
+            if whole is not None:
+                yield whole
+                return
         call = stub.Generate(message, timeout=_remaining(deadline))
         finished = False
         try:
@@ -241,6 +250,38 @@ class WorkerBackend:
             if not finished:
                 call.cancel()
                 await self.abort(address, request.request_id, prefill=False)
+
+    async def _decode_unary(
+        self, stub: worker_pb2_grpc.DecodeServiceStub, address: str, message: worker_pb2.GenerateRequest, deadline: float
+    ) -> TokenChunk | None:
+        """The whole generation in one reply; None from a worker without GenerateUnary (an older
+        version: it gets streams from now on). Failures raise as a stream's would, before its first token."""
+        call = stub.GenerateUnary(message, timeout=_remaining(deadline))
+        answered = False
+        try:
+            reply = await self._watched(call, address, self.chunk_timeout_s)
+            answered = True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            log.warning("decode worker %s has no GenerateUnary: streaming its requests", address)
+            self.stream_only.add(address)
+            answered = True  # nothing runs there
+            return None
+        finally:
+            if not answered:  # stalled, failed, or the client left: free the worker's slots now
+                call.cancel()
+                await self.abort(address, message.request_id, prefill=False)
+        if not reply.finish_reason:
+            raise WorkerStreamError(f"decode worker {address} answered without a finish reason")
+        return TokenChunk(
+            list(reply.token_ids),
+            list(reply.logprobs),
+            reply.finish_reason,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            reply.num_cached_tokens,
+        )
 
     async def _watched(self, awaitable: Awaitable[T], address: str, silence_s: float) -> T:
         """``awaitable``'s result, or WorkerStalled once the worker was silent too long.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from contracts.generate_unary import whole
 from contracts.rpc import worker_pb2, worker_pb2_grpc
 from contracts.sampling import from_proto as sampling_from_proto
 from simulator.decode import SimDecodeWorker
@@ -83,7 +84,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
+    ) -> AsyncGenerator[worker_pb2.GenerateChunk, None]:
         prompt = list(request.prompt_token_ids)
         await _check_prompt(context, prompt, _max_tokens(request))
         disaggregated = request.HasField("kv_handle")
@@ -104,6 +105,11 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 )
         except PromptTooLarge as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def GenerateUnary(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.GenerateChunk:
+        return await whole(self.Generate(request, context))
 
     async def Abort(self, request: worker_pb2.AbortRequest, context: grpc.aio.ServicerContext) -> worker_pb2.AbortResponse:
         return worker_pb2.AbortResponse(found=self.worker.abort(request.request_id))

@@ -197,6 +197,11 @@ class DecodeServiceStub:
                 request_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GenerateUnary = channel.unary_unary(
+                '/splitserve.worker.DecodeService/GenerateUnary',
+                request_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
+                _registered_method=True)
         self.Abort = channel.unary_unary(
                 '/splitserve.worker.DecodeService/Abort',
                 request_serializer=contracts_dot_rpc_dot_worker__pb2.AbortRequest.SerializeToString,
@@ -218,6 +223,15 @@ class DecodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateUnary(self, request, context):
+        """The same generation answered in one message: every token, and the finish fields of the
+        stream's last chunk. The router uses it for short non-streamed requests, where a stream's
+        extra cost per call is a measurable share of the request (docs/performance.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Abort(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -235,6 +249,11 @@ def add_DecodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
+                    request_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.FromString,
+                    response_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GenerateUnary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateUnary,
                     request_deserializer=contracts_dot_rpc_dot_worker__pb2.GenerateRequest.FromString,
                     response_serializer=contracts_dot_rpc_dot_worker__pb2.GenerateChunk.SerializeToString,
             ),
@@ -274,6 +293,33 @@ class DecodeService:
             request,
             target,
             '/splitserve.worker.DecodeService/Generate',
+            contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
+            contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateUnary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.worker.DecodeService/GenerateUnary',
             contracts_dot_rpc_dot_worker__pb2.GenerateRequest.SerializeToString,
             contracts_dot_rpc_dot_worker__pb2.GenerateChunk.FromString,
             options,
