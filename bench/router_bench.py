@@ -7,8 +7,9 @@
    also holds `--keys` other blocks, each on `--holders` random workers.
 2. Router overhead (unless --no-stack): starts `splitserve up --prefill 0 --decode 1`
    and sends the same small request (`--prompt-len` token ids, max_tokens=1, greedy)
-   `--requests` times, alternating (a) straight to the decode worker over gRPC and
-   (b) through the router's /v1/completions; reports p50/p99 each way and the difference.
+   `--requests` times, alternating (a) straight to the decode worker over gRPC (GenerateUnary,
+   as the router sends it) and (b) through the router's /v1/completions; reports p50/p99
+   each way and the difference.
 3. Saturation: through the router, max_tokens=1, closed-loop clients at each of
    `--concurrency` for `--duration` seconds; reports requests/s and the CPU% (100 = one
    core; /proc utime+stime, process plus descendants) of the router, the decode worker
@@ -259,6 +260,7 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     import grpc
 
     from bench.raw_http import BlockingClient, encode_post
+    from contracts.internal_auth import METADATA_KEY
     from contracts.rpc import worker_pb2, worker_pb2_grpc
 
     prompt = list(range(100, 100 + args.prompt_len))
@@ -267,6 +269,8 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
     body = {"model": state["served_model_name"], "prompt": prompt, "max_tokens": 1, "temperature": 0}
     host, port, raw = encode_post(state["url"], "/v1/completions", json.dumps(body).encode())
     client = BlockingClient(host, port)  # ~30 us of client CPU a request, like the gRPC stub's on the direct path
+    secret_file = state.get("internal_secret_file")  # `up` guards its workers with an internal token
+    metadata = [(METADATA_KEY, Path(secret_file).read_text().strip())] if secret_file else []
 
     def direct(i: int) -> None:
         req = worker_pb2.GenerateRequest(
@@ -274,8 +278,9 @@ def overhead_bench(state: dict, args: argparse.Namespace) -> dict:
             prompt_token_ids=prompt,
             sampling=worker_pb2.SamplingParams(temperature=0, top_p=1.0, max_tokens=1, repetition_penalty=1.0),
         )
-        chunks = list(stub.Generate(req, timeout=30))
-        assert chunks and chunks[-1].finish_reason, chunks
+        # what the router sends for a short non-streamed request
+        reply = stub.GenerateUnary(req, timeout=30, metadata=metadata)
+        assert reply.finish_reason, reply
 
     def routed(i: int) -> None:
         reply = json.loads(client.post(raw))
