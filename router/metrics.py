@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from router.worker_backend import UNARY_MAX_TOKENS
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -15,7 +17,13 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         p, r = "splitserve_router_", self.registry
         self.requests = Counter(p + "requests_total", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.ttft = Histogram(p + "time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS, registry=r)
+        # A short non-streamed request (decoded in one unary call) has neither: its tokens arrive together.
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            f"Time to first token (not counted: non-streamed requests of <= {UNARY_MAX_TOKENS} output tokens, answered whole)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.itl = Histogram(
             p + "inter_token_latency_seconds", "Time between streamed tokens", buckets=_LATENCY_BUCKETS, registry=r
         )

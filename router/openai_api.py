@@ -42,14 +42,9 @@ from router.template_sandbox import TemplateRejected, render_in_sandbox
 from router.tenancy import bearer_key, cache_salt_for
 from router.tokenization import ChatTemplateError, PromptTokenizer, check_client_template, messages_as_dicts
 from router.tool_calls import ToolPlan, detect_format, plan_tools, with_tools_prompt
-from router.worker_backend import GenerationRequest, WorkerBackend, WorkerStreamError, release
+from router.worker_backend import UNARY_MAX_TOKENS, GenerationRequest, WorkerBackend, WorkerStreamError, release
 from router.worker_pool import WorkerPool
 from router.workers import Role
-
-# Non-streamed requests of at most this many output tokens are decoded in one unary call
-# (DecodeService.GenerateUnary): ~150 us less router CPU each than a stream, a tenth of a
-# short request's cost; their whole generation is held to the chunk timeout.
-UNARY_MAX_TOKENS = 16
 
 
 class RouterState:
