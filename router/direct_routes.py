@@ -60,35 +60,23 @@ class DirectRoutes:
             response = error_response(exc)
         except ValidationError as exc:
             response = error_response(validation_error(exc.errors()))
-        except _MissingBody:
-            response = error_response(validation_error([{"type": "missing", "loc": (), "msg": "Field required"}]))
-        except _BadJSON as exc:
-            response = error_response(validation_error([{"type": "json_invalid", "loc": (), "msg": exc.args[0]}]))
         except Exception as exc:  # answered like the app's catch-all handler
             log.exception("%s %s failed", scope["method"], scope["path"])
             response = error_response(APIError(500, f"internal error: {type(exc).__name__}", type="server_error"))
         await response(scope, receive, send)
 
 
-class _MissingBody(Exception):
-    pass
-
-
-class _BadJSON(Exception):
-    pass
-
-
 def _body_object(content_type: str | None, body: bytes) -> Any:
     """The object a request model is validated from: the decoded JSON, or the raw bytes (which
-    fail validation) when the content type does not say JSON."""
+    fail validation) when the content type does not say JSON. No body or bad JSON: the 400."""
     if not body:
-        raise _MissingBody
+        raise validation_error([{"type": "missing", "loc": (), "msg": "Field required"}])
     if content_type is None or not _is_json(content_type):
         return body
     try:
         return json.loads(body)
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
-        raise _BadJSON("JSON decode error") from exc
+        raise validation_error([{"type": "json_invalid", "loc": (), "msg": "JSON decode error"}]) from exc
 
 
 def _is_json(content_type: str) -> bool:

@@ -262,21 +262,19 @@ class WorkerBackend:
         """The whole generation in one reply; None from a worker without GenerateUnary (an older
         version: it gets streams from now on). Failures raise as a stream's would, before its first token."""
         call = stub.GenerateUnary(message, timeout=_remaining(deadline))
-        answered = False
         try:
             reply = await self._watched(call, address, self.chunk_timeout_s)
-            answered = True
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            log.warning("decode worker %s has no GenerateUnary: streaming its requests", address)
-            self.stream_only.add(address)
-            answered = True  # nothing runs there
-            return None
-        finally:
-            if not answered:  # stalled, failed, or the client left: free the worker's slots now
-                call.cancel()
-                await self.abort(address, message.request_id, prefill=False)
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # nothing ran there
+                log.warning("decode worker %s has no GenerateUnary: streaming its requests", address)
+                self.stream_only.add(address)
+                return None
+            await self.abort(address, message.request_id, prefill=False)
+            raise
+        except BaseException:  # stalled, or the client left: free the worker's slots now
+            call.cancel()
+            await self.abort(address, message.request_id, prefill=False)
+            raise
         if not reply.finish_reason:
             raise WorkerStreamError(f"decode worker {address} answered without a finish reason")
         return TokenChunk(
