@@ -195,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the prefill workers' per-step token budget (default: the worker's own); colocated and decode keep theirs",
     )
+    p.add_argument(
+        "--decode-kv-copy-at",
+        choices=["arrival", "admission"],
+        default="arrival",
+        help="the decode worker's --kv-copy-at: a direct import's copy at once beside the step in flight, or in "
+        "the step that admits it (the way before)",
+    )
     p.add_argument("--out", default="pd_bench.json")
     args = p.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -244,7 +251,7 @@ def bench(args: argparse.Namespace) -> int:
     )
     if args.mps and args.mps_decode_percent is not None:
         os.environ["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(args.mps_decode_percent)  # the decode worker's share only
-    decode = start_worker("decode", model, store.address, "bench-decode", *extra)
+    decode = start_worker("decode", model, store.address, "bench-decode", *extra, "--kv-copy-at", args.decode_kv_copy_at)
     os.environ.pop("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", None)
     # colocated serving gets the whole GPU: with the decode worker capped, a worker of its own
     colocated = start_worker("decode", model, store.address, "bench-colocated", *extra) if capped else decode

@@ -8,7 +8,9 @@ start():      check the handle against this engine (layout, prompt, keys), reuse
               fails with NOT_FOUND (the router then recomputes it colocated).
               A load that can finish at once (a direct pull from a pool mapped already) runs on the
               core thread instead, so the request joins the next step.
-loaded:       ``import_request`` with the load's KV source; the step that admits the request
+loaded:       ``import_request`` with the load's KV source. A direct source then lands at once
+              (``LLMEngine.land_import``: on a GPU a copy on a stream of its own, beside the step
+              in flight); otherwise, or when blocks are short, the step that admits the request
               copies the blocks into its own (engine/kv_source.py).
 after_step(): once a direct copy has finished on the device (or the engine dropped the request),
               tell the prefill worker it may free its blocks.
@@ -219,6 +221,7 @@ class KVImports:
             return
         if isinstance(load, DirectLoad):
             self.copying[imp.request_id] = (load, imp)
+            self.engine.land_import(imp.request_id)
         else:
             load.done()
             self.handoff(imp.transport, time.monotonic() - imp.started)  # rows in this process; copied in when admitted
@@ -231,8 +234,8 @@ class KVImports:
                 nbytes = source.num_rows * self.engine.runner.transfer_spec.bytes_per_block
                 self.observe("in", nbytes, source.copy_s)
                 self.handoff("direct", self.clock.seconds(imp.arrived, imp.started, source))
-            elif self._still_pending(rid, source):
-                continue
+            elif source.copied_at is not None or self._still_pending(rid, source):
+                continue  # the copy is running on the device, or still to come
             del self.copying[rid]
             load.done()
         if time.monotonic() >= self._next_prune:  # drop mapped pools of peers that exited (they pin memory)
@@ -249,10 +252,12 @@ class KVImports:
         self.loading.pop(rid, None)
         copying = self.copying.pop(rid, None)
         if copying is not None:
+            copying[0].source.wait_copied()  # the peer may reuse its blocks once released
             copying[0].done()
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for load, _ in self.copying.values():
+            load.source.wait_copied()
             load.done()
         self.copying.clear()

@@ -10,16 +10,30 @@ then cached ones in eviction order. A decode worker's copy of KV it imported for
 disaggregated request goes to the head of the cached list when the request ends
 (``Sequence.imported_blocks``): the prefill worker holds the same blocks, so the
 cache keeps what only this worker has (docs/performance.md, routing at scale).
+
+Fences (a GPU engine that lands imports early, ``LLMEngine.land_import``): a block freed while
+work queued on the engine's stream may still read or write it (a step launched ahead for a
+request that has just finished) is *fenced* with an event recorded on that stream at the
+release. Allocation for the engine's own steps ignores fences (the stream runs in order); a copy
+on another stream takes only unfenced blocks (``allocate(..., unfenced=True)``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from contracts.kv_events import BlockRemoved, BlockStored, KVEvent
 from engine.sequence import Sequence
 from kvstore.block_key import BlockKey, chain_key, root_key
+
+
+class Fence(Protocol):
+    """Work queued before the fence (a CUDA event): ``query()`` is True once it has all run."""
+
+    def query(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -42,12 +56,14 @@ class BlockManager:
     fingerprint: str
     enable_prefix_caching: bool = True
     medium: str = "gpu"
+    fence_mark: Callable[[], Fence] | None = None  # set: releases fence the blocks they free (see the module doc)
     blocks: list[Block] = field(init=False)
     free: OrderedDict[int, None] = field(init=False)  # cached, ref_count == 0, eviction order first
     free_uncached: OrderedDict[int, None] = field(init=False)  # no key, ref_count == 0: handed out first
     cached: dict[BlockKey, int] = field(init=False)
     events: list[KVEvent] = field(init=False)
     stats: PrefixCacheStats = field(init=False)
+    fenced: dict[int, Fence] = field(init=False)  # free block -> the fence of the release that freed it
 
     def __post_init__(self) -> None:
         self.blocks = [Block(i) for i in range(self.num_blocks)]
@@ -56,6 +72,7 @@ class BlockManager:
         self.cached = {}
         self.events = []
         self.stats = PrefixCacheStats()
+        self.fenced = {}
 
     # ---- queries -------------------------------------------------------------------------
     @property
@@ -76,6 +93,18 @@ class BlockManager:
 
     def can_allocate(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_needed(seq, num_tokens) <= self.num_free
+
+    def num_unfenced_free(self) -> int:
+        """Free blocks no queued work can still touch (fences whose work has run are dropped)."""
+        if self.fenced:
+            passed: dict[int, bool] = {}  # one query per fence: a release fences all its blocks with one
+            for block_id, fence in list(self.fenced.items()):
+                done = passed.get(id(fence))
+                if done is None:
+                    done = passed[id(fence)] = fence.query()
+                if done:
+                    del self.fenced[block_id]
+        return self.num_free - len(self.fenced)
 
     # ---- prefix cache ----------------------------------------------------------------------
     def match_prefix(self, seq: Sequence, max_tokens: int) -> int:
@@ -127,24 +156,43 @@ class BlockManager:
             )
 
     # ---- allocation ------------------------------------------------------------------------
-    def allocate(self, seq: Sequence, num_tokens: int) -> None:
-        """Grow ``seq``'s block table to hold ``num_tokens`` tokens (caller checked can_allocate)."""
+    def allocate(self, seq: Sequence, num_tokens: int, unfenced: bool = False) -> None:
+        """Grow ``seq``'s block table to hold ``num_tokens`` tokens (caller checked can_allocate;
+        with ``unfenced``, that ``num_unfenced_free()`` covers them)."""
         for _ in range(self.blocks_needed(seq, num_tokens)):
-            if self.free_uncached:
+            if unfenced and self.fenced:
+                block_id = self._take_unfenced()
+            elif self.free_uncached:
                 block_id, _ = self.free_uncached.popitem(last=False)
             else:
                 block_id, _ = self.free.popitem(last=False)
                 self._evict(block_id)
+            self.fenced.pop(block_id, None)  # the engine's own stream runs after the work fenced
             self.blocks[block_id].ref_count = 1
             seq.block_table.append(block_id)
 
+    def _take_unfenced(self) -> int:
+        for block_id in self.free_uncached:
+            if block_id not in self.fenced:
+                del self.free_uncached[block_id]
+                return block_id
+        for block_id in self.free:
+            if block_id not in self.fenced:
+                del self.free[block_id]
+                self._evict(block_id)
+                return block_id
+        raise RuntimeError("no unfenced free block: check num_unfenced_free() before allocate(unfenced=True)")
+
     def release(self, seq: Sequence) -> None:
         """Drop ``seq``'s references; its cached blocks stay reusable until evicted."""
+        fence = self.fence_mark() if self.fence_mark is not None and seq.block_table else None
         # tail blocks first, so that shared prefix heads are evicted last
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
+                if fence is not None:
+                    self.fenced[block_id] = fence
                 if block.key is None:  # nothing to reuse: hand it out before cached blocks
                     self.free_uncached[block_id] = None
                     self.free_uncached.move_to_end(block_id, last=False)
@@ -180,6 +228,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.ref_count == 0:
             del self.free[block_id]  # a prefix hit: only cached blocks are found
+            self.fenced.pop(block_id, None)  # read, never written: whoever reads it runs after the fence
         block.ref_count += 1
 
     def _evict(self, block_id: int) -> None:

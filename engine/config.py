@@ -33,6 +33,10 @@ class EngineConfig:
     # greedy decode over CUDA graphs runs one step ahead of the host: step N+1 is launched from
     # step N's tokens on the device before the host reads and emits them (LLMEngine.step)
     async_decode: bool = True
+    # a decode worker's direct import copies its KV into blocks of its own as soon as it arrives, on
+    # a stream of its own beside the step in flight, instead of in the step that admits it
+    # (LLMEngine.land_import)
+    land_imports: bool = True
     kv_pool_file: str | None = None  # CPU: back the KV pool with this file (/dev/shm) so a peer on the host can map it
 
     def __post_init__(self) -> None:

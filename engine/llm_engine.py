@@ -83,6 +83,12 @@ class LLMEngine:
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
         self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
         self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
+        self._land_stream: torch.cuda.Stream | None = None  # land_import's copies on a GPU
+        device = getattr(self.runner, "device", torch.device("cpu"))
+        if config.land_imports and isinstance(self.runner, ModelRunner) and device.type == "cuda":
+            # high priority: its copies take SMs as the step in flight frees them
+            self._land_stream = torch.cuda.Stream(device, priority=-1)
+            self.blocks.fence_mark = self._fence_mark
         # guided requests wait here, not in the scheduler, until their grammar is compiled
         self.grammars = GrammarPreparer(lambda: GrammarCompiler(self.tokenizer, self.runner.vocab_size, self.eos_token_ids))
 
@@ -191,6 +197,7 @@ class LLMEngine:
         if req is None:
             return False
         self.grammars.discard(request_id)
+        self._order_after_landing(req.seq)  # its blocks may still be receiving a copy
         self.scheduler.finish(req.seq)
         req.seq.status = SequenceStatus.FINISHED
         req.seq.finish_reason = "abort"
@@ -204,6 +211,75 @@ class LLMEngine:
         self.blocks.release(req.seq)
         req.seq.status = SequenceStatus.FINISHED
         del self.requests[request_id]
+
+    def land_import(self, request_id: str) -> bool:
+        """Copy a waiting import's KV into blocks of its own now, not in the step that admits it.
+
+        A decode worker calls it when a direct import arrives. On a GPU the copy runs on a stream
+        of its own, beside the step in flight, so the KV is in place before that step ends (in
+        the admitting step it could start only after it); the admitting step waits for the
+        copy's end event. It takes only blocks no queued work can still touch (fences, in
+        engine/block_manager.py) and leaves free at least a block per running request. False,
+        with nothing changed, where it cannot: the request is not waiting, its source is not
+        a device copy, the cached head it relies on is gone or blocks are short. The admitting
+        step then copies as before.
+        """
+        req = self.requests.get(request_id)
+        if req is None or not self.config.land_imports or not isinstance(self.runner, ModelRunner):
+            return False
+        seq = req.seq
+        source = seq.pending_kv
+        if (
+            source is None
+            or not getattr(source, "lands_early", False)
+            or seq.status is not SequenceStatus.WAITING
+            or seq.block_table
+            or seq.landed
+            or not any(s is seq for s in self.scheduler.waiting)  # not a guided one compiling its grammar
+        ):
+            return False
+        block_size = self.config.block_size
+        hit = self.blocks.match_prefix(seq, seq.num_tokens - 1)
+        imported = min(seq.pending_kv_tokens, seq.num_tokens - 1)
+        need = self.blocks.blocks_needed(seq, imported + 1)
+        headroom = len(self.scheduler.running)
+        if (
+            hit // block_size < seq.pending_kv_start_block
+            or imported <= hit
+            or not source.usable()
+            or need + headroom > self.blocks.num_unfenced_free()
+        ):
+            self.blocks.release(seq)  # only prefix hits: no work touches them
+            return False
+        self.blocks.allocate(seq, imported, unfenced=True)
+        have_blocks, end = len(seq.block_keys), -(-imported // block_size)
+        stream = self._land_stream
+        if stream is not None:
+            with torch.cuda.stream(stream):
+                source.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - seq.pending_kv_start_block)
+                fence = torch.cuda.Event()
+                fence.record(stream)
+            seq.landed_fence = fence
+        else:
+            source.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - seq.pending_kv_start_block)
+        if seq.imports_evict_first:
+            seq.imported_blocks = (have_blocks, end)
+        seq.num_computed_tokens = imported
+        seq.first_scheduled, seq.num_cached_tokens = True, imported
+        self.blocks.record_query(seq.num_prompt_tokens, hit)
+        seq.pending_kv, seq.landed = None, True
+        return True
+
+    def _fence_mark(self) -> torch.cuda.Event:
+        event = torch.cuda.Event()
+        event.record()  # the engine's stream: everything queued so far
+        return event
+
+    def _order_after_landing(self, seq: Sequence) -> None:
+        """Before a landed request's blocks go back: the engine's stream waits for its copy."""
+        if seq.landed_fence is not None:
+            torch.cuda.current_stream().wait_event(seq.landed_fence)  # type: ignore[arg-type]
+            seq.landed_fence = None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or bool(self._ready) or self._inflight is not None or len(self.grammars) > 0
@@ -335,6 +411,11 @@ class LLMEngine:
         return step
 
     def _scatter_import(self, seq: Sequence) -> None:
+        if seq.landed:  # copied when it arrived: this step runs after the copy
+            self._order_after_landing(seq)
+            seq.landed = False
+            self.blocks.commit_full_blocks(seq)
+            return
         block_size = self.config.block_size
         start = seq.pending_kv_start_block
         have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)

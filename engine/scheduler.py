@@ -77,11 +77,16 @@ class Scheduler:
                 budget -= n
         if out.preempted:
             return out  # blocks are scarce: do not admit new work this step
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            if not self._admit(seq, out):
-                break
-            self.waiting.pop(0)
+        i, blocked = 0, False
+        while i < len(self.waiting) and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[i]
+            if (blocked and not seq.landed) or not self._admit(seq, out):
+                # later arrivals wait behind it, except those whose KV has landed: they hold
+                # their blocks already and need at most one more (else they could hold the very
+                # blocks the one ahead waits for)
+                blocked, i = True, i + 1
+                continue
+            self.waiting.pop(i)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed, budget, self.blocks.room(seq))
@@ -92,6 +97,11 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, out: SchedulerOutput) -> bool:
         """Attach cached prefix (and imported KV) blocks; False (nothing held) if it cannot start now."""
+        if seq.landed:  # its blocks hold the imported KV already (first_scheduled was set then)
+            if not self.blocks.can_allocate(seq, seq.num_computed_tokens + 1):
+                return False  # it keeps its blocks
+            out.imports.append(seq)  # the step waits for the copy before it reads them
+            return True
         # the last token is always computed: its logits give the next token
         hit = self.blocks.match_prefix(seq, seq.num_tokens - 1)
         seq.num_computed_tokens = hit

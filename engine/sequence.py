@@ -37,6 +37,10 @@ class Sequence:
     pending_kv_start_block: int = 0  # rows of pending_kv start at this block
     imports_evict_first: bool = False  # a decode worker's import: its copy is the first cache to go
     imported_blocks: tuple[int, int] = (0, 0)  # block-table range the import copied in (imports_evict_first)
+    # landed (LLMEngine.land_import): the imported KV was copied into blocks of its own while the
+    # request waited; on a GPU, landed_fence is the copy's end event, which the admitting step waits for
+    landed: bool = False
+    landed_fence: object | None = None
     first_scheduled: bool = False
     grammar: GrammarState | None = None  # structured output: the tokens allowed next
 

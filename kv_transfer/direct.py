@@ -33,6 +33,8 @@ LEASE_MARGIN_S = 2.0  # a reader starts a copy only with at least this much leas
 class PeerBlocks:
     """A KV source: blocks of a peer's pool (engine/kv_source.py)."""
 
+    lands_early = True  # a device copy: the decode engine may run it as soon as the import arrives
+
     def __init__(self, pool: torch.Tensor, block_ids: list[int], lease_deadline: float) -> None:
         self.pool, self.block_ids, self.lease_deadline = pool, block_ids, lease_deadline
         self.copied_at: float | None = None
@@ -59,6 +61,11 @@ class PeerBlocks:
         else:
             self.copy_s = self.copied_at - start
         self.events = events
+
+    def wait_copied(self) -> None:
+        """Block until a launched copy has finished reading the peer's blocks (no-op otherwise)."""
+        if self.copied_at is not None and self.events is not None:
+            self.events[1].synchronize()
 
     def copy_finished(self) -> bool:
         if self.copied_at is None:

@@ -34,6 +34,7 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     block_size: int = 16
     kv_wait_timeout: float = 10.0  # decode: longest wait for KV blocks a prefill worker is still writing
+    kv_copy_at: str = "arrival"  # decode: a direct import's copy when it arrives (its own stream), or "admission"
     kv_transport: str = "direct"  # prefill: "direct" also offers a pull out of its own pool (same host); "store"
     kv_lease_timeout: float = 30.0  # prefill: longest hold of a request's blocks for a direct reader
     store_write_budget: int | None = 0  # prefill with direct: store writes in flight beyond this are skipped
@@ -43,6 +44,8 @@ class WorkerOptions:
             self.max_num_batched_tokens = step_tokens(self.role)
         if self.tensor_parallel_size < 1:
             raise ValueError(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
+        if self.kv_copy_at not in ("arrival", "admission"):
+            raise ValueError(f"--kv-copy-at must be arrival or admission, got {self.kv_copy_at!r}")
         if self.kv_transport not in ("direct", "p2p", "store"):
             raise ValueError(f"--kv-transport must be direct, p2p or store, got {self.kv_transport!r}")
         if self.role == "prefill" and not self.kvstore and self.kv_transport == "store":
@@ -128,6 +131,13 @@ def add_worker_flags(p: argparse.ArgumentParser, role: str) -> None:
             default=10.0,
             help="seconds to wait for KV blocks the prefill worker is still writing (then NOT_FOUND)",
         )
+        p.add_argument(
+            "--kv-copy-at",
+            choices=["arrival", "admission"],
+            default="arrival",
+            help="when a direct import's KV is copied into this worker's pool: arrival (at once, on a GPU "
+            "stream of its own beside the step in flight) or admission (in the step that admits the request)",
+        )
 
 
 # Tokens per engine step. A decode or colocated worker chunks long prompts so that one prefill
@@ -184,6 +194,7 @@ def options_from_args(args: argparse.Namespace, role: str) -> WorkerOptions:
         drain_timeout=args.drain_timeout,
         block_size=args.block_size,
         kv_wait_timeout=getattr(args, "kv_wait_timeout", 10.0),
+        kv_copy_at=getattr(args, "kv_copy_at", "arrival"),
         kv_transport=getattr(args, "kv_transport", "direct"),
         kv_lease_timeout=getattr(args, "kv_lease_timeout", 30.0),
         store_write_budget=getattr(args, "store_write_budget", 0),

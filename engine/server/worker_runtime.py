@@ -57,6 +57,7 @@ class WorkerRuntime:
             nnodes=o.nnodes,
             dist_host=o.dist_host,
             dist_port=o.dist_port,
+            land_imports=o.kv_copy_at == "arrival",
         )
         events = f"tcp://{o.host}:{o.kv_events_port}"
         snapshot = f"tcp://{o.host}:{o.kv_events_port + 1}" if o.kv_events_port else f"tcp://{o.host}:0"
