@@ -194,7 +194,9 @@ def test_imports_landing_beside_steps_in_flight_answer_as_colocated(llama_dir) -
         assert decode.land_import(rid)
         assert not set(decode.requests[rid].seq.block_table) & fenced
         landed_in_flight += in_flight
-        decode.requests[rid].seq.landed_fence.synchronize()  # the peer's blocks may go now
+        fence = decode.requests[rid].seq.landed_fence
+        assert isinstance(fence, torch.cuda.Event)
+        fence.synchronize()  # the peer's blocks may go now
         prefill.release(rid)
     outs.update(run(decode))
     assert outs == expected
