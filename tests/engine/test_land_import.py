@@ -123,6 +123,14 @@ def test_landing_declines_when_blocks_are_short_and_the_admitting_step_copies(ll
     assert run(decode)["d"] == expected
 
 
+def test_with_copies_at_admission_nothing_lands_and_the_answer_is_the_same(llama_dir) -> None:
+    prefill, first = prefilled(llama_dir, PROMPT, GREEDY)
+    decode = make_engine(llama_dir, land_imports=False)  # a decode worker's --kv-copy-at admission
+    decode.import_request("d", PROMPT, GREEDY, peer_blocks(prefill, "p", PROMPT), len(PROMPT), first)
+    assert not decode.land_import("d") and decode.load().active_blocks == 0
+    assert run(decode)["d"] == colocated(llama_dir, PROMPT, GREEDY)
+
+
 def test_a_landed_import_is_admitted_past_a_request_that_cannot_start(llama_dir) -> None:
     """It holds the blocks the one ahead of it waits for: without going first, neither could run."""
     params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)

@@ -32,3 +32,12 @@ def test_a_step_budget_of_no_tokens_is_refused() -> None:
     add_worker_flags(p, "prefill")
     with pytest.raises(argparse.ArgumentError, match="positive"):
         p.parse_args(["--model", "m", "--max-num-batched-tokens", "0"])
+
+
+def test_a_decode_worker_copies_direct_imports_at_arrival_unless_told_admission() -> None:
+    assert options("decode").kv_copy_at == "arrival"
+    assert options("decode", "--kv-copy-at", "admission").kv_copy_at == "admission"
+    p = argparse.ArgumentParser(exit_on_error=False)
+    add_worker_flags(p, "prefill")  # a decode worker's flag only
+    with pytest.raises(SystemExit):
+        p.parse_args(["--model", "m", "--kv-copy-at", "admission"])
