@@ -98,7 +98,9 @@ class _CopyGraph:
     def __init__(self, src: torch.Tensor, dst: torch.Tensor, capacity: int) -> None:
         self.capacity, self.turn = capacity, 0
         self.lock = threading.Lock()  # two threads copying between the same pools take turns
-        self.slots: list[tuple[torch.cuda.CUDAGraph, np.ndarray, torch.cuda.Event]] = []
+        # (graph, a numpy view of its pinned id buffer, its end event, its device id buffer): the
+        # graph writes the ids into that device buffer at every replay, so the slot keeps it alive
+        self.slots: list[tuple[torch.cuda.CUDAGraph, np.ndarray, torch.cuda.Event, torch.Tensor]] = []
         for _ in range(self.RING):
             host = torch.zeros(1 + 2 * capacity, dtype=torch.int64, pin_memory=True)
             dev = torch.zeros(1 + 2 * capacity, dtype=torch.int64, device=dst.device)
@@ -112,12 +114,12 @@ class _CopyGraph:
             done = torch.cuda.Event()
             done.record()
             # a numpy view of the pinned buffer (cheap writes); it keeps the buffer alive
-            self.slots.append((graph, host.numpy(), done))
+            self.slots.append((graph, host.numpy(), done, dev))
 
     def run(self, src_ids: list[int], dst_ids: list[int]) -> None:
         n, cap = len(src_ids), self.capacity
         with self.lock:
-            graph, view, done = self.slots[self.turn]
+            graph, view, done, _ = self.slots[self.turn]
             self.turn = (self.turn + 1) % self.RING
             done.synchronize()  # the last replay of this slot has read its pinned buffer
             view[0] = n
