@@ -70,7 +70,9 @@ class ArrivalClock:
     timed against (``Event.elapsed_time`` works across streams of one device)."""
 
     def __init__(self, device: object) -> None:
-        self.stream = torch.cuda.Stream(device=device) if getattr(device, "type", "") == "cuda" else None
+        # high priority, as the landing copies' stream is: on a busy GPU an event on a normal-priority
+        # stream was stamped after a copy that started later (docs/performance.md, session 10)
+        self.stream = torch.cuda.Stream(device=device, priority=-1) if getattr(device, "type", "") == "cuda" else None
 
     def mark(self) -> torch.cuda.Event | None:
         if self.stream is None:
