@@ -64,7 +64,11 @@ def test_direct_handle_names_the_blocks_and_no_store(direct_only) -> None:
     assert h.direct is not None and not h.store_addresses  # the store got nothing: the pull is the only path
     assert len(h.direct.block_ids) == 3 and h.transfer_id and h.epoch
     assert h.direct.lease_deadline > time.monotonic()
-    assert os.path.exists(PoolDescriptor.decode(h.direct.pool).shm_file)
+    pool = PoolDescriptor.decode(h.direct.pool)
+    if pool.device == "cpu":
+        assert os.path.exists(pool.shm_file)  # a shared-memory pool the reader maps
+    else:
+        assert pool.cuda_ipc and not pool.shm_file  # on a GPU: a CUDA IPC handle of the pool
 
 
 def test_blocks_are_freed_when_the_reader_is_done_long_before_the_lease(stack, direct_only, reference) -> None:
