@@ -15,12 +15,13 @@ Fences (a GPU engine that lands imports early, ``LLMEngine.land_import``): a blo
 work queued on the engine's stream may still read or write it (a step launched ahead for a
 request that has just finished) is *fenced* with an event recorded on that stream at the
 release. Allocation for the engine's own steps ignores fences (the stream runs in order); a copy
-on another stream takes only unfenced blocks (``allocate(..., unfenced=True)``).
+on another stream takes only unfenced blocks (``allocate(..., unfenced=True)``). Fences pass in the
+order they were recorded (one stream), so they are kept in that order and dropped from the front.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,6 +65,7 @@ class BlockManager:
     events: list[KVEvent] = field(init=False)
     stats: PrefixCacheStats = field(init=False)
     fenced: dict[int, Fence] = field(init=False)  # free block -> the fence of the release that freed it
+    fences: deque[tuple[Fence, list[int]]] = field(init=False)  # (fence, blocks it fenced), oldest first
 
     def __post_init__(self) -> None:
         self.blocks = [Block(i) for i in range(self.num_blocks)]
@@ -73,6 +75,7 @@ class BlockManager:
         self.events = []
         self.stats = PrefixCacheStats()
         self.fenced = {}
+        self.fences = deque()
 
     # ---- queries -------------------------------------------------------------------------
     @property
@@ -96,15 +99,15 @@ class BlockManager:
 
     def num_unfenced_free(self) -> int:
         """Free blocks no queued work can still touch (fences whose work has run are dropped)."""
-        if self.fenced:
-            passed: dict[int, bool] = {}  # one query per fence: a release fences all its blocks with one
-            for block_id, fence in list(self.fenced.items()):
-                done = passed.get(id(fence))
-                if done is None:
-                    done = passed[id(fence)] = fence.query()
-                if done:
-                    del self.fenced[block_id]
+        self._drop_passed_fences()
         return self.num_free - len(self.fenced)
+
+    def _drop_passed_fences(self) -> None:
+        while self.fences and self.fences[0][0].query():
+            fence, block_ids = self.fences.popleft()
+            for block_id in block_ids:
+                if self.fenced.get(block_id) is fence:  # not taken (and freed again) since
+                    del self.fenced[block_id]
 
     # ---- prefix cache ----------------------------------------------------------------------
     def match_prefix(self, seq: Sequence, max_tokens: int) -> int:
@@ -186,6 +189,7 @@ class BlockManager:
     def release(self, seq: Sequence) -> None:
         """Drop ``seq``'s references; its cached blocks stay reusable until evicted."""
         fence = self.fence_mark() if self.fence_mark is not None and seq.block_table else None
+        fenced: list[int] = []
         # tail blocks first, so that shared prefix heads are evicted last
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
@@ -193,6 +197,7 @@ class BlockManager:
             if block.ref_count == 0:
                 if fence is not None:
                     self.fenced[block_id] = fence
+                    fenced.append(block_id)
                 if block.key is None:  # nothing to reuse: hand it out before cached blocks
                     self.free_uncached[block_id] = None
                     self.free_uncached.move_to_end(block_id, last=False)
@@ -205,6 +210,9 @@ class BlockManager:
         seq.imported_blocks = (0, 0)
         seq.block_table.clear()
         seq.block_keys.clear()
+        if fence is not None and fenced:
+            self.fences.append((fence, fenced))
+            self._drop_passed_fences()  # keeps the queue short on an engine that never lands a copy
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached block no request uses; False if some are still in use."""

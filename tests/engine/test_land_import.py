@@ -174,7 +174,28 @@ def test_blocks_freed_under_a_fence_are_not_given_to_a_copy_on_another_stream() 
     blocks.allocate(own, 4)
     assert own.block_table[0] in freed and own.block_table[0] not in blocks.fenced
     fence.done = True  # the step in flight has finished
-    assert blocks.num_unfenced_free() == blocks.num_free == 2 and not blocks.fenced
+    assert blocks.num_unfenced_free() == blocks.num_free == 2 and not blocks.fenced and not blocks.fences
+
+
+def test_fences_pass_in_order_and_a_block_freed_again_keeps_its_newer_fence() -> None:
+    marks = [Passed(), Passed()]
+    blocks = BlockManager(8, 4, "fp", fence_mark=lambda: marks[0])
+    a = Sequence("a", list(range(8)), 8, GREEDY)
+    blocks.allocate(a, 8)
+    a_blocks = list(a.block_table)
+    blocks.release(a)  # fenced by marks[0]
+    blocks.fence_mark = lambda: marks[1]
+    b = Sequence("b", list(range(4)), 4, GREEDY)
+    blocks.allocate(b, 4)  # the engine's stream: takes one of a's blocks (the head of the free list)
+    reused = b.block_table[0]
+    assert reused in a_blocks
+    blocks.release(b)  # that block is fenced again, by the newer marks[1]
+    assert blocks.num_unfenced_free() == 6
+    marks[0].done = True
+    assert blocks.num_unfenced_free() == 7  # a's other block passed; the one b freed waits for marks[1]
+    assert list(blocks.fenced) == [reused]
+    marks[1].done = True
+    assert blocks.num_unfenced_free() == 8 and not blocks.fences
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: copies on a side stream beside steps in flight")
