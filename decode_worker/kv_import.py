@@ -222,8 +222,14 @@ class KVImports:
             self.send(RequestError(imp.request_id, kind, str(exc)))
             return
         if isinstance(load, DirectLoad):
+            try:
+                self.engine.land_import(imp.request_id)
+            except Exception as exc:  # the copy could not be launched: the request fails, the core serves on
+                self.engine.abort(imp.request_id)
+                load.done()
+                self.send(RequestError(imp.request_id, ErrorKind.INTERNAL, f"copying the KV blocks failed: {exc}"))
+                return
             self.copying[imp.request_id] = (load, imp)
-            self.engine.land_import(imp.request_id)
         else:
             load.done()
             self.handoff(imp.transport, time.monotonic() - imp.started)  # rows in this process; copied in when admitted

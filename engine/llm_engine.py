@@ -253,15 +253,23 @@ class LLMEngine:
             return False
         self.blocks.allocate(seq, imported, unfenced=True)
         have_blocks, end = len(seq.block_keys), -(-imported // block_size)
+        rows = have_blocks - seq.pending_kv_start_block
         stream = self._land_stream
-        if stream is not None:
-            with torch.cuda.stream(stream):
-                source.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - seq.pending_kv_start_block)
-                fence = torch.cuda.Event()
-                fence.record(stream)
-            seq.landed_fence = fence
-        else:
-            source.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - seq.pending_kv_start_block)
+        try:
+            if stream is not None:
+                with torch.cuda.stream(stream):
+                    source.copy_into(self.runner, seq.block_table[have_blocks:end], rows)
+                    fence = torch.cuda.Event()
+                    fence.record(stream)
+                seq.landed_fence = fence
+            else:
+                source.copy_into(self.runner, seq.block_table[have_blocks:end], rows)
+        except Exception:
+            if stream is not None:
+                torch.cuda.current_stream().wait_stream(stream)  # whatever of the copy was queued runs first
+            self.blocks.release(seq)
+            seq.num_computed_tokens = 0
+            raise
         if seq.imports_evict_first:
             seq.imported_blocks = (have_blocks, end)
         seq.num_computed_tokens = imported

@@ -110,6 +110,18 @@ def test_aborting_a_landed_import_frees_every_block(llama_dir) -> None:
     assert run(decode)["c"] == colocated(llama_dir, PROMPT, GREEDY)
 
 
+def test_a_copy_that_cannot_start_leaves_no_block_held(llama_dir) -> None:
+    prefill, first = prefilled(llama_dir, PROMPT, GREEDY)
+    decode = make_engine(llama_dir)
+    pool = prefill.runner.kv.pool
+    wrong = torch.zeros(pool.shape[0], pool.shape[1], pool.shape[2], pool.shape[3] * 2, *pool.shape[4:], dtype=pool.dtype)
+    decode.import_request("d", PROMPT, GREEDY, PeerBlocks(wrong, [0, 1, 2], time.monotonic() + 60), len(PROMPT), first)
+    with pytest.raises(ValueError, match="does not match"):
+        decode.land_import("d")
+    assert decode.load().active_blocks == 0
+    assert decode.abort("d") and not decode.has_unfinished()  # what the decode worker then does
+
+
 def test_landing_declines_when_blocks_are_short_and_the_admitting_step_copies(llama_dir) -> None:
     expected = colocated(llama_dir, PROMPT, GREEDY)
     prefill, first = prefilled(llama_dir, PROMPT, GREEDY)
