@@ -81,10 +81,10 @@ class LLMEngine:
         self.on_kv_events = on_kv_events
         self.on_prefill_progress = on_prefill_progress
         self._ready: list[RequestOutput] = []  # outputs decided outside a step (e.g. import of a final token)
-        self._readback = TokenReadback(getattr(self.runner, "device", torch.device("cpu")), config.max_num_seqs)
+        device = getattr(self.runner, "device", torch.device("cpu"))
+        self._readback = TokenReadback(device, config.max_num_seqs)
         self._inflight: _Step | None = None  # launched decode step whose tokens are not emitted yet
         self._land_stream: torch.cuda.Stream | None = None  # land_import's copies on a GPU
-        device = getattr(self.runner, "device", torch.device("cpu"))
         if config.land_imports and isinstance(self.runner, ModelRunner) and device.type == "cuda":
             # high priority: its copies take SMs as the step in flight frees them
             self._land_stream = torch.cuda.Stream(device, priority=-1)
@@ -252,27 +252,23 @@ class LLMEngine:
             self.blocks.release(seq)  # only prefix hits: no work touches them
             return False
         self.blocks.allocate(seq, imported, unfenced=True)
-        have_blocks, end = len(seq.block_keys), -(-imported // block_size)
-        rows = have_blocks - seq.pending_kv_start_block
+        seq.num_computed_tokens = imported
         stream = self._land_stream
         try:
             if stream is not None:
                 with torch.cuda.stream(stream):
-                    source.copy_into(self.runner, seq.block_table[have_blocks:end], rows)
+                    self._copy_pending_kv(seq)
                     fence = torch.cuda.Event()
                     fence.record(stream)
                 seq.landed_fence = fence
             else:
-                source.copy_into(self.runner, seq.block_table[have_blocks:end], rows)
+                self._copy_pending_kv(seq)
         except Exception:
             if stream is not None:
                 torch.cuda.current_stream().wait_stream(stream)  # whatever of the copy was queued runs first
             self.blocks.release(seq)
             seq.num_computed_tokens = 0
             raise
-        if seq.imports_evict_first:
-            seq.imported_blocks = (have_blocks, end)
-        seq.num_computed_tokens = imported
         seq.first_scheduled, seq.num_cached_tokens = True, imported
         self.blocks.record_query(seq.num_prompt_tokens, hit)
         seq.pending_kv, seq.landed = None, True
@@ -286,7 +282,7 @@ class LLMEngine:
     def _order_after_landing(self, seq: Sequence) -> None:
         """Before a landed request's blocks go back: the engine's stream waits for its copy."""
         if seq.landed_fence is not None:
-            torch.cuda.current_stream().wait_event(seq.landed_fence)  # type: ignore[arg-type]
+            torch.cuda.current_stream().wait_event(seq.landed_fence)
             seq.landed_fence = None
 
     def has_unfinished(self) -> bool:
@@ -424,18 +420,20 @@ class LLMEngine:
             seq.landed = False
             self.blocks.commit_full_blocks(seq)
             return
-        block_size = self.config.block_size
-        start = seq.pending_kv_start_block
-        have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= start)
-        end = -(-seq.num_computed_tokens // block_size)
+        self._copy_pending_kv(seq)
+        seq.pending_kv = None
+        self.blocks.commit_full_blocks(seq)
+
+    def _copy_pending_kv(self, seq: Sequence) -> None:
+        """Copy the imported rows into the blocks between the prefix-cache hits and num_computed_tokens."""
+        have_blocks = len(seq.block_keys)  # prefix-cache hits attached at admission (>= the rows' start block)
+        end = -(-seq.num_computed_tokens // self.config.block_size)
         if end > have_blocks:
             if seq.pending_kv is None:
                 raise RuntimeError(f"request {seq.request_id}: its imported KV is gone before the copy")
-            seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - start)
+            seq.pending_kv.copy_into(self.runner, seq.block_table[have_blocks:end], have_blocks - seq.pending_kv_start_block)
             if seq.imports_evict_first:
                 seq.imported_blocks = (have_blocks, end)
-        seq.pending_kv = None
-        self.blocks.commit_full_blocks(seq)
 
     def _advance(self, plan: dict[Sequence, int]) -> None:
         for seq, n in plan.items():

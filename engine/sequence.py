@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import torch
+
 from contracts.sampling import SamplingParams
 from engine.kv_source import KVSource
 from engine.structured_output import GrammarState
@@ -40,7 +42,7 @@ class Sequence:
     # landed (LLMEngine.land_import): the imported KV was copied into blocks of its own while the
     # request waited; on a GPU, landed_fence is the copy's end event, which the admitting step waits for
     landed: bool = False
-    landed_fence: object | None = None
+    landed_fence: torch.cuda.Event | None = None
     first_scheduled: bool = False
     grammar: GrammarState | None = None  # structured output: the tokens allowed next
 
